@@ -1,0 +1,72 @@
+"""Dataset loading into cached [0, 1] arrays at the model's input size.
+
+Reads ../shared/data (each set's SOURCE.md documents origin and split); caches the
+preprocessed arrays under models/training/work/ so later stages start in seconds.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .preprocess import load_image
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+SHARED_DATA = os.environ.get("MEDSENTRY_DATA", os.path.join(REPO, "..", "shared", "data"))
+WORK = os.path.join(REPO, "models", "training", "work")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str            # bundle name
+    folder: str          # folder under shared/data
+    labels: tuple        # class labels in index order
+    color: str           # "gray" or "rgb"
+    size: int            # model input height = width
+    source_md: str       # path of SOURCE.md relative to shared/data
+
+
+CHEST_XRAY = DatasetSpec(
+    name="chest-xray-pneumonia", folder="chest_xray_kermany", labels=("NORMAL", "PNEUMONIA"),
+    color="gray", size=64, source_md="chest_xray_kermany/SOURCE.md",
+)
+
+SPECS = {"chest_xray": CHEST_XRAY}
+
+
+def _rows(spec: DatasetSpec):
+    with open(os.path.join(SHARED_DATA, spec.folder, "labels.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_split(spec: DatasetSpec, split: str):
+    """Returns (x float32 (N, C, S, S) in [0, 1], y int64 (N,), files list)."""
+    os.makedirs(WORK, exist_ok=True)
+    cache = os.path.join(WORK, f"{spec.name}_{split}_{spec.size}.npz")
+    if os.path.exists(cache):
+        z = np.load(cache, allow_pickle=False)
+        return z["x"], z["y"], list(z["files"])
+    rows = [r for r in _rows(spec) if r["split"] == split]
+    rows.sort(key=lambda r: r["file"])
+    xs = [load_image(os.path.join(SHARED_DATA, spec.folder, r["file"]), spec.color, spec.size, spec.size)
+          for r in rows]
+    x = np.stack(xs).astype(np.float32)
+    y = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+    files = [r["file"] for r in rows]
+    np.savez(cache, x=x, y=y, files=np.array(files))
+    return x, y, files
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int):
+    """Indices (rest, held) with `fraction` of every class held out."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        held.extend(idx[: int(round(len(idx) * fraction))])
+    held = np.sort(np.array(held))
+    rest = np.setdiff1d(np.arange(len(y)), held)
+    return rest, held

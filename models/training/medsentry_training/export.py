@@ -1,0 +1,184 @@
+"""Stage: export a bundle: classifier.onnx (logits + features, dynamic batch), parity check
+against PyTorch, clean evaluation on the official test set, reference outputs for the Rust
+tests, bundle.toml with sha256s and figures.
+
+    python -m medsentry_training.export --dataset chest_xray --classifier hardened
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from . import datasets
+from .nets import Normalized, SmallResNet
+from .train import CKPT_DIR
+
+MEDMNIST_ANCHORS = {
+    "chest_xray": "PneumoniaMNIST (same X-rays, 28 px): ResNet-18@28 ACC 0.854, ResNet-50@224 ACC 0.884",
+}
+N_REFERENCE_PER_CLASS = 4
+
+
+def load_model(spec, kind):
+    ck = torch.load(os.path.join(CKPT_DIR, f"{spec.name}_{kind}.pt"), weights_only=False)
+    net = SmallResNet(ck["channels"], len(ck["labels"]), width=16, stem_stride=2)
+    net.load_state_dict(ck["net"])
+    net.eval()
+    return net, ck
+
+
+def auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC of `scores` for the positive class 1 (Mann-Whitney, ties averaged)."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    s = scores[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    pos = y == 1
+    n1, n0 = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def evaluate(net, ck, x, y):
+    model = Normalized(net, ck["mean"], ck["std"]).eval()
+    with torch.no_grad():
+        logits = torch.cat([model(torch.from_numpy(x[i:i + 256])) for i in range(0, len(x), 256)])
+    prob = torch.softmax(logits, 1).numpy()
+    pred = prob.argmax(1)
+    out = {"accuracy": float((pred == y).mean()),
+           "balanced_accuracy": float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))}
+    if prob.shape[1] == 2:
+        out["auc"] = auc(prob[:, 1], y)
+        out["sensitivity"] = float((pred[y == 1] == 1).mean())
+        out["specificity"] = float((pred[y == 0] == 0).mean())
+    return out
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def toml_list(values):
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    ap.add_argument("--classifier", default="hardened", choices=["hardened", "standard"])
+    ap.add_argument("--version", default="1.0.0")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    spec = datasets.SPECS[args.dataset]
+    out_dir = os.path.join(datasets.REPO, "models", spec.name)
+    os.makedirs(out_dir, exist_ok=True)
+    net, ck = load_model(spec, args.classifier)
+    mean, std = ck["mean"], ck["std"]
+
+    onnx_path = os.path.join(out_dir, "classifier.onnx")
+    dummy = torch.zeros(2, ck["channels"], spec.size, spec.size)
+    torch.onnx.export(net, (dummy,), onnx_path, input_names=["input"], output_names=["logits", "features"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+
+    xte, yte, files = datasets.load_split(spec, "test")
+    norm = ((xte - np.array(mean, dtype=np.float32).reshape(1, -1, 1, 1))
+            / np.array(std, dtype=np.float32).reshape(1, -1, 1, 1)).astype(np.float32)
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    ort_logits, ort_feats = sess.run(["logits", "features"], {"input": norm[:64]})
+    with torch.no_grad():
+        t_logits, t_feats = net(torch.from_numpy(norm[:64]))
+    parity = max(float(np.abs(ort_logits - t_logits.numpy()).max()), float(np.abs(ort_feats - t_feats.numpy()).max()))
+    print(f"[parity] max |onnxruntime - torch| over logits and features of 64 test images: {parity:.2e}")
+    if parity > 1e-4:
+        raise SystemExit(f"ONNX export does not match PyTorch ({parity:.2e} > 1e-4)")
+
+    figures = {"onnx_torch_max_abs_diff": parity}
+    evals = {}
+    for kind in ["standard", "hardened"]:
+        if os.path.exists(os.path.join(CKPT_DIR, f"{spec.name}_{kind}.pt")):
+            k_net, k_ck = load_model(spec, kind)
+            evals[kind] = evaluate(k_net, k_ck, xte, yte)
+            evals[kind]["selected_epoch"] = k_ck["epoch"]
+            evals[kind]["val"] = k_ck["val"]
+            for m, v in evals[kind].items():
+                if isinstance(v, float):
+                    figures[f"{kind}_test_{m}"] = v
+    print(f"[eval] {json.dumps(evals)}")
+
+    # Reference inputs/outputs the Rust tests compare against (first files of each class).
+    ref_idx = []
+    for c in range(len(spec.labels)):
+        ref_idx += [i for i in range(len(yte)) if yte[i] == c][:N_REFERENCE_PER_CLASS]
+    ref_logits, ref_feats = sess.run(["logits", "features"], {"input": norm[ref_idx]})
+    e = np.exp(ref_logits - ref_logits.max(1, keepdims=True))
+    ref_prob = e / e.sum(1, keepdims=True)
+    reference = {
+        "about": "Written by medsentry_training.export: model-space pixels ([0,1], before mean/std) of real test "
+                 "images as the pipeline preprocesses them, and onnxruntime's outputs on them.",
+        "data_root": spec.folder, "shape": [ck["channels"], spec.size, spec.size],
+        "items": [{"file": files[i], "label": int(yte[i]), "pixels": [float(v) for v in xte[i].ravel()],
+                   "logits": ref_logits[k].tolist(), "probabilities": ref_prob[k].tolist(),
+                   "features_head": ref_feats[k][:8].tolist()} for k, i in enumerate(ref_idx)],
+    }
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(reference, f)
+
+    h = ck.get("harden")
+    hardening = (f'[hardening]\nmethod = "{h["method"]}"\nnorm = "{h["norm"]}"\nepsilon = {h["eps"]:.6f}\nsteps = {h["steps"]}\n'
+                 if h else "")
+    fig_lines = "\n".join(f"{k} = {v:.6g}" for k, v in sorted(figures.items()))
+    toml = f'''# Written by models/training (python -m medsentry_training.export --dataset {args.dataset} --classifier {args.classifier}).
+name = "{spec.name}"
+version = "{args.version}"
+task = "{ {'chest_xray': 'pediatric chest X-ray: NORMAL vs PNEUMONIA (Kermany 2018)'}.get(args.dataset, args.dataset) }"
+labels = {toml_list(list(spec.labels))}
+max_batch = 32
+data_source = "{spec.source_md}"
+
+[input]
+channels = {ck["channels"]}
+height = {spec.size}
+width = {spec.size}
+color = "{spec.color}"
+resize = "area"
+mean = {toml_list([round(m, 7) for m in mean])}
+std = {toml_list([round(s, 7) for s in std])}
+dicom = "modality rescale, then the first VOI window (or VOI LUT; min-max when absent), then MONOCHROME1 inversion, to [0, 1]"
+
+[outputs]
+input = "input"
+logits = "logits"
+features = "features"
+feature_dim = {net.feature_dim}
+
+{hardening}
+[files]
+"classifier.onnx" = "{sha256(onnx_path)}"
+
+[figures]
+{fig_lines}
+'''
+    with open(os.path.join(out_dir, "bundle.toml"), "w") as f:
+        f.write(toml)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump({"dataset": args.dataset, "served_classifier": args.classifier, "clean_test": evals,
+                   "medmnist_anchor": MEDMNIST_ANCHORS.get(args.dataset), "parity": parity}, f, indent=1)
+    print(f"[done] bundle written to models/{spec.name} in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+//! Conversions between the pipeline's types and the protobuf messages.
+
+use crate::bundle::Bundle;
+use crate::defense::{Screening, Verdict};
+use crate::pipeline::{Input, Outcome, PipelineError};
+use crate::proto;
+
+pub fn input_of(req: &mut proto::ScreenRequest) -> Result<Input, PipelineError> {
+    use proto::screen_request::Input as P;
+    match req.input.take() {
+        Some(P::Dicom(b)) => Ok(Input::Dicom(b)),
+        Some(P::Image(b)) => Ok(Input::Image(b)),
+        Some(P::Tensor(t)) => Ok(Input::Tensor { shape: t.shape, data: t.data }),
+        None => Err(PipelineError::NoInput),
+    }
+}
+
+pub fn response(request_id: String, bundle: &Bundle, o: Outcome) -> proto::ScreenResponse {
+    let m = &bundle.manifest;
+    proto::ScreenResponse {
+        request_id,
+        model: Some(proto::ModelRef { name: m.name.clone(), version: m.version.clone(), sha256: bundle.classifier_sha256().to_string() }),
+        probabilities: m
+            .labels
+            .iter()
+            .zip(&o.probabilities)
+            .map(|(label, &probability)| proto::ClassProbability { label: label.clone(), probability })
+            .collect(),
+        top_label: m.labels[o.top_index].clone(),
+        top_index: o.top_index as u32,
+        top_probability: o.probabilities[o.top_index],
+        screening: Some(screening(o.screening)),
+        timings: Some(proto::StageTimings {
+            decode_seconds: o.timings.decode,
+            preprocess_seconds: o.timings.preprocess,
+            queue_seconds: o.timings.queue,
+            infer_seconds: o.timings.infer,
+            detect_seconds: o.timings.detect,
+            total_seconds: o.timings.total,
+        }),
+    }
+}
+
+fn screening(s: Screening) -> proto::Screening {
+    let verdict = match s.verdict {
+        Verdict::NotScreened => proto::Verdict::NotScreened,
+        Verdict::Clean => proto::Verdict::Clean,
+        Verdict::Suspicious => proto::Verdict::Suspicious,
+        Verdict::Adversarial => proto::Verdict::Adversarial,
+    };
+    proto::Screening {
+        verdict: verdict as i32,
+        fused_score: s.fused_score,
+        detectors: s
+            .detectors
+            .into_iter()
+            .map(|d| proto::DetectorScore { name: d.name, score: d.score, threshold: d.threshold, calibrated_fpr: d.calibrated_fpr, fired: d.fired })
+            .collect(),
+        note: s.note,
+    }
+}
+
+pub fn model_info(bundle: &Bundle) -> proto::ModelInfo {
+    let m = &bundle.manifest;
+    proto::ModelInfo {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        task: m.task.clone(),
+        labels: m.labels.clone(),
+        input: Some(proto::InputSpec {
+            channels: m.input.channels,
+            height: m.input.height,
+            width: m.input.width,
+            color: m.input.color.as_str().into(),
+            mean: m.input.mean.clone(),
+            std: m.input.std.clone(),
+            resize: m.input.resize.clone(),
+        }),
+        hardening: m.hardening.as_ref().map(|h| proto::Hardening { method: h.method.clone(), norm: h.norm.clone(), epsilon: h.epsilon, steps: h.steps }),
+        detectors: m
+            .detectors
+            .iter()
+            .map(|d| proto::DetectorInfo { name: d.name.clone(), kind: d.kind.clone(), threshold: d.threshold, calibrated_fpr: d.calibrated_fpr })
+            .collect(),
+        classifier_sha256: bundle.classifier_sha256().to_string(),
+        max_batch: m.max_batch as u32,
+        figures: m.figures.clone().into_iter().collect(),
+        data_source: m.data_source.clone(),
+    }
+}

@@ -1,0 +1,24 @@
+//! api: the gRPC surface: `medsentry.v1.Sentry`, grpc.health.v1 and server reflection.
+
+mod convert;
+pub mod deadline;
+mod sentry;
+pub mod status;
+
+pub use sentry::SentryService;
+
+use tonic::Code;
+
+use crate::metrics;
+
+/// Counts calls that tonic refuses before they reach a handler (a message over the size
+/// limit): their status only shows in the response headers.
+pub fn count_transport_refusals(resp: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    if let Some(code) = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i32>().ok()) {
+        let message = resp.headers().get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if Code::from_i32(code) == Code::OutOfRange && (message.contains("too large") || message.contains("too%20large")) {
+            metrics::record_error("unknown", "grpc", "message_too_large");
+        }
+    }
+    resp
+}

@@ -1,0 +1,117 @@
+//! The `medsentry.v1.Sentry` service: Screen, ScreenStream, ListModels, GetModel.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, deadline, status::code_label};
+use crate::decode::DecodeLimits;
+use crate::metrics;
+use crate::pipeline::{self, PipelineError};
+use crate::proto::{self, sentry_server::Sentry};
+use crate::serving::Registry;
+
+/// Requests of one ScreenStream that may be in flight at once (they batch together; the
+/// answers still leave in request order).
+const STREAM_CONCURRENCY: usize = 32;
+
+#[derive(Clone)]
+pub struct SentryService {
+    registry: Arc<Registry>,
+    limits: DecodeLimits,
+}
+
+impl SentryService {
+    pub fn new(registry: Arc<Registry>, limits: DecodeLimits) -> Self {
+        SentryService { registry, limits }
+    }
+
+    /// One request end to end, with its metrics; `api` labels the metrics.
+    async fn screen_one(&self, mut req: proto::ScreenRequest, deadline: Option<Instant>, api: &'static str) -> Result<proto::ScreenResponse, PipelineError> {
+        let started = Instant::now();
+        let request_id = std::mem::take(&mut req.request_id);
+        let Some(model) = self.registry.get(&req.model).cloned() else {
+            let e = PipelineError::UnknownModel { name: req.model.clone(), available: self.registry.names() };
+            // Unknown names are caller-controlled: keep them out of metric labels.
+            metrics::record_error("unknown", api, e.reason());
+            metrics::record_request("unknown", api, code_label(e.code()), "none", started.elapsed().as_secs_f64());
+            return Err(e);
+        };
+        let result = match convert::input_of(&mut req) {
+            Ok(input) => pipeline::run(&model, input, self.limits, deadline).await,
+            Err(e) => Err(e),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(outcome) => {
+                metrics::record_request(model.name(), api, "ok", outcome.screening.verdict.as_str(), seconds);
+                tracing::debug!(request_id, model = model.name(), batch = outcome.batch_size, "screened");
+                Ok(convert::response(request_id, &model.bundle, outcome))
+            }
+            Err(e) => {
+                metrics::record_error(model.name(), api, e.reason());
+                metrics::record_request(model.name(), api, code_label(e.code()), "none", seconds);
+                tracing::info!(request_id, model = model.name(), reason = e.reason(), error = %e, "request refused");
+                Err(e)
+            }
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::ScreenStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Sentry for SentryService {
+    async fn screen(&self, request: Request<proto::ScreenRequest>) -> Result<Response<proto::ScreenResponse>, Status> {
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let resp = self.screen_one(request.into_inner(), deadline, "screen").await?;
+        Ok(Response::new(resp))
+    }
+
+    type ScreenStreamStream = ResponseStream;
+
+    async fn screen_stream(&self, request: Request<Streaming<proto::ScreenRequest>>) -> Result<Response<ResponseStream>, Status> {
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let service = self.clone();
+        let answers = request
+            .into_inner()
+            .map(move |item| {
+                let service = service.clone();
+                async move {
+                    let req = match item {
+                        Ok(r) => r,
+                        // A broken client stream ends ours with its status.
+                        Err(status) => return Err(status),
+                    };
+                    let request_id = req.request_id.clone();
+                    let result = match service.screen_one(req, deadline, "screen_stream").await {
+                        Ok(r) => proto::screen_stream_response::Result::Response(r),
+                        Err(e) => proto::screen_stream_response::Result::Error(proto::StreamError {
+                            request_id,
+                            code: e.code() as i32,
+                            message: e.to_string(),
+                        }),
+                    };
+                    Ok(proto::ScreenStreamResponse { result: Some(result) })
+                }
+            })
+            .buffered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn list_models(&self, _request: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let models = self.registry.models().map(|m| convert::model_info(&m.bundle)).collect();
+        Ok(Response::new(proto::ListModelsResponse { models, default_model: self.registry.default_model().to_string() }))
+    }
+
+    async fn get_model(&self, request: Request<proto::GetModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
+        let name = request.into_inner().name;
+        match self.registry.get(&name) {
+            Some(m) => Ok(Response::new(convert::model_info(&m.bundle))),
+            None => Err(PipelineError::UnknownModel { name, available: self.registry.names() }.into()),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! batcher: a bounded queue between the API and the engine that forms dynamic batches.
+//!
+//! [`BatcherHandle`] is cheap to clone. Admission takes a semaphore permit, so a full queue
+//! answers at once with [`BatchError::QueueFull`] (RESOURCE_EXHAUSTED) instead of growing;
+//! the permit travels with the entry and is released when the entry is answered. One owner
+//! task ([`queue::run`]) batches whatever is waiting, up to the bundle's max batch, skips
+//! callers that went away and answers expired deadlines without running them.
+
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::engine::EngineError;
+
+#[derive(Debug, Error, Clone)]
+pub enum BatchError {
+    #[error("model {model}: queue is full ({capacity} requests waiting or running); retry with backoff")]
+    QueueFull { model: String, capacity: usize },
+    #[error("deadline expired after {waited_ms} ms in the queue, before inference")]
+    DeadlineExceeded { waited_ms: u64 },
+    #[error("model {0} is shutting down")]
+    Closed(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What the engine answers for one input.
+#[derive(Debug, Clone)]
+pub struct InferResult {
+    pub logits: Vec<f32>,
+    pub features: Vec<f32>,
+    pub queue_seconds: f64,
+    pub infer_seconds: f64,
+    pub batch_size: usize,
+}
+
+/// One queued input with its reply channel.
+pub struct Entry {
+    /// Normalised input of one item (C * H * W values).
+    pub input: Vec<f32>,
+    pub enqueued: Instant,
+    /// The caller's deadline (grpc-timeout); past it the entry is answered, not run.
+    pub deadline: Option<Instant>,
+    reply: oneshot::Sender<Result<InferResult, BatchError>>,
+    /// Held until the entry is answered: bounds queued + running requests.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Entry {
+    pub fn answer(self, result: Result<InferResult, BatchError>) {
+        // The caller may have gone away meanwhile; nothing to do then.
+        let _ = self.reply.send(result);
+    }
+
+    fn caller_gone(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// A batch handed to a worker: entries plus their inputs laid out contiguously.
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub input: Vec<f32>,
+}
+
+#[derive(Clone)]
+pub struct BatcherHandle {
+    model: Arc<str>,
+    tx: mpsc::UnboundedSender<Entry>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    /// Entries submitted and not yet taken into a batch (the queue-depth gauge).
+    waiting: Arc<AtomicUsize>,
+}
+
+impl BatcherHandle {
+    /// Creates the queue and spawns its owner task; batches go to `batches` (capacity 1:
+    /// one batch is prepared while the workers run the previous one).
+    pub fn start(model: &str, capacity: usize, max_batch: usize) -> (BatcherHandle, mpsc::Receiver<Batch>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (batch_tx, batch_rx) = mpsc::channel(1);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let handle = BatcherHandle {
+            model: Arc::from(model),
+            tx,
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            waiting: waiting.clone(),
+        };
+        tokio::spawn(queue::run(model.to_string(), rx, batch_tx, max_batch, waiting));
+        (handle, batch_rx)
+    }
+
+    /// Queues one input and waits for its result (or the deadline).
+    pub async fn infer(&self, input: Vec<f32>, deadline: Option<Instant>) -> Result<InferResult, BatchError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| BatchError::QueueFull {
+            model: self.model.to_string(),
+            capacity: self.capacity,
+        })?;
+        let enqueued = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        let entry = Entry { input, enqueued, deadline, reply, _permit: permit };
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(entry).is_err() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(BatchError::Closed(self.model.to_string()));
+        }
+        let closed = || BatchError::Closed(self.model.to_string());
+        match deadline {
+            None => rx.await.map_err(|_| closed())?,
+            Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
+                Ok(r) => r.map_err(|_| closed())?,
+                Err(_) => Err(BatchError::DeadlineExceeded { waited_ms: enqueued.elapsed().as_millis() as u64 }),
+            },
+        }
+    }
+
+    /// Requests admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+}

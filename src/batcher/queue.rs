@@ -1,0 +1,69 @@
+//! The batcher's owner task: drains the queue into batches of at most `max_batch`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::{Batch, BatchError, Entry};
+use crate::metrics;
+
+pub(super) async fn run(
+    model: String,
+    mut rx: mpsc::UnboundedReceiver<Entry>,
+    batches: mpsc::Sender<Batch>,
+    max_batch: usize,
+    waiting_count: Arc<AtomicUsize>,
+) {
+    let mut waiting: VecDeque<Entry> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(e) => waiting.push_back(e),
+                None => break,
+            }
+        }
+        // Take everything that arrived meanwhile: batch what is waiting, never wait for more.
+        while let Ok(e) = rx.try_recv() {
+            waiting.push_back(e);
+        }
+        let now = Instant::now();
+        let mut entries = Vec::with_capacity(max_batch.min(waiting.len()));
+        while entries.len() < max_batch {
+            let Some(entry) = waiting.pop_front() else { break };
+            waiting_count.fetch_sub(1, Ordering::Relaxed);
+            if entry.caller_gone() {
+                metrics::record_skipped(&model, "caller_gone");
+                continue;
+            }
+            if entry.deadline.is_some_and(|d| d <= now) {
+                metrics::record_skipped(&model, "deadline_exceeded");
+                let waited_ms = (now - entry.enqueued).as_millis() as u64;
+                entry.answer(Err(BatchError::DeadlineExceeded { waited_ms }));
+                continue;
+            }
+            entries.push(entry);
+        }
+        metrics::set_queue_depth(&model, waiting_count.load(Ordering::Relaxed));
+        if entries.is_empty() {
+            continue;
+        }
+        let item_len = entries[0].input.len();
+        let mut input = Vec::with_capacity(item_len * entries.len());
+        for e in &mut entries {
+            input.append(&mut e.input);
+        }
+        if let Err(mpsc::error::SendError(batch)) = batches.send(Batch { entries, input }).await {
+            for e in batch.entries {
+                e.answer(Err(BatchError::Closed(model.clone())));
+            }
+            break;
+        }
+    }
+    // Queue closed or workers gone: answer whatever is left rather than dropping it.
+    for e in waiting.drain(..) {
+        e.answer(Err(BatchError::Closed(model.clone())));
+    }
+}

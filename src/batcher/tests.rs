@@ -1,0 +1,101 @@
+//! Tests of the queue itself: the test plays the worker by reading the batch channel.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn ok_result(n: usize) -> InferResult {
+    InferResult { logits: vec![0.0, 1.0], features: vec![], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: n }
+}
+
+#[tokio::test]
+async fn burst_is_batched_up_to_max_batch_and_all_answered() {
+    let (handle, mut batches) = BatcherHandle::start("m", 64, 4);
+    let callers: Vec<_> = (0..10)
+        .map(|i| {
+            let h = handle.clone();
+            tokio::spawn(async move { h.infer(vec![i as f32; 3], None).await })
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        let batch = batches.recv().await.unwrap();
+        let n = batch.entries.len();
+        assert!(n <= 4, "batch of {n} exceeds max_batch 4");
+        assert_eq!(batch.input.len(), 3 * n);
+        seen.extend(batch.input.chunks(3).map(|c| c[0] as usize));
+        sizes.push(n);
+        for e in batch.entries {
+            e.answer(Ok(ok_result(n)));
+        }
+    }
+    for c in callers {
+        assert!(c.await.unwrap().is_ok());
+    }
+    seen.sort();
+    assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    assert!(sizes.iter().any(|&n| n > 1), "a burst should form at least one multi-item batch: {sizes:?}");
+    assert_eq!(handle.in_flight(), 0, "permits are released once answered");
+}
+
+#[tokio::test]
+async fn full_queue_is_refused_immediately() {
+    let (handle, _batches) = BatcherHandle::start("m", 2, 1);
+    let a = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![0.0], None).await } });
+    let b = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![0.0], None).await } });
+    while handle.in_flight() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let err = handle.infer(vec![0.0], None).await.unwrap_err();
+    assert!(matches!(err, BatchError::QueueFull { capacity: 2, .. }), "{err:?}");
+    a.abort();
+    b.abort();
+}
+
+#[tokio::test]
+async fn callers_that_went_away_are_skipped() {
+    let (handle, mut batches) = BatcherHandle::start("m", 8, 8);
+    // Hold the worker side so the first batch waits in the channel (capacity 1).
+    let first = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![1.0], None).await } });
+    let first_batch = batches.recv().await.unwrap();
+    let gone = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![2.0], None).await } });
+    while handle.in_flight() < 2 {
+        tokio::task::yield_now().await;
+    }
+    gone.abort();
+    let _ = gone.await;
+    let stays = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![3.0], None).await } });
+    for e in first_batch.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    first.await.unwrap().unwrap();
+    let batch = batches.recv().await.unwrap();
+    assert_eq!(batch.input, vec![3.0], "the aborted caller's input must not be run");
+    for e in batch.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    stays.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn expired_deadline_is_answered_without_running() {
+    let (handle, mut batches) = BatcherHandle::start("m", 8, 8);
+    let blocker = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![1.0], None).await } });
+    let first_batch = batches.recv().await.unwrap();
+    let deadline = Instant::now() + Duration::from_millis(20);
+    let late = handle.infer(vec![2.0], Some(deadline)).await.unwrap_err();
+    assert!(matches!(late, BatchError::DeadlineExceeded { .. }), "{late:?}");
+    for e in first_batch.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    blocker.await.unwrap().unwrap();
+    // The expired entry never reaches a worker: the next batch holds only the new caller.
+    let next = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![3.0], None).await } });
+    let batch = batches.recv().await.unwrap();
+    assert_eq!(batch.input, vec![3.0]);
+    for e in batch.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    next.await.unwrap().unwrap();
+}

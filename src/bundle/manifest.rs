@@ -1,0 +1,109 @@
+//! The `bundle.toml` schema: the contract between the training pipeline and the sidecar
+//! (see DESIGN.md, "The model bundle").
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub task: String,
+    /// Class labels in the order of the logits.
+    pub labels: Vec<String>,
+    /// Largest batch the batcher forms for this model.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Path of the training data's SOURCE.md, relative to the shared data folder.
+    pub data_source: String,
+    pub input: InputSpec,
+    pub outputs: OutputSpec,
+    pub hardening: Option<Hardening>,
+    #[serde(default)]
+    pub detectors: Vec<DetectorSpec>,
+    /// sha256 (hex) of every file of the bundle, by file name.
+    pub files: BTreeMap<String, String>,
+    /// Evaluation figures (accuracy, AUC, ...) as measured by the pipeline.
+    #[serde(default)]
+    pub figures: BTreeMap<String, f64>,
+}
+
+fn default_max_batch() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMode {
+    /// BT.601 luma of RGB inputs; monochrome inputs as they are.
+    Gray,
+    /// Three planes; monochrome inputs replicated.
+    Rgb,
+}
+
+impl ColorMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColorMode::Gray => "gray",
+            ColorMode::Rgb => "rgb",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub color: ColorMode,
+    /// Only "area" (box filter) exists: the one the pipeline implements identically.
+    pub resize: String,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// How DICOM is turned into [0, 1] before the steps above (documentation for users).
+    #[serde(default)]
+    pub dicom: Option<String>,
+}
+
+impl InputSpec {
+    pub fn len(&self) -> usize {
+        (self.channels * self.height * self.width) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Name of the graph's input.
+    pub input: String,
+    pub logits: String,
+    pub features: String,
+    pub feature_dim: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardening {
+    pub method: String,
+    pub norm: String,
+    pub epsilon: f32,
+    pub steps: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSpec {
+    pub name: String,
+    pub kind: String,
+    pub file: String,
+    pub threshold: f32,
+    /// False-positive rate on clean AdvTrain the threshold was calibrated for.
+    pub calibrated_fpr: f32,
+}

@@ -1,0 +1,160 @@
+//! bundle: loads and verifies model bundles (`models/NAME/`), the contract between the
+//! offline pipeline and the sidecar. A bundle whose files do not match their sha256, whose
+//! manifest is incomplete or whose detectors lack thresholds is refused at start-up; the
+//! graph itself is checked against the input spec when the engine opens it.
+
+mod error;
+mod manifest;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use error::BundleError;
+pub use manifest::{ColorMode, DetectorSpec, Hardening, InputSpec, Manifest, OutputSpec};
+
+include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
+
+/// A verified bundle, its files held in memory (they are a few MB).
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    /// Where it was loaded from, or None for the bundle embedded in the binary.
+    pub dir: Option<PathBuf>,
+    /// File name -> contents, for every file listed in `[files]`.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Bundle {
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn classifier(&self) -> &[u8] {
+        &self.files["classifier.onnx"]
+    }
+
+    pub fn classifier_sha256(&self) -> &str {
+        &self.manifest.files["classifier.onnx"]
+    }
+
+    /// Loads `dir/bundle.toml` and every file it lists, verifying their checksums.
+    pub fn load_dir(dir: &Path) -> Result<Bundle, BundleError> {
+        let toml_path = dir.join("bundle.toml");
+        let text = read(&toml_path)?;
+        let files = |name: &str| read(&dir.join(name));
+        Self::from_parts(&text, Some(dir.to_path_buf()), &toml_path, files)
+    }
+
+    /// The default bundle compiled into the binary, if the build found one.
+    pub fn embedded() -> Option<Result<Bundle, BundleError>> {
+        let lookup = |name: &str| EMBEDDED_FILES.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+        let text = lookup("bundle.toml")?;
+        let path = PathBuf::from("<embedded>/bundle.toml");
+        let files = |name: &str| {
+            lookup(name).map(<[u8]>::to_vec).ok_or_else(|| BundleError::Io {
+                path: PathBuf::from(format!("<embedded>/{name}")),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not embedded in this binary"),
+            })
+        };
+        Some(Self::from_parts(text, None, &path, files))
+    }
+
+    fn from_parts(
+        text: &[u8],
+        dir: Option<PathBuf>,
+        toml_path: &Path,
+        mut read_file: impl FnMut(&str) -> Result<Vec<u8>, BundleError>,
+    ) -> Result<Bundle, BundleError> {
+        let manifest_err = |message: String| BundleError::Manifest { path: toml_path.to_path_buf(), message };
+        let text = std::str::from_utf8(text).map_err(|e| manifest_err(e.to_string()))?;
+        let manifest: Manifest = toml::from_str(text).map_err(|e| manifest_err(e.to_string()))?;
+        validate(&manifest)?;
+        let mut files = BTreeMap::new();
+        for (name, expected) in &manifest.files {
+            let bytes = read_file(name)?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(BundleError::Checksum {
+                    bundle: manifest.name.clone(),
+                    file: name.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            files.insert(name.clone(), bytes);
+        }
+        Ok(Bundle { manifest, dir, files })
+    }
+}
+
+/// Loads every bundle under `models_dir` (each sub-folder holding a bundle.toml). When the
+/// folder does not exist, falls back to the bundle embedded in the binary.
+pub fn load_all(models_dir: &Path) -> Result<Vec<Bundle>, BundleError> {
+    let mut bundles: Vec<Bundle> = Vec::new();
+    if models_dir.is_dir() {
+        let entries = std::fs::read_dir(models_dir).map_err(|e| BundleError::Io { path: models_dir.into(), source: e })?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.join("bundle.toml").is_file())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let b = Bundle::load_dir(&dir)?;
+            if bundles.iter().any(|o| o.name() == b.name()) {
+                return Err(BundleError::Duplicate(b.name().to_string()));
+            }
+            bundles.push(b);
+        }
+    } else if let Some(embedded) = Bundle::embedded() {
+        bundles.push(embedded?);
+    }
+    if bundles.is_empty() {
+        return Err(BundleError::NoneFound(models_dir.to_path_buf()));
+    }
+    Ok(bundles)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BundleError> {
+    std::fs::read(path).map_err(|e| BundleError::Io { path: path.to_path_buf(), source: e })
+}
+
+fn validate(m: &Manifest) -> Result<(), BundleError> {
+    let bad = |message: String| Err(BundleError::Invalid { bundle: m.name.clone(), message });
+    let i = &m.input;
+    if m.labels.len() < 2 {
+        return bad(format!("needs at least 2 labels, has {}", m.labels.len()));
+    }
+    if !matches!((i.color, i.channels), (ColorMode::Gray, 1) | (ColorMode::Rgb, 3)) {
+        return bad(format!("input colour {} does not fit {} channels", i.color.as_str(), i.channels));
+    }
+    if i.height == 0 || i.width == 0 || i.height > 4096 || i.width > 4096 {
+        return bad(format!("input size {}x{} out of range", i.height, i.width));
+    }
+    if i.mean.len() != i.channels as usize || i.std.len() != i.channels as usize {
+        return bad("input mean/std need one value per channel".into());
+    }
+    if i.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || i.mean.iter().any(|v| !v.is_finite()) {
+        return bad("input std must be finite and positive, mean finite".into());
+    }
+    if i.resize != "area" {
+        return bad(format!("resize {:?} is not supported (only \"area\")", i.resize));
+    }
+    if !(1..=1024).contains(&m.max_batch) {
+        return bad(format!("max_batch {} out of 1..=1024", m.max_batch));
+    }
+    if !m.files.contains_key("classifier.onnx") {
+        return bad("[files] must list classifier.onnx with its sha256".into());
+    }
+    for d in &m.detectors {
+        if !m.files.contains_key(&d.file) {
+            return bad(format!("detector {} file {} is not listed in [files]", d.name, d.file));
+        }
+        if !d.threshold.is_finite() || !(d.calibrated_fpr > 0.0 && d.calibrated_fpr < 1.0) {
+            return bad(format!("detector {} needs a finite threshold and a calibrated_fpr in (0, 1)", d.name));
+        }
+    }
+    Ok(())
+}

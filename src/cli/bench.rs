@@ -1,0 +1,177 @@
+//! `medsentry bench`: Screen through gRPC (real server on loopback, real client) at several
+//! concurrency levels beside a bare ONNX Runtime session on the same bundle at the same
+//! batch sizes, with tensor inputs so the ratio is the sidecar's own overhead; plus the
+//! cost of decoding a JPEG and a DICOM file. Prints figures, asserts nothing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::config::ServeArgs;
+use crate::decode::{looks_like_dicom, DecodeLimits};
+use crate::engine::ModelSession;
+use crate::pipeline::{self, Input};
+use crate::proto::{self, sentry_client::SentryClient};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Images per measurement.
+    #[arg(long, default_value_t = 512)]
+    pub requests: usize,
+    /// Concurrent gRPC callers (and bare ONNX Runtime batch sizes) to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub concurrency: Vec<usize>,
+    /// Bundle to measure (default: the default model).
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// Files whose decode + preprocess cost is reported (JPEG/PNG/DICOM).
+    #[arg(long)]
+    pub decode_file: Vec<PathBuf>,
+    #[command(flatten)]
+    pub models: super::Models,
+}
+
+struct Stats {
+    images_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn stats(mut latencies: Vec<Duration>, images: usize, wall: Duration) -> Stats {
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    Stats { images_per_s: images as f64 / wall.as_secs_f64(), p50_ms: pick(0.5), p99_ms: pick(0.99) }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = grpc.local_addr()?;
+    let serve = ServeArgs {
+        listen: addr,
+        admin_listen: admin.local_addr()?,
+        max_message_bytes: 64 << 20,
+        shutdown_grace_secs: 5,
+        model: args.models.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::run(serve, grpc, admin, async move { let _ = stop_rx.await; }));
+    let mut client = connect_when_ready(&format!("http://{addr}")).await?;
+    let info = client.get_model(proto::GetModelRequest { name: args.model.clone() }).await?.into_inner();
+    let spec = info.input.clone().unwrap_or_default();
+    let len = (spec.channels * spec.height * spec.width) as usize;
+    println!("bundle {} {}: input {}x{}x{}, max_batch {}, {} images per measurement", info.name, info.version, spec.channels, spec.height, spec.width, info.max_batch, args.requests);
+
+    let mut sidecar = Vec::new();
+    for &c in &args.concurrency {
+        let s = grpc_run(&client, &info.name, len, &spec, c, args.requests).await?;
+        sidecar.push(s);
+    }
+    let _ = stop_tx.send(());
+    server.await??;
+
+    let (registry, warmups) = crate::server::start_models(&args.models)?;
+    drop(warmups);
+    let bundle = registry.get(&info.name).ok_or_else(|| anyhow::anyhow!("model vanished"))?.bundle.clone();
+    let cfg = args.models.serving().workers;
+    let requests = args.requests;
+    let concurrency = args.concurrency.clone();
+    let bare = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Stats>> {
+        let mut session = ModelSession::open(&bundle, cfg.intra_threads, cfg.device)?;
+        let mut out = Vec::new();
+        for &b in &concurrency {
+            session.run(vec![0.5; b * len], b)?;
+            let mut latencies = Vec::new();
+            let started = Instant::now();
+            let mut done = 0;
+            while done < requests {
+                let t = Instant::now();
+                session.run(random_pixels(b * len, done as u64), b)?;
+                latencies.push(t.elapsed());
+                done += b;
+            }
+            out.push(stats(latencies, done, started.elapsed()));
+        }
+        Ok(out)
+    })
+    .await??;
+
+    println!("\n{:>11} | {:>26} | {:>26} | {:>6}", "concurrency", "Screen via gRPC img/s p50 p99", "bare ORT (batch=c) img/s p50 p99", "ratio");
+    for ((c, s), b) in args.concurrency.iter().zip(&sidecar).zip(&bare) {
+        println!("{c:>11} | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>6.3}", s.images_per_s, s.p50_ms, s.p99_ms, b.images_per_s, b.p50_ms, b.p99_ms, s.images_per_s / b.images_per_s);
+    }
+    decode_costs(&args.decode_file, registry.get(&info.name).map(|m| m.bundle.manifest.input.clone()))?;
+    Ok(())
+}
+
+async fn connect_when_ready(url: &str) -> anyhow::Result<SentryClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for _ in 0..600 {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+        if r.map(|r| r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32).unwrap_or(false) {
+            return Ok(SentryClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("server did not become ready within 60 s")
+}
+
+async fn grpc_run(client: &SentryClient<tonic::transport::Channel>, model: &str, len: usize, spec: &proto::InputSpec, concurrency: usize, requests: usize) -> anyhow::Result<Stats> {
+    let shape = vec![1, spec.channels as i64, spec.height as i64, spec.width as i64];
+    let per_caller = requests.div_ceil(concurrency);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|k| {
+            let (mut client, model, shape) = (client.clone(), model.to_string(), shape.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_caller);
+                for i in 0..per_caller {
+                    let tensor = proto::Tensor { shape: shape.clone(), data: random_pixels(len, (k * per_caller + i) as u64) };
+                    let req = proto::ScreenRequest { request_id: format!("{k}-{i}"), model: model.clone(), input: Some(proto::screen_request::Input::Tensor(tensor)) };
+                    let t = Instant::now();
+                    client.screen(req).await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let n = all.len();
+    Ok(stats(all, n, started.elapsed()))
+}
+
+/// Deterministic pseudo-random pixels in [0, 1] (content does not change the cost).
+fn random_pixels(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x >> 40) as f32 / (1u64 << 24) as f32 }).collect()
+}
+
+fn decode_costs(files: &[PathBuf], spec: Option<crate::bundle::InputSpec>) -> anyhow::Result<()> {
+    let Some(spec) = spec else { return Ok(()) };
+    if files.is_empty() {
+        return Ok(());
+    }
+    println!("\n{:<40} {:>10} {:>14} {:>16}", "decode cost", "bytes", "decode ms", "preprocess ms");
+    for f in files {
+        let bytes = std::fs::read(f)?;
+        let runs = 20;
+        let (mut d, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes.clone()) } else { Input::Image(bytes.clone()) };
+            let (_, ds, ps) = pipeline::prepare(input, &spec, &DecodeLimits::default())?;
+            d.push(ds);
+            p.push(ps);
+        }
+        d.sort_by(f64::total_cmp);
+        p.sort_by(f64::total_cmp);
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("{:<40} {:>10} {:>11.2} ms {:>13.2} ms", name, bytes.len(), d[runs / 2] * 1e3, p[runs / 2] * 1e3);
+    }
+    Ok(())
+}

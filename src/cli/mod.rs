@@ -1,0 +1,45 @@
+//! cli: the `medsentry` command line: `serve`, `screen`, `models`, `bench`.
+
+mod bench;
+mod models;
+mod screen;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ModelArgs, ServeArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "medsentry", version, about = "Adversarial-input screening sidecar for medical image classifiers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: gRPC (medsentry.v1.Sentry, health, reflection) + admin HTTP port.
+    Serve(ServeArgs),
+    /// Classify and screen files without a server (DICOM, PNG or JPEG; detected by content).
+    Screen(screen::ScreenArgs),
+    /// List the model bundles and their figures.
+    Models(models::ModelsArgs),
+    /// Measure Screen through gRPC against a bare ONNX Runtime session on the same bundle.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs a parsed command; the process exit code follows the result.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let grpc = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("binding gRPC {}: {e}", args.listen))?;
+            let admin = tokio::net::TcpListener::bind(args.admin_listen).await.map_err(|e| anyhow::anyhow!("binding admin {}: {e}", args.admin_listen))?;
+            crate::server::run(args, grpc, admin, crate::server::termination_signal()).await
+        }
+        Command::Screen(args) => screen::run(args).await,
+        Command::Models(args) => models::run(args),
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// Shared by `screen` and `bench`: model flags without the server's.
+pub(crate) type Models = ModelArgs;

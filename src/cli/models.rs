@@ -1,0 +1,45 @@
+//! `medsentry models`: the bundles a models folder holds, verified, with their figures.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::bundle;
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelsArgs {
+    /// Folder of model bundles (falls back to the embedded default bundle when absent).
+    #[arg(long, env = "MEDSENTRY_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    let bundles = bundle::load_all(&args.models_dir)?;
+    if args.json {
+        let list: Vec<_> = bundles.iter().map(|b| serde_json::json!({
+            "source": b.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
+            "classifier_sha256": b.classifier_sha256(),
+            "manifest": b.manifest,
+        })).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for b in &bundles {
+        let m = &b.manifest;
+        let hardening = m.hardening.as_ref().map_or("none".to_string(), |h| format!("{} {} eps={:.4} steps={}", h.method, h.norm, h.epsilon, h.steps));
+        println!("{} {} ({})", m.name, m.version, b.dir.as_ref().map_or("embedded".into(), |d| d.display().to_string()));
+        println!("  task        {}", m.task);
+        println!("  labels      {}", m.labels.join(", "));
+        println!("  input       {}x{}x{} {} resize={} mean={:?} std={:?}", m.input.channels, m.input.height, m.input.width, m.input.color.as_str(), m.input.resize, m.input.mean, m.input.std);
+        println!("  hardening   {hardening}");
+        println!("  detectors   {}", if m.detectors.is_empty() { "none".to_string() } else { m.detectors.iter().map(|d| format!("{} (thr {:.4} @ fpr {})", d.name, d.threshold, d.calibrated_fpr)).collect::<Vec<_>>().join(", ") });
+        println!("  classifier  sha256 {}", b.classifier_sha256());
+        for (k, v) in &m.figures {
+            println!("  {k:<28} {v:.4}");
+        }
+    }
+    Ok(())
+}

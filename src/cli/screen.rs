@@ -1,0 +1,67 @@
+//! `medsentry screen FILE...`: the serving pipeline in-process, no server, one line per file.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::decode::looks_like_dicom;
+use crate::pipeline::{self, Input};
+
+#[derive(Debug, Clone, Args)]
+pub struct ScreenArgs {
+    /// DICOM, PNG or JPEG files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Bundle to use (default: the default model).
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// One JSON object per file instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: super::Models,
+}
+
+pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
+    let (registry, warmups) = crate::server::start_models(&args.models)?;
+    registry.warm_up(warmups, args.models.device()).await?;
+    let model = registry.get(&args.model).cloned().ok_or_else(|| anyhow::anyhow!("unknown model {:?}; available: {:?}", args.model, registry.names()))?;
+    let labels = &model.bundle.manifest.labels;
+    let mut failures = 0;
+    if !args.json {
+        println!("{:<48} {:<12} {:>8} {:<14} {}", "file", "label", "prob", "verdict", "probabilities");
+    }
+    for path in &args.files {
+        let result = match std::fs::read(path) {
+            Ok(bytes) => {
+                let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes) } else { Input::Image(bytes) };
+                pipeline::run(&model, input, args.models.limits(), None).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("reading: {e}")),
+        };
+        match (result, args.json) {
+            (Ok(o), true) => println!("{}", serde_json::json!({
+                "file": path.display().to_string(), "model": model.name(), "label": labels[o.top_index],
+                "probabilities": labels.iter().zip(&o.probabilities).map(|(l, p)| (l.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
+                "verdict": o.screening.verdict.as_str(), "note": o.screening.note,
+                "seconds": {"decode": o.timings.decode, "preprocess": o.timings.preprocess, "infer": o.timings.infer, "total": o.timings.total},
+            })),
+            (Ok(o), false) => {
+                let probs: Vec<String> = labels.iter().zip(&o.probabilities).map(|(l, p)| format!("{l}={p:.4}")).collect();
+                println!("{:<48} {:<12} {:>8.4} {:<14} {}", path.display(), labels[o.top_index], o.probabilities[o.top_index], o.screening.verdict.as_str(), probs.join(" "));
+            }
+            (Err(e), true) => {
+                failures += 1;
+                println!("{}", serde_json::json!({"file": path.display().to_string(), "error": e}));
+            }
+            (Err(e), false) => {
+                failures += 1;
+                println!("{:<48} error: {e}", path.display());
+            }
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} of {} files could not be screened", args.files.len());
+    }
+    Ok(())
+}

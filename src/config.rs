@@ -1,0 +1,135 @@
+//! config: the `serve` flags (each also readable from a MEDSENTRY_* environment variable),
+//! validated at start-up so that a bad value exits with a clear message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::decode::DecodeLimits;
+use crate::engine::{Device, WorkerConfig};
+use crate::serving::ServingConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CudaFallback {
+    /// Refuse to start when CUDA cannot be used.
+    Refuse,
+    /// Log, export medsentry_execution_provider{active="cpu_fallback"} and run on CPU.
+    Cpu,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Folder of model bundles (one sub-folder with bundle.toml each). When it does not
+    /// exist, the default bundle compiled into the binary is served.
+    #[arg(long, env = "MEDSENTRY_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Bundle used when a request names no model (default: the first bundle by name).
+    #[arg(long, env = "MEDSENTRY_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default, one per core).
+    #[arg(long, env = "MEDSENTRY_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+    /// Inference worker threads (one ONNX Runtime session each) per model.
+    #[arg(long, env = "MEDSENTRY_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Cap on the batch size the batcher forms (0 = each bundle's max_batch).
+    #[arg(long, env = "MEDSENTRY_MAX_BATCH", default_value_t = 0)]
+    pub max_batch: usize,
+    /// Requests admitted per model (queued or running); beyond it calls get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MEDSENTRY_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// Execution provider: cpu, or cuda (needs the `cuda` build feature and onnxruntime-gpu).
+    #[arg(long, env = "MEDSENTRY_DEVICE", value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// CUDA device ordinal for --device cuda.
+    #[arg(long, env = "MEDSENTRY_CUDA_DEVICE_ID", default_value_t = 0)]
+    pub cuda_device_id: i32,
+    /// What to do when --device cuda cannot be honoured: refuse to start, or run on CPU.
+    #[arg(long, env = "MEDSENTRY_CUDA_FALLBACK", value_enum, default_value_t = CudaFallback::Refuse)]
+    pub cuda_fallback: CudaFallback,
+    /// Times each worker runs a max-size batch before its model reports ready.
+    #[arg(long, env = "MEDSENTRY_WARMUP_RUNS", default_value_t = 2)]
+    pub warmup_runs: usize,
+    /// Largest image accepted, in pixels per frame (checked from headers before decoding).
+    #[arg(long, env = "MEDSENTRY_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, else the library the build fetched).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address (medsentry.v1.Sentry, grpc.health.v1, reflection).
+    #[arg(long, env = "MEDSENTRY_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address: /metrics, /healthz, /readyz.
+    #[arg(long, env = "MEDSENTRY_ADMIN_LISTEN", default_value = "0.0.0.0:9464")]
+    pub admin_listen: SocketAddr,
+    /// Largest gRPC message accepted, in bytes (a DICOM file travels in one message).
+    #[arg(long, env = "MEDSENTRY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Seconds in-flight calls get to finish after SIGTERM/SIGINT before the process exits.
+    #[arg(long, env = "MEDSENTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+impl ModelArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 || self.workers > 64 {
+            return Err(format!("--workers must be 1..=64, got {}", self.workers));
+        }
+        if self.queue_capacity == 0 {
+            return Err("--queue-capacity must be at least 1".into());
+        }
+        if self.max_image_pixels < 64 * 64 {
+            return Err(format!("--max-image-pixels {} is too small to hold any medical image", self.max_image_pixels));
+        }
+        if self.device == DeviceArg::Cpu && self.cuda_fallback == CudaFallback::Cpu {
+            tracing::debug!("--cuda-fallback has no effect with --device cpu");
+        }
+        Ok(())
+    }
+
+    pub fn device(&self) -> Device {
+        match self.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda { device_id: self.cuda_device_id, fallback_to_cpu: self.cuda_fallback == CudaFallback::Cpu },
+        }
+    }
+
+    pub fn serving(&self) -> ServingConfig {
+        ServingConfig {
+            workers: WorkerConfig { intra_threads: self.intra_threads, workers: self.workers, device: self.device(), warmup_runs: self.warmup_runs },
+            queue_capacity: self.queue_capacity,
+            max_batch: self.max_batch,
+        }
+    }
+
+    pub fn limits(&self) -> DecodeLimits {
+        DecodeLimits { max_pixels: self.max_image_pixels }
+    }
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_message_bytes < 1024 {
+            return Err("--max-message-bytes must be at least 1024".into());
+        }
+        self.model.validate()
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}

@@ -1,0 +1,62 @@
+//! decode: turns request bytes (DICOM Part 10, PNG/JPEG, or a float tensor) into a
+//! [`DecodedImage`] of intensities in [0, 1], the common currency of the pipeline.
+//!
+//! Every refusal is a [`DecodeError`] whose message a PACS engineer can act on; sizes are
+//! checked against [`DecodeLimits`] from headers before any pixel buffer is allocated.
+
+mod dicom;
+mod error;
+mod raster;
+
+pub use dicom::decode_dicom;
+pub use error::DecodeError;
+pub use raster::decode_raster;
+
+/// An image with intensities in [0, 1], planar (channel-major), row-major within a plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedImage {
+    pub width: usize,
+    pub height: usize,
+    /// 1 (monochrome) or 3 (RGB).
+    pub channels: usize,
+    /// `channels * height * width` values in [0, 1].
+    pub data: Vec<f32>,
+}
+
+impl DecodedImage {
+    pub fn plane(&self, c: usize) -> &[f32] {
+        let n = self.width * self.height;
+        &self.data[c * n..(c + 1) * n]
+    }
+}
+
+/// Bounds checked before allocating; a request over them is refused, not truncated.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest width * height accepted (per frame).
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        // ~ 6300 x 6300: above any CR/DX detector in use, far below a decompression bomb.
+        DecodeLimits { max_pixels: 40_000_000 }
+    }
+}
+
+impl DecodeLimits {
+    pub fn check(&self, width: u64, height: u64) -> Result<(), DecodeError> {
+        if width == 0 || height == 0 {
+            return Err(DecodeError::Malformed(format!("image has zero size ({width}x{height})")));
+        }
+        if width.saturating_mul(height) > self.max_pixels {
+            return Err(DecodeError::TooLarge { width, height, max_pixels: self.max_pixels });
+        }
+        Ok(())
+    }
+}
+
+/// True when the bytes look like DICOM Part 10 (preamble + "DICM").
+pub fn looks_like_dicom(bytes: &[u8]) -> bool {
+    bytes.len() >= 132 && &bytes[128..132] == b"DICM"
+}

@@ -1,0 +1,28 @@
+//! medsentry: an adversarial-input screening sidecar for medical image classifiers.
+//!
+//! Data flow: [`api`] -> [`decode`] -> [`preprocess`] -> [`batcher`] -> [`engine`] ->
+//! [`defense`] -> [`metrics`]; [`server::run`] wires them together, [`cli`] is the command
+//! line.
+
+pub mod admin;
+pub mod api;
+pub mod batcher;
+pub mod bundle;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod defense;
+pub mod engine;
+pub mod metrics;
+pub mod pipeline;
+pub mod preprocess;
+pub mod server;
+pub mod serving;
+
+/// Generated gRPC code of proto/medsentry/v1/sentry.proto.
+pub mod proto {
+    tonic::include_proto!("medsentry.v1");
+
+    /// Encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/medsentry_descriptor.bin"));
+}

@@ -1,0 +1,94 @@
+//! metrics: the Prometheus names the sidecar exports (DESIGN.md, "Observability") and one
+//! function per event, so that the names live in one place. Rendered on the admin port.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "medsentry_requests_total";
+pub const REQUEST_DURATION: &str = "medsentry_request_duration_seconds";
+pub const STAGE_DURATION: &str = "medsentry_stage_duration_seconds";
+pub const BATCH_SIZE: &str = "medsentry_batch_size";
+pub const BATCH_DURATION: &str = "medsentry_batch_duration_seconds";
+pub const QUEUE_DEPTH: &str = "medsentry_queue_depth";
+pub const QUEUE_SKIPPED: &str = "medsentry_queue_skipped_total";
+pub const ERRORS: &str = "medsentry_errors_total";
+pub const PREDICTED_CLASS: &str = "medsentry_predicted_class_total";
+pub const MODEL_INFO: &str = "medsentry_model_info";
+pub const MODEL_READY: &str = "medsentry_model_ready";
+pub const EXECUTION_PROVIDER: &str = "medsentry_execution_provider";
+
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle (tests start several
+/// servers in one process; they share it).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("the metrics recorder is installed once")
+        })
+        .clone()
+}
+
+/// Prometheus text exposition of everything recorded so far.
+pub fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}
+
+pub fn record_request(model: &str, api: &'static str, outcome: &'static str, verdict: &'static str, seconds: f64) {
+    counter!(REQUESTS, "model" => model.to_string(), "api" => api, "outcome" => outcome, "verdict" => verdict).increment(1);
+    histogram!(REQUEST_DURATION, "model" => model.to_string(), "api" => api).record(seconds);
+}
+
+pub fn record_stage(model: &str, stage: &'static str, seconds: f64) {
+    histogram!(STAGE_DURATION, "model" => model.to_string(), "stage" => stage).record(seconds);
+}
+
+pub fn record_error(model: &str, api: &'static str, reason: &'static str) {
+    counter!(ERRORS, "model" => model.to_string(), "api" => api, "reason" => reason).increment(1);
+}
+
+pub fn record_prediction(model: &str, label: &str) {
+    counter!(PREDICTED_CLASS, "model" => model.to_string(), "class" => label.to_string()).increment(1);
+}
+
+pub fn record_batch(model: &str, size: usize, seconds: f64) {
+    histogram!(BATCH_SIZE, "model" => model.to_string()).record(size as f64);
+    histogram!(BATCH_DURATION, "model" => model.to_string()).record(seconds);
+}
+
+pub fn record_skipped(model: &str, reason: &'static str) {
+    counter!(QUEUE_SKIPPED, "model" => model.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn set_queue_depth(model: &str, depth: usize) {
+    gauge!(QUEUE_DEPTH, "model" => model.to_string()).set(depth as f64);
+}
+
+pub fn set_model_ready(model: &str, ready: bool) {
+    gauge!(MODEL_READY, "model" => model.to_string()).set(if ready { 1.0 } else { 0.0 });
+}
+
+pub fn set_model_info(model: &str, version: &str, sha256: &str, hardened: bool) {
+    gauge!(MODEL_INFO, "model" => model.to_string(), "version" => version.to_string(),
+        "sha256" => sha256.to_string(), "hardened" => if hardened { "true" } else { "false" })
+    .set(1.0);
+}
+
+/// `requested` is what --device asked for, `active` what the sessions run on
+/// (`cpu_fallback` when CUDA was asked for and was not there).
+pub fn set_execution_provider(model: &str, requested: &'static str, active: &'static str) {
+    gauge!(EXECUTION_PROVIDER, "model" => model.to_string(), "requested" => requested, "active" => active).set(1.0);
+}

@@ -1,0 +1,148 @@
+//! pipeline: one input through decode -> preprocess -> batcher/engine -> defense, with the
+//! wall time of every stage. Shared by the gRPC API and the `screen` command.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::batcher::BatchError;
+use crate::bundle::InputSpec;
+use crate::decode::{self, DecodeError, DecodeLimits};
+use crate::defense::Screening;
+use crate::metrics;
+use crate::preprocess;
+use crate::serving::ServedModel;
+
+/// What a caller sends.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Dicom(Vec<u8>),
+    Image(Vec<u8>),
+    /// [0, 1] pixels at the model's input size, shape [C, H, W] or [1, C, H, W].
+    Tensor { shape: Vec<i64>, data: Vec<f32> },
+}
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("unknown model {name:?}; this sidecar serves {available:?}")]
+    UnknownModel { name: String, available: Vec<String> },
+    #[error("model {0} is still warming up; retry shortly")]
+    NotReady(String),
+    #[error("the request carries no input (set one of dicom, image, tensor)")]
+    NoInput,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub decode: f64,
+    pub preprocess: f64,
+    pub queue: f64,
+    pub infer: f64,
+    pub detect: f64,
+    pub total: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub probabilities: Vec<f32>,
+    pub top_index: usize,
+    pub screening: Screening,
+    pub timings: Timings,
+    pub batch_size: usize,
+}
+
+/// Runs one input through the whole pipeline of `model`.
+pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, deadline: Option<Instant>) -> Result<Outcome, PipelineError> {
+    let started = Instant::now();
+    if !model.is_ready() {
+        return Err(PipelineError::NotReady(model.name().to_string()));
+    }
+    let spec = model.bundle.manifest.input.clone();
+    // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers.
+    let (tensor, decode_s, preprocess_s) = tokio::task::spawn_blocking(move || prepare(input, &spec, &limits))
+        .await
+        .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))??;
+    let name = model.name();
+    metrics::record_stage(name, "decode", decode_s);
+    metrics::record_stage(name, "preprocess", preprocess_s);
+
+    let result = model.batcher.infer(tensor, deadline).await?;
+    metrics::record_stage(name, "queue", result.queue_seconds);
+    metrics::record_stage(name, "infer", result.infer_seconds);
+
+    let detect_start = Instant::now();
+    let screening = model.screener.screen(&result);
+    let detect_s = detect_start.elapsed().as_secs_f64();
+    metrics::record_stage(name, "detect", detect_s);
+
+    let probabilities = softmax(&result.logits);
+    let top_index = argmax(&probabilities);
+    metrics::record_prediction(name, &model.bundle.manifest.labels[top_index]);
+    let timings = Timings {
+        decode: decode_s,
+        preprocess: preprocess_s,
+        queue: result.queue_seconds,
+        infer: result.infer_seconds,
+        detect: detect_s,
+        total: started.elapsed().as_secs_f64(),
+    };
+    Ok(Outcome { probabilities, top_index, screening, timings, batch_size: result.batch_size })
+}
+
+/// Decode + preprocess: the normalised model input and the seconds each step took.
+pub fn prepare(input: Input, spec: &InputSpec, limits: &DecodeLimits) -> Result<(Vec<f32>, f64, f64), PipelineError> {
+    let t0 = Instant::now();
+    let image = match input {
+        Input::Tensor { shape, data } => {
+            let mut pixels = check_tensor(&shape, data, spec)?;
+            let decode_s = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            preprocess::normalize(&mut pixels, spec);
+            return Ok((pixels, decode_s, t1.elapsed().as_secs_f64()));
+        }
+        Input::Dicom(bytes) if bytes.is_empty() => return Err(DecodeError::Empty.into()),
+        Input::Dicom(bytes) => decode::decode_dicom(&bytes, limits)?,
+        Input::Image(bytes) if decode::looks_like_dicom(&bytes) => decode::decode_dicom(&bytes, limits)?,
+        Input::Image(bytes) => decode::decode_raster(&bytes, limits)?,
+    };
+    let decode_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let tensor = preprocess::preprocess(&image, spec);
+    Ok((tensor, decode_s, t1.elapsed().as_secs_f64()))
+}
+
+fn check_tensor(shape: &[i64], data: Vec<f32>, spec: &InputSpec) -> Result<Vec<f32>, DecodeError> {
+    let want = [spec.channels as i64, spec.height as i64, spec.width as i64];
+    let ok = shape == want || (shape.len() == 4 && shape[0] == 1 && shape[1..] == want);
+    if !ok {
+        return Err(DecodeError::BadTensor(format!("shape {shape:?} does not match the model input [1, {}, {}, {}]", want[0], want[1], want[2])));
+    }
+    if data.len() != spec.len() {
+        return Err(DecodeError::BadTensor(format!("shape {shape:?} needs {} values, got {}", spec.len(), data.len())));
+    }
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(DecodeError::BadTensor(format!("value {} at index {i} is not finite", data[i])));
+    }
+    if let Some(i) = data.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        return Err(DecodeError::BadTensor(format!("value {} at index {i} is outside [0, 1] (tensors carry intensities before mean/std)", data[i])));
+    }
+    Ok(data)
+}
+
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| (e / sum) as f32).collect()
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
+}

@@ -1,0 +1,138 @@
+//! server: `run(config, listeners, shutdown)` wires bundles, engine, batchers, the gRPC
+//! services and the admin port together. It takes its listeners and shutdown future as
+//! arguments so tests run the real server on port 0.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::admin::{self, AdminState};
+use crate::api::{self, SentryService};
+use crate::config::{ModelArgs, ServeArgs};
+use crate::proto::{self, sentry_server::SentryServer};
+use crate::serving::{Registry, Warmup};
+use crate::{bundle, engine, metrics};
+
+/// Loads and verifies the bundles, loads ONNX Runtime and starts every model's batcher
+/// and workers (warm-up continues in the background: await the returned warm-ups).
+pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warmup>)> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    metrics::install();
+    let bundles = bundle::load_all(&args.models_dir)?;
+    engine::runtime::environment(args.ort_dylib.clone())?;
+    let (registry, warmups) = Registry::start(bundles, args.default_model.as_deref(), args.serving())?;
+    Ok((Arc::new(registry), warmups))
+}
+
+/// Runs the sidecar until `shutdown` resolves, then drains in-flight calls for at most the
+/// grace period.
+pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let (registry, warmups) = start_models(&args.model)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let services: Vec<String> = std::iter::once(String::new())
+        .chain(std::iter::once(SERVICE_NAME.to_string()))
+        .chain(registry.names())
+        .collect();
+    set_health(&health, &services, ServingStatus::NotServing).await;
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, AdminState { registry: registry.clone(), draining: draining.clone() }));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let sentry = SentryServer::new(SentryService::new(registry.clone(), args.model.limits()))
+        .max_decoding_message_size(args.max_message_bytes)
+        .max_encoding_message_size(args.max_message_bytes);
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let (health, services, draining) = (health.clone(), services.clone(), draining.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: refusing new calls, draining those in flight");
+            draining.store(true, Ordering::Release);
+            set_health(&health, &services, ServingStatus::NotServing).await;
+            let _ = drain_tx.send(());
+        }
+    };
+    let local = grpc.local_addr().ok();
+    let server = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(api::count_transport_refusals))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sentry)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal);
+    tracing::info!(grpc = ?local, "medsentry listening");
+
+    let warm = {
+        let (registry, health, services) = (registry.clone(), health.clone(), services.clone());
+        let device = args.model.device();
+        async move {
+            registry.warm_up(warmups, device).await?;
+            set_health(&health, &services, ServingStatus::Serving).await;
+            anyhow::Ok(())
+        }
+    };
+    let grace = args.grace();
+    let deadline = async move {
+        if drain_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(server, warm, deadline);
+    let mut warming = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut server => break r.context("gRPC server"),
+            r = &mut warm, if warming => {
+                warming = false;
+                if let Err(e) = r {
+                    break Err(e.context("model start-up failed"));
+                }
+            }
+            _ = &mut deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over: abandoning calls still in flight");
+                break Ok(());
+            }
+        }
+    };
+    admin_task.abort();
+    result
+}
+
+/// The fully-qualified name health checks use for the Sentry service.
+pub const SERVICE_NAME: &str = "medsentry.v1.Sentry";
+
+async fn set_health(health: &HealthReporter, services: &[String], status: ServingStatus) {
+    for s in services {
+        health.set_service_status(s, status).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
