@@ -16,9 +16,12 @@ const THUMB: usize = 16;
 /// Uncompressed and lossless files must match pydicom to this (stats and thumbnail).
 const STATS_TOL: f64 = 1e-3;
 const THUMB_TOL: f64 = 2e-3;
-/// RG1_J2KI is lossy JPEG 2000: OpenJPEG (pydicom via pylibjpeg-openjpeg) and the openjp2
-/// port used by dicom-rs may dequantise differently, so it only needs to be close.
+/// Lossy syntaxes only need to be close: decoders may reconstruct differently. RG1_J2KI (lossy
+/// JPEG 2000): OpenJPEG via pylibjpeg-openjpeg and dicom-rs's openjp2 port agree today to 3e-8
+/// per pixel, but need not. SC_rgb_jpeg_dcmtk (JPEG baseline): jpeg-decoder and pydicom's
+/// decoder differ by 1/255 in 1% of samples (thumbnail 1.3e-3).
 const LOSSY_TOL: f64 = 2e-2;
+const LOSSY_TS: [&str; 3] = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91"];
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/dicom")
@@ -119,7 +122,8 @@ fn matches_pydicom_reference() {
             failures.push(format!("{name}: size {dims:?}, pydicom {want_dims:?}"));
             continue;
         }
-        let (stats_tol, thumb_tol) = if name.contains("J2KI") { (LOSSY_TOL, LOSSY_TOL) } else { (STATS_TOL, THUMB_TOL) };
+        let lossy = LOSSY_TS.contains(&want["transfer_syntax"].as_str().unwrap_or_default());
+        let (stats_tol, thumb_tol) = if lossy { (LOSSY_TOL, LOSSY_TOL) } else { (STATS_TOL, THUMB_TOL) };
         let n = img.data.len() as f64;
         let mean = img.data.iter().map(|&v| v as f64).sum::<f64>() / n;
         let min = img.data.iter().fold(f64::INFINITY, |a, &v| a.min(v as f64));
@@ -167,6 +171,8 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(decode_dicom(&random, &limits).is_err());
     random[128..132].copy_from_slice(b"DICM");
     assert!(decode_dicom(&random, &limits).is_err());
+    // dicom-rs's RLE adapter panics (index out of bounds) on some cuts: decode_dicom catches
+    // it, but the panic message still shows up in the test output.
     for name in ["MR_small.dcm", "MR_small_RLE.dcm", "JPEG-LL.dcm", "693_J2KR.dcm", "SC_rgb_jpeg_dcmtk.dcm"] {
         let bytes = read(name);
         // The compressed files end with [codestream, 1 pad byte, 8-byte sequence delimiter];

@@ -1,0 +1,173 @@
+//! Test harness: the real server on port 0, a real tonic client, the admin port over HTTP.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use medsentry::config::ServeArgs;
+use medsentry::proto::sentry_client::SentryClient;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// ../shared/data beside the repository (where CI lays it too).
+pub fn data(rel: &str) -> PathBuf {
+    repo().join("..").join("shared").join("data").join(rel)
+}
+
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts the sidecar on the repository's models/ with extra flags; does not wait.
+    pub async fn start(extra: &[&str]) -> TestServer {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (g, a) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
+        let models = repo().join("models");
+        let mut argv = vec!["medsentry".to_string(), "--models-dir".into(), models.display().to_string(), "--intra-threads".into(), "2".into()];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = Wrapper::try_parse_from(argv).expect("test flags parse").args;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(medsentry::server::run(args, grpc, admin, async move {
+            let _ = rx.await;
+        }));
+        TestServer { grpc: g, admin: a, stop: Some(tx), task }
+    }
+
+    /// Starts and waits until health says SERVING.
+    pub async fn ready(extra: &[&str]) -> TestServer {
+        let s = TestServer::start(extra).await;
+        s.wait_serving().await;
+        s
+    }
+
+    pub async fn channel(&self) -> Channel {
+        for _ in 0..100 {
+            if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cannot connect to {}", self.grpc);
+    }
+
+    pub async fn client(&self) -> SentryClient<Channel> {
+        SentryClient::new(self.channel().await).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)
+    }
+
+    pub async fn health_status(&self, service: &str) -> i32 {
+        let mut h = HealthClient::new(self.channel().await);
+        h.check(HealthCheckRequest { service: service.into() }).await.map(|r| r.into_inner().status).unwrap_or(-1)
+    }
+
+    pub async fn wait_serving(&self) {
+        for _ in 0..600 {
+            if self.health_status("").await == ServingStatus::Serving as i32 {
+                return;
+            }
+            assert!(!self.task.is_finished(), "server exited during start-up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server not SERVING after 30 s");
+    }
+
+    /// GET on the admin port: (status code, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap()
+    }
+
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// Sum of a metric's samples whose label set contains every `label="value"` given.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn image_request(id: &str, bytes: Vec<u8>) -> medsentry::proto::ScreenRequest {
+    medsentry::proto::ScreenRequest { request_id: id.into(), model: String::new(), input: Some(medsentry::proto::screen_request::Input::Image(bytes)) }
+}
+
+pub fn dicom_request(id: &str, bytes: Vec<u8>) -> medsentry::proto::ScreenRequest {
+    medsentry::proto::ScreenRequest { request_id: id.into(), model: String::new(), input: Some(medsentry::proto::screen_request::Input::Dicom(bytes)) }
+}
+
+pub fn tensor_request(id: &str, shape: Vec<i64>, data: Vec<f32>) -> medsentry::proto::ScreenRequest {
+    medsentry::proto::ScreenRequest {
+        request_id: id.into(),
+        model: String::new(),
+        input: Some(medsentry::proto::screen_request::Input::Tensor(medsentry::proto::Tensor { shape, data })),
+    }
+}
+
+/// The pipeline's reference outputs for real test images (models/NAME/reference.json).
+pub struct Reference {
+    pub file: String,
+    pub label: usize,
+    pub pixels: Vec<f32>,
+    pub probabilities: Vec<f32>,
+}
+
+pub fn references(bundle: &str) -> (String, Vec<Reference>) {
+    let text = std::fs::read_to_string(repo().join("models").join(bundle).join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let root = v["data_root"].as_str().unwrap().to_string();
+    let items = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| Reference {
+            file: it["file"].as_str().unwrap().into(),
+            label: it["label"].as_u64().unwrap() as usize,
+            pixels: it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            probabilities: it["probabilities"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+        })
+        .collect();
+    (root, items)
+}
