@@ -1,4 +1,9 @@
 //! The batcher's owner task: drains the queue into batches of at most `max_batch`.
+//!
+//! It reserves a slot in the worker channel (capacity 1) before it forms a batch, so a
+//! batch is assembled only when it can be handed over: while the workers run one batch and
+//! the next waits in the channel, new requests stay queued, where callers that went away
+//! and expired deadlines are still caught and where the following batch grows.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +24,7 @@ pub(super) async fn run(
 ) {
     let mut waiting: VecDeque<Entry> = VecDeque::new();
     loop {
+        let Ok(slot) = batches.reserve().await else { break };
         if waiting.is_empty() {
             match rx.recv().await {
                 Some(e) => waiting.push_back(e),
@@ -55,12 +61,7 @@ pub(super) async fn run(
         for e in &mut entries {
             input.append(&mut e.input);
         }
-        if let Err(mpsc::error::SendError(batch)) = batches.send(Batch { entries, input }).await {
-            for e in batch.entries {
-                e.answer(Err(BatchError::Closed(model.clone())));
-            }
-            break;
-        }
+        slot.send(Batch { entries, input });
     }
     // Queue closed or workers gone: answer whatever is left rather than dropping it.
     for e in waiting.drain(..) {

@@ -56,20 +56,15 @@ async fn full_queue_is_refused_immediately() {
 #[tokio::test]
 async fn callers_that_went_away_are_skipped() {
     let (handle, mut batches) = BatcherHandle::start("m", 8, 8);
-    // Hold the worker side so the first batch waits in the channel (capacity 1).
-    let first = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![1.0], None).await } });
-    let first_batch = batches.recv().await.unwrap();
+    let (running, ahead) = fill_pipeline(&handle, &mut batches).await;
     let gone = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![2.0], None).await } });
-    while handle.in_flight() < 2 {
+    while handle.in_flight() < 3 {
         tokio::task::yield_now().await;
     }
     gone.abort();
     let _ = gone.await;
     let stays = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![3.0], None).await } });
-    for e in first_batch.entries {
-        e.answer(Ok(ok_result(1)));
-    }
-    first.await.unwrap().unwrap();
+    drain_pipeline(running, ahead, &mut batches).await;
     let batch = batches.recv().await.unwrap();
     assert_eq!(batch.input, vec![3.0], "the aborted caller's input must not be run");
     for e in batch.entries {
@@ -81,15 +76,11 @@ async fn callers_that_went_away_are_skipped() {
 #[tokio::test]
 async fn expired_deadline_is_answered_without_running() {
     let (handle, mut batches) = BatcherHandle::start("m", 8, 8);
-    let blocker = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![1.0], None).await } });
-    let first_batch = batches.recv().await.unwrap();
+    let (running, ahead) = fill_pipeline(&handle, &mut batches).await;
     let deadline = Instant::now() + Duration::from_millis(20);
     let late = handle.infer(vec![2.0], Some(deadline)).await.unwrap_err();
     assert!(matches!(late, BatchError::DeadlineExceeded { .. }), "{late:?}");
-    for e in first_batch.entries {
-        e.answer(Ok(ok_result(1)));
-    }
-    blocker.await.unwrap().unwrap();
+    drain_pipeline(running, ahead, &mut batches).await;
     // The expired entry never reaches a worker: the next batch holds only the new caller.
     let next = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![3.0], None).await } });
     let batch = batches.recv().await.unwrap();
@@ -98,4 +89,33 @@ async fn expired_deadline_is_answered_without_running() {
         e.answer(Ok(ok_result(1)));
     }
     next.await.unwrap().unwrap();
+}
+
+type Caller = tokio::task::JoinHandle<Result<InferResult, BatchError>>;
+
+/// Puts one batch "on the worker" (held by the test) and one prepared ahead in the
+/// channel, so that the next requests stay in the queue.
+async fn fill_pipeline(handle: &BatcherHandle, batches: &mut tokio::sync::mpsc::Receiver<Batch>) -> ((Caller, Batch), Caller) {
+    let first = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![10.0], None).await } });
+    let running = batches.recv().await.unwrap();
+    let ahead = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![11.0], None).await } });
+    while handle.in_flight() < 2 || handle.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        tokio::task::yield_now().await;
+    }
+    ((first, running), ahead)
+}
+
+/// Answers the running batch and the one prepared ahead.
+async fn drain_pipeline(running: (Caller, Batch), ahead: Caller, batches: &mut tokio::sync::mpsc::Receiver<Batch>) {
+    let (first, batch) = running;
+    for e in batch.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    first.await.unwrap().unwrap();
+    let batch = batches.recv().await.unwrap();
+    assert_eq!(batch.input, vec![11.0], "the batch prepared ahead");
+    for e in batch.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    ahead.await.unwrap().unwrap();
 }
