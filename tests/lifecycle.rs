@@ -56,3 +56,19 @@ async fn shutdown_finishes_calls_in_flight_then_refuses_new_ones() {
     let fresh = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await;
     assert!(fresh.is_err(), "the listener is closed after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuda_without_cuda_refuses_or_falls_back_as_configured() {
+    // No CUDA here (the CPU ONNX Runtime, and no `cuda` feature in the default build).
+    let refused = TestServer::start(&["--device", "cuda"]).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), refused.task).await.unwrap().unwrap().unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("CUDA execution provider unavailable") && msg.contains("--cuda-fallback=cpu"), "{msg}");
+
+    let server = TestServer::ready(&["--device", "cuda", "--cuda-fallback", "cpu"]).await;
+    let mut client = server.client().await;
+    client.screen(tensor_request("cpu", vec![1, 1, 64, 64], vec![0.5; 4096])).await.unwrap();
+    let (_, m) = server.admin_get("/metrics");
+    assert_eq!(metric(&m, "medsentry_execution_provider", &[("requested", "cuda"), ("active", "cpu_fallback")]), 1.0, "fallback visible in metrics");
+    server.stop().await.unwrap();
+}

@@ -38,6 +38,9 @@ impl ModelSession {
             .map_err(ort_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| ort_err(e.into()))?;
+        // Spinning intra-op threads would burn the cores the gRPC and decode threads need
+        // between batches; a sidecar shares its cores, so its ORT threads sleep instead.
+        builder = builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| ort_err(e.into()))?;
         if intra_threads > 0 {
             builder = builder.with_intra_threads(intra_threads).map_err(|e| ort_err(e.into()))?;
         }

@@ -43,7 +43,10 @@ impl TestServer {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (g, a) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
         let models = repo().join("models");
-        let mut argv = vec!["medsentry".to_string(), "--models-dir".into(), models.display().to_string(), "--intra-threads".into(), "2".into()];
+        let mut argv = vec!["medsentry".to_string(), "--intra-threads".into(), "2".into()];
+        if !extra.contains(&"--models-dir") {
+            argv.extend(["--models-dir".to_string(), models.display().to_string()]);
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Wrapper::try_parse_from(argv).expect("test flags parse").args;
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,191 @@
+"""Shared helpers of the adversarial stages (attacks, detectors, evaluate, run_all).
+
+Not a stage itself. Paths are derived from the package location (datasets.REPO), never
+written as absolute paths.
+
+Provenance: the hardened checkpoint keeps improving while it trains, so every stage loads
+it at run time. The attack stage copies the exact bytes it attacked into its output folder
+(`served_snapshot.pt`, with its sha256 in the manifest); the detector and evaluation stages
+use that snapshot so that attacks, detectors and figures all refer to the same network, and
+`run_all` re-runs the attacks when the live checkpoint no longer matches the snapshot.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from . import datasets
+from .nets import Normalized, SimpleCNN, SmallResNet
+
+torch.set_num_threads(int(os.environ.get("MEDSENTRY_TORCH_THREADS", "2")))
+
+CKPT_DIR = os.path.join(datasets.REPO, "models", "training", "checkpoints")
+ATTACK_ROOT = os.path.join(datasets.WORK, "attacks")
+SPLIT_SEED = 1
+EPS_LIST = [1, 2, 4, 8]  # Linf budgets in 1/255 units
+SERVED = "hardened"
+
+
+def default_bundle_dir(spec) -> str:
+    return os.path.join(datasets.REPO, "models", spec.name)
+
+
+def attack_dir(spec, limit: int | None) -> str:
+    sub = spec.name if not limit else f"{spec.name}_limit{limit}"
+    return os.path.join(ATTACK_ROOT, sub)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ckpt_path(spec, kind: str) -> str:
+    return os.path.join(CKPT_DIR, f"{spec.name}_{kind}.pt")
+
+
+def load_ckpt(path: str):
+    """(model: Normalized in eval mode, checkpoint dict). Architecture from ck['arch']."""
+    ck = torch.load(path, weights_only=False, map_location="cpu")
+    if ck.get("arch") == "surrogate":
+        net = SimpleCNN(ck["channels"], len(ck["labels"]))
+    else:
+        net = SmallResNet(ck["channels"], len(ck["labels"]), width=16, stem_stride=2)
+    net.load_state_dict(ck["net"])
+    net.eval()
+    model = Normalized(net, ck["mean"], ck["std"]).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, ck
+
+
+def snapshot_served(spec, out_dir: str) -> tuple[str, str]:
+    """Copy the live served checkpoint into out_dir (read once, so a concurrent overwrite by
+    the training job cannot tear it). Returns (snapshot path, sha256)."""
+    src = ckpt_path(spec, SERVED)
+    for _ in range(5):
+        with open(src, "rb") as f:
+            data = f.read()
+        try:  # make sure the bytes are a complete checkpoint
+            import io
+            torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
+            break
+        except Exception:  # training job was writing it: retry
+            time.sleep(2)
+    else:
+        raise SystemExit(f"could not read a complete checkpoint from {src}")
+    dst = os.path.join(out_dir, "served_snapshot.pt")
+    with open(dst + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(dst + ".tmp", dst)
+    return dst, hashlib.sha256(data).hexdigest()
+
+
+def load_manifest(adir: str) -> dict:
+    path = os.path.join(adir, "manifest.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"no attack manifest at {path}: run `python -m medsentry_training.attacks` first")
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def make_split(spec, limit: int | None):
+    """AdvTrain / AdvTest: the official test set split 50/50 stratified (seed 1). With
+    --limit N, a stratified subset of N images of each half (seed 1) is used."""
+    x, y, files = datasets.load_split(spec, "test")
+    adv_test, adv_train = datasets.stratified_split(y, 0.5, SPLIT_SEED)  # (rest, held)
+    # stratified_split returns (rest, held); call the held half AdvTrain.
+    if limit:
+        rng = np.random.default_rng(SPLIT_SEED)
+
+        def sub(idx):
+            picked = []
+            for c in np.unique(y[idx]):
+                ic = idx[y[idx] == c].copy()
+                rng.shuffle(ic)
+                picked.extend(ic[: max(1, int(round(limit * len(ic) / len(idx))))])
+            return np.sort(np.array(picked))[:limit]
+        adv_train, adv_test = sub(adv_train), sub(adv_test)
+    return {"train": adv_train.astype(np.int64), "test": adv_test.astype(np.int64)}, x, y, files
+
+
+@contextlib.contextmanager
+def timed(log: dict, name: str):
+    t0 = time.time()
+    print(f"[start] {name}", flush=True)
+    yield
+    dt = time.time() - t0
+    log[name] = round(dt, 2)
+    print(f"[time] {name}: {dt:.1f}s", flush=True)
+
+
+def forward_batches(model: Normalized, x: np.ndarray, batch: int = 256):
+    """(logits, features) as float64 numpy from the served net's single forward pass."""
+    ls, fs = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            lo, fe = model.features(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)))
+            ls.append(lo.double().numpy()); fs.append(fe.double().numpy())
+    if not ls:
+        return np.zeros((0, 2)), np.zeros((0, 64))
+    return np.concatenate(ls), np.concatenate(fs)
+
+
+def load_attacks(adir: str, target: str | None = None, shas: dict | None = None):
+    """All attack records in adir as a list of dicts (npz contents + meta). With `shas`
+    (the manifest's), records made against other checkpoint versions are left out."""
+    recs = []
+    for name in sorted(os.listdir(adir)):
+        if not name.endswith(".npz"):
+            continue
+        z = np.load(os.path.join(adir, name), allow_pickle=False)
+        meta = json.loads(str(z["meta"]))
+        if target and meta["target_model"] != target:
+            continue
+        if shas is not None and any(shas.get(k) != v for k, v in meta["shas"].items()):
+            print(f"[stale] {name}: made against another checkpoint version; ignored", flush=True)
+            continue
+        rec = {k: z[k] for k in z.files if k != "meta"}
+        rec.update(meta)
+        rec["file"] = name
+        recs.append(rec)
+    return recs
+
+
+def auroc(neg: np.ndarray, pos: np.ndarray) -> float | None:
+    """AUROC of scores (higher = positive), ties counted half."""
+    if len(neg) == 0 or len(pos) == 0:
+        return None
+    from .export import auc
+    s = np.concatenate([neg, pos]).astype(np.float64)
+    y = np.concatenate([np.zeros(len(neg)), np.ones(len(pos))])
+    return auc(s, y)
+
+
+def roc_curve(neg: np.ndarray, pos: np.ndarray):
+    thr = np.unique(np.concatenate([neg, pos]))[::-1]
+    fpr = np.array([0.0] + [(neg >= t).mean() for t in thr])
+    tpr = np.array([0.0] + [(pos >= t).mean() for t in thr])
+    return fpr, tpr
+
+
+def copy_if_exists(src: str, dst: str) -> None:
+    if os.path.exists(src):
+        shutil.copyfile(src, dst)

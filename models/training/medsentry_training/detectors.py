@@ -1,0 +1,325 @@
+"""Stage: fit the adversarial-input detectors on AdvTrain ONLY and export them as JSON the
+Rust sidecar evaluates without Python.
+
+    python -m medsentry_training.detectors --dataset chest_xray [--limit N] [--out DIR]
+
+Inputs: the attack stage's folder (work/attacks/<bundle>[_limitN]/), whose
+`served_snapshot.pt` is the hardened classifier the attacks were made against. Both
+detectors read the served network's penultimate `features` (64-d) and `logits` (2) from
+the same forward pass (the ONNX graph's two outputs).
+
+Detectors (higher score = more adversarial; flag when score > threshold):
+  detector_mahalanobis.json  Lee et al. 2018, penultimate layer only, no input
+      preprocessing: class means and a tied covariance of CLEAN AdvTrain features (labels =
+      ground truth), Ledoit-Wolf shrinkage; score = min_c sqrt((f-mu_c)^T P (f-mu_c)).
+  detector_logreg.json       Ma et al.-style learned detector: L2-regularised logistic
+      regression on standardised [features, logits]; negatives clean AdvTrain, positives
+      successful adversarial AdvTrain examples (clean-correct images only) of FGSM, BIM,
+      PGD-20 (all budgets) and C&W against the served model. Classes weighted equally.
+      This is also the "seen attacks only" variant of the unseen-attack table.
+  detector_logreg_all.json   same, trained on every attack family in AdvTrain (adds
+      Square, transfer, UAPs, one-pixel, L-BFGS); not used for the unseen table.
+Thresholds: on clean AdvTrain scores, the smallest threshold t with
+#(score > t) <= fpr * n, for fpr 1 % and 5 %.
+
+Also writes adv_split.json (AdvTrain / AdvTest index and file lists) and
+advtest_sample.json (6 clean, 7 PGD-4/255, 7 UAP AdvTest examples with Python's
+detector scores, for the Rust parity tests) into --out. The default --out is the real
+bundle (models/<bundle>/); when that folder holds a classifier.onnx, it must reproduce the
+attacked snapshot (max abs difference <= 1e-4) or the stage refuses to write detectors
+that do not match the served classifier.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from . import datasets
+from . import advcommon as C
+
+SEEN = ("fgsm", "bim", "pgd20", "cw")
+NOT_ADVERSARIAL = ("uap_random", "aa_lite")  # random controls; aa_lite exists on AdvTest only
+FPRS = (0.01, 0.05)
+L2_REG = 1e-3
+
+
+# ----------------------------------------------------------------------------- fitting
+def ledoit_wolf(X: np.ndarray):
+    """Ledoit-Wolf shrunk covariance of centred rows X (n, d). Returns (cov, shrinkage)."""
+    n, d = X.shape
+    S = X.T @ X / n
+    mu = np.trace(S) / d
+    delta = ((S - mu * np.eye(d)) ** 2).sum() / d
+    beta = sum((((np.outer(x, x) - S) ** 2).sum()) for x in X) / (n * n * d)
+    a = float(min(beta, delta) / delta) if delta > 0 else 1.0
+    return (1 - a) * S + a * mu * np.eye(d), a
+
+
+def fit_mahalanobis(feats: np.ndarray, y: np.ndarray, n_classes: int):
+    means = np.stack([feats[y == c].mean(0) for c in range(n_classes)])
+    centred = feats - means[y]
+    cov, a = ledoit_wolf(centred)
+    precision = np.linalg.inv(cov)
+    precision = (precision + precision.T) / 2
+    return means, precision, a
+
+
+def mahalanobis_score(feats: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    d = feats[:, None, :] - means[None, :, :]
+    q = np.einsum("ncd,de,nce->nc", d, precision, d)
+    return np.sqrt(np.maximum(q, 0)).min(1)
+
+
+def fit_logistic(X: np.ndarray, t: np.ndarray, l2: float = L2_REG, iters: int = 100):
+    """Weighted L2-regularised logistic regression by Newton's method (float64,
+    deterministic). Classes weighted to equal total weight. Returns (mean, scale, w, b)."""
+    mean = X.mean(0)
+    scale = X.std(0)
+    scale[scale < 1e-8] = 1.0
+    Z = (X - mean) / scale
+    n, d = Z.shape
+    sw = np.where(t == 1, 0.5 / max(1, t.sum()), 0.5 / max(1, (1 - t).sum()))
+    A = np.hstack([Z, np.ones((n, 1))])
+    theta = np.zeros(d + 1)
+    reg = np.full(d + 1, l2); reg[-1] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(A @ theta)))
+        grad = A.T @ (sw * (p - t)) + reg * theta
+        H = (A * (sw * p * (1 - p))[:, None]).T @ A + np.diag(reg) + 1e-10 * np.eye(d + 1)
+        step = np.linalg.solve(H, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return mean, scale, theta[:-1], float(theta[-1])
+
+
+def logistic_logit(X: np.ndarray, det: dict) -> np.ndarray:
+    return ((X - np.array(det["mean"])) / np.array(det["scale"])) @ np.array(det["weights"]) + det["bias"]
+
+
+def threshold_at(scores: np.ndarray, fpr: float) -> float:
+    """Smallest observed score t with #(scores > t) <= fpr * n."""
+    s = np.sort(scores)
+    k = int(np.floor(fpr * len(s)))  # allowed number above the threshold
+    return float(s[len(s) - 1 - k]) if len(s) else float("nan")
+
+
+# ----------------------------------------------------------------------------- scoring
+def score_all(dets: dict, logits: np.ndarray, feats: np.ndarray) -> dict:
+    """Scores of every detector in `dets` (name -> JSON dict), float64."""
+    out = {}
+    for name, d in dets.items():
+        if d["kind"] == "mahalanobis":
+            out[name] = mahalanobis_score(feats, np.array(d["means"]), np.array(d["precision"]))
+        else:
+            z = logistic_logit(np.hstack([feats, logits]), d)
+            out[name] = 1 / (1 + np.exp(-z))
+    return out
+
+
+class TorchDetectors(torch.nn.Module):
+    """Differentiable re-implementation (float32) for adaptive attacks. forward(logits,
+    feats) -> dict name -> 'margin' score normalised so that > 0 means flagged at the
+    1 % FPR threshold (Mahalanobis: (score - t) / t; logistic: logit - logit(t))."""
+
+    def __init__(self, dets: dict, key: str = "fpr_0.01"):
+        super().__init__()
+        self.dets = dets
+        self.key = key
+        for name, d in dets.items():
+            if d["kind"] == "mahalanobis":
+                self.register_buffer(f"{name}_means", torch.tensor(d["means"], dtype=torch.float32))
+                self.register_buffer(f"{name}_prec", torch.tensor(d["precision"], dtype=torch.float32))
+            else:
+                for k in ["mean", "scale", "weights"]:
+                    self.register_buffer(f"{name}_{k}", torch.tensor(d[k], dtype=torch.float32))
+
+    def forward(self, logits, feats):
+        out = {}
+        for name, d in self.dets.items():
+            if d["kind"] == "mahalanobis":
+                diff = feats[:, None, :] - getattr(self, f"{name}_means")[None]
+                q = torch.einsum("ncd,de,nce->nc", diff, getattr(self, f"{name}_prec"), diff)
+                s = q.clamp_min(1e-12).sqrt().min(1).values
+                t = d["thresholds"][self.key]
+                out[name] = (s - t) / t
+            else:
+                x = torch.cat([feats, logits], 1)
+                z = ((x - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_scale")) @ getattr(self, f"{name}_weights") + d["bias"]
+                out[name] = z - d["thresholds_logit"][self.key]
+        return out
+
+
+def load_detectors(out_dir: str) -> dict:
+    dets = {}
+    for name in ["mahalanobis", "logreg", "logreg_all"]:
+        p = os.path.join(out_dir, f"detector_{name}.json")
+        if os.path.exists(p):
+            with open(p) as f:
+                dets[name] = json.load(f)
+    return dets
+
+
+# ----------------------------------------------------------------------------- stage
+def adversarial_train_set(recs, families):
+    xs, meta = [], []
+    for r in recs:
+        fam = r["attack"]
+        if fam in NOT_ADVERSARIAL or r["target_model"] != C.SERVED:
+            continue
+        base = "uap" if fam.startswith("uap") else fam
+        if families is not None and base not in families:
+            continue
+        m = (r["split"] == 0) & r["success"] & (r["pred_clean"] == r["label"])
+        if m.any():
+            xs.append(r["x_adv"][m])
+            meta.append((fam, r["budget"], int(m.sum())))
+    return (np.concatenate(xs) if xs else np.zeros((0, 1, 1, 1), np.float32)), meta
+
+
+def check_onnx(out_dir: str, model, x: np.ndarray):
+    onnx_path = os.path.join(out_dir, "classifier.onnx")
+    if not os.path.exists(onnx_path):
+        return None
+    import onnxruntime as ort
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    norm = ((x - model.mean.numpy()) / model.std.numpy()).astype(np.float32)
+    lo, fe = sess.run(["logits", "features"], {"input": norm})
+    tl, tf = C.forward_batches(model, x)
+    diff = max(float(np.abs(lo - tl).max()), float(np.abs(fe - tf).max()))
+    return {"onnx_sha256": C.sha256_file(onnx_path), "max_abs_diff_vs_snapshot": diff}
+
+
+def fmt32(a) -> list:
+    """float32 values as the shortest decimal that round-trips to the same float32."""
+    return [float(np.format_float_positional(np.float32(v), unique=True, trim="-")) for v in np.ravel(a)]
+
+
+def write_sample(out_dir, spec, dets, model, recs, split, x, y, files, per_kind=7):
+    test = set(split["test"].tolist())
+    items = []
+
+    def add(kind, attack, budget, xs, idxs):
+        lo, fe = C.forward_batches(model, xs)
+        sc = score_all(dets, lo, fe)
+        for k in range(len(xs)):
+            items.append({"kind": kind, "attack": attack, "budget": budget, "index": int(idxs[k]),
+                          "file": files[idxs[k]], "label": int(y[idxs[k]]),
+                          "pixels": fmt32(xs[k]), "logits": lo[k].tolist(), "features": fe[k].tolist(),
+                          "scores": {n: float(v[k]) for n, v in sc.items()}})
+
+    # clean: balanced classes
+    cl = []
+    for c in range(len(spec.labels)):
+        cl += [i for i in split["test"] if y[i] == c][: per_kind // 2]
+    cl = np.array(cl, dtype=np.int64)
+    add("clean", "none", "none", x[cl], cl)
+    for attack, budget in [("pgd20", "linf_4"), ("uap", "linf_z4")]:
+        r = [r for r in recs if r["target_model"] == C.SERVED and r["attack"] == attack and r["budget"] == budget]
+        if not r:
+            print(f"[warn] sample: no {attack} {budget} records", flush=True)
+            continue
+        r = r[0]
+        te = np.flatnonzero(r["split"] == 1)
+        order = np.concatenate([te[r["success"][te]], te[~r["success"][te]]])[:per_kind]  # successful first
+        add(attack, attack, budget, r["x_adv"][order], r["index"][order])
+    sample = {"about": "Written by medsentry_training.detectors: AdvTest examples (model-space [0,1] pixels, shape "
+                       "[C,H,W] row-major, float32 values), the served classifier's logits/features on them "
+                       "(PyTorch, same snapshot as the detectors) and each detector's score computed in float64 by "
+                       "Python. Rust should reproduce the scores within 1e-4 (ONNX features differ from PyTorch "
+                       "by ~1e-6).", "shape": [int(s) for s in x.shape[1:]], "items": items}
+    path = os.path.join(out_dir, "advtest_sample.json")
+    C.write_json(path, sample)
+    print(f"[sample] {len(items)} items, {os.path.getsize(path) / 1e6:.2f} MB -> advtest_sample.json", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", default=None, help="bundle folder (default models/<bundle>/)")
+    args = ap.parse_args(argv)
+    spec = datasets.SPECS[args.dataset]
+    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
+    os.makedirs(out_dir, exist_ok=True)
+    adir = C.attack_dir(spec, args.limit)
+    man = C.load_manifest(adir)
+    times = {}
+    t0 = time.time()
+    with C.timed(times, "load"):
+        model, ck = C.load_ckpt(os.path.join(adir, man["snapshot"]))
+        x, y, files = datasets.load_split(spec, "test")
+        split = {h: np.array(man["split"][h], dtype=np.int64) for h in ["train", "test"]}
+        recs = C.load_attacks(adir, shas=man["shas"])
+    onnx_check = check_onnx(out_dir, model, x[split["train"][:64]])
+    if onnx_check:
+        print(f"[onnx] {json.dumps(onnx_check)}", flush=True)
+        if onnx_check["max_abs_diff_vs_snapshot"] > 1e-4:
+            raise SystemExit("classifier.onnx in --out is not the attacked hardened snapshot: re-export it "
+                             "(python -m medsentry_training.export --dataset chest_xray --classifier hardened) "
+                             "and re-run the attacks, or use another --out")
+    provenance = {"classifier": "hardened", "checkpoint_sha256": man["shas"]["hardened"],
+                  "checkpoint_epoch": ck.get("epoch"), **(onnx_check or {}),
+                  "fitted_on": "AdvTrain (official test set, stratified 50 %, seed 1)" +
+                               (f", --limit {args.limit} (QUICK CHECK, not for serving)" if args.limit else ""),
+                  "generated_by": "python -m medsentry_training.detectors"}
+
+    with C.timed(times, "features"):
+        tr = split["train"]
+        lo0, fe0 = C.forward_batches(model, x[tr])
+    dets = {}
+    with C.timed(times, "mahalanobis"):
+        means, prec, shrink = fit_mahalanobis(fe0, y[tr], len(spec.labels))
+        s0 = mahalanobis_score(fe0, means, prec)
+        dets["mahalanobis"] = {
+            "kind": "mahalanobis", "schema_version": 1, "input": "features", "feature_dim": int(fe0.shape[1]),
+            "formula": "f = classifier output 'features' (penultimate, feature_dim floats). For each class c: "
+                       "d_c = sqrt((f - means[c])^T precision (f - means[c])); score = min_c d_c. "
+                       "Adversarial when score > thresholds[key]. Compute in float64.",
+            "class_labels": list(spec.labels), "means": means.tolist(), "precision": prec.tolist(),
+            "shrinkage": shrink, "covariance": "tied over classes, Ledoit-Wolf shrinkage, clean AdvTrain",
+            "higher_is_adversarial": True,
+            "thresholds": {f"fpr_{f}": threshold_at(s0, f) for f in FPRS},
+            "n_clean": int(len(tr)), **provenance}
+    for name, fams in [("logreg", SEEN), ("logreg_all", None)]:
+        with C.timed(times, name):
+            xa, meta = adversarial_train_set(recs, fams)
+            if len(xa) == 0:
+                print(f"[warn] {name}: no successful adversarial AdvTrain examples; skipped", flush=True)
+                continue
+            lo1, fe1 = C.forward_batches(model, xa)
+            X = np.vstack([np.hstack([fe0, lo0]), np.hstack([fe1, lo1])])
+            t = np.concatenate([np.zeros(len(fe0)), np.ones(len(fe1))])
+            mean, scale, w, b = fit_logistic(X, t)
+            det = {"kind": "logistic", "schema_version": 1, "input": "concat(features, logits)",
+                   "feature_dim": int(fe0.shape[1]), "n_logits": int(lo0.shape[1]),
+                   "formula": "x = concat(features[0..feature_dim], logits[0..n_logits]) (classifier outputs of the "
+                              "same forward pass); z = bias + sum_i weights[i] * (x[i] - mean[i]) / scale[i]; "
+                              "score = 1 / (1 + exp(-z)) = P(adversarial). Adversarial when score > thresholds[key] "
+                              "(equivalently z > thresholds_logit[key]). Compute in float64.",
+                   "mean": mean.tolist(), "scale": scale.tolist(), "weights": w.tolist(), "bias": b,
+                   "l2": L2_REG, "higher_is_adversarial": True,
+                   "trained_on_attacks": list(fams) if fams else "all AdvTrain attack families against the served model",
+                   "n_clean": int(len(fe0)), "n_adversarial": int(len(fe1)),
+                   "adversarial_counts": [{"attack": a, "budget": bu, "n": n} for a, bu, n in meta], **provenance}
+            z0 = logistic_logit(np.hstack([fe0, lo0]), det)
+            det["thresholds_logit"] = {f"fpr_{f}": threshold_at(z0, f) for f in FPRS}
+            det["thresholds"] = {k: float(1 / (1 + np.exp(-v))) for k, v in det["thresholds_logit"].items()}
+            dets[name] = det
+    for name, det in dets.items():
+        C.write_json(os.path.join(out_dir, f"detector_{name}.json"), det)
+        print(f"[detector] {name}: thresholds {det['thresholds']}", flush=True)
+    with C.timed(times, "sample"):
+        write_sample(out_dir, spec, dets, model, recs, split, x, y, files)
+    C.copy_if_exists(os.path.join(adir, "split.json"), os.path.join(out_dir, "adv_split.json"))
+    C.write_json(os.path.join(out_dir, "detectors_fit_log.json"), {"seconds": times, "limit": args.limit, **provenance})
+    print(f"[done] detectors in {time.time() - t0:.0f}s -> {os.path.relpath(out_dir, datasets.REPO)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

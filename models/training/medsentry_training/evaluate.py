@@ -1,0 +1,286 @@
+"""Stage: evaluation on AdvTest -> report.json, REPORT.md and ROC plots in --out.
+
+    python -m medsentry_training.evaluate --dataset chest_xray [--limit N] [--out DIR]
+                                          [--adaptive-steps 40]
+
+Reads the attack stage's folder (and its hardened snapshot) and the detector JSON files in
+--out (default models/<bundle>/). Writes, into --out:
+  report.json   an `adversarial_evaluation` section (merged into an existing report.json,
+                e.g. the export stage's, whose other keys are kept);
+  REPORT.md     rendered by medsentry_training.report from report.json only;
+  roc/roc_<family>.png  ROC curves per attack family and detector.
+
+Contents: clean accuracy/AUC on the whole official test set (standard and hardened);
+robust accuracy on AdvTest under FGSM, BIM, PGD-20, APGD-CE and APGD-CE + Square (the
+AutoAttack stand-in for 2-class models) for both classifiers; the Hirano-style UAP table
+(fooling rate on AdvTest = prediction changed from the clean prediction, random control in
+brackets; targeted success = share of AdvTest images classified as the target);
+detection AUROC / TPR at the 1 % and 5 % FPR thresholds (calibrated on clean AdvTrain)
+per attack and budget, with positives = successful adversarial AdvTest examples of images
+the classifier gets right when clean, negatives = all clean AdvTest images; the
+unseen-attack table (logreg fitted on FGSM/BIM/PGD/C&W only, Mahalanobis fitted on clean
+only); an adaptive attack that knows the detectors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import datasets
+from . import advcommon as C
+from .detectors import SEEN, TorchDetectors, load_detectors, score_all
+from .export import evaluate as clean_eval
+
+ADAPTIVE_EPS = [1, 2, 4, 8, 16, 32]
+ADAPTIVE_LAMBDAS = [1.0, 10.0]
+UNSEEN = ("square", "transfer", "uap", "onepixel", "lbfgs")
+
+
+def family(attack: str) -> str:
+    return "uap" if attack.startswith("uap") else attack
+
+
+def robust_tables(recs, y):
+    out = {}
+    for target in ["hardened", "standard"]:
+        rows = {}
+        for r in recs:
+            if r["target_model"] != target or family(r["attack"]) == "uap" or r["attack"] in ("transfer",):
+                continue
+            te = r["split"] == 1
+            if not te.any() or not r["budget"].startswith("linf_"):
+                continue
+            ok = (r["pred_clean"][te] == r["label"][te]) & (r["pred_adv"][te] == r["label"][te])
+            rows.setdefault(r["budget"], {})[r["attack"]] = float(ok.mean())
+            if r["attack"] == "aa_lite" and "apgd_success" in r:
+                apgd_ok = (r["pred_clean"][te] == r["label"][te]) & ~r["apgd_success"][te]
+                rows[r["budget"]]["apgd_ce"] = float(apgd_ok.mean())
+        out[target] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split("_")[1])))
+    tr = [r for r in recs if r["attack"] == "transfer"]
+    out["transfer_to_hardened"] = {r["budget"]: float(((r["pred_clean"] == r["label"]) & (r["pred_adv"] == r["label"])
+                                                         )[r["split"] == 1].mean()) for r in tr}
+    return out
+
+
+def uap_table(recs, labels):
+    rows = []
+    by = {(r["target_model"], r["attack"], r["budget"]): r for r in recs if family(r["attack"]) == "uap"}
+    for target in ["standard", "hardened"]:
+        for norm in ["l2", "linf"]:
+            for z in [2, 4]:
+                b = f"{norm}_z{z}"
+                rnd = by.get((target, "uap_random", b))
+                row = {"model": target, "norm": norm, "zeta": z / 100}
+                def te(r):
+                    return r["split"] == 1
+                if (target, "uap", b) in by:
+                    r = by[(target, "uap", b)]
+                    row["fooling_rate"] = float((r["pred_adv"] != r["pred_clean"])[te(r)].mean())
+                    row["xi"] = r["xi"]
+                    row["advtrain_fooling_rate"] = float((r["pred_adv"] != r["pred_clean"])[r["split"] == 0].mean())
+                if rnd is not None:
+                    row["fooling_rate_random"] = float((rnd["pred_adv"] != rnd["pred_clean"])[te(rnd)].mean())
+                for c, lab in enumerate(labels):
+                    if (target, f"uap_to{c}", b) in by:
+                        r = by[(target, f"uap_to{c}", b)]
+                        row[f"targeted_success_{lab}"] = float((r["pred_adv"] == c)[te(r)].mean())
+                    if rnd is not None:
+                        row[f"targeted_success_{lab}_random"] = float((rnd["pred_adv"] == c)[te(rnd)].mean())
+                rows.append(row)
+    return rows
+
+
+def detection_tables(recs, dets, model, x, split):
+    te = split["test"]
+    lo, fe = C.forward_batches(model, x[te])
+    neg = score_all(dets, lo, fe)
+    fpr_clean = {n: {k: float((s > dets[n]["thresholds"][k]).mean()) for k in dets[n]["thresholds"]}
+                 for n, s in neg.items()}
+    rows, pos_scores = [], {}
+    for r in recs:
+        if r["target_model"] != C.SERVED or r["attack"] in ("uap_random", "aa_lite"):
+            continue
+        m = (r["split"] == 1) & r["success"] & (r["pred_clean"] == r["label"])
+        n_att = int(((r["split"] == 1) & (r["pred_clean"] == r["label"])).sum())
+        row = {"attack": r["attack"], "family": family(r["attack"]), "budget": r["budget"], "n_pos": int(m.sum()),
+               "n_attacked": n_att, "subset": bool(r.get("subset_per_half"))}
+        if m.any():
+            l1, f1 = C.forward_batches(model, r["x_adv"][m])
+            ps = score_all(dets, l1, f1)
+            pos_scores[(r["attack"], r["budget"])] = ps
+            for n, s in ps.items():
+                row[n] = {"auroc": C.auroc(neg[n], s),
+                          **{f"tpr_{k}": float((s > v).mean()) for k, v in dets[n]["thresholds"].items()}}
+        rows.append(row)
+    order = ["fgsm", "bim", "pgd20", "cw", "square", "transfer", "uap", "onepixel", "lbfgs"]
+    rows.sort(key=lambda r: (order.index(r["family"]) if r["family"] in order else 99, r["attack"], r["budget"]))
+    return rows, neg, pos_scores, fpr_clean
+
+
+def adaptive_attack(model, dets, x, y, idx, steps, log):
+    """PGD (Linf) on CE(classifier) - lambda * sum_d relu(margin_d + 0.1), margins > 0 =
+    flagged at the 1 % FPR threshold. An image counts when some iterate of some lambda is
+    misclassified and below every detector's 1 % threshold (re-checked in float64)."""
+    tdet = TorchDetectors(dets)
+    xt, yt = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+    rows = []
+    for e in ADAPTIVE_EPS:
+        eps = e / 255
+        t0 = time.time()
+        found = torch.zeros(len(idx), dtype=torch.bool)
+        best = xt.clone()
+        for lam in ADAPTIVE_LAMBDAS:
+            g = torch.Generator().manual_seed(e)
+            for i in range(0, len(idx), 64):
+                xb, yb = xt[i:i + 64], yt[i:i + 64]
+                d = ((torch.rand(xb.shape, generator=g) * 2 - 1) * eps)
+                d = (xb + d).clamp(0, 1) - xb
+                for _ in range(steps):
+                    d.requires_grad_(True)
+                    logits, feats = model.features(xb + d)
+                    margins = tdet(logits, feats)
+                    pen = sum(F.relu(m + 0.1) for m in margins.values())
+                    loss = F.cross_entropy(logits, yb, reduction="none") - lam * pen
+                    (grad,) = torch.autograd.grad(loss.sum(), d)
+                    with torch.no_grad():
+                        ok = (logits.argmax(1) != yb) & torch.stack([m <= 0 for m in margins.values()]).all(0)
+                        newly = ok & ~found[i:i + len(xb)]
+                        best[i:i + len(xb)][newly] = (xb + d)[newly].detach()
+                        found[i:i + len(xb)] |= ok
+                    d = (d.detach() + 2.5 * eps / steps * grad.sign()).clamp(-eps, eps)
+                    d = (xb + d).clamp(0, 1) - xb
+        # float64 re-check of the kept iterates
+        lo, fe = C.forward_batches(model, best.numpy())
+        sc = score_all(dets, lo, fe)
+        und = np.all([sc[n] <= dets[n]["thresholds"]["fpr_0.01"] for n in dets], axis=0)
+        ok = (lo.argmax(1) != y[idx]) & und & found.numpy()
+        rows.append({"eps": f"linf_{e}", "eps_255": e, "fooled_and_undetected": float(ok.mean()),
+                     "n": int(len(idx)), "seconds": round(time.time() - t0, 1)})
+        log[f"adaptive linf_{e}"] = round(time.time() - t0, 1)
+        print(f"[adaptive] eps {e}/255: fooled & undetected {ok.mean():.3f} ({time.time() - t0:.0f}s)", flush=True)
+        if ok.mean() >= 0.5:
+            break
+    smallest = next((r["eps_255"] for r in rows if r["fooled_and_undetected"] >= 0.5), None)
+    return {"steps": steps, "lambdas": ADAPTIVE_LAMBDAS, "detectors": sorted(dets), "rows": rows,
+            "smallest_eps_255_with_50pct": smallest,
+            "loss": "CE(f(x'), y) - lambda * sum_d relu(margin_d + 0.1); margin = (score - t)/t (Mahalanobis), "
+                    "logit - logit(t) (logistic); t = 1 % FPR thresholds; step 2.5 eps/steps, random start",
+            "base": "AdvTest images the served classifier classifies correctly when clean"}
+
+
+def roc_plots(out_dir, neg, pos_scores, dets):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(os.path.join(out_dir, "roc"), exist_ok=True)
+    fams = {}
+    for (attack, budget), ps in pos_scores.items():
+        fams.setdefault(family(attack), []).append((attack, budget, ps))
+    written = []
+    for fam, items in sorted(fams.items()):
+        fig, axes = plt.subplots(1, len(dets), figsize=(4.2 * len(dets), 4), squeeze=False)
+        for ax, name in zip(axes[0], sorted(dets)):
+            for attack, budget, ps in sorted(items, key=lambda t: (t[0], t[1])):
+                fpr, tpr = C.roc_curve(neg[name], ps[name])
+                ax.plot(fpr, tpr, label=f"{attack} {budget} (n={len(ps[name])})")
+            ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+            ax.axvline(0.01, color="grey", lw=0.6, ls="--")
+            ax.set_title(f"{fam}: {name}"); ax.set_xlabel("FPR (clean AdvTest)"); ax.set_ylabel("TPR")
+            ax.legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+        p = os.path.join(out_dir, "roc", f"roc_{fam}.png")
+        fig.savefig(p, dpi=90); plt.close(fig)
+        written.append(os.path.relpath(p, out_dir))
+    return written
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--adaptive-steps", type=int, default=40)
+    args = ap.parse_args(argv)
+    spec = datasets.SPECS[args.dataset]
+    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
+    adir = C.attack_dir(spec, args.limit)
+    man = C.load_manifest(adir)
+    times = {}
+    t0 = time.time()
+    with C.timed(times, "load"):
+        model, ck = C.load_ckpt(os.path.join(adir, man["snapshot"]))
+        std_model, std_ck = C.load_ckpt(C.ckpt_path(spec, "standard"))
+        x, y, files = datasets.load_split(spec, "test")
+        split = {h: np.array(man["split"][h], dtype=np.int64) for h in ["train", "test"]}
+        recs = C.load_attacks(adir, shas=man["shas"])
+        dets = load_detectors(out_dir)
+        if not dets:
+            raise SystemExit(f"no detector_*.json in {out_dir}: run medsentry_training.detectors first")
+        for n, d in dets.items():
+            if d["checkpoint_sha256"] != man["shas"]["hardened"]:
+                raise SystemExit(f"detector_{n}.json was fitted for another hardened checkpoint: rerun detectors")
+    rep = {"command": "python -m medsentry_training.evaluate --dataset " + args.dataset +
+                      (f" --limit {args.limit}" if args.limit else "") +
+                      (f" --out {os.path.relpath(out_dir, os.path.join(datasets.REPO, 'models', 'training'))}" if args.out else ""),
+           "pipeline_command": "python -m medsentry_training.run_all --dataset " + args.dataset +
+                               (f" --limit {args.limit}" if args.limit else ""),
+           "limit": args.limit, "quick_check": bool(args.limit),
+           "served": {"classifier": "hardened", "checkpoint_sha256": man["shas"]["hardened"], "epoch": ck.get("epoch"),
+                      "harden": ck.get("harden")},
+           "split": {"seed": C.SPLIT_SEED, "n_advtrain": int(len(split["train"])), "n_advtest": int(len(split["test"]))},
+           "attack_config": {"square_queries": man.get("square_queries"), "small_n_per_half": man.get("small_n"),
+                             "uap_mean_norms": man.get("uap_mean_norms")},
+           "attack_seconds": man.get("attack_seconds")}
+    with C.timed(times, "clean"):
+        rep["clean_test"] = {"standard": clean_eval(std_model.net, std_ck, x, y), "hardened": clean_eval(model.net, ck, x, y),
+                             "n": int(len(y))}
+    with C.timed(times, "robust+uap tables"):
+        rep["robust_accuracy_advtest"] = robust_tables(recs, y)
+        rep["uap"] = uap_table(recs, spec.labels)
+    with C.timed(times, "detection"):
+        rows, neg, pos_scores, fpr_clean = detection_tables(recs, dets, model, x, split)
+        rep["detection"] = {"rows": rows, "clean_advtest_fpr": fpr_clean,
+                            "thresholds": {n: d["thresholds"] for n, d in dets.items()},
+                            "positives": "successful adversarial AdvTest examples of images classified correctly "
+                                         "when clean", "negatives": "all clean AdvTest images"}
+        rep["unseen"] = {"detectors": [n for n in ["mahalanobis", "logreg"] if n in dets], "seen_by_logreg": list(SEEN),
+                         "rows": [r for r in rows if r["family"] in UNSEEN]}
+    with C.timed(times, "roc plots"):
+        rep["roc_plots"] = roc_plots(out_dir, neg, pos_scores, dets)
+    with C.timed(times, "adaptive"):
+        te = split["test"]
+        pred = np.concatenate([C.forward_batches(model, x[te])[0].argmax(1)])
+        base = te[pred == y[te]]
+        rep["adaptive"] = adaptive_attack(model, dets, x, y, base, args.adaptive_steps, times)
+        pgd_rows = {}
+        for r in recs:
+            if r["target_model"] == C.SERVED and r["attack"] == "pgd20":
+                m = (r["split"] == 1) & (r["pred_clean"] == r["label"])
+                l1, f1 = C.forward_batches(model, r["x_adv"][m])
+                sc = score_all(dets, l1, f1)
+                und = np.all([sc[n] <= dets[n]["thresholds"]["fpr_0.01"] for n in dets], axis=0)
+                pgd_rows[r["budget"]] = float(((r["pred_adv"][m] != r["label"][m]) & und).mean()) if m.any() else None
+        rep["adaptive"]["non_adaptive_pgd20_fooled_and_undetected"] = pgd_rows
+    rep["stage_seconds"] = times
+    path = os.path.join(out_dir, "report.json")
+    full = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            full = json.load(f)
+    full["adversarial_evaluation"] = rep
+    with open(path, "w") as f:
+        json.dump(full, f, indent=1)
+    from .report import render
+    render(out_dir)
+    print(f"[done] evaluation in {time.time() - t0:.0f}s -> report.json, REPORT.md, roc/ in "
+          f"{os.path.relpath(out_dir, datasets.REPO)}; times {json.dumps(times)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Render REPORT.md from report.json's `adversarial_evaluation` section (nothing else is
+read, so every figure in REPORT.md is in report.json).
+
+    python -m medsentry_training.report [--out DIR]      (default models/<bundle>/)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from . import datasets
+
+
+def pct(v):
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def f3(v):
+    return "–" if v is None else f"{v:.3f}"
+
+
+def render(out_dir: str) -> str:
+    with open(os.path.join(out_dir, "report.json")) as f:
+        full = json.load(f)
+    r = full["adversarial_evaluation"]
+    L = []
+    a = L.append
+    a("# Adversarial evaluation: attacks, detectors, robustness\n")
+    if r.get("quick_check"):
+        a(f"> **QUICK CHECK (--limit {r['limit']} images per half): these figures are NOT results.**\n")
+    a(f"Regenerate: `cd models/training && .venv/bin/python -m {r['command'].split('python -m ')[1]}` "
+      f"(whole pipeline: `{r['pipeline_command']}`). All figures below come from `report.json` "
+      f"(`adversarial_evaluation`).\n")
+    s = r["served"]
+    a(f"Served classifier: hardened, epoch {s['epoch']}, checkpoint sha256 `{s['checkpoint_sha256'][:16]}…`, "
+      f"hardening {json.dumps(s.get('harden'))}. AdvTrain {r['split']['n_advtrain']} / AdvTest "
+      f"{r['split']['n_advtest']} images (official test set split 50/50 stratified, seed {r['split']['seed']}).\n")
+
+    a("## Clean test set (official, all images)\n")
+    a("| classifier | n | accuracy | balanced acc | AUC | sensitivity | specificity |")
+    a("|---|---|---|---|---|---|---|")
+    for k in ["standard", "hardened"]:
+        c = r["clean_test"][k]
+        a(f"| {k} | {r['clean_test']['n']} | {f3(c['accuracy'])} | {f3(c['balanced_accuracy'])} | {f3(c.get('auc'))} | "
+          f"{f3(c.get('sensitivity'))} | {f3(c.get('specificity'))} |")
+
+    a("\n## Robust accuracy on AdvTest (%, Linf; an image counts when correct clean and under attack)\n")
+    rob = r["robust_accuracy_advtest"]
+    cols = ["fgsm", "bim", "pgd20", "apgd_ce", "aa_lite"]
+    a("| budget | " + " | ".join(f"{m} {c}" for m in ["standard", "hardened"] for c in cols) + " |")
+    a("|---|" + "---|" * (2 * len(cols)))
+    budgets = sorted({b for m in ["standard", "hardened"] for b in rob.get(m, {})}, key=lambda b: int(b.split("_")[1]))
+    for b in budgets:
+        a(f"| {b.split('_')[1]}/255 | " + " | ".join(pct(rob.get(m, {}).get(b, {}).get(c)) for m in ["standard", "hardened"]
+                                                  for c in cols) + " |")
+    a("\naa_lite = APGD-CE (100 steps), then Square (Linf) on the images it leaves correct: the AutoAttack "
+      "stand-in for 2-class models. Transfer (PGD-20 on the SimpleCNN surrogate) robust accuracy of the hardened "
+      "model: " + ", ".join(f"{k.split('_')[1]}/255: {pct(v)}" for k, v in sorted(
+          rob.get("transfer_to_hardened", {}).items(), key=lambda kv: int(kv[0].split('_')[1]))) + ".\n")
+
+    a("## Universal adversarial perturbations (Hirano & Takemoto), AdvTest, %\n")
+    a("Non-targeted: fooling rate R_f (prediction changed from the clean prediction), random control of the same "
+      "norm in brackets. Targeted: share of AdvTest images classified as the target, random control in brackets. "
+      "UAPs crafted on AdvTrain.\n")
+    labels = [k[len("targeted_success_"):] for k in (r["uap"][0] if r["uap"] else {})
+              if k.startswith("targeted_success_") and not k.endswith("_random")]
+    a("| model | norm | zeta | xi | R_f | " + " | ".join(f"to {l}" for l in labels) + " |")
+    a("|---|---|---|---|---|" + "---|" * len(labels))
+    for u in r["uap"]:
+        a(f"| {u['model']} | {u['norm']} | {100 * u['zeta']:.0f}% | {f3(u.get('xi'))} | {pct(u.get('fooling_rate'))} "
+          f"({pct(u.get('fooling_rate_random'))}) | " + " | ".join(
+              f"{pct(u.get(f'targeted_success_{l}'))} ({pct(u.get(f'targeted_success_{l}_random'))})" for l in labels) + " |")
+
+    d = r["detection"]
+    dets = sorted(d["thresholds"])
+    a("\n## Detection on AdvTest\n")
+    a(f"Positives: {d['positives']}; negatives: {d['negatives']}. Thresholds calibrated on clean AdvTrain; "
+      "their false-positive rate on clean AdvTest: " + "; ".join(
+          f"{n} {pct(v.get('fpr_0.01'))} % at the 1 % threshold, {pct(v.get('fpr_0.05'))} % at 5 %"
+          for n, v in d["clean_advtest_fpr"].items()) + ". logreg = fitted on FGSM/BIM/PGD-20/C&W; logreg_all = on every "
+      "attack family of AdvTrain. `(subset)` = one-pixel and L-BFGS ran on a small subset only.\n")
+
+    def det_table(rows):
+        a("| attack | budget | n pos / attacked | " + " | ".join(f"{n} AUROC | {n} TPR@1% | {n} TPR@5%" for n in dets) + " |")
+        a("|---|---|---|" + "---|---|---|" * len(dets))
+        for row in rows:
+            cells = []
+            for n in dets:
+                m = row.get(n, {})
+                cells += [f3(m.get("auroc")), pct(m.get("tpr_fpr_0.01")), pct(m.get("tpr_fpr_0.05"))]
+            a(f"| {row['attack']}{' (subset)' if row['subset'] else ''} | {row['budget']} | {row['n_pos']} / "
+              f"{row['n_attacked']} | " + " | ".join(cells) + " |")
+    det_table(d["rows"])
+
+    a("\n## Attacks the learned detector never saw\n")
+    a(f"logreg was fitted on {', '.join(r['unseen']['seen_by_logreg'])} only; Mahalanobis only on clean features. "
+      "Same columns as above (logreg_all saw these families and is shown for reference).\n")
+    det_table(r["unseen"]["rows"])
+
+    ad = r["adaptive"]
+    a("\n## Adaptive attack that knows the detectors\n")
+    a(f"PGD-{ad['steps']} on {ad['loss']}; lambdas {ad['lambdas']}; detectors {', '.join(ad['detectors'])}; "
+      f"base: {ad['base']}. Success = misclassified AND below every detector's 1 % FPR threshold.\n")
+    a("| Linf budget | fooled & undetected (adaptive) | non-adaptive PGD-20 |")
+    a("|---|---|---|")
+    for row in ad["rows"]:
+        a(f"| {row['eps_255']}/255 | {pct(row['fooled_and_undetected'])} (n={row['n']}) | "
+          f"{pct(ad['non_adaptive_pgd20_fooled_and_undetected'].get(row['eps']))} |")
+    sm = ad["smallest_eps_255_with_50pct"]
+    a(f"\nSmallest budget with >= 50 % fooled and undetected: "
+      f"{'none up to ' + str(ad['rows'][-1]['eps_255']) + '/255' if sm is None else str(sm) + '/255'}.\n")
+
+    a("## ROC plots\n")
+    for p in r.get("roc_plots", []):
+        a(f"- `{p}`")
+    a("\n## Wall time (s)\n")
+    a("Attacks: " + ", ".join(f"{k} {v}" for k, v in (r.get("attack_seconds") or {}).items()) + ".\n")
+    a("Evaluation: " + ", ".join(f"{k} {v}" for k, v in r["stage_seconds"].items()) + ".\n")
+    text = "\n".join(L) + "\n"
+    with open(os.path.join(out_dir, "REPORT.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    out = os.path.abspath(args.out) if args.out else os.path.join(datasets.REPO, "models", datasets.SPECS[args.dataset].name)
+    render(out)
+    print(f"[done] REPORT.md in {out}")
+
+
+if __name__ == "__main__":
+    main()

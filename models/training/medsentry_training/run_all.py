@@ -1,0 +1,137 @@
+"""Driver: the whole offline pipeline for one data set, resumable.
+
+    python -m medsentry_training.run_all --dataset chest_xray [--limit N] [--out DIR] [--retrain]
+
+Stages (each a `python -m` subprocess, its wall time logged; each skipped when its outputs
+exist and are current):
+  1. train standard     python -m medsentry_training.train --kind standard   (skip: checkpoint exists)
+  2. train hardened     python -m medsentry_training.train --kind hardened   (skip: checkpoint exists)
+  3. train surrogate    python -m medsentry_training.train --kind surrogate  (skip: checkpoint exists)
+  4. export             python -m medsentry_training.export --dataset D --classifier hardened
+                        (skip: classifier.onnx in the bundle reproduces the live hardened
+                        checkpoint within 1e-4). Export always writes models/<bundle>/, so it
+                        is NOT run when --out points elsewhere or with --limit (quick checks
+                        must not touch the real bundle).
+  5. attacks            python -m medsentry_training.attacks [--limit N]  (per-file resume; redone
+                        when the live hardened checkpoint differs from the attacked snapshot)
+  6. detectors          python -m medsentry_training.detectors [--limit N] --out DIR
+                        (skip: detector files exist and were fitted on the current snapshot)
+  7. evaluate           python -m medsentry_training.evaluate [--limit N] --out DIR
+                        (skip: report.json has an adversarial_evaluation for the current snapshot)
+--retrain forces stages 1-3; --force forces stages 4-7. With --limit, missing checkpoints
+are not trained (a quick check must not write a real checkpoint): the dependent attacks are
+skipped with a warning instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from . import datasets
+from . import advcommon as C
+
+PKG = "medsentry_training"
+
+
+def run(stage, args, log):
+    cmd = [sys.executable, "-m", f"{PKG}.{stage}"] + args
+    print(f"[stage] {stage}: {' '.join(['python', '-m', f'{PKG}.{stage}'] + args)}", flush=True)
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=os.path.join(datasets.REPO, "models", "training"))
+    dt = time.time() - t0
+    log.append({"stage": stage, "args": args, "seconds": round(dt, 1), "rc": rc})
+    print(f"[stage-time] {stage} {' '.join(args)}: {dt:.1f}s (rc {rc})", flush=True)
+    if rc != 0:
+        raise SystemExit(f"stage {stage} failed (rc {rc})")
+
+
+def export_current(spec) -> bool:
+    onnx_path = os.path.join(C.default_bundle_dir(spec), "classifier.onnx")
+    if not os.path.exists(onnx_path):
+        return False
+    import numpy as np
+    import onnxruntime as ort
+    model, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
+    x, _, _ = datasets.load_split(spec, "test")
+    x = x[:16]
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    norm = ((x - model.mean.numpy()) / model.std.numpy()).astype(np.float32)
+    lo, fe = sess.run(["logits", "features"], {"input": norm})
+    tl, tf = C.forward_batches(model, x)
+    return max(float(np.abs(lo - tl).max()), float(np.abs(fe - tf).max())) <= 1e-4
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--small-n", type=int, default=None)
+    ap.add_argument("--square-queries", type=int, default=None, help="passed to attacks (quick checks)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    spec = datasets.SPECS[args.dataset]
+    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
+    real_bundle = os.path.abspath(out_dir) == os.path.abspath(C.default_bundle_dir(spec))
+    lim = ["--limit", str(args.limit)] if args.limit else []
+    ds = ["--dataset", args.dataset]
+    log, t0 = [], time.time()
+
+    for kind in ["standard", "hardened", "surrogate"]:
+        have = os.path.exists(C.ckpt_path(spec, kind))
+        if have and not args.retrain:
+            print(f"[skip] train {kind}: checkpoint exists", flush=True)
+        elif args.limit and not have:
+            print(f"[skip] train {kind}: missing, but --limit runs never write real checkpoints", flush=True)
+        else:
+            run("train", ds + ["--kind", kind], log)
+    if not os.path.exists(C.ckpt_path(spec, "hardened")) or not os.path.exists(C.ckpt_path(spec, "standard")):
+        raise SystemExit("standard and hardened checkpoints are needed")
+
+    if not real_bundle or args.limit:
+        print("[skip] export: writes the real bundle; not run for --out elsewhere / --limit", flush=True)
+    elif export_current(spec) and not args.force:
+        print("[skip] export: classifier.onnx matches the live hardened checkpoint", flush=True)
+    else:
+        run("export", ds + ["--classifier", "hardened"], log)
+
+    adir = C.attack_dir(spec, args.limit)
+    # attacks: per-file resume inside the stage (it re-snapshots and redoes stale files)
+    run("attacks", ds + lim + (["--small-n", str(args.small_n)] if args.small_n else []) +
+        (["--square-queries", str(args.square_queries)] if args.square_queries else []) +
+        (["--force"] if args.force else []), log)
+    sha = C.load_manifest(adir)["shas"]["hardened"]
+
+    def fitted_on(path):
+        try:
+            with open(path) as f:
+                return json.load(f).get("checkpoint_sha256")
+        except (OSError, ValueError):
+            return None
+    outs = ["--out", out_dir]
+    if fitted_on(os.path.join(out_dir, "detector_mahalanobis.json")) == sha and \
+            os.path.exists(os.path.join(out_dir, "advtest_sample.json")) and not args.force:
+        print("[skip] detectors: present for the current snapshot", flush=True)
+    else:
+        run("detectors", ds + lim + outs, log)
+    rep = os.path.join(out_dir, "report.json")
+    done = False
+    if os.path.exists(rep) and os.path.exists(os.path.join(out_dir, "REPORT.md")):
+        with open(rep) as f:
+            ev = json.load(f).get("adversarial_evaluation", {})
+        done = ev.get("served", {}).get("checkpoint_sha256") == sha and ev.get("limit") == args.limit
+    if done and not args.force:
+        print("[skip] evaluate: report.json is current", flush=True)
+    else:
+        run("evaluate", ds + lim + outs, log)
+    print(f"[done] pipeline {time.time() - t0:.0f}s; stages {json.dumps(log)}", flush=True)
+    C.write_json(os.path.join(adir, "run_all_log.json"), {"stages": log, "total_seconds": round(time.time() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()
