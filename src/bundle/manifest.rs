@@ -103,7 +103,13 @@ pub struct DetectorSpec {
     pub name: String,
     pub kind: String,
     pub file: String,
+    /// Score above which the detector fires (verdict ADVERSARIAL).
     pub threshold: f32,
     /// False-positive rate on clean AdvTrain the threshold was calibrated for.
     pub calibrated_fpr: f32,
+    /// Optional looser threshold (e.g. at 5 % FPR) above which the verdict is SUSPICIOUS.
+    #[serde(default)]
+    pub suspicious_threshold: Option<f32>,
+    #[serde(default)]
+    pub suspicious_fpr: Option<f32>,
 }

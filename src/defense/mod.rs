@@ -1,14 +1,21 @@
 //! defense: turns the classifier's features and logits into a screening verdict.
 //!
-//! This layer is where the bundle's detectors (deep-feature detector, Mahalanobis, feature
-//! squeezing) plug in. A bundle that lists a detector this build cannot run is refused at
+//! The bundle's detectors (learned deep-feature detector, Mahalanobis) score the features
+//! and logits of the classifier's own forward pass. Verdict: ADVERSARIAL when any detector
+//! exceeds its threshold, SUSPICIOUS when any exceeds its looser suspicious threshold,
+//! otherwise CLEAN; the fused score is the largest score / threshold ratio (>= 1 means a
+//! detector fired). A bundle listing a detector this build cannot run is refused at
 //! start-up: an input must never be reported CLEAN by a detector that did not run. A bundle
 //! with no detectors is served with every answer saying plainly that nothing screened it.
 
+mod detectors;
+
 use thiserror::Error;
 
+pub use detectors::Detector;
+
 use crate::batcher::InferResult;
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, DetectorSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -51,32 +58,97 @@ pub struct Screening {
 pub enum DefenseError {
     #[error("bundle {bundle}: detector {detector} has kind {kind:?}, which this build of medsentry cannot run; refusing to serve it unscreened")]
     UnsupportedDetector { bundle: String, detector: String, kind: String },
+    #[error("bundle {bundle}: detector {detector} ({file}) cannot be loaded: {message}")]
+    BadDetector { bundle: String, detector: String, file: String, message: String },
 }
+
+const KINDS: &[&str] = &["mahalanobis", "logistic"];
 
 /// The screening configuration of one served model.
 #[derive(Debug, Clone)]
 pub struct Screener {
     model: String,
+    detectors: Vec<(DetectorSpec, Detector)>,
 }
 
 impl Screener {
     pub fn for_bundle(bundle: &Bundle) -> Result<Screener, DefenseError> {
-        if let Some(d) = bundle.manifest.detectors.first() {
-            return Err(DefenseError::UnsupportedDetector {
-                bundle: bundle.name().to_string(),
-                detector: d.name.clone(),
-                kind: d.kind.clone(),
-            });
+        let m = &bundle.manifest;
+        let mut detectors = Vec::new();
+        for spec in &m.detectors {
+            if !KINDS.contains(&spec.kind.as_str()) {
+                return Err(DefenseError::UnsupportedDetector { bundle: m.name.clone(), detector: spec.name.clone(), kind: spec.kind.clone() });
+            }
+            let bytes = bundle.files.get(&spec.file).map(Vec::as_slice).unwrap_or_default();
+            let detector = Detector::load(&spec.kind, bytes, m.outputs.feature_dim, m.labels.len()).map_err(|message| DefenseError::BadDetector {
+                bundle: m.name.clone(),
+                detector: spec.name.clone(),
+                file: spec.file.clone(),
+                message,
+            })?;
+            detectors.push((spec.clone(), detector));
         }
-        Ok(Screener { model: bundle.name().to_string() })
+        Ok(Screener { model: m.name.clone(), detectors })
     }
 
-    pub fn screen(&self, _result: &InferResult) -> Screening {
-        Screening {
-            verdict: Verdict::NotScreened,
-            fused_score: 0.0,
-            detectors: Vec::new(),
-            note: format!("no detector ran: bundle {} declares no detectors; this answer is unscreened", self.model),
+    pub fn screen(&self, result: &InferResult) -> Screening {
+        if self.detectors.is_empty() {
+            return Screening {
+                verdict: Verdict::NotScreened,
+                fused_score: 0.0,
+                detectors: Vec::new(),
+                note: format!("no detector ran: bundle {} declares no detectors; this answer is unscreened", self.model),
+            };
         }
+        let mut verdict = Verdict::Clean;
+        let mut fused = 0f64;
+        let scores = self
+            .detectors
+            .iter()
+            .map(|(spec, detector)| {
+                let score = detector.score(&result.features, &result.logits);
+                let fired = score > spec.threshold as f64;
+                if fired {
+                    verdict = Verdict::Adversarial;
+                } else if verdict == Verdict::Clean && spec.suspicious_threshold.is_some_and(|t| score > t as f64) {
+                    verdict = Verdict::Suspicious;
+                }
+                fused = fused.max(score / spec.threshold as f64);
+                DetectorScore { name: spec.name.clone(), score: score as f32, threshold: spec.threshold, calibrated_fpr: spec.calibrated_fpr, fired }
+            })
+            .collect();
+        Screening { verdict, fused_score: fused as f32, detectors: scores, note: String::new() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(threshold: f32, suspicious: Option<f32>) -> DetectorSpec {
+        DetectorSpec { name: "maha".into(), kind: "mahalanobis".into(), file: "d.json".into(), threshold, calibrated_fpr: 0.01, suspicious_threshold: suspicious, suspicious_fpr: suspicious.map(|_| 0.05) }
+    }
+
+    fn screener(threshold: f32, suspicious: Option<f32>) -> Screener {
+        let file = br#"{"kind":"mahalanobis","means":[[0,0],[100,100]],"precision":[[1,0],[0,1]]}"#;
+        let d = Detector::load("mahalanobis", file, 2, 2).unwrap();
+        Screener { model: "m".into(), detectors: vec![(spec(threshold, suspicious), d)] }
+    }
+
+    fn at(x: f32) -> InferResult {
+        InferResult { logits: vec![0.0, 0.0], features: vec![x, 0.0], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: 1 }
+    }
+
+    #[test]
+    fn verdicts_follow_the_thresholds() {
+        let s = screener(4.0, Some(2.0));
+        let clean = s.screen(&at(1.0));
+        assert_eq!(clean.verdict, Verdict::Clean);
+        assert!((clean.fused_score - 0.25).abs() < 1e-6);
+        assert_eq!(s.screen(&at(3.0)).verdict, Verdict::Suspicious);
+        let adv = s.screen(&at(5.0));
+        assert_eq!(adv.verdict, Verdict::Adversarial);
+        assert!(adv.detectors[0].fired && adv.fused_score > 1.0);
+        assert_eq!(screener(4.0, None).screen(&at(3.0)).verdict, Verdict::Clean);
     }
 }

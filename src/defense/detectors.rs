@@ -1,0 +1,125 @@
+//! Detectors fitted by the pipeline (models/training/medsentry_training/detectors.py) and
+//! evaluated here on the features and logits of the classifier's forward pass, in f64, with
+//! the formulas their JSON files document:
+//!
+//! * `mahalanobis` (Lee et al. 2018): score = min over classes c of
+//!   sqrt((f - means[c])^T precision (f - means[c])), f = penultimate features;
+//! * `logistic` (Ma et al.-style learned detector): x = [features, logits],
+//!   z = bias + sum_i weights[i] (x[i] - mean[i]) / scale[i], score = 1 / (1 + e^-z).
+//!
+//! Higher scores are more adversarial in both.
+
+use serde::Deserialize;
+
+/// A loaded detector, ready to score one input.
+#[derive(Debug, Clone)]
+pub enum Detector {
+    Mahalanobis { means: Vec<Vec<f64>>, precision: Vec<Vec<f64>> },
+    Logistic { mean: Vec<f64>, scale: Vec<f64>, weights: Vec<f64>, bias: f64 },
+}
+
+#[derive(Deserialize)]
+struct MahalanobisFile {
+    kind: String,
+    means: Vec<Vec<f64>>,
+    precision: Vec<Vec<f64>>,
+}
+
+#[derive(Deserialize)]
+struct LogisticFile {
+    kind: String,
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+    weights: Vec<f64>,
+    bias: f64,
+}
+
+impl Detector {
+    /// Parses a detector file of `kind` and checks its shapes against the classifier's
+    /// feature and logit widths. Errors are plain text: the caller names the bundle.
+    pub fn load(kind: &str, bytes: &[u8], feature_dim: usize, num_labels: usize) -> Result<Detector, String> {
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        match kind {
+            "mahalanobis" => {
+                let f: MahalanobisFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                if f.kind != kind {
+                    return Err(format!("file says kind {:?}", f.kind));
+                }
+                if f.means.len() != num_labels || f.means.iter().any(|m| m.len() != feature_dim || !finite(m)) {
+                    return Err(format!("means must be {num_labels} x {feature_dim} finite values"));
+                }
+                if f.precision.len() != feature_dim || f.precision.iter().any(|r| r.len() != feature_dim || !finite(r)) {
+                    return Err(format!("precision must be {feature_dim} x {feature_dim} finite values"));
+                }
+                Ok(Detector::Mahalanobis { means: f.means, precision: f.precision })
+            }
+            "logistic" => {
+                let f: LogisticFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                if f.kind != kind {
+                    return Err(format!("file says kind {:?}", f.kind));
+                }
+                let n = feature_dim + num_labels;
+                if f.mean.len() != n || f.scale.len() != n || f.weights.len() != n {
+                    return Err(format!("mean, scale and weights must have {n} values (features + logits)"));
+                }
+                if !(finite(&f.mean) && finite(&f.weights) && f.bias.is_finite() && f.scale.iter().all(|s| s.is_finite() && *s > 0.0)) {
+                    return Err("values must be finite and scales positive".into());
+                }
+                Ok(Detector::Logistic { mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
+            }
+            other => Err(format!("unknown detector kind {other:?}")),
+        }
+    }
+
+    pub fn score(&self, features: &[f32], logits: &[f32]) -> f64 {
+        match self {
+            Detector::Mahalanobis { means, precision } => means
+                .iter()
+                .map(|mu| {
+                    let d: Vec<f64> = features.iter().zip(mu).map(|(&f, m)| f as f64 - m).collect();
+                    let q: f64 = precision.iter().zip(&d).map(|(row, di)| di * row.iter().zip(&d).map(|(p, dj)| p * dj).sum::<f64>()).sum();
+                    q.max(0.0).sqrt()
+                })
+                .fold(f64::INFINITY, f64::min),
+            Detector::Logistic { mean, scale, weights, bias } => {
+                let x = features.iter().chain(logits).map(|&v| v as f64);
+                let z = bias + x.zip(mean).zip(scale).zip(weights).map(|(((x, m), s), w)| w * (x - m) / s).sum::<f64>();
+                1.0 / (1.0 + (-z).exp())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mahalanobis_is_the_distance_to_the_nearest_class_mean() {
+        let file = br#"{"kind":"mahalanobis","means":[[0,0],[3,4]],"precision":[[1,0],[0,1]]}"#;
+        let d = Detector::load("mahalanobis", file, 2, 2).unwrap();
+        assert!((d.score(&[3.0, 4.0], &[0.0, 0.0]) - 0.0).abs() < 1e-12);
+        assert!((d.score(&[0.0, 1.0], &[0.0, 0.0]) - 1.0).abs() < 1e-12);
+        let scaled = br#"{"kind":"mahalanobis","means":[[0,0],[30,40]],"precision":[[4,0],[0,4]]}"#;
+        let d = Detector::load("mahalanobis", scaled, 2, 2).unwrap();
+        assert!((d.score(&[0.0, 1.0], &[0.0, 0.0]) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn logistic_standardises_then_applies_the_sigmoid() {
+        let file = br#"{"kind":"logistic","mean":[1,0,0],"scale":[2,1,1],"weights":[4,0,0],"bias":-1}"#;
+        let d = Detector::load("logistic", file, 1, 2).unwrap();
+        // z = -1 + 4 * (3 - 1) / 2 = 3
+        let want = 1.0 / (1.0 + (-3.0f64).exp());
+        assert!((d.score(&[3.0], &[9.0, 9.0]) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn wrong_shapes_and_kinds_are_refused() {
+        let file = br#"{"kind":"mahalanobis","means":[[0,0]],"precision":[[1,0],[0,1]]}"#;
+        assert!(Detector::load("mahalanobis", file, 2, 2).unwrap_err().contains("means"));
+        let file = br#"{"kind":"logistic","mean":[0],"scale":[0],"weights":[1],"bias":0}"#;
+        assert!(Detector::load("logistic", file, 1, 0).unwrap_err().contains("scales positive"));
+        assert!(Detector::load("quantum", b"{}", 1, 2).unwrap_err().contains("unknown"));
+    }
+}
