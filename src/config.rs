@@ -43,6 +43,10 @@ pub struct ModelArgs {
     /// Cap on the batch size the batcher forms (0 = each bundle's max_batch).
     #[arg(long, env = "MEDSENTRY_MAX_BATCH", default_value_t = 0)]
     pub max_batch: usize,
+    /// Microseconds a batch smaller than max_batch may wait for more requests (like Triton's
+    /// max_queue_delay); 0 runs whatever is waiting at once.
+    #[arg(long, env = "MEDSENTRY_MAX_BATCH_DELAY_US", default_value_t = 0)]
+    pub max_batch_delay_us: u64,
     /// Requests admitted per model (queued or running); beyond it calls get RESOURCE_EXHAUSTED.
     #[arg(long, env = "MEDSENTRY_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
@@ -89,6 +93,9 @@ impl ModelArgs {
         if self.workers == 0 || self.workers > 64 {
             return Err(format!("--workers must be 1..=64, got {}", self.workers));
         }
+        if self.max_batch_delay_us > 1_000_000 {
+            return Err(format!("--max-batch-delay-us {} is over one second", self.max_batch_delay_us));
+        }
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".into());
         }
@@ -113,6 +120,7 @@ impl ModelArgs {
             workers: WorkerConfig { intra_threads: self.intra_threads, workers: self.workers, device: self.device(), warmup_runs: self.warmup_runs },
             queue_capacity: self.queue_capacity,
             max_batch: self.max_batch,
+            max_batch_delay: Duration::from_micros(self.max_batch_delay_us),
         }
     }
 

@@ -50,6 +50,8 @@ pub struct ServingConfig {
     pub queue_capacity: usize,
     /// Caps every bundle's max_batch (0 = use the bundle's).
     pub max_batch: usize,
+    /// How long a short batch may wait for more requests (0 = never wait).
+    pub max_batch_delay: std::time::Duration,
 }
 
 impl Registry {
@@ -73,7 +75,7 @@ impl Registry {
             let m = &bundle.manifest;
             metrics::set_model_info(&name, &m.version, bundle.classifier_sha256(), m.hardening.is_some());
             metrics::set_model_ready(&name, false);
-            let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, m.max_batch);
+            let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, m.max_batch, cfg.max_batch_delay);
             let warm = spawn_workers(bundle.clone(), cfg.workers, batches);
             warmups.push((name.clone(), warm));
             let served = ServedModel { bundle, batcher, screener, ready: AtomicBool::new(false) };

@@ -3,7 +3,7 @@
 //! [`BatcherHandle`] is cheap to clone. Admission takes a semaphore permit, so a full queue
 //! answers at once with [`BatchError::QueueFull`] (RESOURCE_EXHAUSTED) instead of growing;
 //! the permit travels with the entry and is released when the entry is answered. One owner
-//! task ([`queue::run`]) batches whatever is waiting, up to the bundle's max batch, skips
+//! task ([`queue::run`]) batches whatever is waiting, up to the bundle's max batch (optionally waiting a bounded delay for a fuller batch), skips
 //! callers that went away and answers expired deadlines without running them.
 
 mod queue;
@@ -83,7 +83,8 @@ pub struct BatcherHandle {
 impl BatcherHandle {
     /// Creates the queue and spawns its owner task; batches go to `batches` (capacity 1:
     /// one batch is prepared while the workers run the previous one).
-    pub fn start(model: &str, capacity: usize, max_batch: usize) -> (BatcherHandle, mpsc::Receiver<Batch>) {
+    /// `max_delay` > 0 lets a batch smaller than `max_batch` wait that long for company.
+    pub fn start(model: &str, capacity: usize, max_batch: usize, max_delay: std::time::Duration) -> (BatcherHandle, mpsc::Receiver<Batch>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::channel(1);
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -94,7 +95,7 @@ impl BatcherHandle {
             capacity,
             waiting: waiting.clone(),
         };
-        tokio::spawn(queue::run(model.to_string(), rx, batch_tx, max_batch, waiting));
+        tokio::spawn(queue::run(model.to_string(), rx, batch_tx, max_batch, max_delay, waiting));
         (handle, batch_rx)
     }
 

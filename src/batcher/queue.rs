@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -20,6 +20,7 @@ pub(super) async fn run(
     mut rx: mpsc::UnboundedReceiver<Entry>,
     batches: mpsc::Sender<Batch>,
     max_batch: usize,
+    max_delay: Duration,
     waiting_count: Arc<AtomicUsize>,
 ) {
     let mut waiting: VecDeque<Entry> = VecDeque::new();
@@ -31,9 +32,20 @@ pub(super) async fn run(
                 None => break,
             }
         }
-        // Take everything that arrived meanwhile: batch what is waiting, never wait for more.
+        // Take everything that arrived meanwhile.
         while let Ok(e) = rx.try_recv() {
             waiting.push_back(e);
+        }
+        // With a delay configured, let a short batch fill for at most `max_delay` counted
+        // from its oldest entry's arrival (Triton's max_queue_delay); otherwise run it now.
+        if !max_delay.is_zero() && waiting.len() < max_batch {
+            let until = waiting.front().map(|e| e.enqueued + max_delay).unwrap_or_else(Instant::now);
+            while waiting.len() < max_batch {
+                match tokio::time::timeout_at(until.into(), rx.recv()).await {
+                    Ok(Some(e)) => waiting.push_back(e),
+                    Ok(None) | Err(_) => break,
+                }
+            }
         }
         let now = Instant::now();
         let mut entries = Vec::with_capacity(max_batch.min(waiting.len()));

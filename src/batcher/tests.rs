@@ -10,7 +10,7 @@ fn ok_result(n: usize) -> InferResult {
 
 #[tokio::test]
 async fn burst_is_batched_up_to_max_batch_and_all_answered() {
-    let (handle, mut batches) = BatcherHandle::start("m", 64, 4);
+    let (handle, mut batches) = BatcherHandle::start("m", 64, 4, Duration::ZERO);
     let callers: Vec<_> = (0..10)
         .map(|i| {
             let h = handle.clone();
@@ -40,8 +40,40 @@ async fn burst_is_batched_up_to_max_batch_and_all_answered() {
 }
 
 #[tokio::test]
+async fn a_batch_delay_lets_a_short_batch_fill_up() {
+    let (handle, mut batches) = BatcherHandle::start("m", 64, 4, Duration::from_millis(200));
+    let callers: Vec<_> = (0..4)
+        .map(|i| {
+            let h = handle.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10 * i)).await;
+                h.infer(vec![i as f32], None).await
+            })
+        })
+        .collect();
+    let batch = batches.recv().await.unwrap();
+    assert_eq!(batch.entries.len(), 4, "arrivals 10 ms apart join one batch within the 200 ms delay");
+    for e in batch.entries {
+        e.answer(Ok(ok_result(4)));
+    }
+    for c in callers {
+        c.await.unwrap().unwrap();
+    }
+    // A lone request still runs once the delay has passed.
+    let started = Instant::now();
+    let lone = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![9.0], None).await } });
+    let batch = batches.recv().await.unwrap();
+    assert_eq!(batch.entries.len(), 1);
+    assert!(started.elapsed() >= Duration::from_millis(150), "waited for company first");
+    for e in batch.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    lone.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn full_queue_is_refused_immediately() {
-    let (handle, _batches) = BatcherHandle::start("m", 2, 1);
+    let (handle, _batches) = BatcherHandle::start("m", 2, 1, Duration::ZERO);
     let a = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![0.0], None).await } });
     let b = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![0.0], None).await } });
     while handle.in_flight() < 2 {
@@ -55,7 +87,7 @@ async fn full_queue_is_refused_immediately() {
 
 #[tokio::test]
 async fn callers_that_went_away_are_skipped() {
-    let (handle, mut batches) = BatcherHandle::start("m", 8, 8);
+    let (handle, mut batches) = BatcherHandle::start("m", 8, 8, Duration::ZERO);
     let (running, ahead) = fill_pipeline(&handle, &mut batches).await;
     let gone = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![2.0], None).await } });
     while handle.in_flight() < 3 {
@@ -75,7 +107,7 @@ async fn callers_that_went_away_are_skipped() {
 
 #[tokio::test]
 async fn expired_deadline_is_answered_without_running() {
-    let (handle, mut batches) = BatcherHandle::start("m", 8, 8);
+    let (handle, mut batches) = BatcherHandle::start("m", 8, 8, Duration::ZERO);
     let (running, ahead) = fill_pipeline(&handle, &mut batches).await;
     let deadline = Instant::now() + Duration::from_millis(20);
     let late = handle.infer(vec![2.0], Some(deadline)).await.unwrap_err();
