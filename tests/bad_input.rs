@@ -47,6 +47,15 @@ fn dicom_without_pixel_data() -> Vec<u8> {
     out
 }
 
+/// A real file whose Pixel Data header claims 4 GiB: refused from the headers, before
+/// dicom-rs would allocate the declared length.
+fn dicom_claiming_4_gib() -> Vec<u8> {
+    let mut b = std::fs::read(data("dicom/CT_small.dcm")).unwrap();
+    let at = b.windows(6).rposition(|w| w == b"\xe0\x7f\x10\x00OW").expect("CT_small has OW pixel data");
+    b[at + 8..at + 12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    b
+}
+
 struct Row {
     name: &'static str,
     request: ScreenRequest,
@@ -69,6 +78,7 @@ fn table() -> Vec<Row> {
         Row { name: "neither DICOM nor image", request: image_request("r", b"%PDF-1.4 definitely not pixels".to_vec()), code: Code::InvalidArgument, says: "neither DICOM", reason: "unrecognized_format" },
         Row { name: "garbage in the dicom field", request: dicom_request("r", vec![7u8; 4096]), code: Code::InvalidArgument, says: "DICOM", reason: "malformed_dicom" },
         Row { name: "truncated DICOM", request: dicom_request("r", ct[..ct.len() / 2].to_vec()), code: Code::InvalidArgument, says: "truncated or malformed", reason: "malformed_dicom" },
+        Row { name: "DICOM element claiming 4 GiB", request: dicom_request("r", dicom_claiming_4_gib()), code: Code::InvalidArgument, says: "declares 4294967280 bytes", reason: "malformed_dicom" },
         Row { name: "DICOM without pixel data", request: dicom_request("r", dicom_without_pixel_data()), code: Code::InvalidArgument, says: "no Pixel Data", reason: "dicom_no_pixel_data" },
         Row { name: "unsupported transfer syntax", request: dicom_request("r", std::fs::read(data("dicom/MR_small_jpeg_ls_lossless.dcm")).unwrap()), code: Code::InvalidArgument, says: "JPEG-LS", reason: "unsupported_transfer_syntax" },
         Row { name: "60000x60000 header", request: image_request("r", huge_png_header()), code: Code::InvalidArgument, says: "60000x60000", reason: "image_too_large" },

@@ -39,9 +39,12 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, Dec
     };
     // Read the meta group alone first: with a transfer syntax we cannot decode, parsing
     // the data set may itself fail, and the precise refusal is more useful to a PACS admin.
+    // dicom-rs allocates whatever an element header declares: check every length first.
+    let data_set_start = super::dicom_guard::check_meta(body).map_err(malformed)?;
     let meta = FileMetaTable::from_reader(body).map_err(|e| malformed(format!("file meta group: {e}")))?;
     let uid = meta.transfer_syntax().to_string();
     check_transfer_syntax(&uid)?;
+    super::dicom_guard::check_data_set(body, data_set_start, &uid).map_err(malformed)?;
 
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
