@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from . import datasets
+from . import bundle_toml, datasets
 from .nets import Normalized, SmallResNet
 from .train import CKPT_DIR
 
@@ -69,10 +69,6 @@ def evaluate(net, ck, x, y):
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def toml_list(values):
-    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
 def main(argv=None):
@@ -138,42 +134,23 @@ def main(argv=None):
         json.dump(reference, f)
 
     h = ck.get("harden")
-    hardening = (f'[hardening]\nmethod = "{h["method"]}"\nnorm = "{h["norm"]}"\nepsilon = {h["eps"]:.6f}\nsteps = {h["steps"]}\n'
-                 if h else "")
-    fig_lines = "\n".join(f"{k} = {v:.6g}" for k, v in sorted(figures.items()))
-    toml = f'''# Written by models/training (python -m medsentry_training.export --dataset {args.dataset} --classifier {args.classifier}).
-name = "{spec.name}"
-version = "{args.version}"
-task = "{ {'chest_xray': 'pediatric chest X-ray: NORMAL vs PNEUMONIA (Kermany 2018)'}.get(args.dataset, args.dataset) }"
-labels = {toml_list(list(spec.labels))}
-max_batch = 32
-data_source = "{spec.source_md}"
-
-[input]
-channels = {ck["channels"]}
-height = {spec.size}
-width = {spec.size}
-color = "{spec.color}"
-resize = "area"
-mean = {toml_list([round(m, 7) for m in mean])}
-std = {toml_list([round(s, 7) for s in std])}
-dicom = "modality rescale, then the first VOI window (or VOI LUT; min-max when absent), then MONOCHROME1 inversion, to [0, 1]"
-
-[outputs]
-input = "input"
-logits = "logits"
-features = "features"
-feature_dim = {net.feature_dim}
-
-{hardening}
-[files]
-"classifier.onnx" = "{sha256(onnx_path)}"
-
-[figures]
-{fig_lines}
-'''
-    with open(os.path.join(out_dir, "bundle.toml"), "w") as f:
-        f.write(toml)
+    tasks = {"chest_xray": "pediatric chest X-ray: NORMAL vs PNEUMONIA (Kermany 2018)"}
+    doc = {
+        "name": spec.name, "version": args.version, "task": tasks.get(args.dataset, args.dataset),
+        "labels": list(spec.labels), "max_batch": 32, "data_source": spec.source_md,
+        "input": {"channels": ck["channels"], "height": spec.size, "width": spec.size, "color": spec.color,
+                  "resize": "area", "mean": [round(m, 7) for m in mean], "std": [round(s, 7) for s in std],
+                  "dicom": "modality rescale, then the first VOI window (or VOI LUT; min-max when absent), "
+                           "then MONOCHROME1 inversion, to [0, 1]"},
+        "outputs": {"input": "input", "logits": "logits", "features": "features", "feature_dim": net.feature_dim},
+    }
+    if h:
+        doc["hardening"] = {"method": h["method"], "norm": h["norm"], "epsilon": round(h["eps"], 6), "steps": h["steps"]}
+    doc["files"] = {"classifier.onnx": sha256(onnx_path)}
+    doc["figures"] = {k: float(f"{v:.6g}") for k, v in sorted(figures.items())}
+    header = (f"# Written by models/training (python -m medsentry_training.export --dataset {args.dataset} "
+              f"--classifier {args.classifier}); detectors added by python -m medsentry_training.bundle_toml.")
+    bundle_toml.write(os.path.join(out_dir, "bundle.toml"), doc, header)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump({"dataset": args.dataset, "served_classifier": args.classifier, "clean_test": evals,
                    "medmnist_anchor": MEDMNIST_ANCHORS.get(args.dataset), "parity": parity}, f, indent=1)

@@ -16,6 +16,8 @@ exist and are current):
                         when the live hardened checkpoint differs from the attacked snapshot)
   6. detectors          python -m medsentry_training.detectors [--limit N] --out DIR
                         (skip: detector files exist and were fitted on the current snapshot)
+     bundle_toml        python -m medsentry_training.bundle_toml (real bundle only: lists the
+                        served detectors, thresholds and sha256s in bundle.toml)
   7. evaluate           python -m medsentry_training.evaluate [--limit N] --out DIR
                         (skip: report.json has an adversarial_evaluation for the current snapshot)
 --retrain forces stages 1-3; --force forces stages 4-7. With --limit, missing checkpoints
@@ -83,7 +85,10 @@ def main(argv=None):
     log, t0 = [], time.time()
 
     for kind in ["standard", "hardened", "surrogate"]:
-        have = os.path.exists(C.ckpt_path(spec, kind))
+        # Finished = the selected checkpoint and the history train.py writes at its end
+        # (an interrupted run leaves only the checkpoint; train resumes it).
+        history = C.ckpt_path(spec, kind).replace(".pt", ".history.json")
+        have = os.path.exists(C.ckpt_path(spec, kind)) and os.path.exists(history)
         if have and not args.retrain:
             print(f"[skip] train {kind}: checkpoint exists", flush=True)
         elif args.limit and not have:
@@ -119,6 +124,9 @@ def main(argv=None):
         print("[skip] detectors: present for the current snapshot", flush=True)
     else:
         run("detectors", ds + lim + outs, log)
+    if real_bundle and not args.limit:
+        # export rewrites bundle.toml without detectors: (re)register them every time.
+        run("bundle_toml", ds, log)
     rep = os.path.join(out_dir, "report.json")
     done = False
     if os.path.exists(rep) and os.path.exists(os.path.join(out_dir, "REPORT.md")):

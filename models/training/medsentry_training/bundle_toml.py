@@ -1,0 +1,97 @@
+"""bundle.toml: the one writer of the file (export and detector registration share it).
+
+    python -m medsentry_training.bundle_toml --dataset chest_xray
+
+registers the detectors fitted by `detectors` in models/NAME/bundle.toml: one
+[[detectors]] entry per served detector with its threshold at 1 % FPR (verdict
+ADVERSARIAL) and 5 % FPR (SUSPICIOUS), both calibrated on clean AdvTrain, and the sha256 of
+its file in [files] (the sidecar refuses files that do not match).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tomllib
+
+from . import datasets
+
+# Served detectors: Mahalanobis (fitted on clean AdvTrain) and the learned detector fitted
+# on FGSM/BIM/PGD/C&W (the one the unseen-attack table evaluates).
+SERVED = (("mahalanobis", "mahalanobis", "detector_mahalanobis.json"),
+          ("learned-logistic", "logistic", "detector_logreg.json"))
+
+
+def sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(float(v)) if isinstance(v, float) else str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v)} to TOML")
+
+
+def dumps(doc: dict, header: str = "") -> str:
+    """TOML for a document of scalars, lists, tables and arrays of tables (one level)."""
+    lines = [header.rstrip()] if header else []
+    scalars = {k: v for k, v in doc.items() if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+    lines += [f"{k} = {_value(v)}" for k, v in scalars.items()]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{json.dumps(kk) if not kk.isidentifier() else kk} = {_value(vv)}" for kk, vv in v.items()]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines += ["", f"[[{k}]]"] + [f"{kk} = {_value(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(path: str, doc: dict, header: str):
+    with open(path, "w") as f:
+        f.write(dumps(doc, header))
+
+
+def register_detectors(bundle_dir: str):
+    path = os.path.join(bundle_dir, "bundle.toml")
+    with open(path, "rb") as f:
+        doc = tomllib.load(f)
+    with open(path) as f:
+        header = "".join(line for line in f.readlines()[:1] if line.startswith("#"))
+    detectors = []
+    for name, kind, file in SERVED:
+        p = os.path.join(bundle_dir, file)
+        if not os.path.exists(p):
+            raise SystemExit(f"{p} is missing: run `python -m medsentry_training.detectors` first")
+        with open(p) as f:
+            d = json.load(f)
+        thr = d["thresholds"]
+        detectors.append({"name": name, "kind": kind, "file": file,
+                          "threshold": thr["fpr_0.01"], "calibrated_fpr": 0.01,
+                          "suspicious_threshold": thr["fpr_0.05"], "suspicious_fpr": 0.05})
+        doc["files"][file] = sha256(p)
+    # Keep the table order of export's file: detectors before [files] and [figures].
+    ordered = {k: v for k, v in doc.items() if k not in ("detectors", "files", "figures")}
+    ordered["detectors"] = detectors
+    ordered["files"] = doc["files"]
+    ordered["figures"] = doc.get("figures", {})
+    write(path, ordered, header)
+    print(f"[done] {len(detectors)} detectors registered in {os.path.relpath(path, datasets.REPO)}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    args = ap.parse_args(argv)
+    register_detectors(os.path.join(datasets.REPO, "models", datasets.SPECS[args.dataset].name))
+
+
+if __name__ == "__main__":
+    main()
