@@ -14,8 +14,11 @@ const MODEL: &str = "chest-xray-pneumonia";
 fn copy_bundle(to: &Path) -> std::path::PathBuf {
     let dir = to.join(MODEL);
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["bundle.toml", "classifier.onnx"] {
-        std::fs::copy(repo().join("models").join(MODEL).join(f), dir.join(f)).unwrap();
+    for entry in std::fs::read_dir(repo().join("models").join(MODEL)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
     }
     dir
 }

@@ -31,6 +31,8 @@ async fn screen_gives_the_pipeline_probabilities_and_metrics_move() {
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     let (root, refs) = references(MODEL);
+    let bundle = Bundle::load_dir(&repo().join("models").join(MODEL)).unwrap();
+    let declared: Vec<&str> = bundle.manifest.detectors.iter().map(|d| d.name.as_str()).collect();
     let (_, before) = server.admin_get("/metrics");
     for r in &refs {
         let bytes = std::fs::read(data(&root).join(&r.file)).unwrap();
@@ -44,8 +46,15 @@ async fn screen_gives_the_pipeline_probabilities_and_metrics_move() {
             assert!((a - b).abs() < 1e-4, "{}: sidecar {probs:?} vs pipeline {:?}", r.file, r.probabilities);
         }
         let screening = resp.screening.unwrap();
-        assert_eq!(screening.verdict, proto::Verdict::NotScreened as i32);
-        assert!(screening.note.contains("no detector ran"), "{}", screening.note);
+        if declared.is_empty() {
+            assert_eq!(screening.verdict, proto::Verdict::NotScreened as i32);
+            assert!(screening.note.contains("no detector ran"), "{}", screening.note);
+        } else {
+            assert_ne!(screening.verdict, proto::Verdict::NotScreened as i32);
+            let names: Vec<&str> = screening.detectors.iter().map(|d| d.name.as_str()).collect();
+            assert_eq!(names, declared, "every declared detector scores every input");
+            assert!(screening.detectors.iter().all(|d| d.score.is_finite() && d.threshold > 0.0));
+        }
         let t = resp.timings.unwrap();
         assert!(t.infer_seconds > 0.0 && t.total_seconds >= t.infer_seconds);
     }
