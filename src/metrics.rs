@@ -18,10 +18,14 @@ pub const PREDICTED_CLASS: &str = "medsentry_predicted_class_total";
 pub const MODEL_INFO: &str = "medsentry_model_info";
 pub const MODEL_READY: &str = "medsentry_model_ready";
 pub const EXECUTION_PROVIDER: &str = "medsentry_execution_provider";
+pub const DETECTOR_SCORE: &str = "medsentry_detector_score";
+pub const DETECTOR_FIRED: &str = "medsentry_detector_fired_total";
 
 const SECONDS_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+/// Covers both probability-like scores (learned detector) and distances (Mahalanobis).
+const SCORE_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 50.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -33,6 +37,7 @@ pub fn install() -> PrometheusHandle {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DETECTOR_SCORE.into()), SCORE_BUCKETS))
                 .expect("static buckets are valid")
                 .install_recorder()
                 .expect("the metrics recorder is installed once")
@@ -91,4 +96,12 @@ pub fn set_model_info(model: &str, version: &str, sha256: &str, hardened: bool) 
 /// (`cpu_fallback` when CUDA was asked for and was not there).
 pub fn set_execution_provider(model: &str, requested: &'static str, active: &'static str) {
     gauge!(EXECUTION_PROVIDER, "model" => model.to_string(), "requested" => requested, "active" => active).set(1.0);
+}
+
+/// One detector's score for one input, and whether it fired.
+pub fn record_detector(model: &str, detector: &str, score: f64, fired: bool) {
+    histogram!(DETECTOR_SCORE, "model" => model.to_string(), "detector" => detector.to_string()).record(score);
+    if fired {
+        counter!(DETECTOR_FIRED, "model" => model.to_string(), "detector" => detector.to_string()).increment(1);
+    }
 }

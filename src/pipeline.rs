@@ -81,6 +81,9 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
     let screening = model.screener.screen(&result);
     let detect_s = detect_start.elapsed().as_secs_f64();
     metrics::record_stage(name, "detect", detect_s);
+    for d in &screening.detectors {
+        metrics::record_detector(name, &d.name, d.score as f64, d.fired);
+    }
 
     let probabilities = softmax(&result.logits);
     let top_index = argmax(&probabilities);
