@@ -15,8 +15,6 @@ use std::process::Command;
 
 const ORT_VERSION: &str = "1.31.1";
 const DEFAULT_BUNDLE: &str = "chest-xray-pneumonia";
-/// Files of the default bundle compiled into the binary (the rest stay on disk only).
-const EMBEDDED_FILES: &[&str] = &["bundle.toml", "classifier.onnx"];
 
 fn main() {
     compile_protos();
@@ -103,14 +101,35 @@ fn fetch_wheel(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `embedded_bundle.rs`: the default bundle's files as `(name, bytes)` pairs.
+/// The file names listed in the `[files]` table of a bundle.toml (the files the sidecar
+/// loads and checks); read line by line to keep the build script free of a TOML parser.
+fn listed_files(toml: &str) -> Vec<String> {
+    let mut in_files = false;
+    let mut names = Vec::new();
+    for line in toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_files = line == "[files]";
+        } else if in_files {
+            if let Some((key, _)) = line.split_once('=') {
+                names.push(key.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Writes `embedded_bundle.rs`: the default bundle's bundle.toml and every file it lists,
+/// as `(name, bytes)` pairs.
 fn embed_default_bundle() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("models").join(DEFAULT_BUNDLE);
     println!("cargo:rerun-if-changed={}", root.display());
     let mut code = String::from("/// Files of the default bundle, compiled in by build.rs.\npub const EMBEDDED_FILES: &[(&str, &[u8])] = &[\n");
-    let complete = EMBEDDED_FILES.iter().all(|f| root.join(f).exists());
+    let toml = fs::read_to_string(root.join("bundle.toml")).unwrap_or_default();
+    let mut files = vec!["bundle.toml".to_string()];
+    files.extend(listed_files(&toml));
+    let complete = !toml.is_empty() && files.iter().all(|f| root.join(f).exists());
     if complete {
-        for f in EMBEDDED_FILES {
+        for f in &files {
             let path = root.join(f);
             println!("cargo:rerun-if-changed={}", path.display());
             writeln!(code, "    ({f:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();

@@ -1,0 +1,51 @@
+//! The bundle's detectors, computed by the sidecar on its own forward pass through real
+//! gRPC, give the scores the pipeline computed for the same AdvTest examples
+//! (models/NAME/advtest_sample.json, written by medsentry_training.detectors).
+
+mod common;
+
+use common::*;
+use medsentry::proto;
+
+const MODEL: &str = "chest-xray-pneumonia";
+
+/// Served detector name -> key of the pipeline's scores in advtest_sample.json.
+const DETECTORS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detector_scores_match_the_pipeline_and_attacks_are_flagged() {
+    let path = repo().join("models").join(MODEL).join("advtest_sample.json");
+    let sample: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let server = TestServer::ready(&[]).await;
+    let mut client = server.client().await;
+    let (mut clean, mut clean_flagged, mut adv, mut adv_flagged) = (0, 0, 0, 0);
+    for item in sample["items"].as_array().unwrap() {
+        let pixels: Vec<f32> = item["pixels"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let id = format!("{}:{}", item["kind"], item["file"]);
+        let resp = client.screen(tensor_request(&id, vec![1, 1, 64, 64], pixels)).await.unwrap().into_inner();
+        let s = resp.screening.unwrap();
+        assert_ne!(s.verdict, proto::Verdict::NotScreened as i32, "the bundle's detectors run");
+        for (served, key) in DETECTORS {
+            let got = s.detectors.iter().find(|d| d.name == *served).unwrap_or_else(|| panic!("{served} missing")).score as f64;
+            let want = item["scores"][key].as_f64().unwrap();
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{id} {served}: sidecar {got} vs pipeline {want}");
+        }
+        let flagged = s.verdict == proto::Verdict::Adversarial as i32;
+        if item["kind"] == "clean" {
+            clean += 1;
+            clean_flagged += flagged as usize;
+        } else {
+            adv += 1;
+            adv_flagged += flagged as usize;
+        }
+    }
+    let (_, m) = server.admin_get("/metrics");
+    for (served, _) in DETECTORS {
+        assert!(metric(&m, "medsentry_detector_score_count", &[("detector", served)]) >= (clean + adv) as f64, "{served} score histogram");
+    }
+    assert!(metric(&m, "medsentry_requests_total", &[("verdict", "adversarial")]) >= adv_flagged as f64);
+    eprintln!("clean flagged {clean_flagged}/{clean}, adversarial flagged {adv_flagged}/{adv}");
+    assert!(clean > 0 && adv > 0);
+    assert!(adv_flagged * clean > clean_flagged * adv, "attacks are flagged more often than clean images");
+    server.stop().await.unwrap();
+}
