@@ -36,12 +36,15 @@ struct Stats {
     images_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Median over answers of detect_seconds / (infer_seconds / batch share): the
+    /// detectors' cost relative to the forward pass, from the sidecar's own stage timings.
+    detect_over_infer: Option<f64>,
 }
 
 fn stats(mut latencies: Vec<Duration>, images: usize, wall: Duration) -> Stats {
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
-    Stats { images_per_s: images as f64 / wall.as_secs_f64(), p50_ms: pick(0.5), p99_ms: pick(0.99) }
+    Stats { images_per_s: images as f64 / wall.as_secs_f64(), p50_ms: pick(0.5), p99_ms: pick(0.99), detect_over_infer: None }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -101,6 +104,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for ((c, s), b) in args.concurrency.iter().zip(&sidecar).zip(&bare) {
         println!("{c:>11} | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>6.3}", s.images_per_s, s.p50_ms, s.p99_ms, b.images_per_s, b.p50_ms, b.p99_ms, s.images_per_s / b.images_per_s);
     }
+    println!("\ndetect stage / infer stage (median per answer; infer is the whole batch's time):");
+    for (c, s) in args.concurrency.iter().zip(&sidecar) {
+        println!("  concurrency {c:>3}: {}", s.detect_over_infer.map_or("n/a".into(), |r| format!("{:.4}", r)));
+    }
     decode_costs(&args.decode_file, registry.get(&info.name).map(|m| m.bundle.manifest.input.clone()))?;
     Ok(())
 }
@@ -127,23 +134,32 @@ async fn grpc_run(client: &SentryClient<tonic::transport::Channel>, model: &str,
             let (mut client, model, shape) = (client.clone(), model.to_string(), shape.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_caller);
+                let mut ratios = Vec::with_capacity(per_caller);
                 for i in 0..per_caller {
                     let tensor = proto::Tensor { shape: shape.clone(), data: random_pixels(len, (k * per_caller + i) as u64) };
                     let req = proto::ScreenRequest { request_id: format!("{k}-{i}"), model: model.clone(), input: Some(proto::screen_request::Input::Tensor(tensor)) };
                     let t = Instant::now();
-                    client.screen(req).await?;
+                    let resp = client.screen(req).await?.into_inner();
                     latencies.push(t.elapsed());
+                    if let Some(t) = resp.timings.filter(|t| t.infer_seconds > 0.0) {
+                        ratios.push(t.detect_seconds / t.infer_seconds);
+                    }
                 }
-                anyhow::Ok(latencies)
+                anyhow::Ok((latencies, ratios))
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let (mut all, mut ratios) = (Vec::new(), Vec::new());
     for t in tasks {
-        all.extend(t.await??);
+        let (l, r) = t.await??;
+        all.extend(l);
+        ratios.extend(r);
     }
     let n = all.len();
-    Ok(stats(all, n, started.elapsed()))
+    let mut s = stats(all, n, started.elapsed());
+    ratios.sort_by(f64::total_cmp);
+    s.detect_over_infer = ratios.get(ratios.len() / 2).copied();
+    Ok(s)
 }
 
 /// Deterministic pseudo-random pixels in [0, 1] (content does not change the cost).
