@@ -43,7 +43,9 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
             (Ok(o), true) => println!("{}", serde_json::json!({
                 "file": path.display().to_string(), "model": model.name(), "label": labels[o.top_index],
                 "probabilities": labels.iter().zip(&o.probabilities).map(|(l, p)| (l.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
-                "verdict": o.screening.verdict.as_str(), "note": o.screening.note,
+                "verdict": o.screening.verdict.as_str(), "note": o.screening.note, "fused_score": o.screening.fused_score,
+                "detectors": o.screening.detectors.iter().map(|d| serde_json::json!({
+                    "name": d.name, "score": d.score, "threshold": d.threshold, "fired": d.fired})).collect::<Vec<_>>(),
                 "seconds": {"decode": o.timings.decode, "preprocess": o.timings.preprocess, "infer": o.timings.infer, "total": o.timings.total},
             })),
             (Ok(o), false) => {
