@@ -65,6 +65,11 @@ pub struct ModelArgs {
     /// Largest image accepted, in pixels per frame (checked from headers before decoding).
     #[arg(long, env = "MEDSENTRY_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     pub max_image_pixels: u64,
+    /// Policy file (TOML): per-model action on flagged inputs (annotate, reject, quarantine),
+    /// fail_open / fail_closed, shadow mode, and the quarantine store. Without one: annotate,
+    /// fail_closed, no quarantine.
+    #[arg(long, env = "MEDSENTRY_POLICY")]
+    pub policy: Option<PathBuf>,
     /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, else the library the build fetched).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,

@@ -1,7 +1,7 @@
 //! medsentry: an adversarial-input screening sidecar for medical image classifiers.
 //!
 //! Data flow: [`api`] -> [`decode`] -> [`preprocess`] -> [`batcher`] -> [`engine`] ->
-//! [`defense`] -> [`metrics`]; [`server::run`] wires them together, [`cli`] is the command
+//! [`defense`] (+ [`enforce`], [`quarantine`]) -> [`metrics`]; [`server::run`] wires them together, [`cli`] is the command
 //! line.
 
 pub mod admin;
@@ -13,9 +13,12 @@ pub mod config;
 pub mod decode;
 pub mod defense;
 pub mod engine;
+pub mod enforce;
+pub mod eval;
 pub mod metrics;
 pub mod pipeline;
 pub mod preprocess;
+pub mod quarantine;
 pub mod server;
 pub mod serving;
 

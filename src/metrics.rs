@@ -20,6 +20,18 @@ pub const MODEL_READY: &str = "medsentry_model_ready";
 pub const EXECUTION_PROVIDER: &str = "medsentry_execution_provider";
 pub const DETECTOR_SCORE: &str = "medsentry_detector_score";
 pub const DETECTOR_FIRED: &str = "medsentry_detector_fired_total";
+pub const DETECTOR_FAILED: &str = "medsentry_detector_failures_total";
+pub const FLAGGED: &str = "medsentry_flagged_total";
+pub const POLICY_ACTIONS: &str = "medsentry_policy_actions_total";
+pub const QUARANTINE_WRITES: &str = "medsentry_quarantine_writes_total";
+pub const QUARANTINE_FAILURES: &str = "medsentry_quarantine_write_failures_total";
+pub const QUARANTINE_EVICTIONS: &str = "medsentry_quarantine_evictions_total";
+pub const QUARANTINE_BYTES: &str = "medsentry_quarantine_bytes";
+pub const QUARANTINE_ITEMS: &str = "medsentry_quarantine_items";
+pub const QUARANTINE_CAPACITY: &str = "medsentry_quarantine_capacity_bytes";
+pub const CAMPAIGN_SCORE: &str = "medsentry_campaign_score";
+pub const CAMPAIGN_ALARM: &str = "medsentry_campaign_alarm";
+pub const CAMPAIGN_ALARMS: &str = "medsentry_campaign_alarms_total";
 
 const SECONDS_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -104,4 +116,52 @@ pub fn record_detector(model: &str, detector: &str, score: f64, fired: bool) {
     if fired {
         counter!(DETECTOR_FIRED, "model" => model.to_string(), "detector" => detector.to_string()).increment(1);
     }
+}
+
+/// A detector that could not score an input (non-finite score).
+pub fn record_detector_failure(model: &str, detector: &str) {
+    counter!(DETECTOR_FAILED, "model" => model.to_string(), "detector" => detector.to_string()).increment(1);
+}
+
+/// An input the policy counts as flagged, by verdict.
+pub fn record_flagged(model: &str, verdict: &'static str) {
+    counter!(FLAGGED, "model" => model.to_string(), "verdict" => verdict).increment(1);
+}
+
+/// What the policy did (annotate, reject, quarantine, fail_open, fail_closed); `shadow`
+/// marks actions recorded but not applied.
+pub fn record_policy_action(model: &str, action: &'static str, shadow: bool) {
+    counter!(POLICY_ACTIONS, "model" => model.to_string(), "action" => action, "shadow" => if shadow { "true" } else { "false" }).increment(1);
+}
+
+/// result: written | duplicate.
+pub fn record_quarantine_write(model: &str, result: &'static str) {
+    counter!(QUARANTINE_WRITES, "model" => model.to_string(), "result" => result).increment(1);
+}
+
+pub fn record_quarantine_failure(model: &str, reason: &'static str) {
+    counter!(QUARANTINE_FAILURES, "model" => model.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn record_quarantine_evictions(n: usize) {
+    counter!(QUARANTINE_EVICTIONS).increment(n as u64);
+}
+
+pub fn set_quarantine_usage(bytes: u64, items: usize, capacity: u64) {
+    gauge!(QUARANTINE_BYTES).set(bytes as f64);
+    gauge!(QUARANTINE_ITEMS).set(items as f64);
+    gauge!(QUARANTINE_CAPACITY).set(capacity as f64);
+}
+
+/// The campaign monitor's current scores and alarm states (gauges, one per signal).
+pub fn set_campaign(model: &str, s: &crate::defense::CampaignStatus) {
+    for (signal, score, alarm) in [("shared_perturbation", s.residual_score, s.residual_alarm), ("class_mix_drift", s.class_mix_score, s.class_mix_alarm)] {
+        gauge!(CAMPAIGN_SCORE, "model" => model.to_string(), "signal" => signal).set(score as f64);
+        gauge!(CAMPAIGN_ALARM, "model" => model.to_string(), "signal" => signal).set(if alarm { 1.0 } else { 0.0 });
+    }
+}
+
+/// A signal went into alarm (counted once per episode).
+pub fn record_campaign_alarm(model: &str, signal: &'static str) {
+    counter!(CAMPAIGN_ALARMS, "model" => model.to_string(), "signal" => signal).increment(1);
 }

@@ -1,5 +1,6 @@
-//! pipeline: one input through decode -> preprocess -> batcher/engine -> defense, with the
-//! wall time of every stage. Shared by the gRPC API and the `screen` command.
+//! pipeline: one input through decode -> preprocess -> batcher/engine -> defense (detectors,
+//! campaign monitor, policy), with the wall time of every stage. Shared by the gRPC API
+//! and the `screen` command.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +10,8 @@ use thiserror::Error;
 use crate::batcher::BatchError;
 use crate::bundle::InputSpec;
 use crate::decode::{self, DecodeError, DecodeLimits};
-use crate::defense::Screening;
+use crate::defense::{campaign, CampaignStatus, DetectorScore, Screening, Verdict};
+use crate::enforce;
 use crate::metrics;
 use crate::preprocess;
 use crate::serving::ServedModel;
@@ -35,8 +37,39 @@ pub enum PipelineError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Batch(#[from] BatchError),
+    #[error("{}", .0.message())]
+    Rejected(Box<Rejection>),
+    #[error("model {model}: detector(s) {} could not score this input and the policy is fail_closed", .detectors.join(", "))]
+    DetectorFailed { model: String, detectors: Vec<String> },
+    #[error("model {model}: the flagged input could not be quarantined ({message}) and the policy is fail_closed")]
+    QuarantineFailed { model: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A flagged input refused by a `reject` policy: what fired and by how much.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub model: String,
+    pub verdict: Verdict,
+    pub fused_score: f32,
+    pub detectors: Vec<DetectorScore>,
+    /// Set when the input was also quarantined.
+    pub quarantine_id: Option<String>,
+}
+
+impl Rejection {
+    pub fn message(&self) -> String {
+        let fired: Vec<String> = self
+            .detectors
+            .iter()
+            .filter(|d| d.fired || d.score > d.threshold)
+            .map(|d| format!("{} scored {:.4} > threshold {:.4} ({:.2}x)", d.name, d.score, d.threshold, d.score / d.threshold))
+            .collect();
+        let fired = if fired.is_empty() { "no detector over its ADVERSARIAL threshold (flagged at SUSPICIOUS)".to_string() } else { fired.join("; ") };
+        let kept = self.quarantine_id.as_ref().map(|id| format!("; quarantined as {id}")).unwrap_or_default();
+        format!("input rejected by policy of model {}: verdict {}, fused score {:.3}: {fired}{kept}", self.model, self.verdict.as_str().to_uppercase(), self.fused_score)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,19 +89,28 @@ pub struct Outcome {
     pub screening: Screening,
     pub timings: Timings,
     pub batch_size: usize,
+    /// The campaign monitor after this input (None: the bundle has no [campaign]).
+    pub campaign: Option<CampaignStatus>,
+    pub enforced: enforce::Enforced,
 }
 
-/// Runs one input through the whole pipeline of `model`.
-pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, deadline: Option<Instant>) -> Result<Outcome, PipelineError> {
+/// Runs one input through the whole pipeline of `model`; `request_id` is the caller's.
+pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, deadline: Option<Instant>, request_id: &str) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
     if !model.is_ready() {
         return Err(PipelineError::NotReady(model.name().to_string()));
     }
     let spec = model.bundle.manifest.input.clone();
-    // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers.
-    let (tensor, decode_s, preprocess_s) = tokio::task::spawn_blocking(move || prepare(input, &spec, &limits))
-        .await
-        .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))??;
+    let want_residual = model.campaign.is_some();
+    // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
+    // comes back: a flagged one may be quarantined.
+    let (input, prepared) = tokio::task::spawn_blocking(move || {
+        let prepared = prepare(&input, &spec, &limits, want_residual);
+        (input, prepared)
+    })
+    .await
+    .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
+    let Prepared { tensor, residual, decode_s, preprocess_s } = prepared?;
     let name = model.name();
     metrics::record_stage(name, "decode", decode_s);
     metrics::record_stage(name, "preprocess", preprocess_s);
@@ -78,7 +120,7 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
     metrics::record_stage(name, "infer", result.infer_seconds);
 
     let detect_start = Instant::now();
-    let screening = model.screener.screen(&result);
+    let mut screening = model.screener.screen(&result);
     let detect_s = detect_start.elapsed().as_secs_f64();
     metrics::record_stage(name, "detect", detect_s);
     for d in &screening.detectors {
@@ -88,6 +130,11 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
     let probabilities = softmax(&result.logits);
     let top_index = argmax(&probabilities);
     metrics::record_prediction(name, &model.bundle.manifest.labels[top_index]);
+    let campaign = match (&model.campaign, residual) {
+        (Some(monitor), Some(r)) => Some(monitor.observe(r, top_index)),
+        _ => None,
+    };
+    let enforced = enforce::enforce(model, input, &mut screening, campaign, request_id).await?;
     let timings = Timings {
         decode: decode_s,
         preprocess: preprocess_s,
@@ -96,32 +143,49 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
         detect: detect_s,
         total: started.elapsed().as_secs_f64(),
     };
-    Ok(Outcome { probabilities, top_index, screening, timings, batch_size: result.batch_size })
+    Ok(Outcome { probabilities, top_index, screening, timings, batch_size: result.batch_size, campaign, enforced })
 }
 
-/// Decode + preprocess: the normalised model input and the seconds each step took.
-pub fn prepare(input: Input, spec: &InputSpec, limits: &DecodeLimits) -> Result<(Vec<f32>, f64, f64), PipelineError> {
+/// Decode + preprocess output.
+pub struct Prepared {
+    /// The normalised model input.
+    pub tensor: Vec<f32>,
+    /// The campaign monitor's high-pass residual of the [0, 1] input, when asked for.
+    pub residual: Option<Vec<f32>>,
+    pub decode_s: f64,
+    pub preprocess_s: f64,
+}
+
+/// Decode + preprocess, with the seconds each step took.
+pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, want_residual: bool) -> Result<Prepared, PipelineError> {
     let t0 = Instant::now();
     let image = match input {
         Input::Tensor { shape, data } => {
-            let mut pixels = check_tensor(&shape, data, spec)?;
+            let pixels = check_tensor(shape, data, spec)?;
             let decode_s = t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            preprocess::normalize(&mut pixels, spec);
-            return Ok((pixels, decode_s, t1.elapsed().as_secs_f64()));
+            return Ok(finish(pixels, spec, want_residual, decode_s));
         }
         Input::Dicom(bytes) if bytes.is_empty() => return Err(DecodeError::Empty.into()),
-        Input::Dicom(bytes) => decode::decode_dicom(&bytes, limits)?,
-        Input::Image(bytes) if decode::looks_like_dicom(&bytes) => decode::decode_dicom(&bytes, limits)?,
-        Input::Image(bytes) => decode::decode_raster(&bytes, limits)?,
+        Input::Dicom(bytes) => decode::decode_dicom(bytes, limits)?,
+        Input::Image(bytes) if decode::looks_like_dicom(bytes) => decode::decode_dicom(bytes, limits)?,
+        Input::Image(bytes) => decode::decode_raster(bytes, limits)?,
     };
     let decode_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let tensor = preprocess::preprocess(&image, spec);
-    Ok((tensor, decode_s, t1.elapsed().as_secs_f64()))
+    let pixels = preprocess::to_model_space(&image, spec);
+    let mut p = finish(pixels, spec, want_residual, decode_s);
+    p.preprocess_s = t1.elapsed().as_secs_f64();
+    Ok(p)
 }
 
-fn check_tensor(shape: &[i64], data: Vec<f32>, spec: &InputSpec) -> Result<Vec<f32>, DecodeError> {
+fn finish(mut pixels: Vec<f32>, spec: &InputSpec, want_residual: bool, decode_s: f64) -> Prepared {
+    let t = Instant::now();
+    let residual = want_residual.then(|| campaign::residual(&pixels, spec.height as usize, spec.width as usize));
+    preprocess::normalize(&mut pixels, spec);
+    Prepared { tensor: pixels, residual, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
+}
+
+fn check_tensor(shape: &[i64], data: &[f32], spec: &InputSpec) -> Result<Vec<f32>, DecodeError> {
     let want = [spec.channels as i64, spec.height as i64, spec.width as i64];
     let ok = shape == want || (shape.len() == 4 && shape[0] == 1 && shape[1..] == want);
     if !ok {
@@ -136,7 +200,7 @@ fn check_tensor(shape: &[i64], data: Vec<f32>, spec: &InputSpec) -> Result<Vec<f
     if let Some(i) = data.iter().position(|v| !(0.0..=1.0).contains(v)) {
         return Err(DecodeError::BadTensor(format!("value {} at index {i} is outside [0, 1] (tensors carry intensities before mean/std)", data[i])));
     }
-    Ok(data)
+    Ok(data.to_vec())
 }
 
 pub fn softmax(logits: &[f32]) -> Vec<f32> {

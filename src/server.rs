@@ -16,6 +16,8 @@ use tonic_health::ServingStatus;
 use crate::admin::{self, AdminState};
 use crate::api::{self, SentryService};
 use crate::config::{ModelArgs, ServeArgs};
+use crate::defense::Policy;
+use crate::quarantine::QuarantineStore;
 use crate::proto::{self, sentry_server::SentryServer};
 use crate::serving::{Registry, Warmup};
 use crate::{bundle, engine, metrics};
@@ -26,8 +28,17 @@ pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warm
     args.validate().map_err(anyhow::Error::msg)?;
     metrics::install();
     let bundles = bundle::load_all(&args.models_dir)?;
+    let names: Vec<String> = bundles.iter().map(|b| b.name().to_string()).collect();
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path, &names)?,
+        None => Policy::default(),
+    };
+    let quarantine = match &policy.quarantine {
+        Some(q) => Some(Arc::new(QuarantineStore::open(&q.dir, q.max_bytes).context("opening the quarantine store")?)),
+        None => None,
+    };
     engine::runtime::environment(args.ort_dylib.clone())?;
-    let (registry, warmups) = Registry::start(bundles, args.default_model.as_deref(), args.serving())?;
+    let (registry, warmups) = Registry::start(bundles, args.default_model.as_deref(), args.serving(), &policy, quarantine)?;
     Ok((Arc::new(registry), warmups))
 }
 

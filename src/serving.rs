@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 
 use crate::batcher::BatcherHandle;
 use crate::bundle::Bundle;
-use crate::defense::{DefenseError, Screener};
+use crate::defense::{CampaignMonitor, DefenseError, ModelPolicy, Policy, Screener};
+use crate::quarantine::QuarantineStore;
 use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, WorkerConfig};
 use crate::metrics;
 
@@ -17,6 +18,12 @@ pub struct ServedModel {
     pub bundle: Arc<Bundle>,
     pub batcher: BatcherHandle,
     pub screener: Screener,
+    /// What happens to flagged inputs (from the policy file, or the defaults).
+    pub policy: ModelPolicy,
+    /// Signals across requests; None when the bundle has no [campaign] calibration.
+    pub campaign: Option<CampaignMonitor>,
+    /// Shared by every model; None when no policy quarantines.
+    pub quarantine: Option<Arc<QuarantineStore>>,
     /// Opens once every worker has run its warm-up batch; Screen refuses before that.
     ready: AtomicBool,
 }
@@ -57,7 +64,7 @@ pub struct ServingConfig {
 impl Registry {
     /// Starts batchers and workers for every bundle. Workers open their sessions and warm
     /// up in the background; await the returned [`Warmup`]s, then call `mark_ready`.
-    pub fn start(bundles: Vec<Bundle>, default_model: Option<&str>, cfg: ServingConfig) -> Result<(Registry, Vec<Warmup>), StartError> {
+    pub fn start(bundles: Vec<Bundle>, default_model: Option<&str>, cfg: ServingConfig, policy: &Policy, quarantine: Option<Arc<QuarantineStore>>) -> Result<(Registry, Vec<Warmup>), StartError> {
         let default_model = match default_model {
             Some(name) if bundles.iter().any(|b| b.name() == name) => name.to_string(),
             Some(name) => return Err(StartError::UnknownDefault(name.into(), bundles.iter().map(|b| b.name().to_string()).collect())),
@@ -78,7 +85,11 @@ impl Registry {
             let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, m.max_batch, cfg.max_batch_delay);
             let warm = spawn_workers(bundle.clone(), cfg.workers, batches);
             warmups.push((name.clone(), warm));
-            let served = ServedModel { bundle, batcher, screener, ready: AtomicBool::new(false) };
+            let campaign = m.campaign.clone().map(|spec| CampaignMonitor::new(&name, spec));
+            if campaign.is_none() {
+                tracing::warn!(model = %name, "bundle has no [campaign] calibration: the campaign monitor is off for it");
+            }
+            let served = ServedModel { policy: policy.for_model(&name), campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
             models.insert(name, Arc::new(served));
         }
         Ok((Registry { models, default_model }, warmups))

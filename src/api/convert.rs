@@ -1,7 +1,8 @@
 //! Conversions between the pipeline's types and the protobuf messages.
 
 use crate::bundle::Bundle;
-use crate::defense::{Screening, Verdict};
+use crate::defense::{CampaignStatus, Screening, Verdict};
+use crate::enforce::Enforced;
 use crate::pipeline::{Input, Outcome, PipelineError};
 use crate::proto;
 
@@ -29,7 +30,7 @@ pub fn response(request_id: String, bundle: &Bundle, o: Outcome) -> proto::Scree
         top_label: m.labels[o.top_index].clone(),
         top_index: o.top_index as u32,
         top_probability: o.probabilities[o.top_index],
-        screening: Some(screening(o.screening)),
+        screening: Some(screening(o.screening, o.enforced, o.campaign)),
         timings: Some(proto::StageTimings {
             decode_seconds: o.timings.decode,
             preprocess_seconds: o.timings.preprocess,
@@ -41,7 +42,7 @@ pub fn response(request_id: String, bundle: &Bundle, o: Outcome) -> proto::Scree
     }
 }
 
-fn screening(s: Screening) -> proto::Screening {
+fn screening(s: Screening, enforced: Enforced, campaign: Option<CampaignStatus>) -> proto::Screening {
     let verdict = match s.verdict {
         Verdict::NotScreened => proto::Verdict::NotScreened,
         Verdict::Clean => proto::Verdict::Clean,
@@ -57,6 +58,15 @@ fn screening(s: Screening) -> proto::Screening {
             .map(|d| proto::DetectorScore { name: d.name, score: d.score, threshold: d.threshold, calibrated_fpr: d.calibrated_fpr, fired: d.fired })
             .collect(),
         note: s.note,
+        action: enforced.action,
+        quarantine_id: enforced.quarantine_id.unwrap_or_default(),
+        campaign: campaign.map(|c| proto::Campaign {
+            alarm: c.alarm(),
+            shared_perturbation_score: c.residual_score,
+            shared_perturbation_alarm: c.residual_alarm,
+            class_mix_score: c.class_mix_score,
+            class_mix_alarm: c.class_mix_alarm,
+        }),
     }
 }
 

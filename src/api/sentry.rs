@@ -41,7 +41,7 @@ impl SentryService {
             return Err(e);
         };
         let result = match convert::input_of(&mut req) {
-            Ok(input) => pipeline::run(&model, input, self.limits, deadline).await,
+            Ok(input) => pipeline::run(&model, input, self.limits, deadline, &request_id).await,
             Err(e) => Err(e),
         };
         let seconds = started.elapsed().as_secs_f64();

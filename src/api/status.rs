@@ -1,7 +1,11 @@
 //! The one conversion from the pipeline's errors to a gRPC status, plus the stable
 //! `reason` label each error carries into `medsentry_errors_total`.
 
+use std::collections::HashMap;
+
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::batcher::BatchError;
 use crate::decode::DecodeError;
@@ -21,6 +25,9 @@ impl PipelineError {
             PipelineError::Batch(BatchError::Closed(_)) => Code::Unavailable,
             PipelineError::Batch(BatchError::Engine(EngineError::WorkerGone)) => Code::Unavailable,
             PipelineError::Batch(BatchError::Engine(_)) => Code::Internal,
+            PipelineError::Rejected(_) => Code::PermissionDenied,
+            PipelineError::DetectorFailed { .. } => Code::Internal,
+            PipelineError::QuarantineFailed { .. } => Code::Unavailable,
             PipelineError::Internal(_) => Code::Internal,
         }
     }
@@ -35,6 +42,9 @@ impl PipelineError {
             PipelineError::Batch(BatchError::DeadlineExceeded { .. }) => "deadline_exceeded",
             PipelineError::Batch(BatchError::Closed(_)) => "shutting_down",
             PipelineError::Batch(BatchError::Engine(_)) => "inference_failed",
+            PipelineError::Rejected(_) => "rejected_by_policy",
+            PipelineError::DetectorFailed { .. } => "detector_failed",
+            PipelineError::QuarantineFailed { .. } => "quarantine_failed",
             PipelineError::Internal(_) => "internal",
         }
     }
@@ -42,13 +52,29 @@ impl PipelineError {
 
 impl From<PipelineError> for Status {
     fn from(e: PipelineError) -> Status {
-        let code = e.code();
-        let mut status = Status::new(code, e.to_string());
+        let mut metadata = MetadataMap::new();
         if let Ok(v) = e.reason().parse() {
             // Machine-readable reason for clients that branch on it.
-            status.metadata_mut().insert("medsentry-reason", v);
+            metadata.insert("medsentry-reason", v);
         }
-        status
+        // google.rpc.ErrorInfo (richer error model): the reason and, for a rejection, what
+        // fired and by how much, as key/value pairs a client can read without parsing text.
+        let mut info = HashMap::new();
+        if let PipelineError::Rejected(r) = &e {
+            info.insert("model".to_string(), r.model.clone());
+            info.insert("verdict".to_string(), r.verdict.as_str().to_string());
+            info.insert("fused_score".to_string(), format!("{:.6}", r.fused_score));
+            for d in &r.detectors {
+                info.insert(format!("detector.{}.score", d.name), format!("{:.6}", d.score));
+                info.insert(format!("detector.{}.threshold", d.name), format!("{:.6}", d.threshold));
+                info.insert(format!("detector.{}.fired", d.name), d.fired.to_string());
+            }
+            if let Some(id) = &r.quarantine_id {
+                info.insert("quarantine_id".to_string(), id.clone());
+            }
+        }
+        let details = ErrorDetails::with_error_info(e.reason().to_uppercase(), "medsentry", info);
+        Status::with_error_details_and_metadata(e.code(), e.to_string(), details, metadata)
     }
 }
 

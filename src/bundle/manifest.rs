@@ -23,6 +23,9 @@ pub struct Manifest {
     pub hardening: Option<Hardening>,
     #[serde(default)]
     pub detectors: Vec<DetectorSpec>,
+    /// Campaign monitor calibration; absent = the monitor does not run for this bundle.
+    #[serde(default)]
+    pub campaign: Option<CampaignSpec>,
     /// sha256 (hex) of every file of the bundle, by file name.
     pub files: BTreeMap<String, String>,
     /// Evaluation figures (accuracy, AUC, ...) as measured by the pipeline.
@@ -112,4 +115,20 @@ pub struct DetectorSpec {
     pub suspicious_threshold: Option<f32>,
     #[serde(default)]
     pub suspicious_fpr: Option<f32>,
+}
+
+/// Written by the pipeline's `campaign` stage (models/training/medsentry_training/campaign.py).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    /// Recent inputs whose high-pass residuals are correlated pairwise.
+    pub residual_window: usize,
+    /// Mean pairwise residual correlation above which a shared perturbation is suspected.
+    pub residual_threshold: f32,
+    /// Recent predictions whose class mix is compared with `reference_class_mix`.
+    pub class_mix_window: usize,
+    /// Pearson chi-square above which the class mix counts as drifted.
+    pub class_mix_threshold: f32,
+    /// Predicted-class shares on the clean official test set, in label order.
+    pub reference_class_mix: Vec<f32>,
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::BundleError;
-pub use manifest::{ColorMode, DetectorSpec, Hardening, InputSpec, Manifest, OutputSpec};
+pub use manifest::{CampaignSpec, ColorMode, DetectorSpec, Hardening, InputSpec, Manifest, OutputSpec};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
 
@@ -158,6 +158,17 @@ fn validate(m: &Manifest) -> Result<(), BundleError> {
         }
         if d.suspicious_threshold.is_some_and(|s| !(s.is_finite() && s > 0.0 && s <= d.threshold)) {
             return bad(format!("detector {}: suspicious_threshold must be positive and at most threshold", d.name));
+        }
+    }
+    if let Some(c) = &m.campaign {
+        if c.reference_class_mix.len() != m.labels.len() || c.reference_class_mix.iter().any(|p| !(p.is_finite() && *p >= 0.0)) {
+            return bad(format!("[campaign] reference_class_mix needs {} non-negative shares, one per label", m.labels.len()));
+        }
+        if !(2..=10_000).contains(&c.residual_window) || !(2..=100_000).contains(&c.class_mix_window) {
+            return bad("[campaign] windows must be 2..=10000 (residual) and 2..=100000 (class mix)".into());
+        }
+        if !(c.residual_threshold.is_finite() && c.class_mix_threshold.is_finite() && c.class_mix_threshold > 0.0) {
+            return bad("[campaign] thresholds must be finite, class_mix_threshold positive".into());
         }
     }
     Ok(())

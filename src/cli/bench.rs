@@ -180,7 +180,8 @@ fn decode_costs(files: &[PathBuf], spec: Option<crate::bundle::InputSpec>) -> an
         let (mut d, mut p) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes.clone()) } else { Input::Image(bytes.clone()) };
-            let (_, ds, ps) = pipeline::prepare(input, &spec, &DecodeLimits::default())?;
+            let prepared = pipeline::prepare(&input, &spec, &DecodeLimits::default(), false)?;
+            let (ds, ps) = (prepared.decode_s, prepared.preprocess_s);
             d.push(ds);
             p.push(ps);
         }

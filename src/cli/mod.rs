@@ -1,7 +1,9 @@
-//! cli: the `medsentry` command line: `serve`, `screen`, `models`, `bench`.
+//! cli: the `medsentry` command line: `serve`, `screen`, `models`, `bench`, `eval`, `quarantine`.
 
 mod bench;
+mod eval;
 mod models;
+mod quarantine;
 mod screen;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,10 @@ pub enum Command {
     Models(models::ModelsArgs),
     /// Measure Screen through gRPC against a bare ONNX Runtime session on the same bundle.
     Bench(bench::BenchArgs),
+    /// Detector AUROC / TPR per attack on a folder of clean and adversarial inputs, with ROC plots.
+    Eval(eval::EvalArgs),
+    /// List or export what the quarantine store holds.
+    Quarantine(quarantine::QuarantineArgs),
 }
 
 /// Runs a parsed command; the process exit code follows the result.
@@ -38,6 +44,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Screen(args) => screen::run(args).await,
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
+        Command::Quarantine(args) => quarantine::run(args),
     }
 }
 

@@ -35,7 +35,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
         let result = match std::fs::read(path) {
             Ok(bytes) => {
                 let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes) } else { Input::Image(bytes) };
-                pipeline::run(&model, input, args.models.limits(), None).await.map_err(|e| e.to_string())
+                pipeline::run(&model, input, args.models.limits(), None, &path.display().to_string()).await.map_err(|e| e.to_string())
             }
             Err(e) => Err(format!("reading: {e}")),
         };

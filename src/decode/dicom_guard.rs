@@ -21,7 +21,7 @@ enum Encoding {
 
 /// Checks the file meta group of `body` (starting at "DICM"); returns where the data set
 /// starts. Run before the meta group is parsed.
-pub(super) fn check_meta(body: &[u8]) -> Result<usize, String> {
+pub(crate) fn check_meta(body: &[u8]) -> Result<usize, String> {
     let mut w = Walker { buf: body, pos: 4, enc: Encoding::ExplicitLe };
     while w.pos + 4 <= body.len() && w.u16_at(w.pos) == 0x0002 {
         let (_, _, _, len, hdr) = w.header()?;
@@ -33,7 +33,7 @@ pub(super) fn check_meta(body: &[u8]) -> Result<usize, String> {
 
 /// Checks the data set of `body`, from `start` (see [`check_meta`]), in the encoding of
 /// `transfer_syntax`.
-pub(super) fn check_data_set(body: &[u8], start: usize, transfer_syntax: &str) -> Result<(), String> {
+pub(crate) fn check_data_set(body: &[u8], start: usize, transfer_syntax: &str) -> Result<(), String> {
     let mut w = Walker { buf: body, pos: start, enc: Encoding::ExplicitLe };
     w.enc = match transfer_syntax {
         "1.2.840.10008.1.2" => Encoding::ImplicitLe,

@@ -5,7 +5,7 @@
 //! checked against [`DecodeLimits`] from headers before any pixel buffer is allocated.
 
 mod dicom;
-mod dicom_guard;
+pub(crate) mod dicom_guard;
 mod error;
 mod raster;
 

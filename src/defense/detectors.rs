@@ -78,9 +78,12 @@ impl Detector {
                 .map(|mu| {
                     let d: Vec<f64> = features.iter().zip(mu).map(|(&f, m)| f as f64 - m).collect();
                     let q: f64 = precision.iter().zip(&d).map(|(row, di)| di * row.iter().zip(&d).map(|(p, dj)| p * dj).sum::<f64>()).sum();
-                    q.max(0.0).sqrt()
+                    // Rounding can make q slightly negative; NaN (overflow, NaN features)
+                    // must stay NaN so the screener reports a failure, not a score of 0.
+                    if q.is_nan() { q } else { q.max(0.0).sqrt() }
                 })
-                .fold(f64::INFINITY, f64::min),
+                // f64::min would drop a NaN: any class's NaN makes the score NaN.
+                .fold(f64::INFINITY, |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }),
             Detector::Logistic { mean, scale, weights, bias } => {
                 let x = features.iter().chain(logits).map(|&v| v as f64);
                 let z = bias + x.zip(mean).zip(scale).zip(weights).map(|(((x, m), s), w)| w * (x - m) / s).sum::<f64>();

@@ -8,11 +8,15 @@
 //! start-up: an input must never be reported CLEAN by a detector that did not run. A bundle
 //! with no detectors is served with every answer saying plainly that nothing screened it.
 
+pub mod campaign;
 mod detectors;
+pub mod policy;
 
 use thiserror::Error;
 
+pub use campaign::{CampaignMonitor, CampaignStatus};
 pub use detectors::Detector;
+pub use policy::{Action, FailureMode, ModelPolicy, Policy, PolicyError};
 
 use crate::batcher::InferResult;
 use crate::bundle::{Bundle, DetectorSpec};
@@ -52,6 +56,20 @@ pub struct Screening {
     pub fused_score: f32,
     pub detectors: Vec<DetectorScore>,
     pub note: String,
+    /// Detectors that could not score this input (a non-finite score): the policy's
+    /// fail_open / fail_closed decides what happens.
+    pub failed: Vec<String>,
+}
+
+impl Verdict {
+    /// Severity order, for "flag at SUSPICIOUS or above".
+    pub fn rank(self) -> u8 {
+        match self {
+            Verdict::NotScreened | Verdict::Clean => 0,
+            Verdict::Suspicious => 1,
+            Verdict::Adversarial => 2,
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -98,15 +116,22 @@ impl Screener {
                 fused_score: 0.0,
                 detectors: Vec::new(),
                 note: format!("no detector ran: bundle {} declares no detectors; this answer is unscreened", self.model),
+                failed: Vec::new(),
             };
         }
         let mut verdict = Verdict::Clean;
         let mut fused = 0f64;
-        let scores = self
+        let mut failed = Vec::new();
+        let scores: Vec<DetectorScore> = self
             .detectors
             .iter()
             .map(|(spec, detector)| {
                 let score = detector.score(&result.features, &result.logits);
+                if !score.is_finite() {
+                    // NaN features or an overflowing formula: this detector has no opinion.
+                    failed.push(spec.name.clone());
+                    return DetectorScore { name: spec.name.clone(), score: score as f32, threshold: spec.threshold, calibrated_fpr: spec.calibrated_fpr, fired: false };
+                }
                 let fired = score > spec.threshold as f64;
                 if fired {
                     verdict = Verdict::Adversarial;
@@ -117,7 +142,11 @@ impl Screener {
                 DetectorScore { name: spec.name.clone(), score: score as f32, threshold: spec.threshold, calibrated_fpr: spec.calibrated_fpr, fired }
             })
             .collect();
-        Screening { verdict, fused_score: fused as f32, detectors: scores, note: String::new() }
+        if failed.len() == scores.len() {
+            verdict = Verdict::NotScreened;
+        }
+        let note = if failed.is_empty() { String::new() } else { format!("detector(s) {} could not score this input", failed.join(", ")) };
+        Screening { verdict, fused_score: fused as f32, detectors: scores, note, failed }
     }
 }
 

@@ -174,3 +174,63 @@ pub fn references(bundle: &str) -> (String, Vec<Reference>) {
         .collect();
     (root, items)
 }
+
+/// A policy file in `dir` with the given TOML; returns its path as a flag value.
+pub fn write_policy(dir: &std::path::Path, toml: &str) -> String {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, toml).unwrap();
+    path.display().to_string()
+}
+
+/// The chest X-ray bundle's input spec.
+pub fn chest_spec() -> medsentry::bundle::InputSpec {
+    let bundles = medsentry::bundle::load_all(&repo().join("models")).unwrap();
+    bundles.into_iter().find(|b| b.name() == "chest-xray-pneumonia").unwrap().manifest.input
+}
+
+/// A shared-data image as the model sees it before mean/std: [0, 1], model size.
+pub fn model_pixels(rel: &str, spec: &medsentry::bundle::InputSpec) -> Vec<f32> {
+    let bytes = std::fs::read(data("chest_xray_kermany").join(rel)).unwrap();
+    let img = medsentry::decode::decode_raster(&bytes, &medsentry::decode::DecodeLimits::default()).unwrap();
+    medsentry::preprocess::to_model_space(&img, spec)
+}
+
+/// A committed perturbation (tests/fixtures/campaign/NAME.npy), flattened.
+pub fn perturbation(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(repo().join("tests/fixtures/campaign").join(format!("{name}.npy"))).unwrap();
+    medsentry::eval::npy::read_npy(&bytes).unwrap().data
+}
+
+/// clip(x + delta, 0, 1).
+pub fn add_clipped(x: &[f32], delta: &[f32]) -> Vec<f32> {
+    x.iter().zip(delta).map(|(a, d)| (a + d).clamp(0.0, 1.0)).collect()
+}
+
+/// The eval fixture of the pipeline's export_eval stage (AdvTest file lists + Python AUROCs).
+pub fn eval_fixture() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join("tests/fixtures/eval/chest-xray-pneumonia.json")).unwrap()).unwrap()
+}
+
+/// A deterministic shuffle (clean traffic does not arrive sorted by class).
+pub fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
+    let mut v = items.to_vec();
+    let mut s = seed.wrapping_add(0x9E3779B97F4A7C15);
+    for i in (1..v.len()).rev() {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        v.swap(i, (s >> 33) as usize % (i + 1));
+    }
+    v
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Metrics are process-wide: tests that assert on counters hold this so that no other
+/// server of the same test binary moves them meanwhile.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// A metric's change between two scrapes.
+pub fn delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(after, name, labels) - metric(before, name, labels)
+}

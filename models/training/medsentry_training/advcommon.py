@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import types
 
 import numpy as np
 import torch
@@ -124,6 +125,19 @@ def make_split(spec, limit: int | None):
             return np.sort(np.array(picked))[:limit]
         adv_train, adv_test = sub(adv_train), sub(adv_test)
     return {"train": adv_train.astype(np.int64), "test": adv_test.astype(np.int64)}, x, y, files
+
+
+def load_stage(spec, limit: int | None) -> types.SimpleNamespace:
+    """What the stages after `attacks` start from: the attack folder (adir) and its manifest
+    (man), the attacked snapshot of the served classifier (model, ck), the official test set
+    (x, y, files), the AdvTrain/AdvTest indices (split) and this snapshot's attack records."""
+    adir = attack_dir(spec, limit)
+    man = load_manifest(adir)
+    model, ck = load_ckpt(os.path.join(adir, man["snapshot"]))
+    x, y, files = datasets.load_split(spec, "test")
+    split = {h: np.array(man["split"][h], dtype=np.int64) for h in ["train", "test"]}
+    recs = load_attacks(adir, shas=man["shas"])
+    return types.SimpleNamespace(adir=adir, man=man, model=model, ck=ck, x=x, y=y, files=files, split=split, recs=recs)
 
 
 @contextlib.contextmanager

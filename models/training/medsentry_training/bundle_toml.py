@@ -60,11 +60,7 @@ def write(path: str, doc: dict, header: str):
 
 
 def register_detectors(bundle_dir: str):
-    path = os.path.join(bundle_dir, "bundle.toml")
-    with open(path, "rb") as f:
-        doc = tomllib.load(f)
-    with open(path) as f:
-        header = "".join(line for line in f.readlines()[:1] if line.startswith("#"))
+    path, doc, header = _load(bundle_dir)
     detectors = []
     for name, kind, file in SERVED:
         p = os.path.join(bundle_dir, file)
@@ -77,13 +73,35 @@ def register_detectors(bundle_dir: str):
                           "threshold": thr["fpr_0.01"], "calibrated_fpr": 0.01,
                           "suspicious_threshold": thr["fpr_0.05"], "suspicious_fpr": 0.05})
         doc["files"][file] = sha256(p)
-    # Keep the table order of export's file: detectors before [files] and [figures].
-    ordered = {k: v for k, v in doc.items() if k not in ("detectors", "files", "figures")}
-    ordered["detectors"] = detectors
-    ordered["files"] = doc["files"]
-    ordered["figures"] = doc.get("figures", {})
-    write(path, ordered, header)
+    doc["detectors"] = detectors
+    _rewrite(path, doc, header)
     print(f"[done] {len(detectors)} detectors registered in {os.path.relpath(path, datasets.REPO)}")
+
+
+def _load(bundle_dir: str):
+    path = os.path.join(bundle_dir, "bundle.toml")
+    with open(path, "rb") as f:
+        doc = tomllib.load(f)
+    with open(path) as f:
+        header = "".join(line for line in f.readlines()[:1] if line.startswith("#"))
+    return path, doc, header
+
+
+def _rewrite(path: str, doc: dict, header: str):
+    # Keep the table order of export's file: [campaign] and detectors before [files] and [figures].
+    tail = ("campaign", "detectors", "files", "figures")
+    ordered = {k: v for k, v in doc.items() if k not in tail}
+    ordered.update({k: doc[k] for k in tail if k in doc})
+    ordered.setdefault("figures", {})
+    write(path, ordered, header)
+
+
+def set_campaign(bundle_dir: str, section: dict):
+    """[campaign]: the campaign monitor's windows, thresholds and reference class mix."""
+    path, doc, header = _load(bundle_dir)
+    doc["campaign"] = section
+    _rewrite(path, doc, header)
+    print(f"[done] [campaign] written to {os.path.relpath(path, datasets.REPO)}")
 
 
 def main(argv=None):

@@ -247,15 +247,11 @@ def main(argv=None):
     spec = datasets.SPECS[args.dataset]
     out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
     os.makedirs(out_dir, exist_ok=True)
-    adir = C.attack_dir(spec, args.limit)
-    man = C.load_manifest(adir)
     times = {}
     t0 = time.time()
     with C.timed(times, "load"):
-        model, ck = C.load_ckpt(os.path.join(adir, man["snapshot"]))
-        x, y, files = datasets.load_split(spec, "test")
-        split = {h: np.array(man["split"][h], dtype=np.int64) for h in ["train", "test"]}
-        recs = C.load_attacks(adir, shas=man["shas"])
+        st = C.load_stage(spec, args.limit)
+        adir, man, model, ck, x, y, files, split, recs = st.adir, st.man, st.model, st.ck, st.x, st.y, st.files, st.split, st.recs
     onnx_check = check_onnx(out_dir, model, x[split["train"][:64]])
     if onnx_check:
         print(f"[onnx] {json.dumps(onnx_check)}", flush=True)

@@ -97,6 +97,22 @@ def uap_table(recs, labels):
     return rows
 
 
+def detected_rows(recs):
+    """The attack records the detection table evaluates (against the served model)."""
+    return [r for r in recs if r["target_model"] == C.SERVED and r["attack"] not in ("uap_random", "aa_lite")]
+
+
+def positives(r):
+    """(attacked, positive) masks of one attack record: AdvTest images the classifier gets
+    right when clean, and of those the ones the attack made wrong."""
+    attacked = (r["split"] == 1) & (r["pred_clean"] == r["label"])
+    if (r["target_class"] >= 0).any():
+        # A targeted attack counts only on images whose true class is not the target:
+        # the others are "classified as the target" without any attack working.
+        attacked &= r["label"] != r["target_class"]
+    return attacked, attacked & r["success"]
+
+
 def detection_tables(recs, dets, model, x, split):
     te = split["test"]
     lo, fe = C.forward_batches(model, x[te])
@@ -104,15 +120,8 @@ def detection_tables(recs, dets, model, x, split):
     fpr_clean = {n: {k: float((s > dets[n]["thresholds"][k]).mean()) for k in dets[n]["thresholds"]}
                  for n, s in neg.items()}
     rows, pos_scores = [], {}
-    for r in recs:
-        if r["target_model"] != C.SERVED or r["attack"] in ("uap_random", "aa_lite"):
-            continue
-        attacked = (r["split"] == 1) & (r["pred_clean"] == r["label"])
-        if (r["target_class"] >= 0).any():
-            # A targeted attack counts only on images whose true class is not the target:
-            # the others are "classified as the target" without any attack working.
-            attacked &= r["label"] != r["target_class"]
-        m = attacked & r["success"]
+    for r in detected_rows(recs):
+        attacked, m = positives(r)
         n_att = int(attacked.sum())
         row = {"attack": r["attack"], "family": family(r["attack"]), "budget": r["budget"], "n_pos": int(m.sum()),
                "n_attacked": n_att, "subset": bool(r.get("subset_per_half"))}
@@ -215,16 +224,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     spec = datasets.SPECS[args.dataset]
     out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
-    adir = C.attack_dir(spec, args.limit)
-    man = C.load_manifest(adir)
     times = {}
     t0 = time.time()
     with C.timed(times, "load"):
-        model, ck = C.load_ckpt(os.path.join(adir, man["snapshot"]))
+        st = C.load_stage(spec, args.limit)
+        adir, man, model, ck, x, y, files, split, recs = st.adir, st.man, st.model, st.ck, st.x, st.y, st.files, st.split, st.recs
         std_model, std_ck = C.load_ckpt(C.ckpt_path(spec, "standard"))
-        x, y, files = datasets.load_split(spec, "test")
-        split = {h: np.array(man["split"][h], dtype=np.int64) for h in ["train", "test"]}
-        recs = C.load_attacks(adir, shas=man["shas"])
         dets = load_detectors(out_dir)
         if not dets:
             raise SystemExit(f"no detector_*.json in {out_dir}: run medsentry_training.detectors first")

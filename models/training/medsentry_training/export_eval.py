@@ -1,0 +1,99 @@
+"""Stage: export AdvTest for `medsentry eval` (the sidecar's own evaluation) and the small
+fixture its CI test rebuilds from the shared data.
+
+    python -m medsentry_training.export_eval --dataset chest_xray [--limit N] [--out DIR]
+
+Writes (default DIR = models/training/work/eval/<bundle>/, ignored by git):
+  clean/advtest.npy            every clean AdvTest image, [N, C, H, W] float32 in [0, 1]
+  <attack>__<budget>/x.npy     the detection table's positives of that row (successful
+                               adversarial AdvTest examples, see evaluate.positives)
+  manifest.json                per set: attack, budget, n and the Python report's AUROC per
+                               detector (report.json, evaluate stage), for the comparison.
+Then `medsentry eval --model <bundle> --data DIR` must reproduce each AUROC within 0.005.
+
+Also writes tests/fixtures/eval/<bundle>.json: the AdvTest file names of the clean set and
+of the positives of one UAP row whose perturbation is committed under tests/fixtures/campaign
+(x_adv = clip(x + uap, 0, 1) is checked here), with the Python AUROCs on exactly those sets,
+so that a CI test rebuilds the inputs from ../shared/data and runs `medsentry eval`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from . import advcommon as C
+from . import datasets
+from .bundle_toml import SERVED
+from .detectors import load_detectors, score_all
+from .evaluate import detected_rows, positives
+
+FIXTURE_ROW = ("uap_to0", "l2_z4")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    spec = datasets.SPECS[args.dataset]
+    bundle_dir = C.default_bundle_dir(spec)
+    out = os.path.abspath(args.out) if args.out else os.path.join(datasets.WORK, "eval", spec.name)
+    st = C.load_stage(spec, args.limit)
+    with open(os.path.join(bundle_dir, "report.json")) as f:
+        report = json.load(f)
+    rows = {(r["attack"], r["budget"]): r for r in report["adversarial_evaluation"]["detection"]["rows"]}
+    te = st.split["test"]
+    os.makedirs(os.path.join(out, "clean"), exist_ok=True)
+    np.save(os.path.join(out, "clean", "advtest.npy"), st.x[te].astype(np.float32))
+    manifest = {"dataset": spec.name, "clean": {"n": int(len(te))}, "sets": {},
+                "generated_by": "python -m medsentry_training.export_eval --dataset " + args.dataset}
+    # The sidecar's names of the served detectors (bundle.toml) -> the pipeline's.
+    dets = {name: file[len("detector_"):-len(".json")] for name, _, file in SERVED}
+    loaded = load_detectors(bundle_dir)
+    for r in detected_rows(st.recs):
+        _, m = positives(r)
+        row = rows.get((r["attack"], r["budget"]))
+        if not m.any() or row is None:
+            continue
+        name = f"{r['attack']}__{r['budget']}"
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+        np.save(os.path.join(out, name, "x.npy"), r["x_adv"][m].astype(np.float32))
+        manifest["sets"][name] = {"attack": r["attack"], "budget": r["budget"], "n": int(m.sum()),
+                                  "python_auroc": {d: row[py]["auroc"] for d, py in dets.items() if py in row}}
+        if (r["attack"], r["budget"]) == FIXTURE_ROW:
+            write_fixture(spec, st, r, m, {d: loaded[py] for d, py in dets.items()})
+    C.write_json(os.path.join(out, "manifest.json"), manifest)
+    print(f"[done] {len(manifest['sets'])} sets + {len(te)} clean images in {out}", flush=True)
+
+
+def write_fixture(spec, st, r, m, dets):
+    uap_path = os.path.join(datasets.REPO, "tests", "fixtures", "campaign", f"{spec.name}__{r['attack']}__{r['budget']}.npy")
+    uap = np.load(uap_path)
+    idx = np.asarray(r["index"])[m]
+    rebuilt = np.clip(st.x[idx] + uap[None], 0, 1)
+    diff = float(np.abs(rebuilt - r["x_adv"][m]).max())
+    if diff > 1e-6:
+        raise SystemExit(f"{r['attack']} {r['budget']}: x_adv differs from clip(x + uap) by {diff}")
+    te = st.split["test"]
+    neg = score_all(dets, *C.forward_batches(st.model, st.x[te]))
+    pos = score_all(dets, *C.forward_batches(st.model, rebuilt))
+    fixture = {"about": "AdvTest clean images and the positives of one UAP row, rebuilt in the Rust test from "
+                        "../shared/data plus the committed UAP; Python's detector AUROC on exactly these sets.",
+               "dataset_source": spec.name, "uap": os.path.relpath(uap_path, datasets.REPO), "set": f"{r['attack']}__{r['budget']}",
+               "clean_files": [str(st.files[i]) for i in te], "positive_files": [str(st.files[i]) for i in idx],
+               "python_auroc": {d: C.auroc(neg[d], pos[d]) for d in dets}, "rebuild_max_abs_diff": diff,
+               "generated_by": "python -m medsentry_training.export_eval"}
+    path = os.path.join(datasets.REPO, "tests", "fixtures", "eval", f"{spec.name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(fixture, f, indent=1)
+    print(f"[fixture] {os.path.relpath(path, datasets.REPO)}: {len(te)} clean, {len(idx)} positives, "
+          f"AUROC {fixture['python_auroc']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

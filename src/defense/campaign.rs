@@ -1,0 +1,254 @@
+//! campaign: signs of an attack that no single request shows, watched across the requests
+//! of one model.
+//!
+//! - Shared perturbation: a universal adversarial perturbation is one pattern added to
+//!   every image. The Laplacian high-pass residual of each input is correlated with those of
+//!   the last `residual_window` inputs; clean images share little high-frequency content
+//!   (mean pairwise correlation ~0.01 on chest X-rays), images carrying the same UAP share
+//!   its residual (0.05-0.35). The score is the window's mean pairwise correlation.
+//! - Class-mix drift: a targeted UAP drives many images to one class. The predicted classes
+//!   of the last `class_mix_window` inputs are compared with the mix the bundle was evaluated
+//!   on by Pearson's chi-square.
+//!
+//! Both thresholds come from the bundle (`[campaign]`, calibrated on clean AdvTrain by the
+//! pipeline's `campaign` stage, which computes the residual with the same formula). A
+//! signal only alarms once its window is full, as it was calibrated.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use crate::bundle::CampaignSpec;
+use crate::metrics;
+
+/// The campaign signals after one input was added.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CampaignStatus {
+    pub residual_score: f32,
+    pub residual_alarm: bool,
+    pub class_mix_score: f32,
+    pub class_mix_alarm: bool,
+}
+
+impl CampaignStatus {
+    pub fn alarm(&self) -> bool {
+        self.residual_alarm || self.class_mix_alarm
+    }
+}
+
+pub struct CampaignMonitor {
+    model: String,
+    spec: CampaignSpec,
+    state: Mutex<State>,
+}
+
+struct State {
+    residuals: ResidualWindow,
+    classes: VecDeque<usize>,
+    counts: Vec<usize>,
+    /// Alarm states of the previous input, so that alarms are counted once per episode.
+    was_alarmed: (bool, bool),
+}
+
+impl CampaignMonitor {
+    pub fn new(model: &str, spec: CampaignSpec) -> CampaignMonitor {
+        let state = State {
+            residuals: ResidualWindow::new(spec.residual_window),
+            classes: VecDeque::with_capacity(spec.class_mix_window),
+            counts: vec![0; spec.reference_class_mix.len()],
+            was_alarmed: (false, false),
+        };
+        metrics::set_campaign(model, &CampaignStatus::default());
+        CampaignMonitor { model: model.to_string(), spec, state: Mutex::new(state) }
+    }
+
+    /// Adds one screened input (its residual from [`residual`], its predicted class).
+    pub fn observe(&self, residual: Vec<f32>, predicted: usize) -> CampaignStatus {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.residuals.push(residual);
+        if st.classes.len() == self.spec.class_mix_window {
+            if let Some(old) = st.classes.pop_front() {
+                st.counts[old] -= 1;
+            }
+        }
+        st.classes.push_back(predicted);
+        st.counts[predicted] += 1;
+
+        let residual_score = st.residuals.mean_correlation();
+        let class_mix_score = chi_square(&st.counts, &self.spec.reference_class_mix);
+        let status = CampaignStatus {
+            residual_score: residual_score as f32,
+            residual_alarm: st.residuals.is_full() && residual_score > self.spec.residual_threshold as f64,
+            class_mix_score: class_mix_score as f32,
+            class_mix_alarm: st.classes.len() == self.spec.class_mix_window && class_mix_score > self.spec.class_mix_threshold as f64,
+        };
+        if status.residual_alarm && !st.was_alarmed.0 {
+            metrics::record_campaign_alarm(&self.model, "shared_perturbation");
+            tracing::warn!(model = %self.model, score = status.residual_score, "campaign alarm: inputs share a perturbation");
+        }
+        if status.class_mix_alarm && !st.was_alarmed.1 {
+            metrics::record_campaign_alarm(&self.model, "class_mix_drift");
+            tracing::warn!(model = %self.model, score = status.class_mix_score, "campaign alarm: predicted-class mix drifted");
+        }
+        st.was_alarmed = (status.residual_alarm, status.class_mix_alarm);
+        drop(st);
+        metrics::set_campaign(&self.model, &status);
+        status
+    }
+}
+
+/// Pearson chi-square of observed class counts against reference shares.
+fn chi_square(counts: &[usize], reference: &[f32]) -> f64 {
+    let n: usize = counts.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    counts
+        .iter()
+        .zip(reference)
+        .map(|(&c, &p)| {
+            // A class the reference never predicted: any occurrence is maximal drift.
+            let expected = (n as f64 * p as f64).max(1e-9);
+            (c as f64 - expected).powi(2) / expected
+        })
+        .sum()
+}
+
+/// Unit-norm, zero-mean 4-neighbour Laplacian residual (edges replicated) of a [C, H, W]
+/// tensor of [0, 1] intensities; all channels in one vector. Zero for a flat image.
+pub fn residual(pixels: &[f32], height: usize, width: usize) -> Vec<f32> {
+    let plane = height * width;
+    let mut r = vec![0f64; pixels.len()];
+    for (c, chunk) in pixels.chunks(plane).enumerate() {
+        let at = |y: usize, x: usize| chunk[y * width + x] as f64;
+        for y in 0..height {
+            for x in 0..width {
+                let up = at(y.saturating_sub(1), x);
+                let down = at((y + 1).min(height - 1), x);
+                let left = at(y, x.saturating_sub(1));
+                let right = at(y, (x + 1).min(width - 1));
+                r[c * plane + y * width + x] = 4.0 * at(y, x) - up - down - left - right;
+            }
+        }
+    }
+    let mean = r.iter().sum::<f64>() / r.len().max(1) as f64;
+    r.iter_mut().for_each(|v| *v -= mean);
+    let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+    r.iter().map(|v| (v * scale) as f32).collect()
+}
+
+/// The last `capacity` residuals and the sum of their pairwise correlations, updated in
+/// O(capacity * len) per input.
+struct ResidualWindow {
+    slots: Vec<Option<Vec<f32>>>,
+    /// corr[i * capacity + j]: correlation of the residuals in slots i and j.
+    corr: Vec<f64>,
+    next: usize,
+    filled: usize,
+    pair_sum: f64,
+}
+
+impl ResidualWindow {
+    fn new(capacity: usize) -> ResidualWindow {
+        ResidualWindow { slots: vec![None; capacity], corr: vec![0.0; capacity * capacity], next: 0, filled: 0, pair_sum: 0.0 }
+    }
+
+    fn push(&mut self, r: Vec<f32>) {
+        let cap = self.slots.len();
+        let slot = self.next;
+        if self.slots[slot].take().is_some() {
+            for j in (0..cap).filter(|&j| j != slot && self.slots[j].is_some()) {
+                self.pair_sum -= self.corr[slot * cap + j];
+            }
+        } else {
+            self.filled += 1;
+        }
+        for j in 0..cap {
+            if let Some(other) = self.slots[j].as_ref() {
+                let c: f64 = r.iter().zip(other).map(|(a, b)| *a as f64 * *b as f64).sum();
+                self.corr[slot * cap + j] = c;
+                self.corr[j * cap + slot] = c;
+                self.pair_sum += c;
+            }
+        }
+        self.slots[slot] = Some(r);
+        self.next = (slot + 1) % cap;
+    }
+
+    fn is_full(&self) -> bool {
+        self.filled == self.slots.len()
+    }
+
+    fn mean_correlation(&self) -> f64 {
+        let n = self.filled as f64;
+        if self.filled < 2 {
+            0.0
+        } else {
+            self.pair_sum / (n * (n - 1.0) / 2.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> CampaignSpec {
+        CampaignSpec { residual_window: 4, residual_threshold: 0.5, class_mix_window: 10, class_mix_threshold: 6.0, reference_class_mix: vec![0.5, 0.5] }
+    }
+
+    fn noise(seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..64)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_window_mean_matches_a_direct_computation_after_wrapping() {
+        let mut w = ResidualWindow::new(3);
+        let rs: Vec<Vec<f32>> = (0..7).map(|i| residual(&noise(i), 8, 8)).collect();
+        for r in &rs {
+            w.push(r.clone());
+        }
+        let last = &rs[4..];
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+        let direct = (dot(&last[0], &last[1]) + dot(&last[0], &last[2]) + dot(&last[1], &last[2])) / 3.0;
+        assert!((w.mean_correlation() - direct).abs() < 1e-9, "{} vs {direct}", w.mean_correlation());
+    }
+
+    #[test]
+    fn a_shared_pattern_alarms_and_independent_noise_does_not() {
+        let m = CampaignMonitor::new("t", spec());
+        let quiet: Vec<CampaignStatus> = (0..8).map(|i| m.observe(residual(&noise(i), 8, 8), (i % 2) as usize)).collect();
+        assert!(quiet.iter().all(|s| !s.residual_alarm), "{quiet:?}");
+        let pattern = noise(99);
+        let loud = (0..4)
+            .map(|i| {
+                let x: Vec<f32> = noise(100 + i).iter().zip(&pattern).map(|(a, p)| 0.2 * a + p).collect();
+                m.observe(residual(&x, 8, 8), (i % 2) as usize)
+            })
+            .last()
+            .unwrap();
+        assert!(loud.residual_alarm && loud.residual_score > 0.5, "{loud:?}");
+    }
+
+    #[test]
+    fn class_mix_alarms_only_on_a_full_drifted_window() {
+        let m = CampaignMonitor::new("t2", spec());
+        let flat = residual(&[0.5; 64], 8, 8);
+        assert!(flat.iter().all(|v| *v == 0.0));
+        for i in 0..9 {
+            assert!(!m.observe(flat.clone(), 1).class_mix_alarm, "window not full at {i}");
+        }
+        let s = m.observe(flat.clone(), 1);
+        assert!(s.class_mix_alarm && (s.class_mix_score - 10.0).abs() < 1e-4, "{s:?}");
+        for i in 0..10 {
+            m.observe(flat.clone(), i % 2);
+        }
+        assert!(!m.observe(flat, 0).class_mix_alarm);
+    }
+}

@@ -1,0 +1,121 @@
+//! enforce: applies a model's policy to one screened input, after the detectors and the
+//! campaign monitor: detector failures follow fail_open / fail_closed; a flagged input is
+//! quarantined (de-identified, fsynced before the answer), annotated or rejected; shadow
+//! mode records every action in metrics and in the answer's `action` but changes no
+//! answer.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::defense::{CampaignStatus, FailureMode, Screening};
+use crate::metrics;
+use crate::pipeline::{Input, PipelineError, Rejection};
+use crate::quarantine::{self, QuarantineError, Record, RecordedScore, Stored};
+use crate::serving::ServedModel;
+
+/// What the policy did, for the answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Enforced {
+    /// "" when the input was not flagged; else e.g. "annotate", "quarantine,annotate",
+    /// "shadow:quarantine,reject".
+    pub action: String,
+    pub quarantine_id: Option<String>,
+}
+
+pub async fn enforce(model: &Arc<ServedModel>, input: Input, screening: &mut Screening, campaign: Option<CampaignStatus>, request_id: &str) -> Result<Enforced, PipelineError> {
+    let policy = model.policy;
+    let name = model.name();
+    let fail_closed = policy.on_failure == FailureMode::FailClosed;
+    if !screening.failed.is_empty() {
+        screening.failed.iter().for_each(|d| metrics::record_detector_failure(name, d));
+        metrics::record_policy_action(name, if fail_closed { "fail_closed" } else { "fail_open" }, policy.shadow);
+        if fail_closed && !policy.shadow {
+            return Err(PipelineError::DetectorFailed { model: name.to_string(), detectors: screening.failed.clone() });
+        }
+    }
+    if !policy.is_flagged(screening.verdict) {
+        return Ok(Enforced::default());
+    }
+    metrics::record_flagged(name, screening.verdict.as_str());
+    let mut actions = Vec::new();
+    let mut quarantine_id = None;
+    if policy.quarantines() {
+        let decided = if policy.rejects() { "reject" } else { "annotate" };
+        match keep(model, input, screening, campaign, request_id, decided).await {
+            Ok(stored) => {
+                metrics::record_quarantine_write(name, if stored.duplicate { "duplicate" } else { "written" });
+                metrics::record_policy_action(name, "quarantine", policy.shadow);
+                actions.push("quarantine");
+                quarantine_id = Some(stored.id);
+            }
+            Err(e) => {
+                metrics::record_quarantine_failure(name, e.reason());
+                metrics::record_policy_action(name, if fail_closed { "fail_closed" } else { "fail_open" }, policy.shadow);
+                tracing::error!(model = name, error = %e, "quarantine write failed");
+                if fail_closed && !policy.shadow {
+                    return Err(PipelineError::QuarantineFailed { model: name.to_string(), message: e.to_string() });
+                }
+                push_note(screening, &format!("quarantine failed ({e}); answered under fail_open"));
+            }
+        }
+    }
+    let reject = policy.rejects();
+    metrics::record_policy_action(name, if reject { "reject" } else { "annotate" }, policy.shadow);
+    actions.push(if reject { "reject" } else { "annotate" });
+    let action = format!("{}{}", if policy.shadow { "shadow:" } else { "" }, actions.join(","));
+    if reject && !policy.shadow {
+        return Err(PipelineError::Rejected(Box::new(Rejection {
+            model: name.to_string(),
+            verdict: screening.verdict,
+            fused_score: screening.fused_score,
+            detectors: screening.detectors.clone(),
+            quarantine_id,
+        })));
+    }
+    if reject {
+        push_note(screening, "shadow mode: the policy would have rejected this input");
+    }
+    Ok(Enforced { action, quarantine_id })
+}
+
+fn push_note(screening: &mut Screening, note: &str) {
+    if !screening.note.is_empty() {
+        screening.note.push_str("; ");
+    }
+    screening.note.push_str(note);
+}
+
+/// De-identifies (DICOM) and writes the input with its record, off the async workers.
+async fn keep(model: &Arc<ServedModel>, input: Input, screening: &Screening, campaign: Option<CampaignStatus>, request_id: &str, decided: &str) -> Result<Stored, QuarantineError> {
+    let Some(store) = model.quarantine.clone() else {
+        return Err(QuarantineError::Io { path: "<none>".into(), source: std::io::Error::other("no quarantine store configured") });
+    };
+    let m = &model.bundle.manifest;
+    let record = Record {
+        id: String::new(),
+        object: String::new(),
+        bytes: 0,
+        received_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        input_kind: String::new(),
+        deidentified: false,
+        burned_in_annotation: false,
+        model: m.name.clone(),
+        model_version: m.version.clone(),
+        classifier_sha256: model.bundle.classifier_sha256().to_string(),
+        verdict: screening.verdict.as_str().to_string(),
+        fused_score: screening.fused_score,
+        detectors: screening.detectors.iter().map(|d| RecordedScore { name: d.name.clone(), score: d.score, threshold: d.threshold, fired: d.fired }).collect(),
+        campaign_alarm: campaign.is_some_and(|c| c.alarm()),
+        policy: format!("{}{decided}", if model.policy.shadow { "shadow:" } else { "" }),
+        request_id_sha256: hex::encode(Sha256::digest(request_id.as_bytes())),
+    };
+    tokio::task::spawn_blocking(move || {
+        let form = quarantine::stored_form(&input)?;
+        let record = Record { input_kind: form.kind.to_string(), deidentified: form.deidentified, burned_in_annotation: form.burned_in_annotation, ..record };
+        store.put(&form.bytes, form.ext, record)
+    })
+    .await
+    .map_err(|e| QuarantineError::Io { path: "<task>".into(), source: std::io::Error::other(e.to_string()) })?
+}

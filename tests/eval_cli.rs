@@ -1,0 +1,56 @@
+//! `medsentry eval` (the real binary) on AdvTest images rebuilt from ../shared/data plus the
+//! bundle's own targeted UAP: it must reproduce the pipeline's detector AUROC on exactly
+//! these sets within 0.005 and draw the ROC plot.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn eval_reproduces_the_python_auroc_and_draws_the_roc() {
+    let fixture = eval_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let clean_dir = dir.path().join("clean");
+    std::fs::create_dir_all(&clean_dir).unwrap();
+    // Negatives as the JPEG files themselves: eval decodes them like the sidecar does.
+    for (i, f) in fixture["clean_files"].as_array().unwrap().iter().enumerate() {
+        let src = data("chest_xray_kermany").join(f.as_str().unwrap());
+        std::fs::copy(&src, clean_dir.join(format!("{i:04}.jpeg"))).unwrap();
+    }
+    // Positives: clip(x + uap) as one [N, 1, 64, 64] .npy batch.
+    let set = fixture["set"].as_str().unwrap();
+    let uap_name = std::path::Path::new(fixture["uap"].as_str().unwrap()).file_stem().unwrap().to_string_lossy().into_owned();
+    let uap = perturbation(&uap_name);
+    let spec = chest_spec();
+    let positives: Vec<f32> = fixture["positive_files"].as_array().unwrap().iter().flat_map(|f| add_clipped(&model_pixels(f.as_str().unwrap(), &spec), &uap)).collect();
+    let n = positives.len() / 4096;
+    std::fs::create_dir_all(dir.path().join(set)).unwrap();
+    std::fs::write(dir.path().join(set).join("x.npy"), medsentry::eval::npy::write_npy_f32(&[n, 1, 64, 64], &positives)).unwrap();
+
+    let out = dir.path().join("out");
+    let status = Command::new(env!("CARGO_BIN_EXE_medsentry"))
+        .args(["eval", "--model", "chest-xray-pneumonia", "--intra-threads", "2"])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out)
+        .arg("--models-dir")
+        .arg(repo().join("models"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(report["n_clean"].as_u64().unwrap() as usize, fixture["clean_files"].as_array().unwrap().len());
+    let row = &report["sets"][set];
+    assert_eq!(row["n"].as_u64().unwrap() as usize, n);
+    for (det, py) in fixture["python_auroc"].as_object().unwrap() {
+        let rust = row[det]["auroc"].as_f64().unwrap();
+        let py = py.as_f64().unwrap();
+        assert!((rust - py).abs() <= 0.005, "{det}: Rust AUROC {rust} vs Python {py}");
+    }
+    let png = std::fs::read(out.join(format!("roc_{}.png", set.split("__").next().unwrap()))).unwrap();
+    let img = image::load_from_memory(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (800, 600));
+}
