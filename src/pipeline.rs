@@ -10,6 +10,7 @@ use thiserror::Error;
 use crate::batcher::BatchError;
 use crate::bundle::InputSpec;
 use crate::decode::{self, DecodeError, DecodeLimits};
+use crate::defense::squeeze::Squeeze;
 use crate::defense::{campaign, CampaignStatus, DetectorScore, Screening, Verdict};
 use crate::enforce;
 use crate::metrics;
@@ -102,20 +103,21 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
     }
     let spec = model.bundle.manifest.input.clone();
     let want_residual = model.campaign.is_some();
+    let squeeze = model.screener.squeeze().cloned();
     // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
     // comes back: a flagged one may be quarantined.
     let (input, prepared) = tokio::task::spawn_blocking(move || {
-        let prepared = prepare(&input, &spec, &limits, want_residual);
+        let prepared = prepare(&input, &spec, &limits, want_residual).map(|p| p.with_squeezed(squeeze.as_ref(), &spec));
         (input, prepared)
     })
     .await
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
-    let Prepared { tensor, residual, decode_s, preprocess_s } = prepared?;
+    let Prepared { tensor, rows, residual, decode_s, preprocess_s, .. } = prepared?;
     let name = model.name();
     metrics::record_stage(name, "decode", decode_s);
     metrics::record_stage(name, "preprocess", preprocess_s);
 
-    let result = model.batcher.infer(tensor, deadline).await?;
+    let result = model.batcher.infer_rows(tensor, rows, deadline).await?;
     metrics::record_stage(name, "queue", result.queue_seconds);
     metrics::record_stage(name, "infer", result.infer_seconds);
 
@@ -148,8 +150,12 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
 
 /// Decode + preprocess output.
 pub struct Prepared {
-    /// The normalised model input.
+    /// The normalised model input, followed by its squeezed copies when asked for.
     pub tensor: Vec<f32>,
+    /// Inputs in `tensor` (1, or 1 + the squeezed copies).
+    pub rows: usize,
+    /// The [0, 1] input before mean/std, kept until the squeezed copies are made.
+    pixels: Option<Vec<f32>>,
     /// The campaign monitor's high-pass residual of the [0, 1] input, when asked for.
     pub residual: Option<Vec<f32>>,
     pub decode_s: f64,
@@ -181,8 +187,24 @@ pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, want_resi
 fn finish(mut pixels: Vec<f32>, spec: &InputSpec, want_residual: bool, decode_s: f64) -> Prepared {
     let t = Instant::now();
     let residual = want_residual.then(|| campaign::residual(&pixels, spec.height as usize, spec.width as usize));
+    let raw = pixels.clone();
     preprocess::normalize(&mut pixels, spec);
-    Prepared { tensor: pixels, residual, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
+    Prepared { tensor: pixels, rows: 1, pixels: Some(raw), residual, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
+}
+
+impl Prepared {
+    /// Appends feature squeezing's normalised copies (they ride in the input's batch entry).
+    pub fn with_squeezed(mut self, squeeze: Option<&Squeeze>, spec: &InputSpec) -> Prepared {
+        let (Some(s), Some(raw)) = (squeeze, self.pixels.take()) else { return self };
+        let t = Instant::now();
+        for mut copy in s.copies(&raw, spec.height as usize, spec.width as usize) {
+            preprocess::normalize(&mut copy, spec);
+            self.tensor.extend_from_slice(&copy);
+            self.rows += 1;
+        }
+        self.preprocess_s += t.elapsed().as_secs_f64();
+        self
+    }
 }
 
 fn check_tensor(shape: &[i64], data: &[f32], spec: &InputSpec) -> Result<Vec<f32>, DecodeError> {

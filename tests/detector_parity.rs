@@ -10,7 +10,7 @@ use medsentry::proto;
 const MODEL: &str = "chest-xray-pneumonia";
 
 /// Served detector name -> key of the pipeline's scores in advtest_sample.json.
-const DETECTORS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg")];
+const DETECTORS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detector_scores_match_the_pipeline_and_attacks_are_flagged() {

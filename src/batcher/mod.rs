@@ -36,6 +36,8 @@ pub enum BatchError {
 pub struct InferResult {
     pub logits: Vec<f32>,
     pub features: Vec<f32>,
+    /// Logits of the entry's extra rows (feature squeezing's squeezed copies), in order.
+    pub extra_logits: Vec<Vec<f32>>,
     pub queue_seconds: f64,
     pub infer_seconds: f64,
     pub batch_size: usize,
@@ -43,8 +45,10 @@ pub struct InferResult {
 
 /// One queued input with its reply channel.
 pub struct Entry {
-    /// Normalised input of one item (C * H * W values).
+    /// Normalised input: `rows` items of C * H * W values. Row 0 is the request's input;
+    /// further rows (squeezed copies for feature squeezing) run in the same batch.
     pub input: Vec<f32>,
+    pub rows: usize,
     pub enqueued: Instant,
     /// The caller's deadline (grpc-timeout); past it the entry is answered, not run.
     pub deadline: Option<Instant>,
@@ -68,6 +72,8 @@ impl Entry {
 pub struct Batch {
     pub entries: Vec<Entry>,
     pub input: Vec<f32>,
+    /// Rows in `input` (the sum of the entries' rows).
+    pub rows: usize,
 }
 
 #[derive(Clone)]
@@ -101,13 +107,19 @@ impl BatcherHandle {
 
     /// Queues one input and waits for its result (or the deadline).
     pub async fn infer(&self, input: Vec<f32>, deadline: Option<Instant>) -> Result<InferResult, BatchError> {
+        self.infer_rows(input, 1, deadline).await
+    }
+
+    /// Queues `rows` inputs laid out contiguously that must run in one batch (one admission
+    /// permit); row 0's logits and features come back with the others' logits.
+    pub async fn infer_rows(&self, input: Vec<f32>, rows: usize, deadline: Option<Instant>) -> Result<InferResult, BatchError> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| BatchError::QueueFull {
             model: self.model.to_string(),
             capacity: self.capacity,
         })?;
         let enqueued = Instant::now();
         let (reply, rx) = oneshot::channel();
-        let entry = Entry { input, enqueued, deadline, reply, _permit: permit };
+        let entry = Entry { input, rows: rows.max(1), enqueued, deadline, reply, _permit: permit };
         self.waiting.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(entry).is_err() {
             self.waiting.fetch_sub(1, Ordering::Relaxed);

@@ -49,7 +49,12 @@ pub(super) async fn run(
         }
         let now = Instant::now();
         let mut entries = Vec::with_capacity(max_batch.min(waiting.len()));
-        while entries.len() < max_batch {
+        let mut rows = 0;
+        while rows < max_batch {
+            // An entry's rows stay together; one larger than max_batch runs alone.
+            if rows > 0 && waiting.front().is_some_and(|e| rows + e.rows > max_batch) {
+                break;
+            }
             let Some(entry) = waiting.pop_front() else { break };
             waiting_count.fetch_sub(1, Ordering::Relaxed);
             if entry.caller_gone() {
@@ -62,18 +67,18 @@ pub(super) async fn run(
                 entry.answer(Err(BatchError::DeadlineExceeded { waited_ms }));
                 continue;
             }
+            rows += entry.rows;
             entries.push(entry);
         }
         metrics::set_queue_depth(&model, waiting_count.load(Ordering::Relaxed));
         if entries.is_empty() {
             continue;
         }
-        let item_len = entries[0].input.len();
-        let mut input = Vec::with_capacity(item_len * entries.len());
+        let mut input = Vec::with_capacity(entries.iter().map(|e| e.input.len()).sum());
         for e in &mut entries {
             input.append(&mut e.input);
         }
-        slot.send(Batch { entries, input });
+        slot.send(Batch { entries, input, rows });
     }
     // Queue closed or workers gone: answer whatever is left rather than dropping it.
     for e in waiting.drain(..) {

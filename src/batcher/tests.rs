@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn ok_result(n: usize) -> InferResult {
-    InferResult { logits: vec![0.0, 1.0], features: vec![], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: n }
+    InferResult { logits: vec![0.0, 1.0], features: vec![], extra_logits: vec![], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: n }
 }
 
 #[tokio::test]
@@ -150,4 +150,41 @@ async fn drain_pipeline(running: (Caller, Batch), ahead: Caller, batches: &mut t
         e.answer(Ok(ok_result(1)));
     }
     ahead.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn multi_row_entries_stay_whole_and_batches_count_rows() {
+    // Three callers of 3 rows each (an input + 2 squeezed copies) with max_batch 4: each
+    // batch holds whole entries and at most 4 rows, except an entry alone.
+    let (handle, mut batches) = BatcherHandle::start("m", 64, 4, Duration::ZERO);
+    // Hold the worker slot (batch b0 unanswered) so that all three callers queue before the
+    // next batch forms.
+    let first = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![-1.0; 2], None).await } });
+    let b0 = batches.recv().await.unwrap();
+    let callers: Vec<_> = (0..3)
+        .map(|i| {
+            let h = handle.clone();
+            tokio::spawn(async move { h.infer_rows(vec![i as f32; 6], 3, None).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for e in b0.entries {
+        e.answer(Ok(ok_result(1)));
+    }
+    first.await.unwrap().unwrap();
+    let mut answered = 0;
+    while answered < 3 {
+        let batch = batches.recv().await.unwrap();
+        assert_eq!(batch.rows, batch.entries.iter().map(|e| e.rows).sum::<usize>());
+        assert!(batch.rows <= 4 || batch.entries.len() == 1, "{} rows in {} entries", batch.rows, batch.entries.len());
+        assert_eq!(batch.input.len(), batch.rows * 2);
+        for e in batch.entries {
+            assert_eq!(e.rows, 3);
+            e.answer(Ok(ok_result(3)));
+            answered += 1;
+        }
+    }
+    for c in callers {
+        c.await.unwrap().unwrap();
+    }
 }

@@ -80,30 +80,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cfg = args.models.serving().workers;
     let requests = args.requests;
     let concurrency = args.concurrency.clone();
-    let bare = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Stats>> {
+    // Feature squeezing adds its squeezed copies to every input's batch entry.
+    let rows = 1 + registry.get(&info.name).and_then(|m| m.screener.squeeze()).map_or(0, |_| crate::defense::squeeze::COPIES);
+    let bare = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Stats, Stats)>> {
         let mut session = ModelSession::open(&bundle, cfg.intra_threads, cfg.device)?;
         let mut out = Vec::new();
         for &b in &concurrency {
-            session.run(vec![0.5; b * len], b)?;
-            let mut latencies = Vec::new();
-            let started = Instant::now();
-            let mut done = 0;
-            while done < requests {
-                let t = Instant::now();
-                session.run(random_pixels(b * len, done as u64), b)?;
-                latencies.push(t.elapsed());
-                done += b;
+            // (the bare classifier: b rows per b images; the same forward work: b * rows rows)
+            let mut pair = Vec::new();
+            for r in [1, rows] {
+                session.run(vec![0.5; b * r * len], b * r)?;
+                let mut latencies = Vec::new();
+                let started = Instant::now();
+                let mut done = 0;
+                while done < requests {
+                    let t = Instant::now();
+                    session.run(random_pixels(b * r * len, done as u64), b * r)?;
+                    latencies.push(t.elapsed());
+                    done += b;
+                }
+                pair.push(stats(latencies, done, started.elapsed()));
             }
-            out.push(stats(latencies, done, started.elapsed()));
+            let same_work = pair.pop().expect("two runs");
+            out.push((pair.pop().expect("two runs"), same_work));
         }
         Ok(out)
     })
     .await??;
 
-    println!("\n{:>11} | {:>26} | {:>26} | {:>6}", "concurrency", "Screen via gRPC img/s p50 p99", "bare ORT (batch=c) img/s p50 p99", "ratio");
-    for ((c, s), b) in args.concurrency.iter().zip(&sidecar).zip(&bare) {
-        println!("{c:>11} | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>6.3}", s.images_per_s, s.p50_ms, s.p99_ms, b.images_per_s, b.p50_ms, b.p99_ms, s.images_per_s / b.images_per_s);
+    println!("\nrows per input: {rows} (1 = the input{})", if rows > 1 { ", + feature squeezing's copies, run in the same batch" } else { "" });
+    println!("\n{:>11} | {:>26} | {:>26} | {:>11} | {:>15}", "concurrency", "Screen via gRPC img/s p50 p99", "bare ORT (batch=c) img/s p50 p99", "ratio", "ratio same work");
+    for ((c, s), (b, w)) in args.concurrency.iter().zip(&sidecar).zip(&bare) {
+        println!(
+            "{c:>11} | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>11.3} | {:>15.3}",
+            s.images_per_s, s.p50_ms, s.p99_ms, b.images_per_s, b.p50_ms, b.p99_ms, s.images_per_s / b.images_per_s, s.images_per_s / w.images_per_s
+        );
     }
+    println!("(ratio: against the bare classifier; ratio same work: against bare ORT running the same {rows} row(s) per image, i.e. the sidecar's own overhead)");
     println!("\ndetect stage / infer stage (median per answer; infer is the whole batch's time):");
     for (c, s) in args.concurrency.iter().zip(&sidecar) {
         println!("  concurrency {c:>3}: {}", s.detect_over_infer.map_or("n/a".into(), |r| format!("{:.4}", r)));

@@ -7,15 +7,22 @@
 //! * `logistic` (Ma et al.-style learned detector): x = [features, logits],
 //!   z = bias + sum_i weights[i] (x[i] - mean[i]) / scale[i], score = 1 / (1 + e^-z).
 //!
-//! Higher scores are more adversarial in both.
+//! * `feature_squeezing` (Xu et al. 2018): see [`super::squeeze`]; scored from the logits
+//!   of the squeezed copies that ran in the same batch.
+//!
+//! Higher scores are more adversarial in all.
 
 use serde::Deserialize;
+
+use super::squeeze::Squeeze;
+use crate::batcher::InferResult;
 
 /// A loaded detector, ready to score one input.
 #[derive(Debug, Clone)]
 pub enum Detector {
     Mahalanobis { means: Vec<Vec<f64>>, precision: Vec<Vec<f64>> },
     Logistic { mean: Vec<f64>, scale: Vec<f64>, weights: Vec<f64>, bias: f64 },
+    FeatureSqueezing(Squeeze),
 }
 
 #[derive(Deserialize)]
@@ -67,7 +74,16 @@ impl Detector {
                 }
                 Ok(Detector::Logistic { mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
             }
+            "feature_squeezing" => Squeeze::load(bytes).map(Detector::FeatureSqueezing),
             other => Err(format!("unknown detector kind {other:?}")),
+        }
+    }
+
+    /// The score of one engine result (NaN when the detector cannot score it).
+    pub fn score_result(&self, r: &InferResult) -> f64 {
+        match self {
+            Detector::FeatureSqueezing(s) => s.score(&r.logits, &r.extra_logits),
+            _ => self.score(&r.features, &r.logits),
         }
     }
 
@@ -89,6 +105,8 @@ impl Detector {
                 let z = bias + x.zip(mean).zip(scale).zip(weights).map(|(((x, m), s), w)| w * (x - m) / s).sum::<f64>();
                 1.0 / (1.0 + (-z).exp())
             }
+            // Needs the squeezed copies' logits: see score_result.
+            Detector::FeatureSqueezing(_) => f64::NAN,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! defense: turns the classifier's features and logits into a screening verdict.
 //!
 //! The bundle's detectors (learned deep-feature detector, Mahalanobis) score the features
-//! and logits of the classifier's own forward pass. Verdict: ADVERSARIAL when any detector
+//! and logits of the classifier's own forward pass; feature squeezing scores the logits of
+//! two squeezed copies of the input that ran in the same batch. Verdict: ADVERSARIAL when any detector
 //! exceeds its threshold, SUSPICIOUS when any exceeds its looser suspicious threshold,
 //! otherwise CLEAN; the fused score is the largest score / threshold ratio (>= 1 means a
 //! detector fired). A bundle listing a detector this build cannot run is refused at
@@ -11,6 +12,7 @@
 pub mod campaign;
 mod detectors;
 pub mod policy;
+pub mod squeeze;
 
 use thiserror::Error;
 
@@ -80,7 +82,7 @@ pub enum DefenseError {
     BadDetector { bundle: String, detector: String, file: String, message: String },
 }
 
-const KINDS: &[&str] = &["mahalanobis", "logistic"];
+const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing"];
 
 /// The screening configuration of one served model.
 #[derive(Debug, Clone)]
@@ -109,6 +111,15 @@ impl Screener {
         Ok(Screener { model: m.name.clone(), detectors })
     }
 
+    /// The feature-squeezing detector, whose squeezed copies the pipeline must add to the
+    /// input's batch entry.
+    pub fn squeeze(&self) -> Option<&squeeze::Squeeze> {
+        self.detectors.iter().find_map(|(_, d)| match d {
+            Detector::FeatureSqueezing(s) => Some(s),
+            _ => None,
+        })
+    }
+
     pub fn screen(&self, result: &InferResult) -> Screening {
         if self.detectors.is_empty() {
             return Screening {
@@ -126,7 +137,7 @@ impl Screener {
             .detectors
             .iter()
             .map(|(spec, detector)| {
-                let score = detector.score(&result.features, &result.logits);
+                let score = detector.score_result(result);
                 if !score.is_finite() {
                     // NaN features or an overflowing formula: this detector has no opinion.
                     failed.push(spec.name.clone());
@@ -165,7 +176,7 @@ mod tests {
     }
 
     fn at(x: f32) -> InferResult {
-        InferResult { logits: vec![0.0, 0.0], features: vec![x, 0.0], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: 1 }
+        InferResult { logits: vec![0.0, 0.0], features: vec![x, 0.0], extra_logits: vec![], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: 1 }
     }
 
     #[test]

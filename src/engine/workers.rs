@@ -92,7 +92,7 @@ fn open_and_warm(bundle: &Bundle, cfg: WorkerConfig) -> Result<ModelSession, Eng
 }
 
 fn run_batch(session: &mut ModelSession, model: &str, batch: Batch) {
-    let n = batch.entries.len();
+    let n = batch.rows;
     let started = Instant::now();
     let result = session.run(batch.input, n);
     let infer_seconds = started.elapsed().as_secs_f64();
@@ -101,14 +101,18 @@ fn run_batch(session: &mut ModelSession, model: &str, batch: Batch) {
         Ok(out) => {
             let labels = out.logits.len() / n;
             let dim = out.features.len() / n;
-            for (i, entry) in batch.entries.into_iter().enumerate() {
+            let logits_of = |row: usize| out.logits[row * labels..(row + 1) * labels].to_vec();
+            let mut row = 0;
+            for entry in batch.entries {
                 let result = InferResult {
-                    logits: out.logits[i * labels..(i + 1) * labels].to_vec(),
-                    features: out.features[i * dim..(i + 1) * dim].to_vec(),
+                    logits: logits_of(row),
+                    features: out.features[row * dim..(row + 1) * dim].to_vec(),
+                    extra_logits: (row + 1..row + entry.rows).map(logits_of).collect(),
                     queue_seconds: (started - entry.enqueued).as_secs_f64(),
                     infer_seconds,
                     batch_size: n,
                 };
+                row += entry.rows;
                 entry.answer(Ok(result));
             }
         }

@@ -17,10 +17,12 @@ import tomllib
 
 from . import datasets
 
-# Served detectors: Mahalanobis (fitted on clean AdvTrain) and the learned detector fitted
-# on FGSM/BIM/PGD/C&W (the one the unseen-attack table evaluates).
+# Served detectors: Mahalanobis (fitted on clean AdvTrain), the learned detector fitted on
+# FGSM/BIM/PGD/C&W (the one the unseen-attack table evaluates) and feature squeezing
+# (training-free; thresholds from clean AdvTrain).
 SERVED = (("mahalanobis", "mahalanobis", "detector_mahalanobis.json"),
-          ("learned-logistic", "logistic", "detector_logreg.json"))
+          ("learned-logistic", "logistic", "detector_logreg.json"),
+          ("feature-squeezing", "feature_squeezing", "detector_squeeze.json"))
 
 
 def sha256(path: str) -> str:

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from . import advcommon as C
-from . import datasets
+from . import datasets, squeeze
 from .bundle_toml import SERVED
 from .detectors import load_detectors, score_all
 from .evaluate import detected_rows, positives
@@ -46,13 +46,14 @@ def main(argv=None):
     with open(os.path.join(bundle_dir, "report.json")) as f:
         report = json.load(f)
     rows = {(r["attack"], r["budget"]): r for r in report["adversarial_evaluation"]["detection"]["rows"]}
+    squeeze_rows = {(r["attack"], r["budget"]): r for r in report.get("feature_squeezing", {}).get("rows", [])}
     te = st.split["test"]
     os.makedirs(os.path.join(out, "clean"), exist_ok=True)
     np.save(os.path.join(out, "clean", "advtest.npy"), st.x[te].astype(np.float32))
     manifest = {"dataset": spec.name, "clean": {"n": int(len(te))}, "sets": {},
                 "generated_by": "python -m medsentry_training.export_eval --dataset " + args.dataset}
     # The sidecar's names of the served detectors (bundle.toml) -> the pipeline's.
-    dets = {name: file[len("detector_"):-len(".json")] for name, _, file in SERVED}
+    dets = {name: file[len("detector_"):-len(".json")] for name, kind, file in SERVED if kind != "feature_squeezing"}
     loaded = load_detectors(bundle_dir)
     for r in detected_rows(st.recs):
         _, m = positives(r)
@@ -64,6 +65,9 @@ def main(argv=None):
         np.save(os.path.join(out, name, "x.npy"), r["x_adv"][m].astype(np.float32))
         manifest["sets"][name] = {"attack": r["attack"], "budget": r["budget"], "n": int(m.sum()),
                                   "python_auroc": {d: row[py]["auroc"] for d, py in dets.items() if py in row}}
+        sq = squeeze_rows.get((r["attack"], r["budget"]), {})
+        if sq.get("auroc") is not None:
+            manifest["sets"][name]["python_auroc"]["feature-squeezing"] = sq["auroc"]
         if (r["attack"], r["budget"]) == FIXTURE_ROW:
             write_fixture(spec, st, r, m, {d: loaded[py] for d, py in dets.items()})
     C.write_json(os.path.join(out, "manifest.json"), manifest)
@@ -85,7 +89,9 @@ def write_fixture(spec, st, r, m, dets):
                         "../shared/data plus the committed UAP; Python's detector AUROC on exactly these sets.",
                "dataset_source": spec.name, "uap": os.path.relpath(uap_path, datasets.REPO), "set": f"{r['attack']}__{r['budget']}",
                "clean_files": [str(st.files[i]) for i in te], "positive_files": [str(st.files[i]) for i in idx],
-               "python_auroc": {d: C.auroc(neg[d], pos[d]) for d in dets}, "rebuild_max_abs_diff": diff,
+               "python_auroc": {**{d: C.auroc(neg[d], pos[d]) for d in dets},
+                                "feature-squeezing": C.auroc(squeeze.scores(st.model, st.x[te]), squeeze.scores(st.model, rebuilt))},
+               "rebuild_max_abs_diff": diff,
                "generated_by": "python -m medsentry_training.export_eval"}
     path = os.path.join(datasets.REPO, "tests", "fixtures", "eval", f"{spec.name}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)

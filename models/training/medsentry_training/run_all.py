@@ -16,10 +16,16 @@ exist and are current):
                         when the live hardened checkpoint differs from the attacked snapshot)
   6. detectors          python -m medsentry_training.detectors [--limit N] --out DIR
                         (skip: detector files exist and were fitted on the current snapshot)
+     squeeze            python -m medsentry_training.squeeze [--limit N] --out DIR (feature
+                        squeezing thresholds + evaluation, ~20 s: always run)
      bundle_toml        python -m medsentry_training.bundle_toml (real bundle only: lists the
                         served detectors, thresholds and sha256s in bundle.toml)
   7. evaluate           python -m medsentry_training.evaluate [--limit N] --out DIR
                         (skip: report.json has an adversarial_evaluation for the current snapshot)
+  8. campaign           python -m medsentry_training.campaign (real bundle only: [campaign] in
+                        bundle.toml, UAP fixtures for the Rust tests; ~40 s, always run)
+     export_eval        python -m medsentry_training.export_eval (AdvTest for `medsentry eval`)
+     report             python -m medsentry_training.report --out DIR (REPORT.md from report.json)
 --retrain forces stages 1-3; --force forces stages 4-7. With --limit, missing checkpoints
 are not trained (a quick check must not write a real checkpoint): the dependent attacks are
 skipped with a warning instead.
@@ -124,6 +130,7 @@ def main(argv=None):
         print("[skip] detectors: present for the current snapshot", flush=True)
     else:
         run("detectors", ds + lim + outs, log)
+    run("squeeze", ds + lim + outs, log)
     if real_bundle and not args.limit:
         # export rewrites bundle.toml without detectors: (re)register them every time.
         run("bundle_toml", ds, log)
@@ -137,6 +144,10 @@ def main(argv=None):
         print("[skip] evaluate: report.json is current", flush=True)
     else:
         run("evaluate", ds + lim + outs, log)
+    if real_bundle and not args.limit:
+        run("campaign", ds, log)
+        run("export_eval", ds, log)
+    run("report", ["--out", out_dir], log)
     print(f"[done] pipeline {time.time() - t0:.0f}s; stages {json.dumps(log)}", flush=True)
     C.write_json(os.path.join(adir, "run_all_log.json"), {"stages": log, "total_seconds": round(time.time() - t0, 1)})
 

@@ -1,0 +1,114 @@
+//! squeeze: feature squeezing (Xu et al. 2018), the training-free detector. An adversarial
+//! input's prediction tends to move when the input is "squeezed" (fewer grey levels, a
+//! median filter), a clean one's much less. The pipeline appends the two squeezed copies
+//! of each input to its entry, so they run in the same batch as the input; the score is the
+//! largest L1 distance between the input's softmax and a squeezed copy's.
+//!
+//! Bit for bit the formulas of models/training/medsentry_training/squeeze.py: bit depth
+//! `round_half_even(x * (2^b - 1)) / (2^b - 1)`, median over a size x size window with
+//! edges replicated (scipy's mode "nearest"), both on the [0, 1] input before mean/std.
+
+use serde::Deserialize;
+
+use crate::pipeline::softmax;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Squeeze {
+    pub bit_depth: u32,
+    pub median_size: usize,
+}
+
+#[derive(Deserialize)]
+struct SqueezeFile {
+    kind: String,
+    bit_depth: u32,
+    median_size: usize,
+}
+
+/// Squeezed copies per input.
+pub const COPIES: usize = 2;
+
+impl Squeeze {
+    pub fn load(bytes: &[u8]) -> Result<Squeeze, String> {
+        let f: SqueezeFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if f.kind != "feature_squeezing" {
+            return Err(format!("file says kind {:?}", f.kind));
+        }
+        if !(1..=16).contains(&f.bit_depth) || f.median_size % 2 == 0 || !(3..=9).contains(&f.median_size) {
+            return Err(format!("bit_depth {} must be 1..=16 and median_size {} odd in 3..=9", f.bit_depth, f.median_size));
+        }
+        Ok(Squeeze { bit_depth: f.bit_depth, median_size: f.median_size })
+    }
+
+    /// The squeezed copies of a [C, H, W] input of [0, 1] intensities, in score order.
+    pub fn copies(&self, pixels: &[f32], height: usize, width: usize) -> [Vec<f32>; COPIES] {
+        let levels = ((1u32 << self.bit_depth) - 1) as f64;
+        let bits = pixels.iter().map(|&v| ((v as f64 * levels).round_ties_even() / levels) as f32).collect();
+        [bits, median(pixels, height, width, self.median_size)]
+    }
+
+    /// max over copies of L1(softmax(logits), softmax(copy's logits)); NaN when the copies'
+    /// logits are missing, so that the screener reports the detector as failed.
+    pub fn score(&self, logits: &[f32], copies: &[Vec<f32>]) -> f64 {
+        if copies.len() != COPIES {
+            return f64::NAN;
+        }
+        let p = softmax(logits);
+        copies
+            .iter()
+            .map(|l| softmax(l).iter().zip(&p).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>())
+            .fold(0.0, f64::max)
+    }
+}
+
+/// Median filter per plane, window `size`, edges replicated.
+fn median(pixels: &[f32], height: usize, width: usize, size: usize) -> Vec<f32> {
+    let r = (size / 2) as isize;
+    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    let mut out = Vec::with_capacity(pixels.len());
+    let mut window = Vec::with_capacity(size * size);
+    for plane in pixels.chunks(height * width) {
+        for y in 0..height as isize {
+            for x in 0..width as isize {
+                window.clear();
+                for dy in -r..=r {
+                    for dx in -r..=r {
+                        window.push(plane[clamp(y + dy, height) * width + clamp(x + dx, width)]);
+                    }
+                }
+                window.sort_by(f32::total_cmp);
+                out.push(window[window.len() / 2]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_depth_keeps_the_grey_levels_and_median_removes_an_isolated_pixel() {
+        let s = Squeeze { bit_depth: 1, median_size: 3 };
+        let mut img = vec![0.2f32; 16];
+        img[5] = 0.9;
+        let [bits, med] = s.copies(&img, 4, 4);
+        assert!(bits.iter().enumerate().all(|(i, &v)| v == if i == 5 { 1.0 } else { 0.0 }));
+        assert!(med.iter().all(|&v| v == 0.2), "{med:?}");
+        // Replicated edges: a corner's window holds the corner four times.
+        let ramp: Vec<f32> = (0..9).map(|i| i as f32 / 8.0).collect();
+        assert_eq!(median(&ramp, 3, 3, 3)[0], 1.0 / 8.0);
+    }
+
+    #[test]
+    fn the_score_is_the_largest_softmax_l1_distance() {
+        let s = Squeeze { bit_depth: 5, median_size: 3 };
+        let same = s.score(&[1.0, 2.0], &[vec![1.0, 2.0], vec![1.0, 2.0]]);
+        assert!(same.abs() < 1e-12);
+        let moved = s.score(&[0.0, 0.0], &[vec![0.0, 0.0], vec![10.0, -10.0]]);
+        assert!((moved - 1.0).abs() < 1e-6, "{moved}");
+        assert!(s.score(&[0.0, 0.0], &[]).is_nan());
+        assert!(Squeeze::load(br#"{"kind":"feature_squeezing","bit_depth":5,"median_size":4}"#).is_err());
+    }
+}
