@@ -1,5 +1,5 @@
-"""Render REPORT.md from report.json's `adversarial_evaluation` section (nothing else is
-read, so every figure in REPORT.md is in report.json).
+"""Render REPORT.md from report.json's `adversarial_evaluation`, `feature_squeezing` and
+`campaign` sections (nothing else is read, so every figure in REPORT.md is in report.json).
 
     python -m medsentry_training.report [--out DIR]      (default models/<bundle>/)
 """
@@ -18,6 +18,43 @@ def pct(v):
 
 def f3(v):
     return "–" if v is None else f"{v:.3f}"
+
+
+def squeeze_section(fs, a):
+    if not fs:
+        return
+    a("\n## Feature squeezing (training-free detector)\n")
+    a(f"`{fs['command']}`: bit depth {fs['config']['bit_depth']}, {fs['config']['median_size']}x"
+      f"{fs['config']['median_size']} median; score = largest softmax L1 distance. Thresholds (clean AdvTrain) "
+      f"{f3(fs['thresholds']['fpr_0.01'])} (1 %) and {f3(fs['thresholds']['fpr_0.05'])} (5 %); false-positive rate "
+      f"on clean AdvTest {pct(fs['clean_advtest_fpr']['fpr_0.01'])} % and {pct(fs['clean_advtest_fpr']['fpr_0.05'])} %. "
+      "Same positives as the detection table.\n")
+    a("| attack | budget | n pos / attacked | AUROC | TPR@1% | TPR@5% |")
+    a("|---|---|---|---|---|---|")
+    for row in fs["rows"]:
+        a(f"| {row['attack']} | {row['budget']} | {row['n_pos']} / {row['n_attacked']} | {f3(row.get('auroc'))} | "
+          f"{pct(row.get('tpr_fpr_0.01'))} | {pct(row.get('tpr_fpr_0.05'))} |")
+
+
+def campaign_section(c, a):
+    if not c:
+        return
+    cfg, cal = c["config"], c["calibration"]
+    a("\n## Campaign monitor\n")
+    a(f"`{c['command']}`. Shared perturbation: mean pairwise correlation of Laplacian residuals over the last "
+      f"{cfg['residual_window']} inputs; threshold {cfg['residual_threshold']} = {cal['residual_margin']} x the largest of "
+      f"{cal['clean_advtrain_windows']} random clean AdvTrain windows ({f3(cal['clean_advtrain_window_max'])}; mean "
+      f"{f3(cal['clean_advtrain_window_mean'])}). Class mix: chi-square of the last {cfg['class_mix_window']} predictions "
+      f"against {cfg['reference_class_mix']} (predicted mix on the clean official test set); threshold "
+      f"{cfg['class_mix_threshold']} (upper {cal['class_mix_tail']} quantile).\n")
+    fa = c["clean_advtest_false_alarm"]
+    a(f"Clean AdvTest streams ({fa['stream_len']} requests drawn with replacement, sliding windows): residual alarm on "
+      f"{pct(fa['residual'])} % of windows, class-mix alarm on {pct(fa['class_mix'])} %.\n")
+    a("| UAP stream (every request perturbed) | budget | n | mean window score | residual alarm % | class-mix alarm % | predicted mix |")
+    a("|---|---|---|---|---|---|---|")
+    for row in c["uap_streams"]:
+        a(f"| {row['attack']} | {row['budget']} | {row['n']} | {f3(row['mean_window_score'])} | {pct(row['residual_alarm_rate'])} | "
+          f"{pct(row['class_mix_alarm_rate'])} | {', '.join(f'{v:.2f}' for v in row['predicted_mix'])} |")
 
 
 def render(out_dir: str) -> str:
@@ -110,6 +147,9 @@ def render(out_dir: str) -> str:
     sm = ad["smallest_eps_255_with_50pct"]
     a(f"\nSmallest budget with >= 50 % fooled and undetected: "
       f"{'none up to ' + str(ad['rows'][-1]['eps_255']) + '/255' if sm is None else str(sm) + '/255'}.\n")
+
+    squeeze_section(full.get("feature_squeezing"), a)
+    campaign_section(full.get("campaign"), a)
 
     a("## ROC plots\n")
     for p in r.get("roc_plots", []):
