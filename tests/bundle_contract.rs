@@ -88,3 +88,20 @@ async fn a_detector_this_build_cannot_run_stops_start_up() {
     let msg = start_error(tmp.path()).await;
     assert!(msg.contains("cannot run") && msg.contains("quantum"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detector_file_that_does_not_load_stops_start_up() {
+    // Right checksum, unusable content: the detector is named, nothing is served unscreened.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_bundle(tmp.path());
+    let bad = br#"{"kind":"feature_squeezing","bit_depth":99,"median_size":3}"#;
+    let old_sha = {
+        let text = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
+        text.lines().find(|l| l.starts_with("\"detector_squeeze.json\"")).unwrap().to_string()
+    };
+    std::fs::write(dir.join("detector_squeeze.json"), bad).unwrap();
+    use sha2::Digest;
+    edit_toml(&dir, &old_sha, &format!("\"detector_squeeze.json\" = \"{}\"", hex::encode(sha2::Sha256::digest(bad))));
+    let msg = start_error(tmp.path()).await;
+    assert!(msg.contains("feature-squeezing") && msg.contains("cannot be loaded") && msg.contains("bit_depth 99"), "{msg}");
+}

@@ -22,6 +22,8 @@ from .train import CKPT_DIR
 
 MEDMNIST_ANCHORS = {
     "chest_xray": "PneumoniaMNIST (same X-rays, 28 px): ResNet-18@28 ACC 0.854, ResNet-50@224 ACC 0.884",
+    "pneumoniamnist": "PneumoniaMNIST: ResNet-18@28 ACC 0.854, ResNet-50@224 ACC 0.884",
+    "dermoscopy": "DermaMNIST (HAM10000, its own split): ResNet-50@224 ACC 0.731",
 }
 N_REFERENCE_PER_CLASS = 4
 
@@ -134,7 +136,9 @@ def main(argv=None):
         json.dump(reference, f)
 
     h = ck.get("harden")
-    tasks = {"chest_xray": "pediatric chest X-ray: NORMAL vs PNEUMONIA (Kermany 2018)"}
+    tasks = {"chest_xray": "pediatric chest X-ray: NORMAL vs PNEUMONIA (Kermany 2018)",
+             "pneumoniamnist": "pediatric chest X-ray at 28 px (PneumoniaMNIST): NORMAL vs PNEUMONIA",
+             "dermoscopy": "dermoscopy, 7 lesion classes (HAM10000 / ISIC 2018 Task 3)"}
     doc = {
         "name": spec.name, "version": args.version, "task": tasks.get(args.dataset, args.dataset),
         "labels": list(spec.labels), "max_batch": 32, "data_source": spec.source_md,
