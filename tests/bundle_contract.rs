@@ -11,17 +11,6 @@ use medsentry::bundle::{self, Bundle, BundleError};
 
 const MODEL: &str = "chest-xray-pneumonia";
 
-fn copy_bundle(to: &Path) -> std::path::PathBuf {
-    let dir = to.join(MODEL);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(repo().join("models").join(MODEL)).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
-}
 
 fn edit_toml(dir: &Path, from: &str, to: &str) {
     let p = dir.join("bundle.toml");
@@ -50,7 +39,7 @@ fn the_embedded_bundle_is_the_default_bundle_in_models() {
 #[test]
 fn a_modified_classifier_is_refused_by_checksum() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = copy_bundle(tmp.path());
+    let dir = copy_bundle(tmp.path(), MODEL);
     let mut onnx = std::fs::read(dir.join("classifier.onnx")).unwrap();
     let last = onnx.len() - 1;
     onnx[last] ^= 0x01;
@@ -63,7 +52,7 @@ fn a_modified_classifier_is_refused_by_checksum() {
 #[test]
 fn a_detector_without_threshold_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = copy_bundle(tmp.path());
+    let dir = copy_bundle(tmp.path(), MODEL);
     let text = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
     let with_detector = text.replacen("[files]", "[[detectors]]\nname = \"maha\"\nkind = \"mahalanobis\"\nfile = \"classifier.onnx\"\ncalibrated_fpr = 0.01\n\n[files]", 1);
     std::fs::write(dir.join("bundle.toml"), with_detector).unwrap();
@@ -74,7 +63,7 @@ fn a_detector_without_threshold_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_spec_that_does_not_match_the_graph_stops_start_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = copy_bundle(tmp.path());
+    let dir = copy_bundle(tmp.path(), MODEL);
     edit_toml(&dir, "height = 64", "height = 96");
     let msg = start_error(tmp.path()).await;
     assert!(msg.contains("does not match bundle.toml") && msg.contains("input"), "{msg}");
@@ -83,7 +72,7 @@ async fn an_input_spec_that_does_not_match_the_graph_stops_start_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detector_this_build_cannot_run_stops_start_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = copy_bundle(tmp.path());
+    let dir = copy_bundle(tmp.path(), MODEL);
     edit_toml(&dir, "[files]", "[[detectors]]\nname = \"future\"\nkind = \"quantum\"\nfile = \"classifier.onnx\"\nthreshold = 1.0\ncalibrated_fpr = 0.01\n\n[files]");
     let msg = start_error(tmp.path()).await;
     assert!(msg.contains("cannot run") && msg.contains("quantum"), "{msg}");
@@ -93,7 +82,7 @@ async fn a_detector_this_build_cannot_run_stops_start_up() {
 async fn a_detector_file_that_does_not_load_stops_start_up() {
     // Right checksum, unusable content: the detector is named, nothing is served unscreened.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = copy_bundle(tmp.path());
+    let dir = copy_bundle(tmp.path(), MODEL);
     let bad = br#"{"kind":"feature_squeezing","bit_depth":99,"median_size":3}"#;
     let old_sha = {
         let text = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();

@@ -202,14 +202,7 @@ async fn a_detector_that_cannot_score_follows_the_failure_mode() {
     // A copy of the bundle whose Mahalanobis precision overflows to infinity on any input.
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    let bundle = models.join(MODEL);
-    std::fs::create_dir_all(&bundle).unwrap();
-    for f in std::fs::read_dir(repo().join("models").join(MODEL)).unwrap() {
-        let p = f.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, bundle.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    let bundle = copy_bundle(&models, MODEL);
     let det_path = bundle.join("detector_mahalanobis.json");
     let mut det: serde_json::Value = serde_json::from_slice(&std::fs::read(&det_path).unwrap()).unwrap();
     for row in det["precision"].as_array_mut().unwrap() {

@@ -234,3 +234,16 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric(after, name, labels) - metric(before, name, labels)
 }
+
+/// A copy of models/MODEL in `to`/MODEL (for tests that alter a bundle); returns its folder.
+pub fn copy_bundle(to: &std::path::Path, model: &str) -> PathBuf {
+    let dir = to.join(model);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(repo().join("models").join(model)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}

@@ -11,6 +11,7 @@ use that snapshot so that attacks, detectors and figures all refer to the same n
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -125,6 +126,20 @@ def make_split(spec, limit: int | None):
             return np.sort(np.array(picked))[:limit]
         adv_train, adv_test = sub(adv_train), sub(adv_test)
     return {"train": adv_train.astype(np.int64), "test": adv_test.astype(np.int64)}, x, y, files
+
+
+def stage_args(doc: str, argv, extra=None):
+    """The options every stage after `attacks` takes (--dataset, --limit, --out; `extra` adds
+    more to the parser): returns (args, spec, out_dir), out_dir defaulting to the bundle."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", default=None, help="bundle folder (default models/<bundle>/)")
+    if extra:
+        extra(ap)
+    args = ap.parse_args(argv)
+    spec = datasets.SPECS[args.dataset]
+    return args, spec, os.path.abspath(args.out) if args.out else default_bundle_dir(spec)
 
 
 def load_stage(spec, limit: int | None) -> types.SimpleNamespace:

@@ -21,7 +21,6 @@ against the served model (every image of the stream carries the UAP).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -81,13 +80,7 @@ def stream_alarms(r: np.ndarray, pred: np.ndarray, ref_mix: np.ndarray, thr_res:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", default=None, help="bundle folder (default models/<bundle>/)")
-    args = ap.parse_args(argv)
-    spec = datasets.SPECS[args.dataset]
-    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
+    args, spec, out_dir = C.stage_args(__doc__, argv)
     t0 = time.time()
     st = C.load_stage(spec, args.limit)
     rng = np.random.default_rng(0)

@@ -31,7 +31,6 @@ that do not match the served classifier.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -239,13 +238,7 @@ def write_sample(out_dir, spec, dets, model, recs, split, x, y, files, per_kind=
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", default=None, help="bundle folder (default models/<bundle>/)")
-    args = ap.parse_args(argv)
-    spec = datasets.SPECS[args.dataset]
-    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
+    args, spec, out_dir = C.stage_args(__doc__, argv)
     os.makedirs(out_dir, exist_ok=True)
     times = {}
     t0 = time.time()

@@ -24,7 +24,6 @@ only); an adaptive attack that knows the detectors.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -216,14 +215,7 @@ def roc_plots(out_dir, neg, pos_scores, dets):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--adaptive-steps", type=int, default=40)
-    args = ap.parse_args(argv)
-    spec = datasets.SPECS[args.dataset]
-    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
+    args, spec, out_dir = C.stage_args(__doc__, argv, lambda ap: ap.add_argument("--adaptive-steps", type=int, default=40))
     times = {}
     t0 = time.time()
     with C.timed(times, "load"):

@@ -16,7 +16,6 @@ AUROC and TPR per attack row with the positives of evaluate.positives.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -25,7 +24,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from . import advcommon as C
-from . import datasets
+
 from .detectors import threshold_at
 from .evaluate import detected_rows, positives
 
@@ -69,13 +68,7 @@ def add_to_sample(out_dir: str, model) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", default=None, help="bundle folder (default models/<bundle>/)")
-    args = ap.parse_args(argv)
-    spec = datasets.SPECS[args.dataset]
-    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
+    args, spec, out_dir = C.stage_args(__doc__, argv)
     t0 = time.time()
     st = C.load_stage(spec, args.limit)
     neg_train = scores(st.model, st.x[st.split["train"]])
