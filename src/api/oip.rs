@@ -7,7 +7,8 @@
 //! ([`oip_convert`] has the tensors and parameters). In proxy mode (`--upstream`) the
 //! request is screened with the `--upstream-screen-model` bundle, then forwarded as it came
 //! to the upstream server, whose answer comes back with the screening outputs and
-//! parameters added; a request the policy refuses is never forwarded.
+//! parameters added (an upstream output of the same name is replaced); a request the
+//! policy refuses is never forwarded.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -132,6 +133,7 @@ impl OipService {
         // Answer in the upstream's form; raw and typed contents must not mix.
         let raw = if resp.outputs.is_empty() { raw } else { !resp.raw_output_contents.is_empty() && resp.raw_output_contents.len() == resp.outputs.len() };
         resp.parameters.extend(convert::screening_parameters(bundle, &outcomes));
+        convert::remove_screening_outputs(&mut resp);
         convert::append_outputs(&mut resp, convert::screening_outputs(bundle, &outcomes), raw);
         Ok((resp, worst(&outcomes)))
     }
@@ -182,6 +184,7 @@ impl GrpcInferenceService for OipService {
             Some(p) => {
                 let screen = self.model(&p.screen_model, "")?;
                 let mut meta = p.upstream.client.model_metadata(req, &md, deadline).await.map_err(PipelineError::from)?;
+                meta.outputs.retain(|o| !convert::SCREENING_OUTPUTS.contains(&o.name.as_str()));
                 meta.outputs.extend(convert::screening_metadata(&screen.bundle));
                 Ok(Response::new(meta))
             }

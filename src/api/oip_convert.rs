@@ -31,6 +31,8 @@ pub const FUSED_SCORE: &str = "fused_score";
 pub const DETECTOR_SCORES: &str = "detector_scores";
 /// Outputs a bundle answers with, in this order.
 pub const OUTPUTS: [&str; 4] = [PROBABILITIES, VERDICT, FUSED_SCORE, DETECTOR_SCORES];
+/// Outputs added to an upstream's answer in proxy mode.
+pub const SCREENING_OUTPUTS: [&str; 3] = [VERDICT, FUSED_SCORE, DETECTOR_SCORES];
 
 /// The batch items of a request, and whether it carried raw contents (then the answer does).
 #[derive(Debug)]
@@ -280,6 +282,23 @@ pub fn check_requested_outputs(req: &ModelInferRequest) -> Result<(), PipelineEr
     match req.outputs.iter().find(|o| !OUTPUTS.contains(&o.name.as_str())) {
         Some(o) => Err(invalid("unknown_output", format!("requested output {:?} does not exist; outputs are {OUTPUTS:?}", o.name))),
         None => Ok(()),
+    }
+}
+
+/// Proxy mode: drops the upstream outputs named like a screening output (and their raw
+/// contents), so that the screening outputs appended next are the only ones of their names.
+pub fn remove_screening_outputs(resp: &mut ModelInferResponse) {
+    let raw_aligned = resp.raw_output_contents.len() == resp.outputs.len();
+    let mut i = 0;
+    while i < resp.outputs.len() {
+        if SCREENING_OUTPUTS.contains(&resp.outputs[i].name.as_str()) {
+            resp.outputs.remove(i);
+            if raw_aligned {
+                resp.raw_output_contents.remove(i);
+            }
+        } else {
+            i += 1;
+        }
     }
 }
 

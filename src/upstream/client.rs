@@ -56,7 +56,7 @@ impl UpstreamClient {
     /// medsentry_upstream_* metrics.
     pub async fn model_infer(&self, req: ModelInferRequest, md: &MetadataMap, deadline: Option<Instant>) -> Result<ModelInferResponse, UpstreamError> {
         let started = Instant::now();
-        let result = self.call(req, md, deadline, |mut c, r| async move { c.model_infer(r).await }).await;
+        let result = self.call(req, md, deadline, true, |mut c, r| async move { c.model_infer(r).await }).await;
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => code_name(e.code()),
@@ -66,20 +66,20 @@ impl UpstreamClient {
     }
 
     pub async fn model_metadata(&self, req: ModelMetadataRequest, md: &MetadataMap, deadline: Option<Instant>) -> Result<ModelMetadataResponse, UpstreamError> {
-        self.call(req, md, deadline, |mut c, r| async move { c.model_metadata(r).await }).await
+        self.call(req, md, deadline, true, |mut c, r| async move { c.model_metadata(r).await }).await
     }
 
     pub async fn model_ready(&self, req: ModelReadyRequest, md: &MetadataMap, deadline: Option<Instant>) -> Result<bool, UpstreamError> {
-        Ok(self.call(req, md, deadline, |mut c, r| async move { c.model_ready(r).await }).await?.ready)
+        Ok(self.call(req, md, deadline, true, |mut c, r| async move { c.model_ready(r).await }).await?.ready)
     }
 
-    /// The readiness poll: ServerReady within `wait`.
+    /// The readiness poll: ServerReady within `wait`, not retried (the next poll is).
     pub async fn server_ready(&self, wait: Duration) -> Result<bool, UpstreamError> {
         let deadline = Some(Instant::now() + wait);
-        Ok(self.call(ServerReadyRequest {}, &MetadataMap::new(), deadline, |mut c, r| async move { c.server_ready(r).await }).await?.ready)
+        Ok(self.call(ServerReadyRequest {}, &MetadataMap::new(), deadline, false, |mut c, r| async move { c.server_ready(r).await }).await?.ready)
     }
 
-    async fn call<Req, Resp, F, Fut>(&self, msg: Req, md: &MetadataMap, deadline: Option<Instant>, rpc: F) -> Result<Resp, UpstreamError>
+    async fn call<Req, Resp, F, Fut>(&self, msg: Req, md: &MetadataMap, deadline: Option<Instant>, retry: bool, rpc: F) -> Result<Resp, UpstreamError>
     where
         Req: Clone,
         F: Fn(GrpcInferenceServiceClient<Channel>, Request<Req>) -> Fut,
@@ -93,7 +93,7 @@ impl UpstreamClient {
         let forwarded = forwardable(md);
         let first = self.attempt(msg.clone(), &forwarded, until, &rpc).await;
         let result = match first {
-            Err(Failure::Status(s)) if never_reached(&s) && Instant::now() + RETRY_BACKOFF < until => {
+            Err(Failure::Status(s)) if retry && never_reached(&s) && Instant::now() + RETRY_BACKOFF < until => {
                 tracing::info!(upstream = %self.addr, error = %detail(&s), "upstream refused the connection; retrying once");
                 metrics::record_upstream_retry();
                 tokio::time::sleep(RETRY_BACKOFF).await;
@@ -120,6 +120,9 @@ impl UpstreamClient {
         match tokio::time::timeout(left, rpc(self.inner.clone(), request)).await {
             Err(_) => Err(Failure::TimedOut),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
+            // tonic (the channel here, or the upstream's server) cancels a call at its
+            // grpc-timeout with CANCELLED "Timeout expired": that is our deadline passing.
+            Ok(Err(status)) if status.code() == Code::Cancelled && Instant::now() + Duration::from_millis(5) >= until => Err(Failure::TimedOut),
             Ok(Err(status)) => Err(Failure::Status(status)),
         }
     }
@@ -138,10 +141,18 @@ impl UpstreamClient {
     }
 }
 
-/// The earlier of the caller's deadline and now + the upstream timeout.
+/// The earlier of the caller's deadline and now + the upstream timeout. The caller's
+/// deadline is shortened by a margin (a tenth of what is left, at most 20 ms) so that the
+/// answer, naming the upstream, leaves before tonic cancels the call at the deadline itself.
 pub fn effective_deadline(now: Instant, caller: Option<Instant>, timeout: Duration) -> Instant {
     let cap = now + timeout;
-    caller.map_or(cap, |d| d.min(cap))
+    match caller {
+        None => cap,
+        Some(d) => {
+            let margin = (d.saturating_duration_since(now) / 10).min(Duration::from_millis(20));
+            (d - margin).min(cap)
+        }
+    }
 }
 
 /// The caller's metadata minus the transport headers (`NOT_FORWARDED`, `grpc-*`,
@@ -226,8 +237,10 @@ mod tests {
         let now = Instant::now();
         let t = Duration::from_secs(30);
         assert_eq!(effective_deadline(now, None, t), now + t);
-        assert_eq!(effective_deadline(now, Some(now + Duration::from_secs(1)), t), now + Duration::from_secs(1));
+        assert_eq!(effective_deadline(now, Some(now + Duration::from_secs(1)), t), now + Duration::from_millis(980));
+        assert_eq!(effective_deadline(now, Some(now + Duration::from_millis(100)), t), now + Duration::from_millis(90));
         assert_eq!(effective_deadline(now, Some(now + Duration::from_secs(99)), t), now + t);
+        assert!(effective_deadline(now, Some(now), t) <= now);
     }
 
     #[tokio::test]
