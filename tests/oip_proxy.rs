@@ -153,6 +153,12 @@ async fn clean_requests_are_forwarded_unchanged_and_flagged_ones_never_leave_und
     let (_, later) = upstream.admin_get("/metrics");
     assert_eq!(upstream_calls(&later) - upstream_calls(&after), 0.0);
 
+    // The upstream's own refusals come back with their code, naming it.
+    let err = via.model_infer(infer_request("no-such-model", "n", &clean)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains(&upstream_addr) && err.message().contains("no-such-model"), "{}", err.message());
+    assert_eq!(err.metadata().get("medsentry-reason").unwrap(), "upstream_refused");
+
     proxy.stop().await.unwrap();
     upstream.stop().await.unwrap();
 }

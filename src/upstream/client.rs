@@ -135,6 +135,9 @@ impl UpstreamClient {
             Failure::Status(s) => match s.code() {
                 Code::Unavailable => UpstreamError::Unavailable { addr, detail: detail(&s) },
                 Code::DeadlineExceeded => UpstreamError::DeadlineExceeded { addr, waited_ms },
+                // A status with an error source was made by our own transport (connection
+                // closed or reset mid-call), not answered by the upstream.
+                _ if std::error::Error::source(&s).is_some() => UpstreamError::Unavailable { addr, detail: detail(&s) },
                 code => UpstreamError::Refused { addr, code, message: s.message().to_string() },
             },
         }
