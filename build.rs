@@ -1,5 +1,6 @@
-//! Build script: generates the gRPC code from proto/, fetches the ONNX Runtime library the
-//! sidecar loads at run time, and embeds the default model bundle into the binary.
+//! Build script: generates the gRPC code from proto/ (medsentry.v1 and the Open Inference
+//! Protocol), fetches the ONNX Runtime library the sidecar loads at run time, and embeds
+//! the default model bundle into the binary.
 //!
 //! ONNX Runtime: `ort` is used with `load-dynamic`, so the library is opened at start-up.
 //! Unless `ORT_DYLIB_PATH` is set, the library is taken from the `onnxruntime` wheel of the
@@ -32,6 +33,11 @@ fn compile_protos() {
         .file_descriptor_set_path(out.join("medsentry_descriptor.bin"))
         .compile_protos(&["proto/medsentry/v1/sentry.proto"], &["proto"])
         .expect("compiling proto/medsentry/v1/sentry.proto");
+    // Open Inference Protocol: server (api::oip) and client (proxy mode's upstream).
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("inference_descriptor.bin"))
+        .compile_protos(&["proto/inference/grpc_predict_v2.proto"], &["proto"])
+        .expect("compiling proto/inference/grpc_predict_v2.proto");
     println!("cargo:rerun-if-changed=proto");
 }
 

@@ -1,5 +1,6 @@
 //! The admin HTTP port: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`
-//! (ready only once every model has warmed up, and no longer while draining).
+//! (ready only once every model has warmed up, and no longer while draining; in proxy mode
+//! also only while the upstream is ready).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,12 +13,15 @@ use tokio::net::TcpListener;
 
 use crate::metrics;
 use crate::serving::Registry;
+use crate::upstream::Upstream;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
     /// Set when shutdown begins: readiness drops so load balancers stop sending.
     pub draining: Arc<AtomicBool>,
+    /// Proxy mode: the upstream, whose readiness gates ours.
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -33,10 +37,12 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
     let waiting: Vec<String> = s.registry.models().filter(|m| !m.is_ready()).map(|m| m.name().to_string()).collect();
-    if waiting.is_empty() {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("warming up: {}\n", waiting.join(", ")))
+    if !waiting.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("warming up: {}\n", waiting.join(", ")));
+    }
+    match &s.upstream {
+        Some(u) if !u.is_ready() => (StatusCode::SERVICE_UNAVAILABLE, format!("upstream {} not ready\n", u.addr())),
+        _ => (StatusCode::OK, "ready\n".into()),
     }
 }
 

@@ -77,7 +77,8 @@ pub struct ModelArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// gRPC listen address (medsentry.v1.Sentry, grpc.health.v1, reflection).
+    /// gRPC listen address (medsentry.v1.Sentry, inference.GRPCInferenceService,
+    /// grpc.health.v1, reflection).
     #[arg(long, env = "MEDSENTRY_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
     /// Admin HTTP listen address: /metrics, /healthz, /readyz.
@@ -91,6 +92,61 @@ pub struct ServeArgs {
     pub shutdown_grace_secs: u64,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
+}
+
+/// Proxy mode: ModelInfer calls of the Open Inference Protocol are screened, then forwarded
+/// to an upstream OIP server (Triton, KServe, ...).
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamArgs {
+    /// host:port of the upstream Open Inference Protocol gRPC server; unset = no proxy.
+    #[arg(long, env = "MEDSENTRY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Local bundle that screens forwarded requests (default: the default model).
+    #[arg(long, env = "MEDSENTRY_UPSTREAM_SCREEN_MODEL")]
+    pub upstream_screen_model: Option<String>,
+    /// Longest wait for the upstream's answer, in ms, when the caller's deadline is later
+    /// or absent.
+    #[arg(long, env = "MEDSENTRY_UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
+    pub upstream_timeout_ms: u64,
+    /// How often the upstream's ServerReady is polled, in ms (health follows it).
+    #[arg(long, env = "MEDSENTRY_UPSTREAM_POLL_MS", default_value_t = 2_000)]
+    pub upstream_poll_ms: u64,
+}
+
+impl Default for UpstreamArgs {
+    fn default() -> Self {
+        UpstreamArgs { upstream: None, upstream_screen_model: None, upstream_timeout_ms: 30_000, upstream_poll_ms: 2_000 }
+    }
+}
+
+impl UpstreamArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(addr) = &self.upstream {
+            let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("--upstream {addr:?} must be host:port"))?;
+            if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
+                return Err(format!("--upstream {addr:?} must be host:port (no scheme, no path)"));
+            }
+        } else if self.upstream_screen_model.is_some() {
+            return Err("--upstream-screen-model needs --upstream".into());
+        }
+        if self.upstream_timeout_ms == 0 {
+            return Err("--upstream-timeout-ms must be at least 1".into());
+        }
+        if !(50..=600_000).contains(&self.upstream_poll_ms) {
+            return Err(format!("--upstream-poll-ms must be 50..=600000, got {}", self.upstream_poll_ms));
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_timeout_ms)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.upstream_poll_ms)
+    }
 }
 
 impl ModelArgs {
@@ -139,6 +195,7 @@ impl ServeArgs {
         if self.max_message_bytes < 1024 {
             return Err("--max-message-bytes must be at least 1024".into());
         }
+        self.upstream.validate()?;
         self.model.validate()
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Data flow: [`api`] -> [`decode`] -> [`preprocess`] -> [`batcher`] -> [`engine`] ->
 //! [`defense`] (+ [`enforce`], [`quarantine`]) -> [`metrics`]; [`server::run`] wires them together, [`cli`] is the command
-//! line.
+//! line. [`api`] also serves the Open Inference Protocol ([`inference`]), whose ModelInfer
+//! calls [`upstream`] forwards to a real inference server in proxy mode.
 
 pub mod admin;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod preprocess;
 pub mod quarantine;
 pub mod server;
 pub mod serving;
+pub mod upstream;
 
 /// Generated gRPC code of proto/medsentry/v1/sentry.proto.
 pub mod proto {
@@ -28,4 +30,12 @@ pub mod proto {
 
     /// Encoded descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/medsentry_descriptor.bin"));
+}
+
+/// Generated gRPC code of proto/inference/grpc_predict_v2.proto (Open Inference Protocol).
+pub mod inference {
+    tonic::include_proto!("inference");
+
+    /// Encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
 }

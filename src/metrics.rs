@@ -32,6 +32,13 @@ pub const QUARANTINE_CAPACITY: &str = "medsentry_quarantine_capacity_bytes";
 pub const CAMPAIGN_SCORE: &str = "medsentry_campaign_score";
 pub const CAMPAIGN_ALARM: &str = "medsentry_campaign_alarm";
 pub const CAMPAIGN_ALARMS: &str = "medsentry_campaign_alarms_total";
+/// Proxy mode (src/upstream/): forwarded ModelInfer calls and the upstream's readiness.
+pub const UPSTREAM_DURATION: &str = "medsentry_upstream_duration_seconds";
+pub const UPSTREAM_REQUESTS: &str = "medsentry_upstream_requests_total";
+pub const UPSTREAM_ERRORS: &str = "medsentry_upstream_errors_total";
+pub const UPSTREAM_RETRIES: &str = "medsentry_upstream_retries_total";
+pub const UPSTREAM_READY: &str = "medsentry_upstream_ready";
+pub const BLOCKED_BEFORE_FORWARD: &str = "medsentry_blocked_before_forward_total";
 
 const SECONDS_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -164,4 +171,28 @@ pub fn set_campaign(model: &str, s: &crate::defense::CampaignStatus) {
 /// A signal went into alarm (counted once per episode).
 pub fn record_campaign_alarm(model: &str, signal: &'static str) {
     counter!(CAMPAIGN_ALARMS, "model" => model.to_string(), "signal" => signal).increment(1);
+}
+
+/// One forwarded ModelInfer call (retry included) and its final gRPC code.
+pub fn record_upstream(code: &'static str, seconds: f64) {
+    counter!(UPSTREAM_REQUESTS, "code" => code).increment(1);
+    if code != "ok" {
+        counter!(UPSTREAM_ERRORS, "code" => code).increment(1);
+    }
+    histogram!(UPSTREAM_DURATION).record(seconds);
+}
+
+/// A forwarded call tried again after its connection was refused.
+pub fn record_upstream_retry() {
+    counter!(UPSTREAM_RETRIES).increment(1);
+}
+
+pub fn set_upstream_ready(ready: bool) {
+    gauge!(UPSTREAM_READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// A request the local policy refused (reject, or fail_closed) and that was therefore not
+/// forwarded upstream.
+pub fn record_blocked_before_forward(model: &str) {
+    counter!(BLOCKED_BEFORE_FORWARD, "model" => model.to_string()).increment(1);
 }

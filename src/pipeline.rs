@@ -46,6 +46,14 @@ pub enum PipelineError {
     QuarantineFailed { model: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request the API layer refuses before any input reaches the pipeline (an Open
+    /// Inference Protocol tensor of the wrong datatype, shape or size): INVALID_ARGUMENT.
+    #[error("{message}")]
+    InvalidRequest { reason: &'static str, message: String },
+    /// Proxy mode: the upstream inference server could not be reached, was too slow, or
+    /// refused the forwarded call.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 /// A flagged input refused by a `reject` policy: what fired and by how much.

@@ -14,13 +14,15 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
-use crate::api::{self, SentryService};
+use crate::api::{self, oip, OipService, Proxy, SentryService};
 use crate::config::{ModelArgs, ServeArgs};
 use crate::defense::Policy;
 use crate::quarantine::QuarantineStore;
+use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::{self, sentry_server::SentryServer};
 use crate::serving::{Registry, Warmup};
-use crate::{bundle, engine, metrics};
+use crate::upstream::Upstream;
+use crate::{bundle, engine, inference, metrics};
 
 /// Loads and verifies the bundles, loads ONNX Runtime and starts every model's batcher
 /// and workers (warm-up continues in the background: await the returned warm-ups).
@@ -47,22 +49,29 @@ pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warm
 pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let (registry, warmups) = start_models(&args.model)?;
+    let proxy = start_proxy(&args, &registry)?;
+    let upstream = proxy.as_ref().map(|p| p.upstream.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
-    let services: Vec<String> = std::iter::once(String::new())
-        .chain(std::iter::once(SERVICE_NAME.to_string()))
-        .chain(registry.names())
-        .collect();
+    // Health of what this process serves on its own, and of what depends on the upstream in
+    // proxy mode (overall and the OIP service): the latter follows the upstream's readiness.
+    let local_services: Vec<String> = std::iter::once(SERVICE_NAME.to_string()).chain(registry.names()).collect();
+    let proxied_services: Vec<String> = vec![String::new(), oip::SERVICE_NAME.to_string()];
+    let services: Vec<String> = proxied_services.iter().chain(&local_services).cloned().collect();
     set_health(&health, &services, ServingStatus::NotServing).await;
 
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_task = tokio::spawn(admin::serve(admin_listener, AdminState { registry: registry.clone(), draining: draining.clone() }));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, AdminState { registry: registry.clone(), draining: draining.clone(), upstream: upstream.clone() }));
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(inference::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
     let sentry = SentryServer::new(SentryService::new(registry.clone(), args.model.limits()))
+        .max_decoding_message_size(args.max_message_bytes)
+        .max_encoding_message_size(args.max_message_bytes);
+    let oip = GrpcInferenceServiceServer::new(OipService::new(registry.clone(), args.model.limits(), proxy))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
 
@@ -83,16 +92,22 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sentry)
+        .add_service(oip)
         // TCP_NODELAY: without it small answers wait for the peer's delayed ACK (~40 ms).
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), signal);
     tracing::info!(grpc = ?local, "medsentry listening");
 
     let warm = {
-        let (registry, health, services) = (registry.clone(), health.clone(), services.clone());
+        let (registry, health, draining) = (registry.clone(), health.clone(), draining.clone());
         let device = args.model.device();
         async move {
             registry.warm_up(warmups, device).await?;
-            set_health(&health, &services, ServingStatus::Serving).await;
+            set_health(&health, &local_services, ServingStatus::Serving).await;
+            match upstream {
+                None => set_health(&health, &proxied_services, ServingStatus::Serving).await,
+                // Proxy mode: runs until shutdown.
+                Some(u) => follow_upstream(u.subscribe(), &health, &proxied_services, &draining).await,
+            }
             anyhow::Ok(())
         }
     };
@@ -123,6 +138,37 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     };
     admin_task.abort();
     result
+}
+
+/// Proxy mode (`--upstream`): the upstream's client and readiness poll, and the local
+/// bundle that screens forwarded requests.
+fn start_proxy(args: &ServeArgs, registry: &Registry) -> anyhow::Result<Option<Proxy>> {
+    let Some(addr) = &args.upstream.upstream else { return Ok(None) };
+    let screen_model = args.upstream.upstream_screen_model.clone().unwrap_or_else(|| registry.default_model().to_string());
+    if registry.get(&screen_model).is_none() {
+        anyhow::bail!("--upstream-screen-model {screen_model:?} is not among the served bundles {:?}", registry.names());
+    }
+    let upstream = Upstream::start(addr, args.upstream.timeout(), args.upstream.poll_interval(), args.max_message_bytes)?;
+    tracing::info!(upstream = addr, screen_model, "proxy mode: screened ModelInfer calls are forwarded upstream");
+    Ok(Some(Proxy { upstream, screen_model }))
+}
+
+/// Sets `services` SERVING while the upstream is ready and NOT_SERVING otherwise, until
+/// the upstream goes away; leaves them alone once shutdown has begun.
+async fn follow_upstream(mut ready: tokio::sync::watch::Receiver<bool>, health: &HealthReporter, services: &[String], draining: &AtomicBool) {
+    loop {
+        let up = *ready.borrow_and_update();
+        if !draining.load(Ordering::Acquire) {
+            set_health(health, services, if up { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+            if draining.load(Ordering::Acquire) {
+                // Shutdown began while we were setting it: it wins.
+                set_health(health, services, ServingStatus::NotServing).await;
+            }
+        }
+        if ready.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The fully-qualified name health checks use for the Sentry service.

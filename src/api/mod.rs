@@ -1,10 +1,14 @@
-//! api: the gRPC surface: `medsentry.v1.Sentry`, grpc.health.v1 and server reflection.
+//! api: the gRPC surface: `medsentry.v1.Sentry`, the Open Inference Protocol
+//! (`inference.GRPCInferenceService`, [`oip`]), grpc.health.v1 and server reflection.
 
 mod convert;
 pub mod deadline;
+pub mod oip;
+pub mod oip_convert;
 mod sentry;
 pub mod status;
 
+pub use oip::{OipService, Proxy};
 pub use sentry::SentryService;
 
 use tonic::Code;

@@ -29,6 +29,8 @@ impl PipelineError {
             PipelineError::DetectorFailed { .. } => Code::Internal,
             PipelineError::QuarantineFailed { .. } => Code::Unavailable,
             PipelineError::Internal(_) => Code::Internal,
+            PipelineError::InvalidRequest { .. } => Code::InvalidArgument,
+            PipelineError::Upstream(e) => e.code(),
         }
     }
 
@@ -46,6 +48,8 @@ impl PipelineError {
             PipelineError::DetectorFailed { .. } => "detector_failed",
             PipelineError::QuarantineFailed { .. } => "quarantine_failed",
             PipelineError::Internal(_) => "internal",
+            PipelineError::InvalidRequest { reason, .. } => reason,
+            PipelineError::Upstream(e) => e.reason(),
         }
     }
 }
@@ -73,6 +77,9 @@ impl From<PipelineError> for Status {
                 info.insert("quarantine_id".to_string(), id.clone());
             }
         }
+        if let PipelineError::Upstream(u) = &e {
+            info.insert("upstream".to_string(), u.addr().to_string());
+        }
         let details = ErrorDetails::with_error_info(e.reason().to_uppercase(), "medsentry", info);
         Status::with_error_details_and_metadata(e.code(), e.to_string(), details, metadata)
     }
@@ -89,6 +96,12 @@ pub fn code_label(code: Code) -> &'static str {
         Code::Unavailable => "unavailable",
         Code::Cancelled => "cancelled",
         Code::PermissionDenied => "permission_denied",
+        // Codes only an upstream server answers with (proxy mode passes them through).
+        Code::Unimplemented => "unimplemented",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Unauthenticated => "unauthenticated",
+        Code::OutOfRange => "out_of_range",
+        Code::Unknown => "unknown",
         _ => "internal",
     }
 }

@@ -57,6 +57,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_message_bytes: 64 << 20,
         shutdown_grace_secs: 5,
         model: args.models.clone(),
+        upstream: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::run(serve, grpc, admin, async move { let _ = stop_rx.await; }));

@@ -1,0 +1,225 @@
+//! The Open Inference Protocol service (`inference.GRPCInferenceService`, KServe V2 /
+//! Triton gRPC): ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and
+//! ModelInfer, on the same port as medsentry.v1.
+//!
+//! ModelInfer screens every batch item through [`pipeline::run`] (concurrently, so the
+//! items meet in the batcher) and answers with the probabilities and the screening
+//! ([`oip_convert`] has the tensors and parameters). In proxy mode (`--upstream`) the
+//! request is screened with the `--upstream-screen-model` bundle, then forwarded as it came
+//! to the upstream server, whose answer comes back with the screening outputs and
+//! parameters added (an upstream output of the same name is replaced); a request the
+//! policy refuses is never forwarded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use super::oip_convert::{self as convert, Parsed};
+use super::{deadline, status::code_label};
+use crate::decode::DecodeLimits;
+use crate::defense::Verdict;
+use crate::inference::grpc_inference_service_server::GrpcInferenceService;
+use crate::inference::*;
+use crate::metrics;
+use crate::pipeline::{self, Input, Outcome, PipelineError};
+use crate::serving::{Registry, ServedModel};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// The `api` label of this service's metrics.
+const API: &str = "oip";
+/// Fully-qualified name, for health checks.
+pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// Proxy mode: where screened requests go, and which local bundle screens them.
+#[derive(Clone)]
+pub struct Proxy {
+    pub upstream: Arc<Upstream>,
+    pub screen_model: String,
+}
+
+#[derive(Clone)]
+pub struct OipService {
+    registry: Arc<Registry>,
+    limits: DecodeLimits,
+    proxy: Option<Proxy>,
+}
+
+/// A refused ModelInfer, with the batch item that caused it when there is one.
+struct Failed {
+    error: PipelineError,
+    item: Option<usize>,
+}
+
+impl From<PipelineError> for Failed {
+    fn from(error: PipelineError) -> Failed {
+        Failed { error, item: None }
+    }
+}
+
+impl OipService {
+    pub fn new(registry: Arc<Registry>, limits: DecodeLimits, proxy: Option<Proxy>) -> Self {
+        OipService { registry, limits, proxy }
+    }
+
+    /// The named local model (empty name: the default); a version, when given, must match.
+    fn model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, PipelineError> {
+        match self.registry.get(name) {
+            Some(m) if version.is_empty() || version == m.bundle.manifest.version => Ok(m.clone()),
+            Some(m) => Err(PipelineError::UnknownModel { name: format!("{} version {version}", m.name()), available: self.registry.names() }),
+            None => Err(PipelineError::UnknownModel { name: name.to_string(), available: self.registry.names() }),
+        }
+    }
+
+    /// Runs every item through the pipeline concurrently; the first failure (by index) wins.
+    async fn screen(&self, model: &Arc<ServedModel>, items: Vec<Input>, deadline: Option<Instant>, id: &str) -> Result<Vec<Outcome>, Failed> {
+        let n = items.len();
+        let limits = self.limits;
+        let runs = items.into_iter().enumerate().map(|(i, input)| {
+            let request_id = if n == 1 { id.to_string() } else { format!("{id}#{i}") };
+            async move { pipeline::run(model, input, limits, deadline, &request_id).await }
+        });
+        let mut outcomes = Vec::with_capacity(n);
+        for (i, r) in futures::future::join_all(runs).await.into_iter().enumerate() {
+            match r {
+                Ok(o) => outcomes.push(o),
+                Err(error) => return Err(Failed { error, item: (n > 1).then_some(i) }),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn infer_local(&self, req: ModelInferRequest, deadline: Option<Instant>, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
+        let model = self.model(&req.model_name, &req.model_version)?;
+        *label = model.name().to_string();
+        let bundle = &model.bundle;
+        let Parsed { items, raw } = convert::parse_request(&req, bundle, false)?;
+        convert::check_requested_outputs(&req)?;
+        let outcomes = self.screen(&model, items, deadline, &req.id).await?;
+        let tensors = convert::select_outputs(&req, convert::model_outputs(bundle, &outcomes))?;
+        let mut resp = ModelInferResponse {
+            model_name: bundle.name().to_string(),
+            model_version: bundle.manifest.version.clone(),
+            id: req.id,
+            parameters: convert::screening_parameters(bundle, &outcomes),
+            ..Default::default()
+        };
+        convert::append_outputs(&mut resp, tensors, raw);
+        Ok((resp, worst(&outcomes)))
+    }
+
+    async fn infer_proxy(&self, proxy: &Proxy, md: MetadataMap, req: ModelInferRequest, deadline: Option<Instant>, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
+        let model = self.model(&proxy.screen_model, "")?;
+        *label = model.name().to_string();
+        let bundle = &model.bundle;
+        let Parsed { items, raw } = convert::parse_request(&req, bundle, true)?;
+        let outcomes = match self.screen(&model, items, deadline, &req.id).await {
+            Ok(o) => o,
+            Err(f) => {
+                if matches!(f.error, PipelineError::Rejected(_) | PipelineError::DetectorFailed { .. } | PipelineError::QuarantineFailed { .. }) {
+                    metrics::record_blocked_before_forward(model.name());
+                }
+                return Err(f);
+            }
+        };
+        let upstream = &proxy.upstream;
+        let mut resp = upstream.client.model_infer(req, &md, deadline).await.map_err(|e| {
+            if matches!(e, UpstreamError::Unavailable { .. }) {
+                upstream.set_ready(false);
+            }
+            PipelineError::from(e)
+        })?;
+        // Answer in the upstream's form; raw and typed contents must not mix.
+        let raw = if resp.outputs.is_empty() { raw } else { !resp.raw_output_contents.is_empty() && resp.raw_output_contents.len() == resp.outputs.len() };
+        resp.parameters.extend(convert::screening_parameters(bundle, &outcomes));
+        convert::remove_screening_outputs(&mut resp);
+        convert::append_outputs(&mut resp, convert::screening_outputs(bundle, &outcomes), raw);
+        Ok((resp, worst(&outcomes)))
+    }
+}
+
+/// The most severe verdict of a batch (the `verdict` label of medsentry_requests_total).
+fn worst(outcomes: &[Outcome]) -> Verdict {
+    outcomes.iter().map(|o| o.screening.verdict).fold(Verdict::NotScreened, |a, b| if b.rank() > a.rank() || a == Verdict::NotScreened { b } else { a })
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for OipService {
+    async fn server_live(&self, _request: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _request: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        let upstream = self.proxy.as_ref().is_none_or(|p| p.upstream.is_ready());
+        Ok(Response::new(ServerReadyResponse { ready: self.registry.all_ready() && upstream }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let (md, _, req) = request.into_parts();
+        let ready = match &self.proxy {
+            None => self.model(&req.name, &req.version).is_ok_and(|m| m.is_ready()),
+            Some(p) => {
+                let local = self.model(&p.screen_model, "").is_ok_and(|m| m.is_ready());
+                local && p.upstream.client.model_ready(req, &md, deadline).await.unwrap_or(false)
+            }
+        };
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _request: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        let mut extensions = vec!["medsentry_screening".to_string()];
+        if self.proxy.is_some() {
+            extensions.push("medsentry_proxy".to_string());
+        }
+        Ok(Response::new(ServerMetadataResponse { name: "medsentry".into(), version: env!("CARGO_PKG_VERSION").into(), extensions }))
+    }
+
+    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let (md, _, req) = request.into_parts();
+        match &self.proxy {
+            None => Ok(Response::new(convert::model_metadata(&self.model(&req.name, &req.version)?.bundle))),
+            Some(p) => {
+                let screen = self.model(&p.screen_model, "")?;
+                let mut meta = p.upstream.client.model_metadata(req, &md, deadline).await.map_err(PipelineError::from)?;
+                meta.outputs.retain(|o| !convert::SCREENING_OUTPUTS.contains(&o.name.as_str()));
+                meta.outputs.extend(convert::screening_metadata(&screen.bundle));
+                Ok(Response::new(meta))
+            }
+        }
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let started = Instant::now();
+        let deadline = deadline::from_metadata(request.metadata(), started);
+        let (md, _, req) = request.into_parts();
+        let id = req.id.clone();
+        // Unknown names are caller-controlled: keep them out of metric labels.
+        let mut label = "unknown".to_string();
+        let result = match &self.proxy {
+            None => self.infer_local(req, deadline, &mut label).await,
+            Some(p) => self.infer_proxy(p, md, req, deadline, &mut label).await,
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok((resp, verdict)) => {
+                metrics::record_request(&label, API, "ok", verdict.as_str(), seconds);
+                tracing::debug!(request_id = id, model = label, items = resp.outputs.first().and_then(|o| o.shape.first()).copied().unwrap_or(0), "ModelInfer answered");
+                Ok(Response::new(resp))
+            }
+            Err(Failed { error, item }) => {
+                metrics::record_error(&label, API, error.reason());
+                metrics::record_request(&label, API, code_label(error.code()), "none", seconds);
+                tracing::info!(request_id = id, model = label, reason = error.reason(), item, error = %error, "ModelInfer refused");
+                let mut status = Status::from(error);
+                if let Some(i) = item {
+                    // Which batch item was refused (the message is that item's).
+                    status.metadata_mut().insert("medsentry-batch-item", i.into());
+                }
+                Err(status)
+            }
+        }
+    }
+}

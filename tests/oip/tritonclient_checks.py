@@ -1,0 +1,225 @@
+"""Checks medsentry's Open Inference Protocol service with NVIDIA's own Python client.
+
+Run by tests/oip_tritonclient.rs against a real medsentry on port 0:
+
+    python tritonclient_checks.py --url 127.0.0.1:PORT --reference models/NAME/reference.json \
+        --data ../shared/data
+
+Every check runs; each prints "ok NAME" or "FAIL NAME: why"; the exit status is the number
+of failures (0: all passed).
+"""
+
+import argparse
+import json
+import sys
+import traceback
+
+import grpc
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+MODEL = "chest-xray-pneumonia"
+SHAPE = (1, 64, 64)
+VERDICTS = {b"CLEAN", b"SUSPICIOUS", b"ADVERSARIAL", b"NOT_SCREENED"}
+failures = []
+
+
+def check(name):
+    def run(fn):
+        try:
+            fn()
+            print(f"ok {name}", flush=True)
+        except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
+            failures.append(name)
+            print(f"FAIL {name}: {e!r}", flush=True)
+            traceback.print_exc()
+        return fn
+
+    return run
+
+
+def expect_close(got, want, tol, what):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    worst = float(np.max(np.abs(got - want))) if got.size else 0.0
+    assert worst <= tol, f"{what}: largest difference {worst:.3g} > {tol}"
+
+
+def expect_code(fn, code, text=None):
+    try:
+        fn()
+    except InferenceServerException as e:
+        assert e.status() == str(code), f"status {e.status()} ({e.message()}), wanted {code}"
+        if text:
+            assert text in e.message(), f"message {e.message()!r} lacks {text!r}"
+        return e
+    except grpc.RpcError as e:
+        assert e.code() == code, f"status {e.code()} ({e.details()}), wanted {code}"
+        if text:
+            assert text in e.details(), f"message {e.details()!r} lacks {text!r}"
+        return e
+    raise AssertionError(f"no error; wanted {code}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--reference", required=True)
+    ap.add_argument("--data", required=True)
+    args = ap.parse_args()
+
+    client = triton.InferenceServerClient(url=args.url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(args.url))
+    ref = json.load(open(args.reference))
+    pixels = np.array([it["pixels"] for it in ref["items"]], dtype=np.float32).reshape((-1,) + SHAPE)
+    expected = np.array([it["probabilities"] for it in ref["items"]], dtype=np.float32)
+    files = [open(f"{args.data}/{ref['data_root']}/{it['file']}", "rb").read() for it in ref["items"]]
+    n = len(pixels)
+
+    def infer(array, datatype=None, outputs=None, name="input"):
+        datatype = datatype or ("BYTES" if array.dtype == np.object_ else "FP32")
+        inp = triton.InferInput(name, list(array.shape), datatype)
+        inp.set_data_from_numpy(array)
+        req_out = [triton.InferRequestedOutput(o) for o in outputs] if outputs else None
+        return client.infer(MODEL, [inp], outputs=req_out, request_id="tc-1")
+
+    @check("live_and_ready")
+    def _():
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready(MODEL)
+        assert not client.is_model_ready("no-such-model")
+
+    @check("server_metadata")
+    def _():
+        md = client.get_server_metadata()
+        assert md.name == "medsentry", md
+        assert md.version, md
+        assert "medsentry_screening" in md.extensions, md
+
+    @check("model_metadata")
+    def _():
+        md = client.get_model_metadata(MODEL)
+        assert md.name == MODEL and md.versions and md.platform, md
+        assert [(i.name, i.datatype, list(i.shape)) for i in md.inputs] == [("input", "FP32", [-1, 1, 64, 64])], md.inputs
+        outs = {o.name: (o.datatype, list(o.shape)) for o in md.outputs}
+        assert outs["probabilities"] == ("FP32", [-1, 2]), outs
+        assert outs["verdict"] == ("BYTES", [-1]), outs
+        assert outs["fused_score"] == ("FP32", [-1]), outs
+        assert outs["detector_scores"] == ("FP32", [-1, 2]), outs
+        expect_code(lambda: client.get_model_metadata("no-such-model"), grpc.StatusCode.NOT_FOUND)
+
+    @check("raw_fp32_batch_matches_the_pipeline")
+    def _():
+        result = infer(pixels)
+        expect_close(result.as_numpy("probabilities"), expected, 1e-4, "probabilities")
+        verdicts = result.as_numpy("verdict")
+        assert verdicts.shape == (n,) and set(verdicts.tolist()) <= VERDICTS, verdicts
+        assert result.as_numpy("fused_score").shape == (n,)
+        resp = result.get_response()
+        assert resp.id == "tc-1" and resp.model_name == MODEL, resp.id
+        assert len(resp.raw_output_contents) == len(resp.outputs) == 4, "raw request, raw answer"
+        scores = result.as_numpy("detector_scores")
+        det = next(o for o in resp.outputs if o.name == "detector_scores")
+        names = det.parameters["detectors"].string_param.split(",")
+        assert names == ["mahalanobis", "learned-logistic"] and scores.shape == (n, 2), (names, scores.shape)
+        params = resp.parameters
+        assert params["medsentry.verdict"].string_param.split(",") == [v.decode() for v in verdicts], params
+        fused = [float(x) for x in params["medsentry.fused_score"].string_param.split(",")]
+        expect_close(fused, result.as_numpy("fused_score"), 1e-6, "fused_score parameter")
+        for j, name in enumerate(names):
+            per_item = [float(x) for x in params[f"medsentry.detector.{name}"].string_param.split(",")]
+            expect_close(per_item, scores[:, j], 1e-6, f"{name} parameter")
+        # Fused score = largest score / threshold.
+        thresholds = np.array([float(t) for t in det.parameters["thresholds"].string_param.split(",")])
+        expect_close(result.as_numpy("fused_score"), (scores / thresholds).max(axis=1), 1e-4, "fused score")
+
+    @check("raw_fp32_single_item")
+    def _():
+        result = infer(pixels[4:5])
+        expect_close(result.as_numpy("probabilities"), expected[4:5], 1e-4, "probabilities")
+        assert result.get_response().parameters["medsentry.verdict"].string_param in {v.decode() for v in VERDICTS}
+
+    @check("typed_fp32_contents_answered_typed")
+    def _():
+        req = service_pb2.ModelInferRequest(model_name=MODEL, id="typed")
+        t = req.inputs.add(name="input", datatype="FP32", shape=[2, 1, 64, 64])
+        t.contents.fp32_contents.extend(pixels[:2].ravel().tolist())
+        resp = stub.ModelInfer(req)
+        assert not resp.raw_output_contents, "typed request, typed answer"
+        out = {o.name: o for o in resp.outputs}
+        probs = np.array(out["probabilities"].contents.fp32_contents).reshape(list(out["probabilities"].shape))
+        expect_close(probs, expected[:2], 1e-4, "probabilities")
+        assert set(out["verdict"].contents.bytes_contents) <= VERDICTS
+        assert len(out["detector_scores"].contents.fp32_contents) == 4
+        # Read straight from the protobuf: tritonclient's InferResult.as_numpy reads typed
+        # contents of BYTES outputs only (FP32 ones come back empty), and with numpy 2 even
+        # that raises (np.array(..., copy=False)).
+
+    @check("uint8_raw_and_typed_equal_fp32_of_the_same_levels")
+    def _():
+        levels = np.round(pixels[:3] * 255).astype(np.uint8)
+        want = infer(levels.astype(np.float32) / 255).as_numpy("probabilities")
+        expect_close(infer(levels, "UINT8").as_numpy("probabilities"), want, 1e-5, "UINT8 raw")
+        req = service_pb2.ModelInferRequest(model_name=MODEL)
+        t = req.inputs.add(name="input", datatype="UINT8", shape=[3, 1, 64, 64])
+        t.contents.uint_contents.extend(levels.ravel().tolist())
+        out = {o.name: o for o in stub.ModelInfer(req).outputs}
+        expect_close(np.array(out["probabilities"].contents.fp32_contents).reshape(3, 2), want, 1e-5, "UINT8 typed")
+
+    @check("jpeg_files_as_bytes_match_the_pipeline")
+    def _():
+        result = infer(np.array(files, dtype=np.object_))
+        expect_close(result.as_numpy("probabilities"), expected, 1e-4, "probabilities of the JPEG files")
+        req = service_pb2.ModelInferRequest(model_name=MODEL)
+        req.inputs.add(name="input", datatype="BYTES", shape=[1]).contents.bytes_contents.append(files[0])
+        out = {o.name: o for o in stub.ModelInfer(req).outputs}
+        expect_close(out["probabilities"].contents.fp32_contents, expected[0], 1e-4, "typed BYTES")
+
+    @check("dicom_as_bytes")
+    def _():
+        ct = open(f"{args.data}/dicom/CT_small.dcm", "rb").read()
+        cr = open(f"{args.data}/dicom/RG1_UNCR.dcm", "rb").read()
+        result = infer(np.array([ct, cr, files[0]], dtype=np.object_).reshape(3, 1))
+        probs = result.as_numpy("probabilities")
+        assert probs.shape == (3, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5), probs
+        expect_close(probs[2], expected[0], 1e-4, "the JPEG beside the DICOMs")
+        verdicts = result.as_numpy("verdict").tolist()
+        # The adult CR is out of the pediatric distribution: Mahalanobis fires (README).
+        assert verdicts[1] == b"ADVERSARIAL", verdicts
+        assert result.get_response().parameters["medsentry.verdict"].string_param.split(",")[1] == "ADVERSARIAL"
+
+    @check("requested_outputs_only")
+    def _():
+        resp = infer(pixels[:1], outputs=["verdict", "probabilities"]).get_response()
+        assert [o.name for o in resp.outputs] == ["verdict", "probabilities"], resp.outputs
+        assert "medsentry.verdict" in resp.parameters
+        expect_code(lambda: infer(pixels[:1], outputs=["logits"]), grpc.StatusCode.INVALID_ARGUMENT, "logits")
+
+    @check("errors")
+    def _():
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        expect_code(lambda: infer(np.zeros((1, 1, 32, 32), np.float32)), code, "[N, 1, 64, 64]")
+        expect_code(lambda: infer(np.zeros((1, 64, 64), np.float32)), code, "shape")
+        expect_code(lambda: infer(np.zeros((1, 1, 64, 64), np.float64), "FP64"), code, "FP64")
+        expect_code(lambda: infer(np.zeros((1, 1, 64, 64), np.int32), "INT32"), code, "INT32")
+        expect_code(lambda: infer(np.full((1, 1, 64, 64), 2.0, np.float32)), code, "outside [0, 1]")
+        expect_code(lambda: infer(np.zeros((1, 1, 64, 64), np.float32), name="pixels"), code, "input")
+        expect_code(lambda: infer(np.array([b"not an image"], dtype=np.object_)), code)
+        req = service_pb2.ModelInferRequest(model_name=MODEL)
+        req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 64, 64])
+        req.raw_input_contents.append(b"\0" * 1000)
+        expect_code(lambda: stub.ModelInfer(req), code, "16384 raw bytes")
+        e = expect_code(lambda: client.infer("no-such-model", [triton.InferInput("input", [1, 1, 64, 64], "FP32")]), grpc.StatusCode.NOT_FOUND)
+        assert "no-such-model" in e.message()
+        # Still serving after all that.
+        expect_close(infer(pixels[:1]).as_numpy("probabilities"), expected[:1], 1e-4, "after the errors")
+
+    print(f"{len(failures)} failed: {failures}" if failures else "all checks passed", flush=True)
+    return len(failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+//! The Open Inference Protocol service through NVIDIA's own Python client (tritonclient):
+//! metadata, liveness/readiness, ModelInfer with raw and typed contents, FP32, UINT8, JPEG
+//! and DICOM files as BYTES, requested outputs and refusals (tests/oip/tritonclient_checks.py).
+//! `scripts/test.sh` installs tritonclient into target/pyenv and exports its interpreter as
+//! MEDSENTRY_TEST_PYTHON.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MEDSENTRY_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = repo().join("target/pyenv/bin/python");
+    assert!(venv.exists(), "tritonclient is not installed: run scripts/test.sh (it creates target/pyenv with tritonclient[grpc] and sets MEDSENTRY_TEST_PYTHON)");
+    venv
+}
+
+/// Runs the checks script against `addr`; (exit code, stdout + stderr).
+fn run_checks(addr: std::net::SocketAddr) -> (Option<i32>, String) {
+    let out_path = std::env::temp_dir().join(format!("medsentry-tritonclient-{}.log", std::process::id()));
+    let log = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/oip/tritonclient_checks.py"))
+        .args(["--url", &addr.to_string()])
+        .arg("--reference")
+        .arg(repo().join("models/chest-xray-pneumonia/reference.json"))
+        .arg("--data")
+        .arg(data(""))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("starting the Python interpreter");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    (code, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_checks_pass_against_medsentry() {
+    let _serial = serial().await;
+    let server = TestServer::ready(&[]).await;
+    let (_, before) = server.admin_get("/metrics");
+    let addr = server.grpc;
+    let (code, output) = tokio::task::spawn_blocking(move || run_checks(addr)).await.unwrap();
+    eprintln!("{output}");
+    assert_eq!(code, Some(0), "tritonclient checks failed (exit {code:?}):\n{output}");
+    assert!(output.contains("all checks passed"), "{output}");
+
+    // Counted as api="oip", one sample per ModelInfer call, refusals by reason.
+    let (_, after) = server.admin_get("/metrics");
+    let ok = delta(&before, &after, "medsentry_requests_total", &[("api", "oip"), ("outcome", "ok")]);
+    assert!(ok >= 10.0, "oip requests counted: {ok}");
+    for reason in ["bad_shape", "bad_datatype", "bad_contents", "bad_tensor", "bad_input_name", "unknown_model", "unknown_output", "unrecognized_format"] {
+        assert!(delta(&before, &after, "medsentry_errors_total", &[("api", "oip"), ("reason", reason)]) >= 1.0, "no oip error counted for {reason}");
+    }
+    assert!(delta(&before, &after, "medsentry_requests_total", &[("api", "oip"), ("outcome", "invalid_argument")]) >= 8.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_inference_service() {
+    let server = TestServer::ready(&[]).await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut answers = client.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.next().await.unwrap().unwrap().message_response else { panic!("no service list") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "inference.GRPCInferenceService"), "{names:?}");
+    assert!(names.iter().any(|n| n == "medsentry.v1.Sentry"), "{names:?}");
+    assert_eq!(server.health_status("inference.GRPCInferenceService").await, 1, "SERVING");
+    server.stop().await.unwrap();
+}
