@@ -91,9 +91,21 @@ fn the_dockerfiles_pass_hadolint() {
         // Style findings fail too; the Dockerfiles say inline why they ignore a rule.
         run_ok(Command::new(&hadolint).args(["--no-color", "--failure-threshold", "style"]).arg(deploy(file)));
     }
+    // .dockerignore is an allow-list: whatever a Dockerfile copies from the context must be
+    // let back in, and the training pipeline (its venv, its data) must stay out.
     let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
-    for kept_out in ["models/training/"] {
-        assert!(ignore.lines().any(|l| l.trim() == kept_out), ".dockerignore must exclude {kept_out}");
+    let rules: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(rules.first(), Some(&"*"), ".dockerignore starts by excluding everything");
+    assert!(rules.contains(&"models/training/"), ".dockerignore must keep models/training/ out");
+    for file in ["container/Dockerfile", "container/Dockerfile.gpu"] {
+        let text = std::fs::read_to_string(deploy(file)).unwrap();
+        for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            for src in &words[1..words.len() - 1] {
+                let src = src.trim_end_matches('/');
+                assert!(rules.contains(&format!("!{src}").as_str()) || rules.contains(&format!("!{src}/").as_str()), "{file} copies {src}, which .dockerignore leaves out");
+            }
+        }
     }
 }
 
