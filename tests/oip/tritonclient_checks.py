@@ -11,7 +11,9 @@ of failures (0: all passed).
 
 import argparse
 import json
+import os
 import sys
+import tomllib
 import traceback
 
 import grpc
@@ -23,6 +25,9 @@ from tritonclient.utils import InferenceServerException
 MODEL = "chest-xray-pneumonia"
 SHAPE = (1, 64, 64)
 VERDICTS = {b"CLEAN", b"SUSPICIOUS", b"ADVERSARIAL", b"NOT_SCREENED"}
+# The bundle's detectors, in bundle.toml's order (the order of detector_scores' columns).
+with open(os.path.join(os.path.dirname(__file__), "..", "..", "models", MODEL, "bundle.toml"), "rb") as _f:
+    DETECTORS = [d["name"] for d in tomllib.load(_f)["detectors"]]
 failures = []
 
 
@@ -108,7 +113,7 @@ def main():
         assert outs["probabilities"] == ("FP32", [-1, 2]), outs
         assert outs["verdict"] == ("BYTES", [-1]), outs
         assert outs["fused_score"] == ("FP32", [-1]), outs
-        assert outs["detector_scores"] == ("FP32", [-1, 2]), outs
+        assert outs["detector_scores"] == ("FP32", [-1, len(DETECTORS)]), outs
         expect_code(lambda: client.get_model_metadata("no-such-model"), grpc.StatusCode.NOT_FOUND)
 
     @check("raw_fp32_batch_matches_the_pipeline")
@@ -124,7 +129,7 @@ def main():
         scores = result.as_numpy("detector_scores")
         det = next(o for o in resp.outputs if o.name == "detector_scores")
         names = det.parameters["detectors"].string_param.split(",")
-        assert names == ["mahalanobis", "learned-logistic"] and scores.shape == (n, 2), (names, scores.shape)
+        assert names == DETECTORS and scores.shape == (n, len(DETECTORS)), (names, scores.shape)
         params = resp.parameters
         assert params["medsentry.verdict"].string_param.split(",") == [v.decode() for v in verdicts], params
         fused = [float(x) for x in params["medsentry.fused_score"].string_param.split(",")]
@@ -153,7 +158,7 @@ def main():
         probs = np.array(out["probabilities"].contents.fp32_contents).reshape(list(out["probabilities"].shape))
         expect_close(probs, expected[:2], 1e-4, "probabilities")
         assert set(out["verdict"].contents.bytes_contents) <= VERDICTS
-        assert len(out["detector_scores"].contents.fp32_contents) == 4
+        assert len(out["detector_scores"].contents.fp32_contents) == 2 * len(DETECTORS)
         # Read straight from the protobuf: tritonclient's InferResult.as_numpy reads typed
         # contents of BYTES outputs only (FP32 ones come back empty), and with numpy 2 even
         # that raises (np.array(..., copy=False)).
