@@ -32,6 +32,8 @@ pub const QUARANTINE_CAPACITY: &str = "medsentry_quarantine_capacity_bytes";
 pub const CAMPAIGN_SCORE: &str = "medsentry_campaign_score";
 pub const CAMPAIGN_ALARM: &str = "medsentry_campaign_alarm";
 pub const CAMPAIGN_ALARMS: &str = "medsentry_campaign_alarms_total";
+pub const DETECTOR_THRESHOLD: &str = "medsentry_detector_threshold";
+pub const CAMPAIGN_THRESHOLD: &str = "medsentry_campaign_threshold";
 /// Proxy mode (src/upstream/): forwarded ModelInfer calls and the upstream's readiness.
 pub const UPSTREAM_DURATION: &str = "medsentry_upstream_duration_seconds";
 pub const UPSTREAM_REQUESTS: &str = "medsentry_upstream_requests_total";
@@ -195,4 +197,30 @@ pub fn set_upstream_ready(ready: bool) {
 /// forwarded upstream.
 pub fn record_blocked_before_forward(model: &str) {
     counter!(BLOCKED_BEFORE_FORWARD, "model" => model.to_string()).increment(1);
+}
+
+/// At start-up, per model: the thresholds as gauges (for dashboards to draw), and the
+/// failure and alarm counters at 0, so that `increase()` sees their first event.
+pub fn init_model(model: &str, detectors: &[crate::bundle::DetectorSpec], campaign: Option<&crate::bundle::CampaignSpec>) {
+    for d in detectors {
+        let name = d.name.clone();
+        gauge!(DETECTOR_THRESHOLD, "model" => model.to_string(), "detector" => name.clone(), "level" => "adversarial").set(d.threshold as f64);
+        if let Some(t) = d.suspicious_threshold {
+            gauge!(DETECTOR_THRESHOLD, "model" => model.to_string(), "detector" => name.clone(), "level" => "suspicious").set(t as f64);
+        }
+        counter!(DETECTOR_FIRED, "model" => model.to_string(), "detector" => name.clone()).absolute(0);
+        counter!(DETECTOR_FAILED, "model" => model.to_string(), "detector" => name).absolute(0);
+    }
+    for verdict in ["suspicious", "adversarial"] {
+        counter!(FLAGGED, "model" => model.to_string(), "verdict" => verdict).absolute(0);
+    }
+    for reason in ["io", "too_large", "deidentify"] {
+        counter!(QUARANTINE_FAILURES, "model" => model.to_string(), "reason" => reason).absolute(0);
+    }
+    if let Some(c) = campaign {
+        for (signal, t) in [("shared_perturbation", c.residual_threshold), ("class_mix_drift", c.class_mix_threshold)] {
+            gauge!(CAMPAIGN_THRESHOLD, "model" => model.to_string(), "signal" => signal).set(t as f64);
+            counter!(CAMPAIGN_ALARMS, "model" => model.to_string(), "signal" => signal).absolute(0);
+        }
+    }
 }

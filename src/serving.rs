@@ -82,6 +82,7 @@ impl Registry {
             let m = &bundle.manifest;
             metrics::set_model_info(&name, &m.version, bundle.classifier_sha256(), m.hardening.is_some());
             metrics::set_model_ready(&name, false);
+            metrics::init_model(&name, &m.detectors, m.campaign.as_ref());
             let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, m.max_batch, cfg.max_batch_delay);
             let warm = spawn_workers(bundle.clone(), cfg.workers, batches);
             warmups.push((name.clone(), warm));

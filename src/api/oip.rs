@@ -211,7 +211,7 @@ impl GrpcInferenceService for OipService {
             }
             Err(Failed { error, item }) => {
                 metrics::record_error(&label, API, error.reason());
-                metrics::record_request(&label, API, code_label(error.code()), "none", seconds);
+                metrics::record_request(&label, API, code_label(error.code()), error.verdict_label(), seconds);
                 tracing::info!(request_id = id, model = label, reason = error.reason(), item, error = %error, "ModelInfer refused");
                 let mut status = Status::from(error);
                 if let Some(i) = item {

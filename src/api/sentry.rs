@@ -53,7 +53,7 @@ impl SentryService {
             }
             Err(e) => {
                 metrics::record_error(model.name(), api, e.reason());
-                metrics::record_request(model.name(), api, code_label(e.code()), "none", seconds);
+                metrics::record_request(model.name(), api, code_label(e.code()), e.verdict_label(), seconds);
                 tracing::info!(request_id, model = model.name(), reason = e.reason(), error = %e, "request refused");
                 Err(e)
             }

@@ -34,6 +34,15 @@ impl PipelineError {
         }
     }
 
+    /// The verdict label of a refused request: a rejection keeps the verdict that caused it
+    /// (so that dashboards counting verdicts see rejected attacks), other refusals "none".
+    pub fn verdict_label(&self) -> &'static str {
+        match self {
+            PipelineError::Rejected(r) => r.verdict.as_str(),
+            _ => "none",
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             PipelineError::UnknownModel { .. } => "unknown_model",
