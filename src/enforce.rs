@@ -25,7 +25,7 @@ pub struct Enforced {
 }
 
 pub async fn enforce(model: &Arc<ServedModel>, input: Input, screening: &mut Screening, campaign: Option<CampaignStatus>, request_id: &str) -> Result<Enforced, PipelineError> {
-    let policy = model.policy;
+    let policy = &model.policy;
     let name = model.name();
     let fail_closed = policy.on_failure == FailureMode::FailClosed;
     if !screening.failed.is_empty() {

@@ -76,13 +76,18 @@ impl Registry {
             if cfg.max_batch > 0 {
                 bundle.manifest.max_batch = bundle.manifest.max_batch.min(cfg.max_batch);
             }
-            let screener = Screener::for_bundle(&bundle)?;
+            let model_policy = policy.for_model(bundle.name());
+            if !model_policy.disable_detectors.is_empty() {
+                tracing::warn!(model = bundle.name(), disabled = ?model_policy.disable_detectors, "detectors disabled by policy");
+            }
+            let screener = Screener::for_bundle(&bundle, &model_policy.disable_detectors)?;
             let bundle = Arc::new(bundle);
             let name = bundle.name().to_string();
             let m = &bundle.manifest;
             metrics::set_model_info(&name, &m.version, bundle.classifier_sha256(), m.hardening.is_some());
             metrics::set_model_ready(&name, false);
-            metrics::init_model(&name, &m.detectors, m.campaign.as_ref());
+            let enabled: Vec<_> = m.detectors.iter().filter(|d| !model_policy.disable_detectors.contains(&d.name)).cloned().collect();
+            metrics::init_model(&name, &enabled, m.campaign.as_ref());
             let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, m.max_batch, cfg.max_batch_delay);
             let warm = spawn_workers(bundle.clone(), cfg.workers, batches);
             warmups.push((name.clone(), warm));
@@ -90,7 +95,7 @@ impl Registry {
             if campaign.is_none() {
                 tracing::warn!(model = %name, "bundle has no [campaign] calibration: the campaign monitor is off for it");
             }
-            let served = ServedModel { policy: policy.for_model(&name), campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
+            let served = ServedModel { policy: model_policy, campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
             models.insert(name, Arc::new(served));
         }
         Ok((Registry { models, default_model }, warmups))

@@ -236,6 +236,23 @@ async fn a_detector_that_cannot_score_follows_the_failure_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_detector_does_not_run_and_an_unknown_one_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &format!("[models.\"{MODEL}\"]\ndisable_detectors = [\"feature-squeezing\"]\n"));
+    let server = TestServer::ready(&["--policy", &policy]).await;
+    let mut client = server.client().await;
+    let s = client.screen(tensor_request("x", vec![1, 64, 64], sample_pair().0)).await.unwrap().into_inner().screening.unwrap();
+    let names: Vec<&str> = s.detectors.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["mahalanobis", "learned-logistic"]);
+    server.stop().await.unwrap();
+
+    let policy = write_policy(dir.path(), &format!("[models.\"{MODEL}\"]\ndisable_detectors = [\"squeezing\"]\n"));
+    let server = TestServer::start(&["--policy", &policy]).await;
+    let err = server.task.await.unwrap().expect_err("start-up refused");
+    assert!(format!("{err:#}").contains("\"squeezing\"") && format!("{err:#}").contains("feature-squeezing"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_naming_an_unknown_model_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let policy = write_policy(dir.path(), "[models.\"no-such-model\"]\naction = \"reject\"\n");

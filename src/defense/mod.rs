@@ -80,6 +80,8 @@ pub enum DefenseError {
     UnsupportedDetector { bundle: String, detector: String, kind: String },
     #[error("bundle {bundle}: detector {detector} ({file}) cannot be loaded: {message}")]
     BadDetector { bundle: String, detector: String, file: String, message: String },
+    #[error("policy disables detector {detector:?} of model {bundle}, which has only {available:?}")]
+    UnknownDisabled { bundle: String, detector: String, available: Vec<String> },
 }
 
 const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing"];
@@ -92,10 +94,14 @@ pub struct Screener {
 }
 
 impl Screener {
-    pub fn for_bundle(bundle: &Bundle) -> Result<Screener, DefenseError> {
+    /// The bundle's detectors, less those the policy disables (by name).
+    pub fn for_bundle(bundle: &Bundle, disabled: &[String]) -> Result<Screener, DefenseError> {
         let m = &bundle.manifest;
+        if let Some(d) = disabled.iter().find(|d| !m.detectors.iter().any(|s| &s.name == *d)) {
+            return Err(DefenseError::UnknownDisabled { bundle: m.name.clone(), detector: d.clone(), available: m.detectors.iter().map(|s| s.name.clone()).collect() });
+        }
         let mut detectors = Vec::new();
-        for spec in &m.detectors {
+        for spec in m.detectors.iter().filter(|s| !disabled.contains(&s.name)) {
             if !KINDS.contains(&spec.kind.as_str()) {
                 return Err(DefenseError::UnsupportedDetector { bundle: m.name.clone(), detector: spec.name.clone(), kind: spec.kind.clone() });
             }
@@ -126,7 +132,7 @@ impl Screener {
                 verdict: Verdict::NotScreened,
                 fused_score: 0.0,
                 detectors: Vec::new(),
-                note: format!("no detector ran: bundle {} declares no detectors; this answer is unscreened", self.model),
+                note: format!("no detector ran: bundle {} declares none or the policy disables all; this answer is unscreened", self.model),
                 failed: Vec::new(),
             };
         }

@@ -9,6 +9,7 @@
 //! on_failure = "fail_closed"      # a detector that cannot score, a quarantine that cannot write
 //! shadow = false                  # record what the policy would do, change no answer
 //! after_quarantine = "annotate"   # action = quarantine: then annotate or reject
+//! disable_detectors = []          # bundle detectors not to run, e.g. ["feature-squeezing"]
 //!
 //! [models."chest-xray-pneumonia"]
 //! action = "quarantine"
@@ -62,7 +63,7 @@ pub enum AfterQuarantine {
 }
 
 /// One model's policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelPolicy {
     pub action: Action,
@@ -70,13 +71,23 @@ pub struct ModelPolicy {
     pub on_failure: FailureMode,
     pub shadow: bool,
     pub after_quarantine: AfterQuarantine,
+    /// Bundle detectors not to run (e.g. feature squeezing, which triples the forward work);
+    /// a name the bundle does not have stops start-up.
+    pub disable_detectors: Vec<String>,
 }
 
 impl Default for ModelPolicy {
     /// Without a policy file: answer with the verdict, and never answer as screened what
     /// a detector could not score.
     fn default() -> Self {
-        ModelPolicy { action: Action::Annotate, flag_on: FlagOn::Adversarial, on_failure: FailureMode::FailClosed, shadow: false, after_quarantine: AfterQuarantine::Annotate }
+        ModelPolicy {
+            action: Action::Annotate,
+            flag_on: FlagOn::Adversarial,
+            on_failure: FailureMode::FailClosed,
+            shadow: false,
+            after_quarantine: AfterQuarantine::Annotate,
+            disable_detectors: Vec::new(),
+        }
     }
 }
 
@@ -100,7 +111,7 @@ impl ModelPolicy {
 }
 
 /// A `[models.NAME]` table: what it sets replaces the `[default]` value.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOverride {
     action: Option<Action>,
@@ -108,16 +119,18 @@ pub struct ModelOverride {
     on_failure: Option<FailureMode>,
     shadow: Option<bool>,
     after_quarantine: Option<AfterQuarantine>,
+    disable_detectors: Option<Vec<String>>,
 }
 
 impl ModelOverride {
-    fn over(&self, d: ModelPolicy) -> ModelPolicy {
+    fn over(&self, d: &ModelPolicy) -> ModelPolicy {
         ModelPolicy {
             action: self.action.unwrap_or(d.action),
             flag_on: self.flag_on.unwrap_or(d.flag_on),
             on_failure: self.on_failure.unwrap_or(d.on_failure),
             shadow: self.shadow.unwrap_or(d.shadow),
             after_quarantine: self.after_quarantine.unwrap_or(d.after_quarantine),
+            disable_detectors: self.disable_detectors.clone().unwrap_or_else(|| d.disable_detectors.clone()),
         }
     }
 }
@@ -176,7 +189,7 @@ impl Policy {
     }
 
     pub fn for_model(&self, name: &str) -> ModelPolicy {
-        self.models.get(name).map_or(self.default, |o| o.over(self.default))
+        self.models.get(name).map_or_else(|| self.default.clone(), |o| o.over(&self.default))
     }
 }
 
@@ -192,13 +205,14 @@ mod tests {
 
     #[test]
     fn defaults_and_per_model_overrides() {
-        let p = parse("[default]\naction = \"reject\"\n[models.m]\nshadow = true\nflag_on = \"suspicious\"\n").unwrap();
+        let p = parse("[default]\naction = \"reject\"\ndisable_detectors = [\"a\"]\n[models.m]\nshadow = true\nflag_on = \"suspicious\"\n").unwrap();
         assert_eq!(p.for_model("other").action, Action::Reject);
         let m = p.for_model("m");
         // A model table changes only what it sets.
         assert_eq!(m.action, Action::Reject);
         assert!(m.shadow && m.is_flagged(Verdict::Suspicious) && !m.is_flagged(Verdict::Clean));
         assert!(!ModelPolicy::default().is_flagged(Verdict::Suspicious));
+        assert_eq!(m.disable_detectors, ["a"], "inherited from [default]");
     }
 
     #[test]
