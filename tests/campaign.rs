@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use medsentry::proto::Campaign;
 
+const MODEL: &str = "chest-xray-pneumonia";
 const UAP_NONTARGETED: &str = "chest-xray-pneumonia__uap__linf_z4";
 const UAP_TO_NORMAL: &str = "chest-xray-pneumonia__uap_to0__l2_z4";
 
@@ -39,8 +40,8 @@ async fn clean_traffic_stays_quiet() {
     let max_res = states.iter().map(|c| c.shared_perturbation_score).fold(0f32, f32::max);
     assert_eq!(alarms, 0, "clean AdvTest stream raised {alarms} alarms (max residual score {max_res})");
     let (_, m) = server.admin_get("/metrics");
-    assert_eq!(delta(&before, &m, "medsentry_campaign_alarms_total", &[]), 0.0);
-    assert_eq!(metric(&m, "medsentry_campaign_alarm", &[("signal", "shared_perturbation")]), 0.0);
+    assert_eq!(delta(&before, &m, "medsentry_campaign_alarms_total", &[("model", MODEL)]), 0.0);
+    assert_eq!(metric(&m, "medsentry_campaign_alarm", &[("model", MODEL), ("signal", "shared_perturbation")]), 0.0);
     server.stop().await.unwrap();
 }
 
@@ -61,8 +62,8 @@ async fn a_universal_perturbation_campaign_raises_the_shared_perturbation_alarm(
     assert!(first < 20 + 32, "alarm only after {first} requests");
     assert!(states[first..].iter().all(|c| c.shared_perturbation_alarm && c.alarm), "the alarm holds while the campaign lasts");
     let (_, m) = server.admin_get("/metrics");
-    assert_eq!(delta(&before, &m, "medsentry_campaign_alarms_total", &[("signal", "shared_perturbation")]), 1.0, "one alarm episode");
-    assert_eq!(metric(&m, "medsentry_campaign_alarm", &[("signal", "shared_perturbation")]), 1.0);
+    assert_eq!(delta(&before, &m, "medsentry_campaign_alarms_total", &[("model", MODEL), ("signal", "shared_perturbation")]), 1.0, "one alarm episode");
+    assert_eq!(metric(&m, "medsentry_campaign_alarm", &[("model", MODEL), ("signal", "shared_perturbation")]), 1.0);
     server.stop().await.unwrap();
 }
 
