@@ -7,14 +7,22 @@ mod common;
 use common::*;
 use medsentry::proto;
 
-const MODEL: &str = "chest-xray-pneumonia";
 
 /// Served detector name -> key of the pipeline's scores in advtest_sample.json.
 const DETECTORS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn detector_scores_match_the_pipeline_and_attacks_are_flagged() {
-    let path = repo().join("models").join(MODEL).join("advtest_sample.json");
+async fn chest_xray_detector_scores_match_the_pipeline_and_attacks_are_flagged() {
+    check("chest-xray-pneumonia").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pneumoniamnist_detector_scores_match_the_pipeline_and_attacks_are_flagged() {
+    check("pneumoniamnist-28").await;
+}
+
+async fn check(model: &str) {
+    let path = repo().join("models").join(model).join("advtest_sample.json");
     let sample: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
@@ -22,7 +30,10 @@ async fn detector_scores_match_the_pipeline_and_attacks_are_flagged() {
     for item in sample["items"].as_array().unwrap() {
         let pixels: Vec<f32> = item["pixels"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let id = format!("{}:{}", item["kind"], item["file"]);
-        let resp = client.screen(tensor_request(&id, vec![1, 1, 64, 64], pixels)).await.unwrap().into_inner();
+        let shape = sample["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap());
+        let mut req = tensor_request(&id, std::iter::once(1).chain(shape).collect(), pixels);
+        req.model = model.to_string();
+        let resp = client.screen(req).await.unwrap().into_inner();
         let s = resp.screening.unwrap();
         assert_ne!(s.verdict, proto::Verdict::NotScreened as i32, "the bundle's detectors run");
         for (served, key) in DETECTORS {
@@ -41,10 +52,10 @@ async fn detector_scores_match_the_pipeline_and_attacks_are_flagged() {
     }
     let (_, m) = server.admin_get("/metrics");
     for (served, _) in DETECTORS {
-        assert!(metric(&m, "medsentry_detector_score_count", &[("detector", served)]) >= (clean + adv) as f64, "{served} score histogram");
+        assert!(metric(&m, "medsentry_detector_score_count", &[("model", model), ("detector", served)]) >= (clean + adv) as f64, "{served} score histogram");
     }
-    assert!(metric(&m, "medsentry_requests_total", &[("verdict", "adversarial")]) >= adv_flagged as f64);
-    eprintln!("clean flagged {clean_flagged}/{clean}, adversarial flagged {adv_flagged}/{adv}");
+    assert!(metric(&m, "medsentry_requests_total", &[("model", model), ("verdict", "adversarial")]) >= adv_flagged as f64);
+    eprintln!("{model}: clean flagged {clean_flagged}/{clean}, adversarial flagged {adv_flagged}/{adv}");
     assert!(clean > 0 && adv > 0);
     assert!(adv_flagged * clean > clean_flagged * adv, "attacks are flagged more often than clean images");
     server.stop().await.unwrap();
