@@ -113,9 +113,18 @@ impl TestServer {
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(addr, path, "HTTP/1.1", "Connection: close\r\n")
+}
+
+/// HTTP/1.0 GET, so that the answer is not chunked (Prometheus's API): (status, body).
+pub fn http10_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(addr, path, "HTTP/1.0", "")
+}
+
+fn http_get_as(addr: SocketAddr, path: &str, version: &str, headers: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} {version}\r\nHost: {addr}\r\n{headers}\r\n").unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
     let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

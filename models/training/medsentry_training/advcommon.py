@@ -101,6 +101,17 @@ def load_manifest(adir: str) -> dict:
         return json.load(f)
 
 
+def merge_report(out_dir: str, key: str, section: dict) -> None:
+    """Sets report.json[key] in out_dir, keeping every other section."""
+    path = os.path.join(out_dir, "report.json")
+    rep = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            rep = json.load(f)
+    rep[key] = section
+    write_json(path, rep)
+
+
 def write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

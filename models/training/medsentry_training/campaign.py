@@ -21,7 +21,6 @@ against the served model (every image of the stream carries the UAP).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -123,19 +122,13 @@ def main(argv=None):
                "class_mix_window": CLASS_MIX_WINDOW, "class_mix_threshold": round(thr_mix, 4),
                "reference_class_mix": [round(float(v), 6) for v in ref_mix]}
     bundle_toml.set_campaign(out_dir, section)
-    report_path = os.path.join(out_dir, "report.json")
-    rep = {}
-    if os.path.exists(report_path):
-        with open(report_path) as f:
-            rep = json.load(f)
-    rep["campaign"] = {"command": f"python -m medsentry_training.campaign --dataset {args.dataset}",
+    C.merge_report(out_dir, "campaign", {"command": f"python -m medsentry_training.campaign --dataset {args.dataset}",
                        "config": section, "calibration": {"clean_advtrain_windows": len(clean_train),
                                                           "clean_advtrain_window_max": float(clean_train.max()),
                                                           "clean_advtrain_window_mean": float(clean_train.mean()),
                                                           "class_mix_tail": CLASS_MIX_TAIL, "residual_margin": RESIDUAL_MARGIN},
                        "clean_advtest_false_alarm": {"residual": fa_res, "class_mix": fa_mix, "stream_len": STREAM_LEN},
-                       "uap_streams": rows, "seconds": round(time.time() - t0, 1)}
-    C.write_json(report_path, rep)
+                       "uap_streams": rows, "seconds": round(time.time() - t0, 1)})
     print(f"[done] campaign monitor calibrated in {time.time() - t0:.0f}s", flush=True)
 
 

@@ -90,16 +90,10 @@ def main(argv=None):
             row.update({"auroc": C.auroc(neg, pos), **{f"tpr_{k}": float((pos > v).mean()) for k, v in thresholds.items()}})
         rows.append(row)
         print(f"[squeeze] {r['attack']} {r['budget']}: n={row['n_pos']} AUROC {row.get('auroc')}", flush=True)
-    report_path = os.path.join(out_dir, "report.json")
-    rep = {}
-    if os.path.exists(report_path):
-        with open(report_path) as f:
-            rep = json.load(f)
-    rep["feature_squeezing"] = {"command": f"python -m medsentry_training.squeeze --dataset {args.dataset}",
+    C.merge_report(out_dir, "feature_squeezing", {"command": f"python -m medsentry_training.squeeze --dataset {args.dataset}",
                                 "config": {"bit_depth": BIT_DEPTH, "median_size": MEDIAN_SIZE}, "thresholds": thresholds,
                                 "clean_advtest_fpr": {k: float((neg > v).mean()) for k, v in thresholds.items()},
-                                "rows": rows, "seconds": round(time.time() - t0, 1)}
-    C.write_json(report_path, rep)
+                                "rows": rows, "seconds": round(time.time() - t0, 1)})
     add_to_sample(out_dir, st.model)
     print(f"[done] feature squeezing: thresholds {thresholds}, {time.time() - t0:.0f}s", flush=True)
 
