@@ -1,14 +1,10 @@
-//! deploy/ checked with real tools: promtool on the Prometheus config and alert rules (and
-//! the rules' unit tests), hadolint on the Dockerfiles, the Kubernetes manifests against the
-//! Kubernetes schemas (kubernetes-validate) and the ServiceMonitor against the
-//! prometheus-operator schema, the compose file against the compose-spec schema; then a
-//! real Prometheus, started here with the project's rules and a 1 s scrape/evaluation
+//! A real Prometheus, started here with the project's rules and a 1 s scrape/evaluation
 //! interval, scraping a real sidecar: the attack and campaign alerts stay inactive on clean
 //! AdvTest traffic and go pending on adversarial traffic, and every query of the Grafana
-//! dashboard returns data.
+//! dashboard returns data. (tests/deploy_files.rs checks the files with promtool, hadolint
+//! and the schemas.)
 //!
-//! prometheus and promtool come from PATH, the linters and validators from target/tools/:
-//! scripts/test.sh installs all of them.
+//! prometheus comes from PATH: scripts/test.sh installs Debian's package.
 
 mod common;
 
@@ -18,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::deploy::{deploy, on_path, run_ok};
 use common::*;
 use serde_json::Value;
 
@@ -30,144 +27,6 @@ const CAMPAIGN_ALERT: &str = "MedsentryCampaignAlarm";
 const PROXY_MODE: bool = false;
 /// What Grafana's interval variables are replaced with; 30 s holds 30 samples at 1 s.
 const INTERVAL: &str = "30s";
-
-fn deploy(rel: &str) -> PathBuf {
-    repo().join("deploy").join(rel)
-}
-
-/// A program on PATH; prometheus and promtool come from Debian's package.
-fn on_path(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
-        .unwrap_or_else(|| panic!("`{name}` is not on PATH: run scripts/test.sh, which installs Debian's prometheus package (prometheus and promtool)"))
-}
-
-/// A linter or validator installed by scripts/test.sh under target/tools/.
-fn tool(rel: &str) -> PathBuf {
-    let path = repo().join("target/tools").join(rel);
-    assert!(path.exists(), "{} is missing: run scripts/test.sh, which installs the deploy/ linters and validators into target/tools/", path.display());
-    path
-}
-
-/// Runs a command and returns its output; panics with that output when it fails.
-fn run_ok(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{shown} failed ({}):\n{text}", out.status);
-    text
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml")).collect();
-    files.sort();
-    files
-}
-
-/// Every YAML document of a file as JSON (PyYAML of the validators' venv: the crate has no
-/// YAML parser and the test needs none elsewhere).
-fn yaml_docs(file: &Path) -> Vec<Value> {
-    let script = "import sys, json, yaml\nprint(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))";
-    let out = run_ok(Command::new(tool("venv/bin/python")).args(["-c", script]).arg(file));
-    serde_json::from_str(&out).unwrap()
-}
-
-#[test]
-fn promtool_accepts_the_config_and_rules_and_the_rule_unit_tests_pass() {
-    let promtool = on_path("promtool");
-    let out = run_ok(Command::new(&promtool).args(["check", "config"]).arg(deploy("prometheus/prometheus.yml")));
-    assert!(out.contains("SUCCESS"), "{out}");
-    let out = run_ok(Command::new(&promtool).args(["check", "rules"]).arg(deploy("prometheus/rules.yml")));
-    assert!(out.contains("SUCCESS"), "{out}");
-    let out = run_ok(Command::new(&promtool).args(["test", "rules"]).arg(deploy("prometheus/rules_test.yml")));
-    assert!(out.contains("SUCCESS"), "{out}");
-}
-
-#[test]
-fn the_dockerfiles_pass_hadolint() {
-    let hadolint = tool("venv/bin/hadolint");
-    for file in ["container/Dockerfile", "container/Dockerfile.gpu"] {
-        // Style findings fail too; the Dockerfiles say inline why they ignore a rule.
-        run_ok(Command::new(&hadolint).args(["--no-color", "--failure-threshold", "style"]).arg(deploy(file)));
-    }
-    // .dockerignore is an allow-list: whatever a Dockerfile copies from the context must be
-    // let back in, and the training pipeline (its venv, its data) must stay out.
-    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
-    let rules: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    assert_eq!(rules.first(), Some(&"*"), ".dockerignore starts by excluding everything");
-    assert!(rules.contains(&"models/training/"), ".dockerignore must keep models/training/ out");
-    for file in ["container/Dockerfile", "container/Dockerfile.gpu"] {
-        let text = std::fs::read_to_string(deploy(file)).unwrap();
-        for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            for src in &words[1..words.len() - 1] {
-                let src = src.trim_end_matches('/');
-                assert!(rules.contains(&format!("!{src}").as_str()) || rules.contains(&format!("!{src}/").as_str()), "{file} copies {src}, which .dockerignore leaves out");
-            }
-        }
-    }
-}
-
-#[test]
-fn the_kubernetes_manifests_match_the_kubernetes_and_prometheus_operator_schemas() {
-    let dir = deploy("kubernetes");
-    let files = yaml_files(&dir);
-    let docs: Vec<Value> = files.iter().flat_map(|f| yaml_docs(f)).collect();
-    let core = docs.iter().filter(|d| d["apiVersion"] != "monitoring.coreos.com/v1").count();
-    // The oldest Kubernetes the manifests claim (ContainerResource in the HPA is GA from
-    // 1.30) and the newest schemas the validator carries.
-    for version in ["1.30", "1.37"] {
-        let out = run_ok(Command::new(tool("venv/bin/kubernetes-validate")).args(["--strict", "-k", version]).args(&files));
-        assert!(!out.contains("ERROR"), "{out}");
-        assert_eq!(out.matches(" passed ").count(), core, "every core object is validated against {version}:\n{out}");
-        for line in out.lines().filter(|l| l.starts_with("WARN")) {
-            assert!(line.contains("ServiceMonitor"), "only the operator's kind lacks a Kubernetes schema: {line}");
-        }
-    }
-    let out = run_ok(Command::new("node").arg(repo().join("tests/deploy/servicemonitor.mjs")).arg(tool("npm")).args(&files));
-    assert!(out.contains("OK") && out.contains("servicemonitor.yaml"), "{out}");
-
-    // The pieces must fit together: the policy the ConfigMap carries is one the sidecar
-    // accepts for its bundle, the compose file runs the same settings, and the Deployment
-    // mounts it, the quarantine folder it names, and probes the admin port.
-    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes"));
-    let policy_text = find("ConfigMap")["data"]["policy.toml"].as_str().unwrap().to_string();
-    let tmp = tempfile::tempdir().unwrap();
-    let policy = medsentry::defense::Policy::load(Path::new(&write_policy(tmp.path(), &policy_text)), &[MODEL.to_string()]).expect("the ConfigMap's policy is valid for the served bundle");
-    let compose_policy = std::fs::read_to_string(deploy("compose/policy.toml")).unwrap();
-    assert_eq!(
-        toml::from_str::<toml::Value>(&policy_text).unwrap(),
-        toml::from_str::<toml::Value>(&compose_policy).unwrap(),
-        "deploy/compose/policy.toml and the ConfigMap's policy.toml have different settings"
-    );
-    let pod = &find("Deployment")["spec"]["template"]["spec"];
-    let sidecar = pod["containers"].as_array().unwrap().iter().find(|c| c["name"] == "medsentry").expect("a medsentry container");
-    assert!(sidecar["args"].as_array().unwrap().iter().any(|a| a == "--policy=/etc/medsentry/policy.toml"), "{}", sidecar["args"]);
-    let mounts = sidecar["volumeMounts"].as_array().unwrap();
-    let mount_of = |vol: &str| mounts.iter().find(|m| m["name"] == vol).map(|m| m["mountPath"].as_str().unwrap().to_string());
-    assert_eq!(mount_of("policy").as_deref(), Some("/etc/medsentry"));
-    let quarantine_dir = policy.quarantine.as_ref().expect("the policy keeps a quarantine").dir.display().to_string();
-    assert_eq!(mount_of("quarantine"), Some(quarantine_dir), "the policy's quarantine dir is a mounted volume");
-    assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "policy" && v["configMap"]["name"] == find("ConfigMap")["metadata"]["name"]));
-    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert!(sidecar["env"].as_array().unwrap().iter().any(|e| e["name"] == "MEDSENTRY_UPSTREAM" && e["value"] == "127.0.0.1:8001"), "proxy mode to the Pod's inference container");
-    let ports: BTreeMap<String, u64> = sidecar["ports"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap())).collect();
-    assert_eq!(ports.get("grpc"), Some(&50051));
-    assert_eq!(ports.get("metrics"), Some(&9464));
-    for p in find("Service")["spec"]["ports"].as_array().unwrap() {
-        assert!(ports.contains_key(p["targetPort"].as_str().unwrap()), "Service port {p} targets a named port of the medsentry container");
-    }
-}
-
-#[test]
-fn the_compose_file_matches_the_compose_spec() {
-    let out = run_ok(Command::new(tool("venv/bin/check-jsonschema")).args(["--builtin-schema", "vendor.compose-spec"]).arg(deploy("compose/compose.yml")));
-    assert!(out.contains("ok"), "{out}");
-}
-
-// ---------------------------------------------------------------------------------------
-// A real Prometheus against a real sidecar.
 
 /// Prometheus started for this test; killed when dropped, also when the test panics.
 struct Prometheus {
