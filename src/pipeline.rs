@@ -115,7 +115,7 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
     // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
     // comes back: a flagged one may be quarantined.
     let (input, prepared) = tokio::task::spawn_blocking(move || {
-        let prepared = prepare(&input, &spec, &limits, want_residual).map(|p| p.with_squeezed(squeeze.as_ref(), &spec));
+        let prepared = prepare(&input, &spec, &limits, Extras { residual: want_residual, squeeze: squeeze.as_ref() });
         (input, prepared)
     })
     .await
@@ -162,22 +162,30 @@ pub struct Prepared {
     pub tensor: Vec<f32>,
     /// Inputs in `tensor` (1, or 1 + the squeezed copies).
     pub rows: usize,
-    /// The [0, 1] input before mean/std, kept until the squeezed copies are made.
-    pixels: Option<Vec<f32>>,
     /// The campaign monitor's high-pass residual of the [0, 1] input, when asked for.
     pub residual: Option<Vec<f32>>,
     pub decode_s: f64,
     pub preprocess_s: f64,
 }
 
+/// What screening needs from decode + preprocess besides the model input; both are made
+/// from the [0, 1] pixels before mean/std.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// The campaign monitor's residual.
+    pub residual: bool,
+    /// Feature squeezing: its copies are appended to the input's rows (same batch entry).
+    pub squeeze: Option<&'a Squeeze>,
+}
+
 /// Decode + preprocess, with the seconds each step took.
-pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, want_residual: bool) -> Result<Prepared, PipelineError> {
+pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, extras: Extras) -> Result<Prepared, PipelineError> {
     let t0 = Instant::now();
     let image = match input {
         Input::Tensor { shape, data } => {
             let pixels = check_tensor(shape, data, spec)?;
             let decode_s = t0.elapsed().as_secs_f64();
-            return Ok(finish(pixels, spec, want_residual, decode_s));
+            return Ok(finish(pixels, spec, extras, decode_s));
         }
         Input::Dicom(bytes) if bytes.is_empty() => return Err(DecodeError::Empty.into()),
         Input::Dicom(bytes) => decode::decode_dicom(bytes, limits)?,
@@ -187,32 +195,25 @@ pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, want_resi
     let decode_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let pixels = preprocess::to_model_space(&image, spec);
-    let mut p = finish(pixels, spec, want_residual, decode_s);
+    let mut p = finish(pixels, spec, extras, decode_s);
     p.preprocess_s = t1.elapsed().as_secs_f64();
     Ok(p)
 }
 
-fn finish(mut pixels: Vec<f32>, spec: &InputSpec, want_residual: bool, decode_s: f64) -> Prepared {
+fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64) -> Prepared {
     let t = Instant::now();
-    let residual = want_residual.then(|| campaign::residual(&pixels, spec.height as usize, spec.width as usize));
-    let raw = pixels.clone();
+    let (h, w) = (spec.height as usize, spec.width as usize);
+    let residual = extras.residual.then(|| campaign::residual(&pixels, h, w));
+    let copies = extras.squeeze.map(|s| s.copies(&pixels, h, w));
+    // Each row is normalised on its own (normalize walks one row's channel planes).
     preprocess::normalize(&mut pixels, spec);
-    Prepared { tensor: pixels, rows: 1, pixels: Some(raw), residual, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
-}
-
-impl Prepared {
-    /// Appends feature squeezing's normalised copies (they ride in the input's batch entry).
-    pub fn with_squeezed(mut self, squeeze: Option<&Squeeze>, spec: &InputSpec) -> Prepared {
-        let (Some(s), Some(raw)) = (squeeze, self.pixels.take()) else { return self };
-        let t = Instant::now();
-        for mut copy in s.copies(&raw, spec.height as usize, spec.width as usize) {
-            preprocess::normalize(&mut copy, spec);
-            self.tensor.extend_from_slice(&copy);
-            self.rows += 1;
-        }
-        self.preprocess_s += t.elapsed().as_secs_f64();
-        self
+    let mut rows = 1;
+    for mut copy in copies.into_iter().flatten() {
+        preprocess::normalize(&mut copy, spec);
+        pixels.extend_from_slice(&copy);
+        rows += 1;
     }
+    Prepared { tensor: pixels, rows, residual, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
 }
 
 fn check_tensor(shape: &[i64], data: &[f32], spec: &InputSpec) -> Result<Vec<f32>, DecodeError> {

@@ -194,7 +194,7 @@ fn decode_costs(files: &[PathBuf], spec: Option<crate::bundle::InputSpec>) -> an
         let (mut d, mut p) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes.clone()) } else { Input::Image(bytes.clone()) };
-            let prepared = pipeline::prepare(&input, &spec, &DecodeLimits::default(), false)?;
+            let prepared = pipeline::prepare(&input, &spec, &DecodeLimits::default(), pipeline::Extras::default())?;
             let (ds, ps) = (prepared.decode_s, prepared.preprocess_s);
             d.push(ds);
             p.push(ps);
