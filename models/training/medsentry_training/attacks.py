@@ -5,9 +5,9 @@ robustness comparison, the standard one. All attacks work in [0, 1] pixel space 
     python -m medsentry_training.attacks --dataset chest_xray [--limit N] [--small-n 40]
                                          [--only fgsm,pgd20,...] [--force]
 
-Split: the official test set (624 images) is split 50/50 stratified with seed 1 into
-AdvTrain (detector fitting, UAP crafting) and AdvTest (evaluation); the index lists are in
-`split.json` and `manifest.json`. `--limit N` keeps a stratified N images of each half
+Split: the official test set is split 50/50 stratified with seed 1 into AdvTrain (detector
+fitting, UAP crafting) and AdvTest (evaluation), each capped at the dataset's adv_per_half
+(stratified) where it sets one; the index lists are in `split.json` and `manifest.json`. `--limit N` keeps a stratified N images of each half
 (quick checks only: the figures are not real).
 
 Attacks (target H = hardened/served, S = standard), both halves unless said otherwise:
@@ -16,19 +16,20 @@ Attacks (target H = hardened/served, S = standard), both halves unless said othe
   square    torchattacks Square Linf 8/255, 500 queries (margin loss)      H
   aa_lite   AdvTest only, H and S, eps 1,2,4,8/255: APGD-CE (100 steps) and, on images
             it leaves correct, Square Linf (500 queries): the AutoAttack stand-in for
-            2-class models (torchattacks' AutoAttack needs >= 3-4 classes)
+            2-class models (torchattacks' AutoAttack needs >= 3-4 classes), kept the same
+            for more classes so that the tables compare
   transfer  PGD-20 crafted on the SimpleCNN surrogate, eps 1,2,4,8/255, evaluated on H
   uap       Hirano & Takemoto's iterative UAP, crafted on AdvTrain against H and S:
             non-targeted and targeted to each class, Linf and L2, zeta 2 % and 4 % of the
-            mean image norm of AdvTrain; per-image minimal perturbations from a 2-class
-            DeepFool (overshoot 0.02), projection onto the zeta ball after each image,
+            mean image norm of AdvTrain; per-image minimal perturbations from DeepFool
+            (nearest boundary, or towards the target class; overshoot 0.02), projection onto the zeta ball after each image,
             up to 5 passes or until the AdvTrain fooling/success rate reaches 0.9
   uap_random  random controls with the same norm (Linf: uniform +-xi sign noise;
             L2: Gaussian direction scaled to xi), evaluated on H and S
   onepixel  torchattacks OnePixel (1 px, 10 steps, popsize 10): SMALL SUBSET (--small-n
             per half), H
   lbfgs     box-constrained L-BFGS (Szegedy): torch.optim.LBFGS on c*||d||_2^2 +
-            CE(f(clip(x+d)), other class), 5-step search over c (10 L-BFGS iterations each), clipped to [0, 1]:
+            CE(f(clip(x+d)), t), t = the other class / the strongest wrong clean logit, 5-step search over c (10 L-BFGS iterations each), clipped to [0, 1]:
             SMALL SUBSET (--small-n per half), H
 
 Output (models/training/work/attacks/<bundle>[_limitN]/, gitignored): one compressed npz
@@ -71,22 +72,43 @@ def batched(fn, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> torch.Tens
     return torch.cat([fn(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def deepfool_to(model, x: torch.Tensor, target: int, norm: str, max_iter: int = 10,
-                overshoot: float = 0.02) -> torch.Tensor:
-    """Minimal perturbation (2-class DeepFool) moving one image x (1,C,H,W) to `target`.
-    Returns r with x + r in the box (zeros when it already is `target`)."""
+def deepfool_to(model, x: torch.Tensor, target: int | None, norm: str, source: int | None = None,
+                max_iter: int = 10, overshoot: float = 0.02) -> torch.Tensor:
+    """Minimal perturbation (DeepFool) for one image x (1,C,H,W): towards class `target`, or,
+    with target None, out of class `source` across its nearest linearised boundary. Returns r
+    with x + r in the box (zeros when it is already there). With 2 classes both reduce to the
+    2-class DeepFool step."""
     r = torch.zeros_like(x)
     for _ in range(max_iter):
         xa = (x + (1 + overshoot) * r).clamp(0, 1).requires_grad_(True)
         z = model(xa)[0]
-        if int(z.argmax()) == target:
+        cur = int(z.argmax())
+        if (target is not None and cur == target) or (target is None and cur != source):
             break
-        f = z[1 - target] - z[target]  # > 0 while not at target
-        (g,) = torch.autograd.grad(-f, xa)  # direction that lowers f
-        if norm == "l2":
-            step = (f.detach().abs() + 1e-4) / (g.norm() ** 2 + 1e-12) * g
+        if target is not None:
+            # the strongest competitor of the target: f > 0 while it still wins
+            others = z.detach().clone()
+            others[target] = -float("inf")
+            k = int(others.argmax())
+            f = z[k] - z[target]
+            (g,) = torch.autograd.grad(-f, xa)  # direction that lowers f
+            f = f.detach()
         else:
-            step = (f.detach().abs() + 1e-4) / (g.abs().sum() + 1e-12) * g.sign()
+            # every other class's boundary, linearised; take the nearest (DeepFool's rule)
+            best = None
+            for k in range(len(z)):
+                if k == source:
+                    continue
+                fk = z[source] - z[k]  # > 0 while source still wins over k
+                (gk,) = torch.autograd.grad(-fk, xa, retain_graph=True)
+                dist = float(fk.abs()) / (float(gk.norm() if norm == "l2" else gk.abs().sum()) + 1e-12)
+                if best is None or dist < best[0]:
+                    best = (dist, fk.detach(), gk)
+            _, f, g = best
+        if norm == "l2":
+            step = (f.abs() + 1e-4) / (g.norm() ** 2 + 1e-12) * g
+        else:
+            step = (f.abs() + 1e-4) / (g.abs().sum() + 1e-12) * g.sign()
         r = r + step
     return ((x + (1 + overshoot) * r).clamp(0, 1) - x).detach()
 
@@ -111,10 +133,9 @@ def hirano_uap(model, x: torch.Tensor, norm: str, xi: float, target: int | None,
             xa = (xi_ + v).clamp(0, 1)
             with torch.no_grad():
                 p = int(model(xa).argmax(1))
-            t = (1 - int(clean[i])) if target is None else target
-            if p == t:
-                continue
-            r = deepfool_to(model, xa, t, norm)
+            if (target is None and p != int(clean[i])) or p == target:
+                continue  # already fooled / already at the target
+            r = deepfool_to(model, xa, target, norm, source=int(clean[i]))
             v = project(((xa + r).clamp(0, 1) - xi_), norm, xi)  # v + r, in the box, projected
         pa = predict(model, (x + v).clamp(0, 1))
         rate = float((pa != clean).mean()) if target is None else float((pa == target).mean())
@@ -133,10 +154,15 @@ def random_control(shape, norm: str, xi: float, seed: int) -> torch.Tensor:
 
 
 def lbfgs_attack(model, x: torch.Tensor, y: torch.Tensor, search_steps: int = 5, max_iter: int = 10):
-    """Box-constrained L-BFGS (Szegedy et al.) per image, target = the other class."""
+    """Box-constrained L-BFGS (Szegedy et al.) per image, targeted: to the other class (2
+    classes) or to the clean logits' strongest class other than the label (more classes)."""
     out = []
+    with torch.no_grad():
+        logits = model(x)
+        logits[torch.arange(len(x)), y] = -float("inf")
+        competitor = logits.argmax(1)
     for i in range(len(x)):
-        xi_, t = x[i:i + 1], torch.tensor([1 - int(y[i])])
+        xi_, t = x[i:i + 1], competitor[i:i + 1]
         best, best_norm = xi_.clone(), float("inf")
         lo, hi, c = 0.0, None, 1.0  # larger c = smaller perturbation
         for _ in range(search_steps):
@@ -193,13 +219,18 @@ class Stage:
         return os.path.join(self.adir, f"{target}__{attack}__{budget}.npz")
 
     def fresh(self, path, shas):
+        """True when the file exists, was made for these checkpoints and on this split (a
+        file from another AdvTrain/AdvTest split, e.g. before a cap changed, is redone)."""
         if self.force or not os.path.exists(path):
             return False
         try:
-            meta = json.loads(str(np.load(path, allow_pickle=False)["meta"]))
+            z = np.load(path, allow_pickle=False)
+            meta = json.loads(str(z["meta"]))
+            index, half = z["index"], z["split"]
         except Exception:
             return False
-        return meta.get("shas") == shas
+        same_split = all(np.isin(index[half == h], self.split[name]).all() for h, name in ((0, "train"), (1, "test")))
+        return meta.get("shas") == shas and bool(same_split)
 
     def halves(self, which):
         idx = np.concatenate([self.split[h] for h in which])
@@ -360,7 +391,7 @@ class Stage:
                     continue
                 for target in ["hardened", "standard"]:
                     m = self.models[target]
-                    for tc in [None, 0, 1]:
+                    for tc in [None, *range(len(self.spec.labels))]:
                         name = "uap" if tc is None else f"uap_to{tc}"
                         shas = {target: self.shas[target]}
                         path = self.path(target, name, b)

@@ -212,10 +212,10 @@ def write_sample(out_dir, spec, dets, model, recs, split, x, y, files, per_kind=
                           "pixels": fmt32(xs[k]), "logits": lo[k].tolist(), "features": fe[k].tolist(),
                           "scores": {n: float(v[k]) for n, v in sc.items()}})
 
-    # clean: balanced classes
+    # clean: balanced classes, at least one each (7 classes: one each)
     cl = []
     for c in range(len(spec.labels)):
-        cl += [i for i in split["test"] if y[i] == c][: per_kind // 2]
+        cl += [i for i in split["test"] if y[i] == c][: max(1, per_kind // len(spec.labels))]
     cl = np.array(cl, dtype=np.int64)
     add("clean", "none", "none", x[cl], cl)
     for attack, budget in [("pgd20", "linf_4"), ("uap", "linf_z4")]:

@@ -12,7 +12,7 @@ Reads the attack stage's folder (and its hardened snapshot) and the detector JSO
 
 Contents: clean accuracy/AUC on the whole official test set (standard and hardened);
 robust accuracy on AdvTest under FGSM, BIM, PGD-20, APGD-CE and APGD-CE + Square (the
-AutoAttack stand-in for 2-class models) for both classifiers; the Hirano-style UAP table
+AutoAttack stand-in) for both classifiers; the Hirano-style UAP table
 (fooling rate on AdvTest = prediction changed from the clean prediction, random control in
 brackets; targeted success = share of AdvTest images classified as the target);
 detection AUROC / TPR at the 1 % and 5 % FPR thresholds (calibrated on clean AdvTrain)
@@ -20,7 +20,7 @@ per attack and budget, with positives = successful adversarial AdvTest examples 
 the classifier gets right when clean (for targeted attacks, only images whose true class is
 not the target), negatives = all clean AdvTest images; the
 unseen-attack table (logreg fitted on FGSM/BIM/PGD/C&W only, Mahalanobis fitted on clean
-only); an adaptive attack that knows the detectors.
+only); an adaptive attack that knows every served detector (medsentry_training.adaptive).
 """
 from __future__ import annotations
 
@@ -29,16 +29,13 @@ import os
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from . import datasets
+from . import adaptive
 from . import advcommon as C
-from .detectors import SEEN, TorchDetectors, load_detectors, score_all
+from .detectors import SEEN, load_detectors, score_all
 from .export import evaluate as clean_eval
 
-ADAPTIVE_EPS = [1, 2, 4, 8, 16, 32]
-ADAPTIVE_LAMBDAS = [1.0, 10.0]
 UNSEEN = ("square", "transfer", "uap", "onepixel", "lbfgs")
 
 
@@ -58,10 +55,12 @@ def robust_tables(recs, y):
                 continue
             ok = (r["pred_clean"][te] == r["label"][te]) & (r["pred_adv"][te] == r["label"][te])
             rows.setdefault(r["budget"], {})[r["attack"]] = float(ok.mean())
+            out.setdefault("clean_advtest_accuracy", {})[target] = float((r["pred_clean"][te] == r["label"][te]).mean())
             if r["attack"] == "aa_lite" and "apgd_success" in r:
                 apgd_ok = (r["pred_clean"][te] == r["label"][te]) & ~r["apgd_success"][te]
                 rows[r["budget"]]["apgd_ce"] = float(apgd_ok.mean())
         out[target] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split("_")[1])))
+    out.setdefault("clean_advtest_accuracy", {})
     tr = [r for r in recs if r["attack"] == "transfer"]
     out["transfer_to_hardened"] = {r["budget"]: float(((r["pred_clean"] == r["label"]) & (r["pred_adv"] == r["label"])
                                                          )[r["split"] == 1].mean()) for r in tr}
@@ -137,57 +136,6 @@ def detection_tables(recs, dets, model, x, split):
     return rows, neg, pos_scores, fpr_clean
 
 
-def adaptive_attack(model, dets, x, y, idx, steps, log):
-    """PGD (Linf) on CE(classifier) - lambda * sum_d relu(margin_d + 0.1), margins > 0 =
-    flagged at the 1 % FPR threshold. An image counts when some iterate of some lambda is
-    misclassified and below every detector's 1 % threshold (re-checked in float64)."""
-    tdet = TorchDetectors(dets)
-    xt, yt = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-    rows = []
-    for e in ADAPTIVE_EPS:
-        eps = e / 255
-        t0 = time.time()
-        found = torch.zeros(len(idx), dtype=torch.bool)
-        best = xt.clone()
-        for lam in ADAPTIVE_LAMBDAS:
-            g = torch.Generator().manual_seed(e)
-            for i in range(0, len(idx), 64):
-                xb, yb = xt[i:i + 64], yt[i:i + 64]
-                d = ((torch.rand(xb.shape, generator=g) * 2 - 1) * eps)
-                d = (xb + d).clamp(0, 1) - xb
-                for _ in range(steps):
-                    d.requires_grad_(True)
-                    logits, feats = model.features(xb + d)
-                    margins = tdet(logits, feats)
-                    pen = sum(F.relu(m + 0.1) for m in margins.values())
-                    loss = F.cross_entropy(logits, yb, reduction="none") - lam * pen
-                    (grad,) = torch.autograd.grad(loss.sum(), d)
-                    with torch.no_grad():
-                        ok = (logits.argmax(1) != yb) & torch.stack([m <= 0 for m in margins.values()]).all(0)
-                        newly = ok & ~found[i:i + len(xb)]
-                        best[i:i + len(xb)][newly] = (xb + d)[newly].detach()
-                        found[i:i + len(xb)] |= ok
-                    d = (d.detach() + 2.5 * eps / steps * grad.sign()).clamp(-eps, eps)
-                    d = (xb + d).clamp(0, 1) - xb
-        # float64 re-check of the kept iterates
-        lo, fe = C.forward_batches(model, best.numpy())
-        sc = score_all(dets, lo, fe)
-        und = np.all([sc[n] <= dets[n]["thresholds"]["fpr_0.01"] for n in dets], axis=0)
-        ok = (lo.argmax(1) != y[idx]) & und & found.numpy()
-        rows.append({"eps": f"linf_{e}", "eps_255": e, "fooled_and_undetected": float(ok.mean()),
-                     "n": int(len(idx)), "seconds": round(time.time() - t0, 1)})
-        log[f"adaptive linf_{e}"] = round(time.time() - t0, 1)
-        print(f"[adaptive] eps {e}/255: fooled & undetected {ok.mean():.3f} ({time.time() - t0:.0f}s)", flush=True)
-        if ok.mean() >= 0.5:
-            break
-    smallest = next((r["eps_255"] for r in rows if r["fooled_and_undetected"] >= 0.5), None)
-    return {"steps": steps, "lambdas": ADAPTIVE_LAMBDAS, "detectors": sorted(dets), "rows": rows,
-            "smallest_eps_255_with_50pct": smallest,
-            "loss": "CE(f(x'), y) - lambda * sum_d relu(margin_d + 0.1); margin = (score - t)/t (Mahalanobis), "
-                    "logit - logit(t) (logistic); t = 1 % FPR thresholds; step 2.5 eps/steps, random start",
-            "base": "AdvTest images the served classifier classifies correctly when clean"}
-
-
 def roc_plots(out_dir, neg, pos_scores, dets):
     import matplotlib
     matplotlib.use("Agg")
@@ -233,10 +181,11 @@ def main(argv=None):
                       (f" --out {os.path.relpath(out_dir, os.path.join(datasets.REPO, 'models', 'training'))}" if args.out else ""),
            "pipeline_command": "python -m medsentry_training.run_all --dataset " + args.dataset +
                                (f" --limit {args.limit}" if args.limit else ""),
-           "limit": args.limit, "quick_check": bool(args.limit),
+           "limit": args.limit, "quick_check": bool(args.limit), "labels": list(spec.labels),
            "served": {"classifier": "hardened", "checkpoint_sha256": man["shas"]["hardened"], "epoch": ck.get("epoch"),
                       "harden": ck.get("harden")},
-           "split": {"seed": C.SPLIT_SEED, "n_advtrain": int(len(split["train"])), "n_advtest": int(len(split["test"]))},
+           "split": {"seed": C.SPLIT_SEED, "n_advtrain": int(len(split["train"])), "n_advtest": int(len(split["test"])),
+                     "adv_per_half": None if args.limit else spec.adv_per_half},
            "attack_config": {"square_queries": man.get("square_queries"), "small_n_per_half": man.get("small_n"),
                              "uap_mean_norms": man.get("uap_mean_norms")},
            "attack_seconds": man.get("attack_seconds")}
@@ -260,16 +209,14 @@ def main(argv=None):
         te = split["test"]
         pred = np.concatenate([C.forward_batches(model, x[te])[0].argmax(1)])
         base = te[pred == y[te]]
-        rep["adaptive"] = adaptive_attack(model, dets, x, y, base, args.adaptive_steps, times)
-        pgd_rows = {}
-        for r in recs:
-            if r["target_model"] == C.SERVED and r["attack"] == "pgd20":
-                m = (r["split"] == 1) & (r["pred_clean"] == r["label"])
-                l1, f1 = C.forward_batches(model, r["x_adv"][m])
-                sc = score_all(dets, l1, f1)
-                und = np.all([sc[n] <= dets[n]["thresholds"]["fpr_0.01"] for n in dets], axis=0)
-                pgd_rows[r["budget"]] = float(((r["pred_adv"][m] != r["label"][m]) & und).mean()) if m.any() else None
-        rep["adaptive"]["non_adaptive_pgd20_fooled_and_undetected"] = pgd_rows
+        sq_path = os.path.join(out_dir, "detector_squeeze.json")
+        sq = None
+        if os.path.exists(sq_path):
+            with open(sq_path) as f:
+                sq = json.load(f)
+        served, sq = adaptive.served(dets, sq)
+        rep["adaptive"] = adaptive.run(model, served, sq, x, y, base, args.adaptive_steps, times)
+        rep["adaptive"]["non_adaptive_pgd20_fooled_and_undetected"] = adaptive.non_adaptive_pgd20(model, served, sq, recs)
     rep["stage_seconds"] = times
     path = os.path.join(out_dir, "report.json")
     full = {}

@@ -57,6 +57,59 @@ def campaign_section(c, a):
           f"{pct(row['class_mix_alarm_rate'])} | {', '.join(f'{v:.2f}' for v in row['predicted_mix'])} |")
 
 
+SERVED_DETECTORS = ("mahalanobis", "logreg")  # + feature squeezing (its own section)
+
+
+def failures_section(full, a):
+    """Where the defense fails, derived from the tables below (nothing here is new data)."""
+    r = full["adversarial_evaluation"]
+    a("## Where the defense fails\n")
+    c = r["clean_test"]
+    a(f"- **Clean accuracy.** Hardened (served) {f3(c['hardened']['accuracy'])} (balanced "
+      f"{f3(c['hardened']['balanced_accuracy'])}) against standard {f3(c['standard']['accuracy'])} (balanced "
+      f"{f3(c['standard']['balanced_accuracy'])}) on the official test set; reference: {full.get('medmnist_anchor', '–')}.")
+    rob = r["robust_accuracy_advtest"]
+    base = rob.get("clean_advtest_accuracy", {}).get("hardened")
+    if base:
+        lost = [(b, v["aa_lite"]) for b, v in rob.get("hardened", {}).items() if v.get("aa_lite") is not None
+                and v["aa_lite"] < base / 2]
+        first = ", ".join(f"{b.split('_')[1]}/255 ({pct(v)} % correct)" for b, v in lost)
+        a(f"- **Robustness.** APGD-CE + Square leaves the hardened model less than half of its clean AdvTest accuracy "
+          f"({pct(base)} %) at: {first or 'no budget up to 8/255'}.")
+    fs_rows = {(x["attack"], x["budget"]): x for x in (full.get("feature_squeezing") or {}).get("rows", [])}
+    weak = {}  # attack -> [(budget, best single-detector TPR, n)]
+    for row in r["detection"]["rows"]:
+        if row["n_pos"] < 5:
+            continue
+        tprs = [row[d]["tpr_fpr_0.01"] for d in SERVED_DETECTORS if d in row]
+        fs = fs_rows.get((row["attack"], row["budget"]), {}).get("tpr_fpr_0.01")
+        if fs is not None:
+            tprs.append(fs)
+        if tprs and max(tprs) < 0.5:
+            weak.setdefault(row["attack"], []).append((row["budget"], max(tprs), row["n_pos"]))
+    a(f"- **Detection.** No single served detector flags half of the successful adversarial examples at its 1 % "
+      f"threshold (rows with at least 5 positives; best detector's TPR in brackets): " +
+      ("; ".join(f"{att} " + ", ".join(f"{b} ({pct(t)} %, n={n})" for b, t, n in rows) for att, rows in weak.items())
+       or "none") + ".")
+    fpr = r["detection"]["clean_advtest_fpr"]
+    fs_fpr = (full.get("feature_squeezing") or {}).get("clean_advtest_fpr", {}).get("fpr_0.01")
+    a("- **False alarms.** Clean AdvTest images above the 1 % thresholds: " +
+      ", ".join(f"{d} {pct(fpr[d]['fpr_0.01'])} %" for d in SERVED_DETECTORS if d in fpr) +
+      (f", feature squeezing {pct(fs_fpr)} %" if fs_fpr is not None else "") + ".")
+    ad = r["adaptive"]
+    sm = ad["smallest_eps_255_with_50pct"]
+    a(f"- **Adaptive attacker.** PGD that knows {', '.join(ad['detectors'])} fools the model without any of them "
+      f"flagging on half of the images at " + (f"{sm}/255." if sm is not None else
+                                               f"no budget up to {ad['rows'][-1]['eps_255']}/255 (largest: "
+                                               f"{pct(max(x['fooled_and_undetected'] for x in ad['rows']))} %)."))
+    camp = full.get("campaign")
+    if camp:
+        quiet = [x for x in camp["uap_streams"] if x["residual_alarm_rate"] < 0.5 and x["class_mix_alarm_rate"] < 0.5]
+        a(f"- **Campaign monitor.** UAP streams that neither signal alarms on half of the windows: "
+          + ("; ".join(f"{x['attack']} {x['budget']}" for x in quiet) or "none") + ".")
+    a("")
+
+
 def render(out_dir: str) -> str:
     with open(os.path.join(out_dir, "report.json")) as f:
         full = json.load(f)
@@ -72,8 +125,11 @@ def render(out_dir: str) -> str:
     s = r["served"]
     a(f"Served classifier: hardened, epoch {s['epoch']}, checkpoint sha256 `{s['checkpoint_sha256'][:16]}…`, "
       f"hardening {json.dumps(s.get('harden'))}. AdvTrain {r['split']['n_advtrain']} / AdvTest "
-      f"{r['split']['n_advtest']} images (official test set split 50/50 stratified, seed {r['split']['seed']}).\n")
+      f"{r['split']['n_advtest']} images (official test set split 50/50 stratified, seed {r['split']['seed']}"
+      + (f"; each half a stratified {r['split']['adv_per_half']} of its images, to fit the attacks on 2 cores"
+         if r['split'].get('adv_per_half') else "") + ").\n")
 
+    failures_section(full, a)
     a("## Clean test set (official, all images)\n")
     a("| classifier | n | accuracy | balanced acc | AUC | sensitivity | specificity |")
     a("|---|---|---|---|---|---|---|")
@@ -81,6 +137,14 @@ def render(out_dir: str) -> str:
         c = r["clean_test"][k]
         a(f"| {k} | {r['clean_test']['n']} | {f3(c['accuracy'])} | {f3(c['balanced_accuracy'])} | {f3(c.get('auc'))} | "
           f"{f3(c.get('sensitivity'))} | {f3(c.get('specificity'))} |")
+    if "recall_per_class" in r["clean_test"]["hardened"]:
+        a(f"\nAUC = {r['clean_test']['hardened'].get('auc_kind')} (as MedMNIST reports it); sensitivity and "
+          "specificity are 2-class figures. Recall per class:\n")
+        names = r.get("labels") or [str(i) for i in range(len(r["clean_test"]["hardened"]["recall_per_class"]))]
+        a("| classifier | " + " | ".join(names) + " |")
+        a("|---|" + "---|" * len(names))
+        for k in ["standard", "hardened"]:
+            a(f"| {k} | " + " | ".join(f3(v) for v in r["clean_test"][k]["recall_per_class"]) + " |")
 
     a("\n## Robust accuracy on AdvTest (%, Linf; an image counts when correct clean and under attack)\n")
     rob = r["robust_accuracy_advtest"]
@@ -91,8 +155,13 @@ def render(out_dir: str) -> str:
     for b in budgets:
         a(f"| {b.split('_')[1]}/255 | " + " | ".join(pct(rob.get(m, {}).get(b, {}).get(c)) for m in ["standard", "hardened"]
                                                   for c in cols) + " |")
+    clean_acc = rob.get("clean_advtest_accuracy", {})
+    if clean_acc:
+        a("\nClean accuracy on AdvTest (the 100 % of this table): " +
+          ", ".join(f"{m} {pct(clean_acc.get(m))}" for m in ["standard", "hardened"]) + ".")
     a("\naa_lite = APGD-CE (100 steps), then Square (Linf) on the images it leaves correct: the AutoAttack "
-      "stand-in for 2-class models. Transfer (PGD-20 on the SimpleCNN surrogate) robust accuracy of the hardened "
+      "stand-in (torchattacks' AutoAttack needs more than 2 classes; the multi-class bundles use the same "
+      "pair so that the tables compare). Transfer (PGD-20 on the SimpleCNN surrogate) robust accuracy of the hardened "
       "model: " + ", ".join(f"{k.split('_')[1]}/255: {pct(v)}" for k, v in sorted(
           rob.get("transfer_to_hardened", {}).items(), key=lambda kv: int(kv[0].split('_')[1]))) + ".\n")
 
