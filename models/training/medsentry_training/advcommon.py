@@ -124,7 +124,7 @@ def make_split(spec, limit: int | None):
     --limit N (quick checks) or the dataset's adv_per_half (a cap that keeps attack time
     within a few hours on 2 cores), a stratified subset of N images of each half (seed 1)."""
     x, y, files = datasets.load_split(spec, "test")
-    adv_test, adv_train = datasets.stratified_split(y, 0.5, SPLIT_SEED)  # (rest, held)
+    adv_test, adv_train = datasets.grouped_split(y, datasets.groups(spec, files), 0.5, SPLIT_SEED)  # (rest, held)
     # stratified_split returns (rest, held); call the held half AdvTrain.
     limit = limit or spec.adv_per_half
     if limit:

@@ -6,6 +6,7 @@ preprocessed arrays under models/training/work/ so later stages start in seconds
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -27,6 +28,10 @@ class DatasetSpec:
     size: int            # model input height = width
     source_md: str       # path of SOURCE.md relative to shared/data
     adv_per_half: int | None = None  # AdvTrain/AdvTest size cap (stratified); None = all of each half
+    # Sets that hold only a test split: the share of patients this pipeline holds out as its
+    # test set (patient-disjoint from its training set), and which rows of labels.csv it uses.
+    patient_test_share: float | None = None
+    rows_where: tuple | None = None  # (column, value)
 
 
 CHEST_XRAY = DatasetSpec(
@@ -54,7 +59,36 @@ DERMOSCOPY = DatasetSpec(
     adv_per_half=300,
 )
 
-SPECS = {"chest_xray": CHEST_XRAY, "pneumoniamnist": PNEUMONIAMNIST, "dermoscopy": DERMOSCOPY}
+# Retinal OCT (Kermany OCT2017 v2 test folder, 1,000 images of 657 patients, 4 classes in
+# OCTMNIST's order). ../shared/data has no OCT training images, so the pipeline splits these
+# by patient: 30 % of patients are its test set, the rest its training set. The images
+# are 496 px high and 512-1,536 px wide; the contract's area resize squeezes them to 64 x 64.
+OCT = DatasetSpec(
+    name="oct-kermany", folder="oct_kermany", labels=("CNV", "DME", "DRUSEN", "NORMAL"),
+    color="gray", size=64, source_md="oct_kermany/SOURCE.md",
+    patient_test_share=0.3, rows_where=("source_version", "v2_OCT2017"),
+)
+
+SPECS = {"chest_xray": CHEST_XRAY, "pneumoniamnist": PNEUMONIAMNIST, "dermoscopy": DERMOSCOPY, "oct": OCT}
+
+
+def unit_hash(text: str) -> float:
+    """A deterministic number in [0, 1) for a string (sha256), for seedless, stable splits."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
+def _split_of(spec: DatasetSpec, row: dict) -> str:
+    if spec.patient_test_share is None:
+        return row["split"]
+    return "test" if unit_hash(row["patient_id"]) < spec.patient_test_share else "train"
+
+
+def groups(spec: DatasetSpec, files) -> np.ndarray | None:
+    """Patient id of each file for the sets split by patient (several images per patient),
+    None for the others. OCT file names are <CLASS>-<patient>-<n>.jpeg."""
+    if spec.patient_test_share is None:
+        return None
+    return np.array([os.path.basename(f).split("-")[1] for f in files])
 
 
 def _rows(spec: DatasetSpec):
@@ -69,7 +103,8 @@ def load_split(spec: DatasetSpec, split: str):
     if os.path.exists(cache):
         z = np.load(cache, allow_pickle=False)
         return z["x"], z["y"], list(z["files"])
-    rows = [r for r in _rows(spec) if r["split"] == split]
+    rows = [r for r in _rows(spec) if _split_of(spec, r) == split
+            and (spec.rows_where is None or r[spec.rows_where[0]] == spec.rows_where[1])]
     rows.sort(key=lambda r: r["file"])
     xs = [load_image(os.path.join(SHARED_DATA, spec.folder, r["file"]), spec.color, spec.size, spec.size)
           for r in rows]
@@ -78,6 +113,26 @@ def load_split(spec: DatasetSpec, split: str):
     files = [r["file"] for r in rows]
     np.savez(cache, x=x, y=y, files=np.array(files))
     return x, y, files
+
+
+def grouped_split(y: np.ndarray, group: np.ndarray | None, fraction: float, seed: int):
+    """(rest, held) like stratified_split, but with `group` (patient ids) whole patients are
+    held out: `fraction` of the patients of each class (a patient's class = that of its first
+    image), so that no patient is on both sides."""
+    if group is None:
+        return stratified_split(y, fraction, seed)
+    rng = np.random.default_rng(seed)
+    first = {}
+    for g, c in zip(group, y):
+        first.setdefault(g, c)
+    held_groups = set()
+    for c in np.unique(y):
+        pats = np.array(sorted(g for g, k in first.items() if k == c))
+        rng.shuffle(pats)
+        held_groups.update(pats[: int(round(len(pats) * fraction))].tolist())
+    held = np.flatnonzero(np.isin(group, list(held_groups)))
+    rest = np.setdiff1d(np.arange(len(y)), held)
+    return rest, held
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int):

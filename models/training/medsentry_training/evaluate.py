@@ -224,8 +224,7 @@ def main(argv=None):
         with open(path) as f:
             full = json.load(f)
     full["adversarial_evaluation"] = rep
-    with open(path, "w") as f:
-        json.dump(full, f, indent=1)
+    C.write_json(path, full)
     from .report import render
     render(out_dir)
     print(f"[done] evaluation in {time.time() - t0:.0f}s -> report.json, REPORT.md, roc/ in "

@@ -104,7 +104,8 @@ def failures_section(full, a):
                                                f"{pct(max(x['fooled_and_undetected'] for x in ad['rows']))} %)."))
     camp = full.get("campaign")
     if camp:
-        quiet = [x for x in camp["uap_streams"] if x["residual_alarm_rate"] < 0.5 and x["class_mix_alarm_rate"] < 0.5]
+        quiet = [x for x in camp["uap_streams"] if x["attack"] != "uap_random"
+                 and x["residual_alarm_rate"] < 0.5 and x["class_mix_alarm_rate"] < 0.5]
         a(f"- **Campaign monitor.** UAP streams that neither signal alarms on half of the windows: "
           + ("; ".join(f"{x['attack']} {x['budget']}" for x in quiet) or "none") + ".")
     a("")

@@ -4,7 +4,8 @@
     python -m medsentry_training.train --dataset chest_xray --kind hardened
 
 Model selection uses a stratified 10 % validation split carved from the official training
-set (seed 0); the official test set is never looked at here. Checkpoints after every epoch
+set (seed 0; for sets split by patient, 10 % of each class's patients); the official test
+set is never looked at here. Checkpoints after every epoch
 (work/NAME_KIND_last.pt) let a later session resume; the selected epoch is written to
 checkpoints/NAME_KIND.pt, which is committed.
 """
@@ -95,9 +96,9 @@ def main(argv=None):
 
     spec = datasets.SPECS[args.dataset]
     t0 = time.time()
-    x, y, _ = datasets.load_split(spec, "train")
+    x, y, files = datasets.load_split(spec, "train")
     print(f"[data] train {x.shape} loaded in {time.time() - t0:.1f}s", flush=True)
-    tr, va = datasets.stratified_split(y, VAL_FRACTION, SPLIT_SEED)
+    tr, va = datasets.grouped_split(y, datasets.groups(spec, files), VAL_FRACTION, SPLIT_SEED)
     xtr, ytr, xva, yva = x[tr], y[tr], x[va], y[va]
     mean = [float(xtr[:, c].mean()) for c in range(x.shape[1])]
     std = [float(xtr[:, c].std()) for c in range(x.shape[1])]
@@ -163,7 +164,8 @@ def main(argv=None):
                     "gen": gen.get_state(), "rng": torch.get_rng_state(), "epoch": epoch, "best": best,
                     "best_epoch": best_epoch, "history": history}, last_path)
     with open(os.path.join(CKPT_DIR, f"{spec.name}_{args.kind}.history.json"), "w") as f:
-        json.dump({"history": history, "best_epoch": best_epoch, "selected_on": "validation split (10 % of train, stratified, seed 0)",
+        json.dump({"history": history, "best_epoch": best_epoch, "selected_on": "validation split (10 % of train, stratified, seed 0" +
+                   (", whole patients" if spec.patient_test_share is not None else "") + ")",
                    "total_seconds": sum(r["seconds"] for r in history)}, f, indent=1)
     print(f"[done] best epoch {best_epoch} score {best:.4f} total {time.time() - t0:.0f}s", flush=True)
 
