@@ -15,13 +15,15 @@ exist and are current):
   5. attacks            python -m medsentry_training.attacks [--limit N]  (per-file resume; redone
                         when the live hardened checkpoint differs from the attacked snapshot)
   6. detectors          python -m medsentry_training.detectors [--limit N] --out DIR
-                        (skip: detector files exist and were fitted on the current snapshot)
+                        (skip: detector files exist, were fitted on the current snapshot and
+                        carry cross-fitted thresholds)
      squeeze            python -m medsentry_training.squeeze [--limit N] --out DIR (feature
                         squeezing thresholds + evaluation, ~20 s: always run)
      bundle_toml        python -m medsentry_training.bundle_toml (real bundle only: lists the
                         served detectors, thresholds and sha256s in bundle.toml)
   7. evaluate           python -m medsentry_training.evaluate [--limit N] --out DIR
-                        (skip: report.json has an adversarial_evaluation for the current snapshot)
+                        (skip: report.json has an adversarial_evaluation for the current snapshot
+                        and the detector thresholds now in --out)
   8. campaign           python -m medsentry_training.campaign (real bundle only: [campaign] in
                         bundle.toml, UAP fixtures for the Rust tests; ~40 s, always run)
      export_eval        python -m medsentry_training.export_eval (AdvTest for `medsentry eval`)
@@ -118,14 +120,15 @@ def main(argv=None):
         (["--force"] if args.force else []), log)
     sha = C.load_manifest(adir)["shas"]["hardened"]
 
-    def fitted_on(path):
-        try:
-            with open(path) as f:
-                return json.load(f).get("checkpoint_sha256")
-        except (OSError, ValueError):
-            return None
     outs = ["--out", out_dir]
-    if fitted_on(os.path.join(out_dir, "detector_mahalanobis.json")) == sha and \
+    def detector(name):
+        try:
+            with open(os.path.join(out_dir, f"detector_{name}.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+    # current = fitted on this snapshot by this version of the stage (cross-fitted thresholds)
+    if detector("mahalanobis").get("checkpoint_sha256") == sha and "thresholds_from" in detector("mahalanobis") and \
             os.path.exists(os.path.join(out_dir, "advtest_sample.json")) and not args.force:
         print("[skip] detectors: present for the current snapshot", flush=True)
     else:
@@ -139,7 +142,10 @@ def main(argv=None):
     if os.path.exists(rep) and os.path.exists(os.path.join(out_dir, "REPORT.md")):
         with open(rep) as f:
             ev = json.load(f).get("adversarial_evaluation", {})
-        done = ev.get("served", {}).get("checkpoint_sha256") == sha and ev.get("limit") == args.limit
+        thresholds = {n: detector(n).get("thresholds") for n in ev.get("detection", {}).get("thresholds", {})}
+        done = ev.get("served", {}).get("checkpoint_sha256") == sha and ev.get("limit") == args.limit and \
+            thresholds == ev.get("detection", {}).get("thresholds") and "clean_advtest_accuracy" in \
+            ev.get("robust_accuracy_advtest", {})
     if done and not args.force:
         print("[skip] evaluate: report.json is current", flush=True)
     else:
