@@ -43,6 +43,7 @@ the same checkpoints (sha256), so the stage resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -232,6 +233,39 @@ class Stage:
         same_split = all(np.isin(index[half == h], self.split[name]).all() for h, name in ((0, "train"), (1, "test")))
         return meta.get("shas") == shas and bool(same_split)
 
+    def claim(self, path) -> bool:
+        """Takes path's lock file so that two attack processes started on the same folder
+        (to use both cores) split the files instead of computing one twice. False when a
+        live process holds it; a lock left by a dead process is taken over."""
+        lock = path + ".lock"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return True
+            except FileExistsError:
+                try:
+                    with open(lock) as f:
+                        pid = int(f.read() or 0)
+                    if pid == os.getpid():
+                        return True
+                    os.kill(pid, 0)
+                    return False  # alive: its file
+                except (ProcessLookupError, ValueError, FileNotFoundError):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(lock)
+        return False
+
+    def skip(self, path, shas) -> bool:
+        if self.fresh(path, shas):
+            print(f"[skip] {os.path.basename(path)} (present, same checkpoints)", flush=True)
+            return True
+        if not self.claim(path):
+            print(f"[skip] {os.path.basename(path)} (another attack process is making it)", flush=True)
+            return True
+        return False
+
     def halves(self, which):
         idx = np.concatenate([self.split[h] for h in which])
         sp = np.concatenate([np.full(len(self.split[h]), 0 if h == "train" else 1, np.uint8) for h in which])
@@ -253,6 +287,8 @@ class Stage:
         path = self.path(target, attack, budget)
         np.savez_compressed(path + ".tmp.npz", **arrays)
         os.replace(path + ".tmp.npz", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + ".lock")
         ok = (pred_clean == y)
         rate = float(success[ok].mean()) if ok.any() else float("nan")
         self.summary[os.path.basename(path)] = {"success_rate_on_clean_correct": rate, "n": int(len(idx)),
@@ -267,8 +303,7 @@ class Stage:
         if source:
             shas[source] = self.shas[source]
         path = self.path(target, attack, budget)
-        if self.fresh(path, shas):
-            print(f"[skip] {os.path.basename(path)} (present, same checkpoints)", flush=True)
+        if self.skip(path, shas):
             return
         idx, sp = self.halves(which)
         if subset:
@@ -329,8 +364,7 @@ class Stage:
                         a[ii] = s
                     return a
                 path = self.path(target, "aa_lite", f"linf_{e}")
-                if self.fresh(path, {target: self.shas[target]}):
-                    print(f"[skip] {os.path.basename(path)}", flush=True)
+                if self.skip(path, {target: self.shas[target]}):
                     continue
                 self.run_per_image(target, "aa_lite", f"linf_{e}", make, which=("test",),
                                    extra_meta={"apgd_steps": 100, "square_queries": SQUARE_QUERIES})
@@ -379,7 +413,7 @@ class Stage:
                     for target in ["hardened", "standard"]:
                         shas = {target: self.shas[target]}
                         path = self.path(target, "uap_random", b)
-                        if self.fresh(path, shas):
+                        if self.skip(path, shas):
                             continue
                         t0 = time.time()
                         v = random_control(xall[:1].shape, norm, xi, seed=1000 + zeta)
@@ -395,8 +429,7 @@ class Stage:
                         name = "uap" if tc is None else f"uap_to{tc}"
                         shas = {target: self.shas[target]}
                         path = self.path(target, name, b)
-                        if self.fresh(path, shas):
-                            print(f"[skip] {os.path.basename(path)}", flush=True)
+                        if self.skip(path, shas):
                             continue
                         print(f"[uap] {target} {name} {b} xi={xi:.4f}", flush=True)
                         t0 = time.time()
@@ -422,6 +455,15 @@ class Stage:
             "AdvTest": split["test"]})
         times = dict(old.get("attack_seconds", {}))
         times.update(self.times)
+        # Two attack processes on one folder each rewrite the manifest; a file's own meta
+        # keeps its time, so whatever one of them overwrote is recovered from it.
+        for name in sorted(os.listdir(self.adir)):
+            if name.endswith(".npz") and not name.endswith(".tmp.npz"):
+                target, attack, budget = name[:-4].split("__")
+                if f"{target}/{attack}/{budget}" not in times:
+                    with contextlib.suppress(Exception):
+                        meta = json.loads(str(np.load(os.path.join(self.adir, name), allow_pickle=False)["meta"]))
+                        times[f"{target}/{attack}/{budget}"] = meta["seconds"]
         summ = dict(old.get("summary", {}))
         summ.update(self.summary)
         C.write_json(mp, {"dataset": self.spec.name, "limit": self.limit, "small_n": self.small_n,
