@@ -21,6 +21,11 @@ async fn pneumoniamnist_detector_scores_match_the_pipeline_and_attacks_are_flagg
     check("pneumoniamnist-28").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dermoscopy_detector_scores_match_the_pipeline_and_attacks_are_flagged() {
+    check("dermoscopy-isic2018").await;
+}
+
 async fn check(model: &str) {
     let path = repo().join("models").join(model).join("advtest_sample.json");
     let sample: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -1,4 +1,5 @@
-//! Real chest X-rays through the real server: same tensor and probabilities as the
+//! Real images through the real server: for every committed bundle (grey chest X-rays at
+//! 64 and 28 px, RGB dermoscopy at 64 px), the same tensor and probabilities as the
 //! training pipeline's own evaluation of those files; the other RPCs; metrics move.
 
 mod common;
@@ -10,11 +11,19 @@ use medsentry::preprocess::to_model_space;
 use medsentry::proto;
 
 const MODEL: &str = "chest-xray-pneumonia";
+/// Every bundle in models/ whose reference.json names real images in ../shared/data.
+const BUNDLES: &[&str] = &["chest-xray-pneumonia", "pneumoniamnist-28", "dermoscopy-isic2018"];
 
 #[test]
 fn preprocessing_matches_the_pipeline_within_1e_5() {
-    let bundle = Bundle::load_dir(&repo().join("models").join(MODEL)).unwrap();
-    let (root, refs) = references(MODEL);
+    for model in BUNDLES {
+        preprocessing_matches(model);
+    }
+}
+
+fn preprocessing_matches(model: &str) {
+    let bundle = Bundle::load_dir(&repo().join("models").join(model)).unwrap();
+    let (root, refs) = references(model);
     assert!(refs.len() >= 4);
     for r in &refs {
         let bytes = std::fs::read(data(&root).join(&r.file)).unwrap();
@@ -22,28 +31,39 @@ fn preprocessing_matches_the_pipeline_within_1e_5() {
         let pixels = to_model_space(&img, &bundle.manifest.input);
         assert_eq!(pixels.len(), r.pixels.len());
         let max = pixels.iter().zip(&r.pixels).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max <= 1e-5, "{}: max |rust - pipeline| = {max:e}", r.file);
+        assert!(max <= 1e-5, "{model} {}: max |rust - pipeline| = {max:e}", r.file);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screen_gives_the_pipeline_probabilities_and_metrics_move() {
     let server = TestServer::ready(&[]).await;
+    for model in BUNDLES {
+        screen_matches(&server, model).await;
+    }
+    assert_eq!(server.admin_get("/readyz").0, 200);
+    assert_eq!(server.admin_get("/healthz").0, 200);
+    server.stop().await.unwrap();
+}
+
+async fn screen_matches(server: &TestServer, model_name: &str) {
     let mut client = server.client().await;
-    let (root, refs) = references(MODEL);
-    let bundle = Bundle::load_dir(&repo().join("models").join(MODEL)).unwrap();
+    let (root, refs) = references(model_name);
+    let bundle = Bundle::load_dir(&repo().join("models").join(model_name)).unwrap();
     let declared: Vec<&str> = bundle.manifest.detectors.iter().map(|d| d.name.as_str()).collect();
     let (_, before) = server.admin_get("/metrics");
     for r in &refs {
         let bytes = std::fs::read(data(&root).join(&r.file)).unwrap();
-        let resp = client.screen(image_request(&r.file, bytes)).await.unwrap().into_inner();
+        let mut req = image_request(&r.file, bytes);
+        req.model = model_name.to_string();
+        let resp = client.screen(req).await.unwrap().into_inner();
         assert_eq!(resp.request_id, r.file);
         let model = resp.model.as_ref().unwrap();
-        assert_eq!(model.name, MODEL);
+        assert_eq!(model.name, model_name);
         assert_eq!(model.sha256.len(), 64);
         let probs: Vec<f32> = resp.probabilities.iter().map(|p| p.probability).collect();
         for (a, b) in probs.iter().zip(&r.probabilities) {
-            assert!((a - b).abs() < 1e-4, "{}: sidecar {probs:?} vs pipeline {:?}", r.file, r.probabilities);
+            assert!((a - b).abs() < 1e-4, "{model_name} {}: sidecar {probs:?} vs pipeline {:?}", r.file, r.probabilities);
         }
         let screening = resp.screening.unwrap();
         if declared.is_empty() {
@@ -60,18 +80,16 @@ async fn screen_gives_the_pipeline_probabilities_and_metrics_move() {
     }
     let (code, after) = server.admin_get("/metrics");
     assert_eq!(code, 200);
-    let ok = |text: &str| metric(text, "medsentry_requests_total", &[("model", MODEL), ("api", "screen"), ("outcome", "ok")]);
-    assert_eq!(ok(&after) - ok(&before), refs.len() as f64, "requests counter moved by the calls made");
+    let m = model_name;
+    let ok = |text: &str| metric(text, "medsentry_requests_total", &[("model", m), ("api", "screen"), ("outcome", "ok")]);
+    assert_eq!(ok(&after) - ok(&before), refs.len() as f64, "{m}: requests counter moved by the calls made");
     for stage in ["decode", "preprocess", "queue", "infer", "detect"] {
-        assert!(metric(&after, "medsentry_stage_duration_seconds_count", &[("model", MODEL), ("stage", stage)]) >= refs.len() as f64, "stage {stage}");
+        assert!(metric(&after, "medsentry_stage_duration_seconds_count", &[("model", m), ("stage", stage)]) >= refs.len() as f64, "{m} stage {stage}");
     }
-    assert!(metric(&after, "medsentry_batch_size_count", &[("model", MODEL)]) >= 1.0);
-    assert_eq!(metric(&after, "medsentry_model_ready", &[("model", MODEL)]), 1.0);
-    assert_eq!(metric(&after, "medsentry_model_info", &[("model", MODEL)]), 1.0);
-    assert!(metric(&after, "medsentry_predicted_class_total", &[("model", MODEL)]) >= refs.len() as f64);
-    assert_eq!(server.admin_get("/readyz").0, 200);
-    assert_eq!(server.admin_get("/healthz").0, 200);
-    server.stop().await.unwrap();
+    assert!(metric(&after, "medsentry_batch_size_count", &[("model", m)]) >= 1.0);
+    assert_eq!(metric(&after, "medsentry_model_ready", &[("model", m)]), 1.0);
+    assert_eq!(metric(&after, "medsentry_model_info", &[("model", m)]), 1.0);
+    assert!(metric(&after, "medsentry_predicted_class_total", &[("model", m)]) >= refs.len() as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +132,10 @@ async fn list_and_get_model_describe_the_bundle() {
     let input = info.input.unwrap();
     assert_eq!((input.channels, input.height, input.width), (1, 64, 64));
     assert!(info.figures.contains_key("standard_test_accuracy"));
+    let derm = client.get_model(proto::GetModelRequest { name: "dermoscopy-isic2018".into() }).await.unwrap().into_inner();
+    assert_eq!(derm.labels, vec!["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]);
+    let input = derm.input.unwrap();
+    assert_eq!((input.channels, input.height, input.width, input.color.as_str()), (3, 64, 64, "rgb"));
     let err = client.get_model(proto::GetModelRequest { name: "nope".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains(MODEL), "{}", err.message());
