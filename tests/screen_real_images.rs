@@ -37,6 +37,8 @@ fn preprocessing_matches(model: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screen_gives_the_pipeline_probabilities_and_metrics_move() {
+    // metrics are process-wide: another test's server shutting down resets model_ready
+    let _serial = serial().await;
     let server = TestServer::ready(&[]).await;
     for model in BUNDLES {
         screen_matches(&server, model).await;
@@ -94,6 +96,8 @@ async fn screen_matches(server: &TestServer, model_name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screen_stream_answers_in_order_with_errors_inline() {
+    // metrics are process-wide: another test's server shutting down resets model_ready
+    let _serial = serial().await;
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     let (root, refs) = references(MODEL);
@@ -122,6 +126,8 @@ async fn screen_stream_answers_in_order_with_errors_inline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_get_model_describe_the_bundle() {
+    // metrics are process-wide: another test's server shutting down resets model_ready
+    let _serial = serial().await;
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     let list = client.list_models(proto::ListModelsRequest {}).await.unwrap().into_inner();

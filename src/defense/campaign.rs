@@ -10,6 +10,9 @@
 //!   of the last `class_mix_window` inputs are compared with the mix the bundle was evaluated
 //!   on by Pearson's chi-square.
 //!
+//! An input whose residual is already in the window (a resend of the same image) is not
+//! added to it again.
+//!
 //! Both thresholds come from the bundle (`[campaign]`, calibrated on clean AdvTrain by the
 //! pipeline's `campaign` stage, which computes the residual with the same formula). A
 //! signal only alarms once its window is full, as it was calibrated.
@@ -153,7 +156,14 @@ impl ResidualWindow {
         ResidualWindow { slots: vec![None; capacity], corr: vec![0.0; capacity * capacity], next: 0, filled: 0, pair_sum: 0.0 }
     }
 
+    /// Adds a residual, unless the same one is already in the window: a PACS that resends
+    /// a study (a retry, a second routing rule) is not two images sharing a perturbation,
+    /// and on sets whose clean residuals barely correlate (RGB dermoscopy: window mean
+    /// ~0.001) two resends in a window were enough to alarm.
     fn push(&mut self, r: Vec<f32>) {
+        if self.slots.iter().flatten().any(|other| *other == r) {
+            return;
+        }
         let cap = self.slots.len();
         let slot = self.next;
         if self.slots[slot].take().is_some() {
@@ -234,6 +244,22 @@ mod tests {
             .last()
             .unwrap();
         assert!(loud.residual_alarm && loud.residual_score > 0.5, "{loud:?}");
+    }
+
+    #[test]
+    fn a_resent_input_is_counted_once() {
+        let mut w = ResidualWindow::new(4);
+        for i in 0..3 {
+            w.push(residual(&noise(i), 8, 8));
+        }
+        let before = w.mean_correlation();
+        for _ in 0..5 {
+            w.push(residual(&noise(1), 8, 8));
+        }
+        assert_eq!(w.mean_correlation(), before);
+        assert!(!w.is_full(), "resends do not fill the window");
+        w.push(residual(&noise(3), 8, 8));
+        assert!(w.is_full());
     }
 
     #[test]

@@ -8,7 +8,8 @@ The campaign monitor (src/defense/campaign.rs) watches a stream of requests, not
       edge-replicated, on the [0, 1] tensor; mean removed, L2-normalised) against those of
       the last `residual_window` inputs; score = mean pairwise correlation over the window.
       A universal perturbation is one pattern added to every image, so its residual
-      correlates across images that otherwise share little high-frequency content.
+      correlates across images that otherwise share little high-frequency content. An
+      input already in the window (a resend) is not added again.
   class-mix drift      Pearson chi-square of the predicted classes of the last
       `class_mix_window` inputs against `reference_class_mix` (the served classifier's
       predicted mix on the clean official test set, the mix it was evaluated on). A
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 
 import numpy as np
 from scipy.stats import chi2
@@ -67,9 +69,16 @@ def stream_alarms(r: np.ndarray, pred: np.ndarray, ref_mix: np.ndarray, thr_res:
     k = len(ref_mix)
     for _ in range(streams):
         idx = rng.integers(0, len(r), STREAM_LEN)
-        for end in range(RESIDUAL_WINDOW, STREAM_LEN + 1, 8):
-            res_hits += window_score(r[idx[end - RESIDUAL_WINDOW:end]]) > thr_res
-            res_n += 1
+        window: deque = deque(maxlen=RESIDUAL_WINDOW)
+        pushed = 0
+        for i in idx:
+            if i in window:  # a resend of an input still in the window is not added (campaign.rs)
+                continue
+            window.append(i)
+            pushed += 1
+            if len(window) == RESIDUAL_WINDOW and pushed % 8 == 0:
+                res_hits += window_score(r[list(window)]) > thr_res
+                res_n += 1
         for end in range(CLASS_MIX_WINDOW, STREAM_LEN + 1, 8):
             counts = np.bincount(pred[idx[end - CLASS_MIX_WINDOW:end]], minlength=k)
             exp = CLASS_MIX_WINDOW * ref_mix

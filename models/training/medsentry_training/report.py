@@ -48,7 +48,8 @@ def campaign_section(c, a):
       f"against {cfg['reference_class_mix']} (predicted mix on the clean official test set); threshold "
       f"{cfg['class_mix_threshold']} (upper {cal['class_mix_tail']} quantile).\n")
     fa = c["clean_advtest_false_alarm"]
-    a(f"Clean AdvTest streams ({fa['stream_len']} requests drawn with replacement, sliding windows): residual alarm on "
+    a(f"Clean AdvTest streams ({fa['stream_len']} requests drawn with replacement, sliding windows; a request already "
+      f"in the residual window is not added again, as in the sidecar): residual alarm on "
       f"{pct(fa['residual'])} % of windows, class-mix alarm on {pct(fa['class_mix'])} %.\n")
     a("| UAP stream (every request perturbed) | budget | n | mean window score | residual alarm % | class-mix alarm % | predicted mix |")
     a("|---|---|---|---|---|---|---|")
@@ -171,11 +172,11 @@ def render(out_dir: str) -> str:
         for k in ["standard", "hardened"]:
             a(f"| {k} | " + " | ".join(f3(v) for v in r["clean_test"][k]["recall_per_class"]) + " |")
 
-    a("\n## Robust accuracy on AdvTest (%, Linf; an image counts when correct clean and under attack)\n")
     note = DATASET_NOTES.get(full.get("dataset"))
     if note:
         a("\n" + note.format(val_std=val_score(full.get("clean_test", {}).get("standard")),
                              val_hard=val_score(full.get("clean_test", {}).get("hardened"))))
+    a("\n## Robust accuracy on AdvTest (%, Linf; an image counts when correct clean and under attack)\n")
     rob = r["robust_accuracy_advtest"]
     cols = ["fgsm", "bim", "pgd20", "apgd_ce", "aa_lite"]
     a("| budget | " + " | ".join(f"{m} {c}" for m in ["standard", "hardened"] for c in cols) + " |")
