@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from . import advcommon as C
-from .detectors import TorchDetectors, score_all
+from .detectors import SERVED_DETECTORS, TorchDetectors, score_all
 
 EPS_255 = [1, 2, 4, 8, 16, 32]
 LAMBDAS = [1.0, 10.0]
-SERVED_DETECTORS = ("mahalanobis", "logreg")  # + feature squeezing, from detector_squeeze.json
 
 
 class TorchSqueeze(torch.nn.Module):
@@ -51,9 +50,9 @@ class TorchSqueeze(torch.nn.Module):
         return (torch.maximum(*dist) - self.t) / self.t
 
 
-def served(dets: dict, squeeze_det: dict | None) -> tuple[dict, dict | None]:
+def served(dets: dict) -> dict:
     """The served subset of the fitted detectors (logreg_all is a reference, not served)."""
-    return {n: d for n, d in dets.items() if n in SERVED_DETECTORS}, squeeze_det
+    return {n: d for n, d in dets.items() if n in SERVED_DETECTORS}
 
 
 def undetected(model, dets: dict, squeeze_det: dict | None, x: np.ndarray):

@@ -49,6 +49,7 @@ NOT_ADVERSARIAL = ("uap_random", "aa_lite")  # random controls; aa_lite exists o
 FPRS = (0.01, 0.05)
 L2_REG = 1e-3
 N_FOLDS = 5
+SERVED_DETECTORS = ("mahalanobis", "logreg")  # served with feature squeezing; logreg_all is a reference
 THRESHOLDS_FROM = (f"out-of-fold scores of clean AdvTrain: {N_FOLDS} folds stratified by class, each image scored by "
                    "the detector fitted without its fold (adversarial examples go with their clean image's fold); "
                    "the served detector is then fitted on all of AdvTrain")
@@ -321,7 +322,8 @@ def main(argv=None):
                 print(f"[warn] {name}: no successful adversarial AdvTrain examples; skipped", flush=True)
                 continue
             lo1, fe1 = C.forward_batches(model, xa)
-            X = np.vstack([np.hstack([fe0, lo0]), np.hstack([fe1, lo1])])
+            X0, X1 = np.hstack([fe0, lo0]), np.hstack([fe1, lo1])
+            X = np.vstack([X0, X1])
             t = np.concatenate([np.zeros(len(fe0)), np.ones(len(fe1))])
             mean, scale, w, b = fit_logistic(X, t)
             det = {"kind": "logistic", "schema_version": 1, "input": "concat(features, logits)",
@@ -335,7 +337,6 @@ def main(argv=None):
                    "trained_on_attacks": list(fams) if fams else "all AdvTrain attack families against the served model",
                    "n_clean": int(len(fe0)), "n_adversarial": int(len(fe1)),
                    "adversarial_counts": [{"attack": a, "budget": bu, "n": n} for a, bu, n in meta], **provenance}
-            X0, X1 = np.hstack([fe0, lo0]), np.hstack([fe1, lo1])
 
             def logreg_oof(fit, held):
                 # adversarial examples go with the fold of the clean image they were made from

@@ -214,7 +214,7 @@ def main(argv=None):
         if os.path.exists(sq_path):
             with open(sq_path) as f:
                 sq = json.load(f)
-        served, sq = adaptive.served(dets, sq)
+        served = adaptive.served(dets)
         rep["adaptive"] = adaptive.run(model, served, sq, x, y, base, args.adaptive_steps, times)
         rep["adaptive"]["non_adaptive_pgd20_fooled_and_undetected"] = adaptive.non_adaptive_pgd20(model, served, sq, recs)
     rep["stage_seconds"] = times

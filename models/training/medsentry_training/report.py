@@ -10,6 +10,7 @@ import json
 import os
 
 from . import datasets
+from .detectors import SERVED_DETECTORS
 
 
 def pct(v):
@@ -58,7 +59,6 @@ def campaign_section(c, a):
           f"{pct(row['class_mix_alarm_rate'])} | {', '.join(f'{v:.2f}' for v in row['predicted_mix'])} |")
 
 
-SERVED_DETECTORS = ("mahalanobis", "logreg")  # + feature squeezing (its own section)
 
 # Why a set's clean accuracy sits where it does: facts about the data and the training
 # choices (figures are filled in from report.json, never written here).
