@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::decode::DecodeLimits;
+use crate::decode::{DecodeBudget, DecodeConfig, DecodeLimits, DEFAULT_MAX_PIXELS};
 use crate::engine::{Device, WorkerConfig};
 use crate::serving::ServingConfig;
+
+/// Longest a decode waits for others to release decode memory before it is refused.
+const DECODE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
@@ -63,8 +66,13 @@ pub struct ModelArgs {
     #[arg(long, env = "MEDSENTRY_WARMUP_RUNS", default_value_t = 2)]
     pub warmup_runs: usize,
     /// Largest image accepted, in pixels per frame (checked from headers before decoding).
-    #[arg(long, env = "MEDSENTRY_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    #[arg(long, env = "MEDSENTRY_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_image_pixels: u64,
+    /// Memory that decodes in flight may hold together, in MiB (what their headers say they
+    /// will allocate, reserved before they allocate it). A call that would pass it waits up
+    /// to 2 s, then gets RESOURCE_EXHAUSTED; an image that alone needs more is refused.
+    #[arg(long, env = "MEDSENTRY_DECODE_MEMORY_MIB", default_value_t = 512)]
+    pub decode_memory_mib: u64,
     /// Policy file (TOML): per-model action on flagged inputs (annotate, reject, quarantine),
     /// fail_open / fail_closed, shadow mode, and the quarantine store. Without one: annotate,
     /// fail_closed, no quarantine.
@@ -163,6 +171,9 @@ impl ModelArgs {
         if self.max_image_pixels < 64 * 64 {
             return Err(format!("--max-image-pixels {} is too small to hold any medical image", self.max_image_pixels));
         }
+        if self.decode_memory_mib < 16 {
+            return Err(format!("--decode-memory-mib {} is too small to decode any medical image (at least 16)", self.decode_memory_mib));
+        }
         if self.device == DeviceArg::Cpu && self.cuda_fallback == CudaFallback::Cpu {
             tracing::debug!("--cuda-fallback has no effect with --device cpu");
         }
@@ -187,6 +198,11 @@ impl ModelArgs {
 
     pub fn limits(&self) -> DecodeLimits {
         DecodeLimits { max_pixels: self.max_image_pixels }
+    }
+
+    /// The limits and a new decode budget: call once per process, share the result.
+    pub fn decoding(&self) -> DecodeConfig {
+        DecodeConfig { limits: self.limits(), budget: DecodeBudget::new(self.decode_memory_mib << 20, DECODE_WAIT) }
     }
 }
 

@@ -41,6 +41,8 @@ pub const UPSTREAM_ERRORS: &str = "medsentry_upstream_errors_total";
 pub const UPSTREAM_RETRIES: &str = "medsentry_upstream_retries_total";
 pub const UPSTREAM_READY: &str = "medsentry_upstream_ready";
 pub const BLOCKED_BEFORE_FORWARD: &str = "medsentry_blocked_before_forward_total";
+/// Decode memory budget (src/decode/budget.rs): bytes reserved by decodes in flight, and the limit.
+pub const DECODE_MEMORY: &str = "medsentry_decode_memory_bytes";
 
 const SECONDS_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -195,6 +197,11 @@ pub fn set_upstream_ready(ready: bool) {
 
 /// A request the local policy refused (reject, or fail_closed) and that was therefore not
 /// forwarded upstream.
+pub fn set_decode_memory(in_use: u64, limit: u64) {
+    gauge!(DECODE_MEMORY, "state" => "in_use").set(in_use as f64);
+    gauge!(DECODE_MEMORY, "state" => "limit").set(limit as f64);
+}
+
 pub fn record_blocked_before_forward(model: &str) {
     counter!(BLOCKED_BEFORE_FORWARD, "model" => model.to_string()).increment(1);
 }

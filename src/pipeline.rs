@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use crate::batcher::BatchError;
 use crate::bundle::InputSpec;
-use crate::decode::{self, DecodeError, DecodeLimits};
+use crate::decode::{self, CancelFlag, DecodeConfig, DecodeError, DecodeLimits, Reservation};
 use crate::defense::squeeze::Squeeze;
 use crate::defense::{campaign, CampaignStatus, DetectorScore, Screening, Verdict};
 use crate::enforce;
@@ -104,7 +104,7 @@ pub struct Outcome {
 }
 
 /// Runs one input through the whole pipeline of `model`; `request_id` is the caller's.
-pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, deadline: Option<Instant>, request_id: &str) -> Result<Outcome, PipelineError> {
+pub async fn run(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig, deadline: Option<Instant>, request_id: &str) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
     if !model.is_ready() {
         return Err(PipelineError::NotReady(model.name().to_string()));
@@ -113,13 +113,20 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, limits: DecodeLimits, d
     let want_residual = model.campaign.is_some();
     let squeeze = model.screener.squeeze().cloned();
     // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
-    // comes back: a flagged one may be quarantined.
+    // comes back: a flagged one may be quarantined. If this call is dropped (the caller
+    // cancelled or went away), the guard stops the decode at its next checkpoint; its
+    // reservation holds the decode's memory until the blocking task ends either way.
+    let cancel = CancelFlag::default();
+    let cancel_guard = cancel.guard();
+    let mut reservation = decoding.budget.reserve(cancel, deadline);
+    let limits = decoding.limits;
     let (input, prepared) = tokio::task::spawn_blocking(move || {
-        let prepared = prepare(&input, &spec, &limits, Extras { residual: want_residual, squeeze: squeeze.as_ref() });
+        let prepared = prepare_within(&input, &spec, &limits, &mut reservation, Extras { residual: want_residual, squeeze: squeeze.as_ref() });
         (input, prepared)
     })
     .await
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
+    cancel_guard.disarm();
     let Prepared { tensor, rows, residual, decode_s, preprocess_s, .. } = prepared?;
     let name = model.name();
     metrics::record_stage(name, "decode", decode_s);
@@ -178,9 +185,17 @@ pub struct Extras<'a> {
     pub squeeze: Option<&'a Squeeze>,
 }
 
-/// Decode + preprocess, with the seconds each step took.
+/// Decode + preprocess, with the seconds each step took, with no memory budget.
 pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, extras: Extras) -> Result<Prepared, PipelineError> {
+    let mut unlimited = decode::DecodeBudget::unlimited().reserve(CancelFlag::default(), None);
+    prepare_within(input, spec, limits, &mut unlimited, extras)
+}
+
+/// Decode + preprocess, taking the request's bytes and every large allocation of the
+/// decode from `res` first.
+pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, res: &mut Reservation, extras: Extras) -> Result<Prepared, PipelineError> {
     let t0 = Instant::now();
+    res.checkpoint()?;
     let image = match input {
         Input::Tensor { shape, data } => {
             let pixels = check_tensor(shape, data, spec)?;
@@ -188,9 +203,15 @@ pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, extras: E
             return Ok(finish(pixels, spec, extras, decode_s));
         }
         Input::Dicom(bytes) if bytes.is_empty() => return Err(DecodeError::Empty.into()),
-        Input::Dicom(bytes) => decode::decode_dicom(bytes, limits)?,
-        Input::Image(bytes) if decode::looks_like_dicom(bytes) => decode::decode_dicom(bytes, limits)?,
-        Input::Image(bytes) => decode::decode_raster(bytes, limits)?,
+        Input::Dicom(bytes) | Input::Image(bytes) => {
+            // The request's own bytes are memory in flight too.
+            res.grow(bytes.len() as u64, "request")?;
+            if matches!(input, Input::Dicom(_)) || decode::looks_like_dicom(bytes) {
+                decode::decode_dicom_within(bytes, limits, res)?
+            } else {
+                decode::decode_raster_within(bytes, limits, res)?
+            }
+        }
     };
     let decode_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();

@@ -13,24 +13,35 @@ const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
 /// Pixels in [0, 1] at the model's size (C x H x W), before mean/std: what tensor requests
 /// carry and what adversarial examples perturb.
 pub fn to_model_space(img: &DecodedImage, spec: &InputSpec) -> Vec<f32> {
-    let planes: Vec<Vec<f64>> = match (spec.color, img.channels) {
-        (ColorMode::Gray, 1) => vec![img.plane(0).iter().map(|&v| v as f64).collect()],
-        (ColorMode::Gray, _) => {
-            let (r, g, b) = (img.plane(0), img.plane(1), img.plane(2));
-            vec![(0..r.len()).map(|i| LUMA[0] * r[i] as f64 + LUMA[1] * g[i] as f64 + LUMA[2] * b[i] as f64).collect()]
-        }
-        (ColorMode::Rgb, 1) => {
-            let p: Vec<f64> = img.plane(0).iter().map(|&v| v as f64).collect();
-            vec![p.clone(), p.clone(), p]
-        }
-        (ColorMode::Rgb, _) => (0..3).map(|c| img.plane(c).iter().map(|&v| v as f64).collect()).collect(),
-    };
+    // Planes are read through closures, never materialised at the decoded size: an f64
+    // copy of a 25 M pixel RGB image would be 600 MB.
     let (h, w) = (spec.height as usize, spec.width as usize);
     let wy = AreaWeights::new(img.height, h);
     let wx = AreaWeights::new(img.width, w);
-    let mut out = Vec::with_capacity(planes.len() * h * w);
-    for plane in &planes {
-        out.extend(area_resize(plane, img.width, &wy, &wx).into_iter().map(|v| v as f32));
+    let resize = |get: &dyn Fn(usize) -> f64| area_resize(get, img.width, img.height, &wy, &wx).into_iter().map(|v| v as f32);
+    let mut out = Vec::with_capacity(spec.channels as usize * h * w);
+    match (spec.color, img.channels) {
+        (ColorMode::Gray, 1) => {
+            let p = img.plane(0);
+            out.extend(resize(&|i| p[i] as f64));
+        }
+        (ColorMode::Gray, _) => {
+            let (r, g, b) = (img.plane(0), img.plane(1), img.plane(2));
+            out.extend(resize(&|i| LUMA[0] * r[i] as f64 + LUMA[1] * g[i] as f64 + LUMA[2] * b[i] as f64));
+        }
+        (ColorMode::Rgb, 1) => {
+            let p = img.plane(0);
+            let grey: Vec<f32> = resize(&|i| p[i] as f64).collect();
+            for _ in 0..3 {
+                out.extend_from_slice(&grey);
+            }
+        }
+        (ColorMode::Rgb, _) => {
+            for c in 0..3 {
+                let p = img.plane(c);
+                out.extend(resize(&|i| p[i] as f64));
+            }
+        }
     }
     out
 }
@@ -78,15 +89,15 @@ impl AreaWeights {
     }
 }
 
-/// Separable box resize: rows first (to the output width), then columns.
-fn area_resize(plane: &[f64], width: usize, wy: &AreaWeights, wx: &AreaWeights) -> Vec<f64> {
-    let in_h = plane.len() / width;
+/// Separable box resize of a `width` x `in_h` plane whose pixel `i` is `get(i)`: rows
+/// first (to the output width), then columns.
+fn area_resize(get: &dyn Fn(usize) -> f64, width: usize, in_h: usize, wy: &AreaWeights, wx: &AreaWeights) -> Vec<f64> {
     let out_w = wx.rows.len();
     let mut horizontal = vec![0f64; in_h * out_w];
     for y in 0..in_h {
-        let src = &plane[y * width..(y + 1) * width];
+        let row = y * width;
         for (x, (first, weights)) in wx.rows.iter().enumerate() {
-            horizontal[y * out_w + x] = weights.iter().enumerate().map(|(k, w)| w * src[first + k]).sum();
+            horizontal[y * out_w + x] = weights.iter().enumerate().map(|(k, w)| w * get(row + first + k)).sum();
         }
     }
     let mut out = vec![0f64; wy.rows.len() * out_w];
@@ -119,7 +130,7 @@ mod tests {
     fn integer_factor_is_block_mean() {
         let plane: Vec<f64> = (0..16).map(|v| v as f64).collect();
         let w = AreaWeights::new(4, 2);
-        let out = area_resize(&plane, 4, &w, &w);
+        let out = area_resize(&|i| plane[i], 4, 4, &w, &w);
         assert_eq!(out, vec![2.5, 4.5, 10.5, 12.5]);
     }
 }

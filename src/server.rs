@@ -68,10 +68,12 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let sentry = SentryServer::new(SentryService::new(registry.clone(), args.model.limits()))
+    // One decode budget for both APIs.
+    let decoding = args.model.decoding();
+    let sentry = SentryServer::new(SentryService::new(registry.clone(), decoding.clone()))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
-    let oip = GrpcInferenceServiceServer::new(OipService::new(registry.clone(), args.model.limits(), proxy))
+    let oip = GrpcInferenceServiceServer::new(OipService::new(registry.clone(), decoding, proxy))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
 

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::oip_convert::{self as convert, Parsed};
 use super::{deadline, status::code_label};
-use crate::decode::DecodeLimits;
+use crate::decode::DecodeConfig;
 use crate::defense::Verdict;
 use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
@@ -29,6 +29,8 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// The `api` label of this service's metrics.
 const API: &str = "oip";
+/// Batch items of one ModelInfer in flight at once (as for a ScreenStream).
+const ITEM_CONCURRENCY: usize = 32;
 /// Fully-qualified name, for health checks.
 pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
 
@@ -42,7 +44,7 @@ pub struct Proxy {
 #[derive(Clone)]
 pub struct OipService {
     registry: Arc<Registry>,
-    limits: DecodeLimits,
+    decoding: DecodeConfig,
     proxy: Option<Proxy>,
 }
 
@@ -59,8 +61,8 @@ impl From<PipelineError> for Failed {
 }
 
 impl OipService {
-    pub fn new(registry: Arc<Registry>, limits: DecodeLimits, proxy: Option<Proxy>) -> Self {
-        OipService { registry, limits, proxy }
+    pub fn new(registry: Arc<Registry>, decoding: DecodeConfig, proxy: Option<Proxy>) -> Self {
+        OipService { registry, decoding, proxy }
     }
 
     /// The named local model (empty name: the default); a version, when given, must match.
@@ -72,19 +74,23 @@ impl OipService {
         }
     }
 
-    /// Runs every item through the pipeline concurrently; the first failure (by index) wins.
+    /// Runs the items through the pipeline, up to [`ITEM_CONCURRENCY`] at once so that they
+    /// meet in the batcher without one call filling the queue; the first failure (by
+    /// index) wins and drops the items still running.
     async fn screen(&self, model: &Arc<ServedModel>, items: Vec<Input>, deadline: Option<Instant>, id: &str) -> Result<Vec<Outcome>, Failed> {
+        use futures::StreamExt;
         let n = items.len();
-        let limits = self.limits;
+        let decoding = &self.decoding;
         let runs = items.into_iter().enumerate().map(|(i, input)| {
             let request_id = if n == 1 { id.to_string() } else { format!("{id}#{i}") };
-            async move { pipeline::run(model, input, limits, deadline, &request_id).await }
+            async move { pipeline::run(model, input, decoding, deadline, &request_id).await }
         });
+        let mut results = futures::stream::iter(runs).buffered(ITEM_CONCURRENCY);
         let mut outcomes = Vec::with_capacity(n);
-        for (i, r) in futures::future::join_all(runs).await.into_iter().enumerate() {
+        while let Some(r) = results.next().await {
             match r {
                 Ok(o) => outcomes.push(o),
-                Err(error) => return Err(Failed { error, item: (n > 1).then_some(i) }),
+                Err(error) => return Err(Failed { error, item: (n > 1).then_some(outcomes.len()) }),
             }
         }
         Ok(outcomes)

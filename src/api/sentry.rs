@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, deadline, status::code_label};
-use crate::decode::DecodeLimits;
+use crate::decode::DecodeConfig;
 use crate::metrics;
 use crate::pipeline::{self, PipelineError};
 use crate::proto::{self, sentry_server::Sentry};
@@ -21,12 +21,12 @@ const STREAM_CONCURRENCY: usize = 32;
 #[derive(Clone)]
 pub struct SentryService {
     registry: Arc<Registry>,
-    limits: DecodeLimits,
+    decoding: DecodeConfig,
 }
 
 impl SentryService {
-    pub fn new(registry: Arc<Registry>, limits: DecodeLimits) -> Self {
-        SentryService { registry, limits }
+    pub fn new(registry: Arc<Registry>, decoding: DecodeConfig) -> Self {
+        SentryService { registry, decoding }
     }
 
     /// One request end to end, with its metrics; `api` labels the metrics.
@@ -41,7 +41,7 @@ impl SentryService {
             return Err(e);
         };
         let result = match convert::input_of(&mut req) {
-            Ok(input) => pipeline::run(&model, input, self.limits, deadline, &request_id).await,
+            Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, &request_id).await,
             Err(e) => Err(e),
         };
         let seconds = started.elapsed().as_secs_f64();

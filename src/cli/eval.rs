@@ -53,14 +53,14 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} inputs {per_sec} eta {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
 
-    let limits = args.models.limits();
+    let decoding = args.models.decoding();
     let mut scores: BTreeMap<String, Scores> = BTreeMap::new();
     for (name, inputs) in &sets {
         bar.set_message(name.clone());
         let results: Vec<_> = futures::stream::iter(inputs.iter().cloned())
             .map(|input| {
-                let model = model.clone();
-                async move { pipeline::run(&model, input, limits, None, "eval").await }
+                let (model, decoding) = (model.clone(), decoding.clone());
+                async move { pipeline::run(&model, input, &decoding, None, "eval").await }
             })
             .buffered(args.concurrency.max(1))
             .inspect(|_| bar.inc(1))

@@ -28,6 +28,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
     let model = registry.get(&args.model).cloned().ok_or_else(|| anyhow::anyhow!("unknown model {:?}; available: {:?}", args.model, registry.names()))?;
     let labels = &model.bundle.manifest.labels;
     let mut failures = 0;
+    let decoding = args.models.decoding();
     if !args.json {
         println!("{:<48} {:<12} {:>8} {:<14} {}", "file", "label", "prob", "verdict", "probabilities");
     }
@@ -35,7 +36,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
         let result = match std::fs::read(path) {
             Ok(bytes) => {
                 let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes) } else { Input::Image(bytes) };
-                pipeline::run(&model, input, args.models.limits(), None, &path.display().to_string()).await.map_err(|e| e.to_string())
+                pipeline::run(&model, input, &decoding, None, &path.display().to_string()).await.map_err(|e| e.to_string())
             }
             Err(e) => Err(format!("reading: {e}")),
         };

@@ -24,6 +24,17 @@ pub enum DecodeError {
     Malformed(String),
     #[error("tensor is invalid: {0}")]
     BadTensor(String),
+    /// One image needs more memory than the whole decode budget: it can never be decoded here.
+    #[error("decoding this image needs {needed} bytes for its {what}, more than the whole decode memory budget of {budget} bytes (--decode-memory-mib); send a smaller image")]
+    OverBudget { what: String, needed: u64, budget: u64 },
+    /// Other decodes hold the budget now: the caller may retry later.
+    #[error("the server is decoding too many large images at once ({in_use} of {budget} bytes of decode memory in use, {needed} more needed); retry later")]
+    BudgetExhausted { needed: u64, in_use: u64, budget: u64 },
+    /// The caller went away while its input was being decoded.
+    #[error("the call was cancelled while its input was being decoded")]
+    Cancelled,
+    #[error("the call's deadline passed while its input was being decoded")]
+    DeadlineExceeded,
 }
 
 impl DecodeError {
@@ -40,6 +51,10 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => "image_too_large",
             DecodeError::Malformed(_) => "malformed_image",
             DecodeError::BadTensor(_) => "bad_tensor",
+            DecodeError::OverBudget { .. } => "image_too_large",
+            DecodeError::BudgetExhausted { .. } => "decode_budget_exhausted",
+            DecodeError::Cancelled => "cancelled",
+            DecodeError::DeadlineExceeded => "deadline_exceeded",
         }
     }
 }

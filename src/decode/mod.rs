@@ -2,16 +2,22 @@
 //! [`DecodedImage`] of intensities in [0, 1], the common currency of the pipeline.
 //!
 //! Every refusal is a [`DecodeError`] whose message a PACS engineer can act on; sizes are
-//! checked against [`DecodeLimits`] from headers before any pixel buffer is allocated.
+//! checked against [`DecodeLimits`] from headers before any pixel buffer is allocated, and
+//! what the headers say a decode will allocate is taken from the shared [`DecodeBudget`]
+//! first, so that what arrives at once cannot exhaust memory.
 
+mod budget;
+mod codestream;
 mod dicom;
 pub(crate) mod dicom_guard;
+mod dicom_pixels;
 mod error;
 mod raster;
 
-pub use dicom::decode_dicom;
+pub use budget::{CancelFlag, CancelOnDrop, DecodeBudget, Reservation};
+pub use dicom::{decode_dicom, decode_dicom_within};
 pub use error::DecodeError;
-pub use raster::decode_raster;
+pub use raster::{decode_raster, decode_raster_within};
 
 /// An image with intensities in [0, 1], planar (channel-major), row-major within a plane.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,10 +44,14 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
 }
 
+/// The default `--max-image-pixels`: 5000 x 5000, above every CR/DX detector and a
+/// 4096 x 5120 mammogram; the costliest image of that size (16-bit RGBA PNG) needs about
+/// 500 MB to decode, inside the default decode budget (README, "Memory").
+pub const DEFAULT_MAX_PIXELS: u64 = 25_000_000;
+
 impl Default for DecodeLimits {
     fn default() -> Self {
-        // ~ 6300 x 6300: above any CR/DX detector in use, far below a decompression bomb.
-        DecodeLimits { max_pixels: 40_000_000 }
+        DecodeLimits { max_pixels: DEFAULT_MAX_PIXELS }
     }
 }
 
@@ -55,6 +65,13 @@ impl DecodeLimits {
         }
         Ok(())
     }
+}
+
+/// What the server decodes with: the per-image limits and the budget shared by every call.
+#[derive(Clone)]
+pub struct DecodeConfig {
+    pub limits: DecodeLimits,
+    pub budget: DecodeBudget,
 }
 
 /// True when the bytes look like DICOM Part 10 (preamble + "DICM").

@@ -1,6 +1,8 @@
 //! Test harness: the real server on port 0, a real tonic client, the admin port over HTTP.
 #![allow(dead_code)]
 
+pub mod bombs;
+pub mod capped;
 pub mod deploy;
 
 use std::io::{Read, Write};
