@@ -146,6 +146,23 @@ async fn clean_requests_are_forwarded_unchanged_and_flagged_ones_never_leave_und
     assert_eq!(delta(&before, &after, "medsentry_blocked_before_forward_total", &[("model", LOCAL)]), 1.0);
     assert_eq!(delta(&before, &after, "medsentry_requests_total", &[("api", "oip"), ("model", LOCAL), ("outcome", "permission_denied")]), 1.0);
 
+    // The flagged tensor as a second input beside the clean one: every input is screened,
+    // so it is refused the same way; an input the bundle cannot screen is refused too.
+    let mut pair = infer_request(UPSTREAM, "adv-2", &clean);
+    pair.inputs.push(InferInputTensor { name: "second".into(), datatype: "FP32".into(), shape: vec![1, 1, 64, 64], ..Default::default() });
+    pair.raw_input_contents.push(flagged.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let err = via.model_infer(pair.clone()).await.expect_err("the second input is screened and rejected");
+    assert_eq!((err.code(), err.metadata().get("medsentry-reason").unwrap().to_str().unwrap()), (Code::PermissionDenied, "rejected_by_policy"), "{err:?}");
+    assert_eq!(err.metadata().get("medsentry-batch-item").unwrap(), "1", "the second input's item");
+    pair.inputs[1].datatype = "INT64".into();
+    pair.inputs[1].shape = vec![1, 4];
+    pair.raw_input_contents[1] = vec![0; 32];
+    let err = via.model_infer(pair).await.expect_err("an unscreenable input is refused");
+    assert_eq!((err.code(), err.metadata().get("medsentry-reason").unwrap().to_str().unwrap()), (Code::InvalidArgument, "unscreenable_input"), "{err:?}");
+    assert!(err.message().contains("\"second\""), "{}", err.message());
+    let (_, after) = upstream.admin_get("/metrics");
+    assert_eq!(upstream_calls(&after) - upstream_calls(&before), 0.0, "the upstream saw neither");
+
     // A bad request is refused locally too, and not forwarded.
     let mut bad = infer_request(UPSTREAM, "bad", &clean);
     bad.raw_input_contents[0].truncate(100);

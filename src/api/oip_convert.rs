@@ -45,23 +45,45 @@ fn invalid(reason: &'static str, message: String) -> PipelineError {
     PipelineError::InvalidRequest { reason, message }
 }
 
-/// The input tensor(s) of `req` as pipeline inputs for `bundle`. `lenient_name` (proxy
-/// mode, where names follow the upstream model) accepts a single input of any name.
-pub fn parse_request(req: &ModelInferRequest, bundle: &Bundle, lenient_name: bool) -> Result<Parsed, PipelineError> {
+/// The input tensor(s) of `req` as pipeline inputs for `bundle`.
+///
+/// Served locally, the request carries one input named like the bundle's. In proxy mode (`proxy`), where names follow the upstream model,
+/// every input is screened, whatever its name: an input the bundle cannot screen refuses
+/// the request (reason `unscreenable_input`), so nothing reaches the upstream unscreened.
+pub fn parse_request(req: &ModelInferRequest, bundle: &Bundle, proxy: bool) -> Result<Parsed, PipelineError> {
     let want = bundle.manifest.outputs.input.as_str();
     let names: Vec<&str> = req.inputs.iter().map(|i| i.name.as_str()).collect();
-    let index = match names.iter().position(|n| *n == want) {
-        _ if names.is_empty() => return Err(invalid("no_input", "the ModelInfer request carries no input tensor".into())),
-        Some(i) if lenient_name || names.len() == 1 => i,
-        None if lenient_name && names.len() == 1 => 0,
-        _ => return Err(invalid("bad_input_name", format!("model {} takes one input named {want:?}; the request has {names:?}", bundle.name()))),
-    };
-    let input = &req.inputs[index];
+    if names.is_empty() {
+        return Err(invalid("no_input", "the ModelInfer request carries no input tensor".into()));
+    }
     let raw = !req.raw_input_contents.is_empty();
-    let data = if raw {
-        if req.raw_input_contents.len() != req.inputs.len() {
-            return Err(invalid("bad_contents", format!("raw_input_contents has {} entries for {} inputs (one per input, in order)", req.raw_input_contents.len(), req.inputs.len())));
+    if raw && req.raw_input_contents.len() != req.inputs.len() {
+        return Err(invalid("bad_contents", format!("raw_input_contents has {} entries for {} inputs (one per input, in order)", req.raw_input_contents.len(), req.inputs.len())));
+    }
+    if proxy {
+        let mut items = Vec::new();
+        for index in 0..req.inputs.len() {
+            let parsed = input_items(req, index, bundle).map_err(|e| match e {
+                PipelineError::InvalidRequest { message, .. } => invalid(
+                    "unscreenable_input",
+                    format!("proxy mode screens every input before forwarding, and input {:?} cannot be screened with bundle {}: {message}", names[index], bundle.name()),
+                ),
+                other => other,
+            })?;
+            items.extend(parsed);
         }
+        return Ok(Parsed { items, raw });
+    }
+    if names != [want] {
+        return Err(invalid("bad_input_name", format!("model {} takes one input named {want:?}; the request has {names:?}", bundle.name())));
+    }
+    Ok(Parsed { items: input_items(req, 0, bundle)?, raw })
+}
+
+/// The batch items of input `index` of `req`.
+fn input_items(req: &ModelInferRequest, index: usize, bundle: &Bundle) -> Result<Vec<Input>, PipelineError> {
+    let input = &req.inputs[index];
+    let data = if !req.raw_input_contents.is_empty() {
         if input.contents.as_ref().is_some_and(|c| *c != InferTensorContents::default()) {
             return Err(invalid("bad_contents", format!("input {:?} has both typed contents and raw_input_contents; send one", input.name)));
         }
@@ -69,17 +91,14 @@ pub fn parse_request(req: &ModelInferRequest, bundle: &Bundle, lenient_name: boo
     } else {
         Contents::Typed(input.contents.as_ref())
     };
-    let items = match input.datatype.as_str() {
-        "FP32" | "UINT8" => pixel_items(input, data, bundle)?,
-        "BYTES" => file_items(input, data)?,
-        other => {
-            return Err(invalid(
-                "bad_datatype",
-                format!("input {:?} has datatype {other}; send FP32 ([0, 1] intensities), UINT8 (0..255) or BYTES (one PNG/JPEG/DICOM file per item)", input.name),
-            ))
-        }
-    };
-    Ok(Parsed { items, raw })
+    match input.datatype.as_str() {
+        "FP32" | "UINT8" => pixel_items(input, data, bundle),
+        "BYTES" => file_items(input, data),
+        other => Err(invalid(
+            "bad_datatype",
+            format!("input {:?} has datatype {other}; send FP32 ([0, 1] intensities), UINT8 (0..255) or BYTES (one PNG/JPEG/DICOM file per item)", input.name),
+        )),
+    }
 }
 
 enum Contents<'a> {
@@ -414,6 +433,15 @@ mod tests {
         assert_eq!(reason(parse_request(&request("INPUT__0", "FP32", vec![1, 1, 64, 64], ok(), None), &b, false)), "bad_input_name");
         assert!(parse_request(&request("INPUT__0", "FP32", vec![1, 1, 64, 64], ok(), None), &b, true).is_ok());
         assert_eq!(reason(parse_request(&ModelInferRequest::default(), &b, false)), "no_input");
+        // Proxy mode screens every input: a second image-like input is screened too, one
+        // the bundle cannot screen refuses the request.
+        let mut pair = request("INPUT__0", "FP32", vec![1, 1, 64, 64], ok(), None);
+        pair.inputs.push(InferInputTensor { name: "INPUT__1".into(), datatype: "FP32".into(), shape: vec![2, 1, 64, 64], ..Default::default() });
+        pair.raw_input_contents.push(vec![0u8; 2 * 4096 * 4]);
+        assert_eq!(parse_request(&pair, &b, true).unwrap().items.len(), 3);
+        assert_eq!(reason(parse_request(&pair, &b, false)), "bad_input_name");
+        pair.inputs[1].datatype = "INT64".into();
+        assert_eq!(reason(parse_request(&pair, &b, true)), "unscreenable_input");
         let mut two = request("input", "FP32", vec![1, 1, 64, 64], ok(), None);
         two.raw_input_contents.push(vec![]);
         assert_eq!(reason(parse_request(&two, &b, false)), "bad_contents");
