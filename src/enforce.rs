@@ -72,6 +72,7 @@ pub async fn enforce(model: &Arc<ServedModel>, input: Input, screening: &mut Scr
             fused_score: screening.fused_score,
             detectors: screening.detectors.clone(),
             quarantine_id,
+            scores_withheld: false,
         })));
     }
     if reject {

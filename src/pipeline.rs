@@ -65,19 +65,26 @@ pub struct Rejection {
     pub detectors: Vec<DetectorScore>,
     /// Set when the input was also quarantined.
     pub quarantine_id: Option<String>,
+    /// Set by the API layer for a caller who may not see scores (the policy's
+    /// [disclosure]): the message and error details then name the detectors that fired only.
+    pub scores_withheld: bool,
 }
 
 impl Rejection {
     pub fn message(&self) -> String {
-        let fired: Vec<String> = self
-            .detectors
-            .iter()
-            .filter(|d| d.fired || d.score > d.threshold)
-            .map(|d| format!("{} scored {:.4} > threshold {:.4} ({:.2}x)", d.name, d.score, d.threshold, d.score / d.threshold))
-            .collect();
+        let over = self.detectors.iter().filter(|d| d.fired || d.score > d.threshold);
+        let fired: Vec<String> = if self.scores_withheld {
+            over.map(|d| format!("{} fired", d.name)).collect()
+        } else {
+            over.map(|d| format!("{} scored {:.4} > threshold {:.4} ({:.2}x)", d.name, d.score, d.threshold, d.score / d.threshold)).collect()
+        };
         let fired = if fired.is_empty() { "no detector over its ADVERSARIAL threshold (flagged at SUSPICIOUS)".to_string() } else { fired.join("; ") };
         let kept = self.quarantine_id.as_ref().map(|id| format!("; quarantined as {id}")).unwrap_or_default();
-        format!("input rejected by policy of model {}: verdict {}, fused score {:.3}: {fired}{kept}", self.model, self.verdict.as_str().to_uppercase(), self.fused_score)
+        let verdict = self.verdict.as_str().to_uppercase();
+        if self.scores_withheld {
+            return format!("input rejected by policy of model {}: verdict {verdict}: {fired}{kept}", self.model);
+        }
+        format!("input rejected by policy of model {}: verdict {verdict}, fused score {:.3}: {fired}{kept}", self.model, self.fused_score)
     }
 }
 

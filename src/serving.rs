@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::batcher::BatcherHandle;
 use crate::bundle::Bundle;
+use crate::defense::policy::Disclosure;
 use crate::defense::{CampaignMonitor, DefenseError, ModelPolicy, Policy, Screener};
 use crate::quarantine::QuarantineStore;
 use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, WorkerConfig};
@@ -49,6 +50,8 @@ pub type Warmup = (String, oneshot::Receiver<Result<ExecutionProvider, EngineErr
 pub struct Registry {
     models: BTreeMap<String, Arc<ServedModel>>,
     default_model: String,
+    /// Who sees raw detector scores in answers (the policy's [disclosure]).
+    pub disclosure: Disclosure,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +101,7 @@ impl Registry {
             let served = ServedModel { policy: model_policy, campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
             models.insert(name, Arc::new(served));
         }
-        Ok((Registry { models, default_model }, warmups))
+        Ok((Registry { models, default_model, disclosure: policy.disclosure.clone() }, warmups))
     }
 
     /// Awaits every model's warm-up and opens its readiness latch; the first failure wins.

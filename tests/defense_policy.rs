@@ -14,32 +14,6 @@ const MODEL: &str = "chest-xray-pneumonia";
 /// out of the pediatric training distribution. It carries patient tags to de-identify.
 const FLAGGED_DICOM: &str = "dicom/RG1_UNCR.dcm";
 
-/// Served detector name -> key of the pipeline's scores in advtest_sample.json.
-const SAMPLE_KEYS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze")];
-
-/// (clean, flagged) AdvTest tensors from advtest_sample.json, chosen by the pipeline's
-/// scores against the bundle's thresholds: the clean one is below every SUSPICIOUS
-/// threshold, the flagged one above an ADVERSARIAL threshold, both with a margin.
-fn sample_pair() -> (Vec<f32>, Vec<f32>) {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(MODEL).join("advtest_sample.json")).unwrap()).unwrap();
-    let bundles = medsentry::bundle::load_all(&repo().join("models")).unwrap();
-    let manifest = &bundles.iter().find(|b| b.name() == MODEL).unwrap().manifest;
-    let thresholds: Vec<(&str, f64, f64)> = manifest
-        .detectors
-        .iter()
-        .map(|d| {
-            let key = SAMPLE_KEYS.iter().find(|(n, _)| *n == d.name).unwrap_or_else(|| panic!("no sample key for {}", d.name)).1;
-            (key, d.threshold as f64, d.suspicious_threshold.unwrap_or(d.threshold) as f64)
-        })
-        .collect();
-    let pixels = |it: &serde_json::Value| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
-    let items = v["items"].as_array().unwrap();
-    let score = |it: &serde_json::Value, k: &str| it["scores"][k].as_f64().unwrap();
-    let clean = items.iter().find(|it| it["kind"] == "clean" && thresholds.iter().all(|(k, _, s)| score(it, k) < s * 0.98)).expect("a clean sample below every threshold");
-    let flagged = items.iter().find(|it| it["kind"] != "clean" && thresholds.iter().any(|(k, t, _)| score(it, k) > t * 1.02)).expect("an adversarial sample over a threshold");
-    (pixels(clean), pixels(flagged))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_refuses_flagged_inputs_with_what_fired_and_serves_clean_ones() {
     let _serial = serial().await;

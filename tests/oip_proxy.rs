@@ -39,18 +39,6 @@ fn upstream_models() -> tempfile::TempDir {
     dir
 }
 
-/// (clean, flagged) AdvTest tensors from advtest_sample.json, chosen by the pipeline's scores.
-fn sample_pair() -> (Vec<f32>, Vec<f32>) {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(LOCAL).join("advtest_sample.json")).unwrap()).unwrap();
-    let (thr, suspicious) = ((7.766818246605059, 0.8738487388265888), (7.234486883813824, 0.7485718144756398));
-    let pixels = |it: &serde_json::Value| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
-    let score = |it: &serde_json::Value, k: &str| it["scores"][k].as_f64().unwrap();
-    let items = v["items"].as_array().unwrap();
-    let clean = items.iter().find(|it| it["kind"] == "clean" && score(it, "mahalanobis") < suspicious.0 * 0.98 && score(it, "logreg") < suspicious.1 * 0.98).unwrap();
-    let flagged = items.iter().find(|it| it["kind"] != "clean" && (score(it, "mahalanobis") > thr.0 * 1.02 || score(it, "logreg") > thr.1 * 1.02)).unwrap();
-    (pixels(clean), pixels(flagged))
-}
-
 /// A ModelInfer of one [1, 1, 64, 64] FP32 tensor in raw_input_contents (tritonclient's way).
 fn infer_request(model: &str, id: &str, pixels: &[f32]) -> ModelInferRequest {
     ModelInferRequest {

@@ -16,7 +16,8 @@ pub fn input_of(req: &mut proto::ScreenRequest) -> Result<Input, PipelineError> 
     }
 }
 
-pub fn response(request_id: String, bundle: &Bundle, o: Outcome) -> proto::ScreenResponse {
+/// The answer to a Screen call; `shows_scores`: whether this caller sees raw scores.
+pub fn response(request_id: String, bundle: &Bundle, o: Outcome, shows_scores: bool) -> proto::ScreenResponse {
     let m = &bundle.manifest;
     proto::ScreenResponse {
         request_id,
@@ -30,7 +31,7 @@ pub fn response(request_id: String, bundle: &Bundle, o: Outcome) -> proto::Scree
         top_label: m.labels[o.top_index].clone(),
         top_index: o.top_index as u32,
         top_probability: o.probabilities[o.top_index],
-        screening: Some(screening(o.screening, o.enforced, o.campaign)),
+        screening: Some(screening(o.screening, o.enforced, o.campaign, shows_scores)),
         timings: Some(proto::StageTimings {
             decode_seconds: o.timings.decode,
             preprocess_seconds: o.timings.preprocess,
@@ -42,7 +43,9 @@ pub fn response(request_id: String, bundle: &Bundle, o: Outcome) -> proto::Scree
     }
 }
 
-fn screening(s: Screening, enforced: Enforced, campaign: Option<CampaignStatus>) -> proto::Screening {
+fn screening(s: Screening, enforced: Enforced, campaign: Option<CampaignStatus>, shows_scores: bool) -> proto::Screening {
+    // Withheld values are 0 and `scores_withheld` says so.
+    let shown = |v: f32| if shows_scores { v } else { 0.0 };
     let verdict = match s.verdict {
         Verdict::NotScreened => proto::Verdict::NotScreened,
         Verdict::Clean => proto::Verdict::Clean,
@@ -51,26 +54,28 @@ fn screening(s: Screening, enforced: Enforced, campaign: Option<CampaignStatus>)
     };
     proto::Screening {
         verdict: verdict as i32,
-        fused_score: s.fused_score,
+        fused_score: shown(s.fused_score),
         detectors: s
             .detectors
             .into_iter()
-            .map(|d| proto::DetectorScore { name: d.name, score: d.score, threshold: d.threshold, calibrated_fpr: d.calibrated_fpr, fired: d.fired })
+            .map(|d| proto::DetectorScore { name: d.name, score: shown(d.score), threshold: shown(d.threshold), calibrated_fpr: shown(d.calibrated_fpr), fired: d.fired })
             .collect(),
         note: s.note,
         action: enforced.action,
         quarantine_id: enforced.quarantine_id.unwrap_or_default(),
         campaign: campaign.map(|c| proto::Campaign {
             alarm: c.alarm(),
-            shared_perturbation_score: c.residual_score,
+            shared_perturbation_score: shown(c.residual_score),
             shared_perturbation_alarm: c.residual_alarm,
-            class_mix_score: c.class_mix_score,
+            class_mix_score: shown(c.class_mix_score),
             class_mix_alarm: c.class_mix_alarm,
         }),
+        scores_withheld: !shows_scores,
     }
 }
 
-pub fn model_info(bundle: &Bundle) -> proto::ModelInfo {
+/// A bundle's description; thresholds only for callers who see scores.
+pub fn model_info(bundle: &Bundle, shows_scores: bool) -> proto::ModelInfo {
     let m = &bundle.manifest;
     proto::ModelInfo {
         name: m.name.clone(),
@@ -90,7 +95,10 @@ pub fn model_info(bundle: &Bundle) -> proto::ModelInfo {
         detectors: m
             .detectors
             .iter()
-            .map(|d| proto::DetectorInfo { name: d.name.clone(), kind: d.kind.clone(), threshold: d.threshold, calibrated_fpr: d.calibrated_fpr })
+            .map(|d| {
+                let (threshold, calibrated_fpr) = if shows_scores { (d.threshold, d.calibrated_fpr) } else { (0.0, 0.0) };
+                proto::DetectorInfo { name: d.name.clone(), kind: d.kind.clone(), threshold, calibrated_fpr }
+            })
             .collect(),
         classifier_sha256: bundle.classifier_sha256().to_string(),
         max_batch: m.max_batch as u32,

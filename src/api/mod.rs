@@ -11,9 +11,19 @@ pub mod status;
 pub use oip::{OipService, Proxy};
 pub use sentry::SentryService;
 
+use tonic::metadata::MetadataMap;
 use tonic::Code;
 
 use crate::metrics;
+use crate::serving::Registry;
+
+/// The header a caller sends a score token in (see the policy's [disclosure]).
+pub const SCORE_TOKEN_HEADER: &str = "medsentry-score-token";
+
+/// Whether the caller of a request with `metadata` sees raw detector scores.
+pub fn shows_scores(registry: &Registry, metadata: &MetadataMap) -> bool {
+    registry.disclosure.shows_scores(metadata.get(SCORE_TOKEN_HEADER).map(|v| v.as_bytes()))
+}
 
 /// Counts calls that tonic refuses before they reach a handler (a message over the size
 /// limit): their status only shows in the response headers.

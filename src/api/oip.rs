@@ -96,26 +96,26 @@ impl OipService {
         Ok(outcomes)
     }
 
-    async fn infer_local(&self, req: ModelInferRequest, deadline: Option<Instant>, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
+    async fn infer_local(&self, req: ModelInferRequest, deadline: Option<Instant>, shows: bool, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&req.model_name, &req.model_version)?;
         *label = model.name().to_string();
         let bundle = &model.bundle;
         let Parsed { items, raw } = convert::parse_request(&req, bundle, false)?;
         convert::check_requested_outputs(&req)?;
         let outcomes = self.screen(&model, items, deadline, &req.id).await?;
-        let tensors = convert::select_outputs(&req, convert::model_outputs(bundle, &outcomes))?;
+        let tensors = convert::select_outputs(&req, convert::model_outputs(bundle, &outcomes, shows))?;
         let mut resp = ModelInferResponse {
             model_name: bundle.name().to_string(),
             model_version: bundle.manifest.version.clone(),
             id: req.id,
-            parameters: convert::screening_parameters(bundle, &outcomes),
+            parameters: convert::screening_parameters(bundle, &outcomes, shows),
             ..Default::default()
         };
         convert::append_outputs(&mut resp, tensors, raw);
         Ok((resp, worst(&outcomes)))
     }
 
-    async fn infer_proxy(&self, proxy: &Proxy, md: MetadataMap, req: ModelInferRequest, deadline: Option<Instant>, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
+    async fn infer_proxy(&self, proxy: &Proxy, md: MetadataMap, req: ModelInferRequest, deadline: Option<Instant>, shows: bool, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&proxy.screen_model, "")?;
         *label = model.name().to_string();
         let bundle = &model.bundle;
@@ -138,9 +138,9 @@ impl OipService {
         })?;
         // Answer in the upstream's form; raw and typed contents must not mix.
         let raw = if resp.outputs.is_empty() { raw } else { !resp.raw_output_contents.is_empty() && resp.raw_output_contents.len() == resp.outputs.len() };
-        resp.parameters.extend(convert::screening_parameters(bundle, &outcomes));
+        resp.parameters.extend(convert::screening_parameters(bundle, &outcomes, shows));
         convert::remove_screening_outputs(&mut resp);
-        convert::append_outputs(&mut resp, convert::screening_outputs(bundle, &outcomes), raw);
+        convert::append_outputs(&mut resp, convert::screening_outputs(bundle, &outcomes, shows), raw);
         Ok((resp, worst(&outcomes)))
     }
 }
@@ -201,12 +201,13 @@ impl GrpcInferenceService for OipService {
         let started = Instant::now();
         let deadline = deadline::from_metadata(request.metadata(), started);
         let (md, _, req) = request.into_parts();
+        let shows = super::shows_scores(&self.registry, &md);
         let id = req.id.clone();
         // Unknown names are caller-controlled: keep them out of metric labels.
         let mut label = "unknown".to_string();
         let result = match &self.proxy {
-            None => self.infer_local(req, deadline, &mut label).await,
-            Some(p) => self.infer_proxy(p, md, req, deadline, &mut label).await,
+            None => self.infer_local(req, deadline, shows, &mut label).await,
+            Some(p) => self.infer_proxy(p, md, req, deadline, shows, &mut label).await,
         };
         let seconds = started.elapsed().as_secs_f64();
         match result {
@@ -219,7 +220,7 @@ impl GrpcInferenceService for OipService {
                 metrics::record_error(&label, API, error.reason());
                 metrics::record_request(&label, API, code_label(error.code()), error.verdict_label(), seconds);
                 tracing::info!(request_id = id, model = label, reason = error.reason(), item, error = %error, "ModelInfer refused");
-                let mut status = Status::from(error);
+                let mut status = Status::from(error.withhold_scores(!shows));
                 if let Some(i) = item {
                     // Which batch item was refused (the message is that item's).
                     status.metadata_mut().insert("medsentry-batch-item", i.into());

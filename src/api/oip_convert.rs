@@ -226,9 +226,14 @@ pub fn string_param(s: impl Into<String>) -> InferParameter {
     InferParameter { parameter_choice: Some(ParameterChoice::StringParam(s.into())) }
 }
 
-/// `verdict`, `fused_score`, `detector_scores` for the batch.
-pub fn screening_outputs(bundle: &Bundle, outcomes: &[Outcome]) -> Vec<OutTensor> {
+/// `verdict`, and for a caller who sees scores `fused_score` and `detector_scores`, for
+/// the batch.
+pub fn screening_outputs(bundle: &Bundle, outcomes: &[Outcome], shows_scores: bool) -> Vec<OutTensor> {
     let n = outcomes.len() as i64;
+    let verdicts = OutTensor { name: VERDICT, datatype: "BYTES", shape: vec![n], parameters: HashMap::new(), data: Data::Bytes(outcomes.iter().map(|o| verdict(o).into_bytes()).collect()) };
+    if !shows_scores {
+        return vec![verdicts];
+    }
     let names: Vec<&str> = bundle.manifest.detectors.iter().map(|d| d.name.as_str()).collect();
     let thresholds: Vec<String> = bundle.manifest.detectors.iter().map(|d| d.threshold.to_string()).collect();
     let scores = outcomes.iter().flat_map(|o| names.iter().map(move |name| detector_score(o, name))).collect();
@@ -236,20 +241,20 @@ pub fn screening_outputs(bundle: &Bundle, outcomes: &[Outcome]) -> Vec<OutTensor
     detector_params.insert("detectors".to_string(), string_param(names.join(",")));
     detector_params.insert("thresholds".to_string(), string_param(thresholds.join(",")));
     vec![
-        OutTensor { name: VERDICT, datatype: "BYTES", shape: vec![n], parameters: HashMap::new(), data: Data::Bytes(outcomes.iter().map(|o| verdict(o).into_bytes()).collect()) },
+        verdicts,
         OutTensor { name: FUSED_SCORE, datatype: "FP32", shape: vec![n], parameters: HashMap::new(), data: Data::F32(outcomes.iter().map(|o| o.screening.fused_score).collect()) },
         OutTensor { name: DETECTOR_SCORES, datatype: "FP32", shape: vec![n, names.len() as i64], parameters: detector_params, data: Data::F32(scores) },
     ]
 }
 
 /// `probabilities` followed by the screening outputs.
-pub fn model_outputs(bundle: &Bundle, outcomes: &[Outcome]) -> Vec<OutTensor> {
+pub fn model_outputs(bundle: &Bundle, outcomes: &[Outcome], shows_scores: bool) -> Vec<OutTensor> {
     let k = bundle.manifest.labels.len() as i64;
     let mut params = HashMap::new();
     params.insert("labels".to_string(), string_param(bundle.manifest.labels.join(",")));
     let probabilities = outcomes.iter().flat_map(|o| o.probabilities.iter().copied()).collect();
     let mut out = vec![OutTensor { name: PROBABILITIES, datatype: "FP32", shape: vec![outcomes.len() as i64, k], parameters: params, data: Data::F32(probabilities) }];
-    out.extend(screening_outputs(bundle, outcomes));
+    out.extend(screening_outputs(bundle, outcomes, shows_scores));
     out
 }
 
@@ -261,14 +266,19 @@ fn verdict(o: &Outcome) -> String {
     o.screening.verdict.as_str().to_uppercase()
 }
 
-/// The `medsentry.*` response parameters (see the module docs).
-pub fn screening_parameters(bundle: &Bundle, outcomes: &[Outcome]) -> HashMap<String, InferParameter> {
+/// The `medsentry.*` response parameters (see the module docs); scores only for a caller
+/// who sees them, `medsentry.fired` (the detectors that fired, `+`-joined, per item) always.
+pub fn screening_parameters(bundle: &Bundle, outcomes: &[Outcome], shows_scores: bool) -> HashMap<String, InferParameter> {
     let join = |f: &dyn Fn(&Outcome) -> String| outcomes.iter().map(f).collect::<Vec<_>>().join(",");
     let mut p = HashMap::new();
     p.insert("medsentry.verdict".to_string(), string_param(join(&verdict)));
-    p.insert("medsentry.fused_score".to_string(), string_param(join(&|o| o.screening.fused_score.to_string())));
-    for d in &bundle.manifest.detectors {
-        p.insert(format!("medsentry.detector.{}", d.name), string_param(join(&|o| detector_score(o, &d.name).to_string())));
+    let fired = |o: &Outcome| o.screening.detectors.iter().filter(|d| d.fired).map(|d| d.name.as_str()).collect::<Vec<_>>().join("+");
+    p.insert("medsentry.fired".to_string(), string_param(join(&fired)));
+    if shows_scores {
+        p.insert("medsentry.fused_score".to_string(), string_param(join(&|o| o.screening.fused_score.to_string())));
+        for d in &bundle.manifest.detectors {
+            p.insert(format!("medsentry.detector.{}", d.name), string_param(join(&|o| detector_score(o, &d.name).to_string())));
+        }
     }
     p.insert("medsentry.action".to_string(), string_param(join(&|o| if o.enforced.action.is_empty() { "none".to_string() } else { o.enforced.action.replace(',', "+") })));
     p.insert("medsentry.screen_model".to_string(), string_param(bundle.name()));
@@ -331,6 +341,9 @@ pub fn select_outputs(req: &ModelInferRequest, mut tensors: Vec<OutTensor>) -> R
         match tensors.iter().position(|t| t.name == o.name) {
             Some(i) => picked.push(tensors.swap_remove(i)),
             None if picked.iter().any(|t: &OutTensor| t.name == o.name) => {}
+            None if [FUSED_SCORE, DETECTOR_SCORES].contains(&o.name.as_str()) => {
+                return Err(invalid("scores_withheld", format!("output {:?} carries detector scores, which the policy ([disclosure]) withholds from this caller", o.name)))
+            }
             None => return Err(invalid("unknown_output", format!("requested output {:?} does not exist; outputs are {OUTPUTS:?}", o.name))),
         }
     }

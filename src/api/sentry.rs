@@ -30,7 +30,7 @@ impl SentryService {
     }
 
     /// One request end to end, with its metrics; `api` labels the metrics.
-    async fn screen_one(&self, mut req: proto::ScreenRequest, deadline: Option<Instant>, api: &'static str) -> Result<proto::ScreenResponse, PipelineError> {
+    async fn screen_one(&self, mut req: proto::ScreenRequest, deadline: Option<Instant>, shows_scores: bool, api: &'static str) -> Result<proto::ScreenResponse, PipelineError> {
         let started = Instant::now();
         let request_id = std::mem::take(&mut req.request_id);
         let Some(model) = self.registry.get(&req.model).cloned() else {
@@ -49,13 +49,13 @@ impl SentryService {
             Ok(outcome) => {
                 metrics::record_request(model.name(), api, "ok", outcome.screening.verdict.as_str(), seconds);
                 tracing::debug!(request_id, model = model.name(), batch = outcome.batch_size, "screened");
-                Ok(convert::response(request_id, &model.bundle, outcome))
+                Ok(convert::response(request_id, &model.bundle, outcome, shows_scores))
             }
             Err(e) => {
                 metrics::record_error(model.name(), api, e.reason());
                 metrics::record_request(model.name(), api, code_label(e.code()), e.verdict_label(), seconds);
                 tracing::info!(request_id, model = model.name(), reason = e.reason(), error = %e, "request refused");
-                Err(e)
+                Err(e.withhold_scores(!shows_scores))
             }
         }
     }
@@ -67,7 +67,8 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::ScreenStreamRespon
 impl Sentry for SentryService {
     async fn screen(&self, request: Request<proto::ScreenRequest>) -> Result<Response<proto::ScreenResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let resp = self.screen_one(request.into_inner(), deadline, "screen").await?;
+        let shows = super::shows_scores(&self.registry, request.metadata());
+        let resp = self.screen_one(request.into_inner(), deadline, shows, "screen").await?;
         Ok(Response::new(resp))
     }
 
@@ -75,6 +76,7 @@ impl Sentry for SentryService {
 
     async fn screen_stream(&self, request: Request<Streaming<proto::ScreenRequest>>) -> Result<Response<ResponseStream>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let shows = super::shows_scores(&self.registry, request.metadata());
         let service = self.clone();
         let answers = request
             .into_inner()
@@ -87,7 +89,7 @@ impl Sentry for SentryService {
                         Err(status) => return Err(status),
                     };
                     let request_id = req.request_id.clone();
-                    let result = match service.screen_one(req, deadline, "screen_stream").await {
+                    let result = match service.screen_one(req, deadline, shows, "screen_stream").await {
                         Ok(r) => proto::screen_stream_response::Result::Response(r),
                         Err(e) => proto::screen_stream_response::Result::Error(proto::StreamError {
                             request_id,
@@ -102,15 +104,17 @@ impl Sentry for SentryService {
         Ok(Response::new(Box::pin(answers)))
     }
 
-    async fn list_models(&self, _request: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let models = self.registry.models().map(|m| convert::model_info(&m.bundle)).collect();
+    async fn list_models(&self, request: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let shows = super::shows_scores(&self.registry, request.metadata());
+        let models = self.registry.models().map(|m| convert::model_info(&m.bundle, shows)).collect();
         Ok(Response::new(proto::ListModelsResponse { models, default_model: self.registry.default_model().to_string() }))
     }
 
     async fn get_model(&self, request: Request<proto::GetModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
+        let shows = super::shows_scores(&self.registry, request.metadata());
         let name = request.into_inner().name;
         match self.registry.get(&name) {
-            Some(m) => Ok(Response::new(convert::model_info(&m.bundle))),
+            Some(m) => Ok(Response::new(convert::model_info(&m.bundle, shows))),
             None => Err(PipelineError::UnknownModel { name, available: self.registry.names() }.into()),
         }
     }

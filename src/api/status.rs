@@ -13,6 +13,15 @@ use crate::engine::EngineError;
 use crate::pipeline::PipelineError;
 
 impl PipelineError {
+    /// For a caller who may not see scores: a rejection's message and details name the
+    /// detectors that fired, without their scores and thresholds.
+    pub fn withhold_scores(mut self, withhold: bool) -> Self {
+        if let PipelineError::Rejected(r) = &mut self {
+            r.scores_withheld = withhold;
+        }
+        self
+    }
+
     pub fn code(&self) -> Code {
         match self {
             PipelineError::UnknownModel { .. } => Code::NotFound,
@@ -78,10 +87,14 @@ impl From<PipelineError> for Status {
         if let PipelineError::Rejected(r) = &e {
             info.insert("model".to_string(), r.model.clone());
             info.insert("verdict".to_string(), r.verdict.as_str().to_string());
-            info.insert("fused_score".to_string(), format!("{:.6}", r.fused_score));
+            if !r.scores_withheld {
+                info.insert("fused_score".to_string(), format!("{:.6}", r.fused_score));
+            }
             for d in &r.detectors {
-                info.insert(format!("detector.{}.score", d.name), format!("{:.6}", d.score));
-                info.insert(format!("detector.{}.threshold", d.name), format!("{:.6}", d.threshold));
+                if !r.scores_withheld {
+                    info.insert(format!("detector.{}.score", d.name), format!("{:.6}", d.score));
+                    info.insert(format!("detector.{}.threshold", d.name), format!("{:.6}", d.threshold));
+                }
                 info.insert(format!("detector.{}.fired", d.name), d.fired.to_string());
             }
             if let Some(id) = &r.quarantine_id {

@@ -18,6 +18,10 @@
 //! [quarantine]
 //! dir = "/var/lib/medsentry/quarantine"
 //! max_bytes = 1073741824
+//!
+//! [disclosure]                    # what callers see of the detectors
+//! scores = "hidden"               # hidden (default) | all
+//! score_token_sha256 = []         # hex SHA-256 of tokens whose holders see scores anyway
 //! ```
 
 use std::collections::BTreeMap;
@@ -149,6 +153,42 @@ fn default_max_bytes() -> u64 {
     1 << 30
 }
 
+/// Who sees raw detector scores and thresholds in answers. They are what a score-based
+/// attacker needs to tune an input until it slips under every detector, so by default
+/// callers get the verdict, which detectors fired and the policy's action; metrics, logs
+/// and the quarantine keep the scores.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Disclosure {
+    pub scores: ScoreAccess,
+    /// Hex SHA-256 digests of tokens: a caller sending one of the tokens in the
+    /// `medsentry-score-token` header sees scores (e.g. the operator's evaluation jobs).
+    pub score_token_sha256: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreAccess {
+    /// Only holders of a listed token.
+    #[default]
+    Hidden,
+    /// Every caller (a closed network where no caller is an attacker).
+    All,
+}
+
+impl Disclosure {
+    /// Whether a caller presenting `token` (the header's value, if any) sees scores.
+    pub fn shows_scores(&self, token: Option<&[u8]>) -> bool {
+        if self.scores == ScoreAccess::All {
+            return true;
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else { return false };
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(token));
+        self.score_token_sha256.iter().any(|d| d.eq_ignore_ascii_case(&digest))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -157,6 +197,8 @@ pub struct Policy {
     #[serde(default)]
     pub models: BTreeMap<String, ModelOverride>,
     pub quarantine: Option<QuarantineConfig>,
+    #[serde(default)]
+    pub disclosure: Disclosure,
 }
 
 #[derive(Debug, Error)]
@@ -178,6 +220,9 @@ impl Policy {
     pub fn validate(&self, served: &[String]) -> Result<(), String> {
         if let Some(name) = self.models.keys().find(|n| !served.contains(n)) {
             return Err(format!("[models.{name:?}] names a model this sidecar does not serve (serving {served:?})"));
+        }
+        if let Some(d) = self.disclosure.score_token_sha256.iter().find(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(format!("[disclosure] score_token_sha256 entry {d:?} is not a hex SHA-256 digest (64 hex digits, e.g. from `printf %s TOKEN | sha256sum`)"));
         }
         let quarantining = self.default.quarantines() || self.models.keys().any(|n| self.for_model(n).quarantines());
         match &self.quarantine {
@@ -224,5 +269,18 @@ mod tests {
         let q = parse("[default]\naction = \"quarantine\"\nafter_quarantine = \"reject\"\n[quarantine]\ndir = \"/q\"\n").unwrap();
         assert!(q.default.quarantines() && q.default.rejects());
         assert_eq!(q.quarantine.unwrap().max_bytes, 1 << 30);
+        assert!(parse("[disclosure]\nscore_token_sha256 = [\"abc\"]\n").unwrap_err().contains("not a hex SHA-256"));
+        assert!(parse("[disclosure]\nscores = \"some\"\n").unwrap_err().contains("unknown variant"));
+    }
+
+    #[test]
+    fn scores_are_hidden_unless_the_policy_or_a_listed_token_shows_them() {
+        assert!(!Policy::default().disclosure.shows_scores(None));
+        // sha256("letmein")
+        let digest = "1c8bfe8f801d79745c4631d09fff36c82aa37fc4cce4fc946683d7b336b63032";
+        let p = parse(&format!("[disclosure]\nscore_token_sha256 = [\"{}\"]\n", digest.to_uppercase())).unwrap();
+        assert!(p.disclosure.shows_scores(Some(b"letmein")));
+        assert!(!p.disclosure.shows_scores(Some(b"letmeout")) && !p.disclosure.shows_scores(Some(b"")) && !p.disclosure.shows_scores(None));
+        assert!(parse("[disclosure]\nscores = \"all\"\n").unwrap().disclosure.shows_scores(None));
     }
 }

@@ -38,7 +38,14 @@ pub struct TestServer {
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Holds the policy file written when the test passed none.
+    _policy_dir: Option<tempfile::TempDir>,
 }
+
+/// Tests read detector scores, which the sidecar withholds from callers by default: a
+/// server started without --policy gets one that shows them (tests/disclosure.rs checks
+/// the default), and [`write_policy`] adds the same unless the TOML has a [disclosure].
+const SHOW_SCORES: &str = "\n[disclosure]\nscores = \"all\"\n";
 
 impl TestServer {
     /// Starts the sidecar on the repository's models/ with extra flags; does not wait.
@@ -52,12 +59,18 @@ impl TestServer {
             argv.extend(["--models-dir".to_string(), models.display().to_string()]);
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
+        let mut policy_dir = None;
+        if !extra.contains(&"--policy") {
+            let dir = tempfile::tempdir().unwrap();
+            argv.extend(["--policy".to_string(), write_policy(dir.path(), "")]);
+            policy_dir = Some(dir);
+        }
         let args = Wrapper::try_parse_from(argv).expect("test flags parse").args;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(medsentry::server::run(args, grpc, admin, async move {
             let _ = rx.await;
         }));
-        TestServer { grpc: g, admin: a, stop: Some(tx), task }
+        TestServer { grpc: g, admin: a, stop: Some(tx), task, _policy_dir: policy_dir }
     }
 
     /// Starts and waits until health says SERVING.
@@ -191,6 +204,7 @@ pub fn references(bundle: &str) -> (String, Vec<Reference>) {
 /// A policy file in `dir` with the given TOML; returns its path as a flag value.
 pub fn write_policy(dir: &std::path::Path, toml: &str) -> String {
     let path = dir.join("policy.toml");
+    let toml = if toml.contains("[disclosure]") { toml.to_string() } else { format!("{toml}{SHOW_SCORES}") };
     std::fs::write(&path, toml).unwrap();
     path.display().to_string()
 }
@@ -259,4 +273,33 @@ pub fn copy_bundle(to: &std::path::Path, model: &str) -> PathBuf {
         }
     }
     dir
+}
+
+/// The default bundle, whose AdvTest sample the policy tests use.
+pub const CHEST: &str = "chest-xray-pneumonia";
+
+/// Served detector name -> key of the pipeline's scores in advtest_sample.json.
+const SAMPLE_KEYS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze")];
+
+/// (clean, flagged) chest X-ray AdvTest tensors from advtest_sample.json, chosen by the pipeline's
+/// scores against the bundle's thresholds: the clean one is below every SUSPICIOUS
+/// threshold, the flagged one above an ADVERSARIAL threshold, both with a margin.
+pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(CHEST).join("advtest_sample.json")).unwrap()).unwrap();
+    let bundles = medsentry::bundle::load_all(&repo().join("models")).unwrap();
+    let manifest = &bundles.iter().find(|b| b.name() == CHEST).unwrap().manifest;
+    let thresholds: Vec<(&str, f64, f64)> = manifest
+        .detectors
+        .iter()
+        .map(|d| {
+            let key = SAMPLE_KEYS.iter().find(|(n, _)| *n == d.name).unwrap_or_else(|| panic!("no sample key for {}", d.name)).1;
+            (key, d.threshold as f64, d.suspicious_threshold.unwrap_or(d.threshold) as f64)
+        })
+        .collect();
+    let pixels = |it: &serde_json::Value| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+    let items = v["items"].as_array().unwrap();
+    let score = |it: &serde_json::Value, k: &str| it["scores"][k].as_f64().unwrap();
+    let clean = items.iter().find(|it| it["kind"] == "clean" && thresholds.iter().all(|(k, _, s)| score(it, k) < s * 0.98)).expect("a clean sample below every threshold");
+    let flagged = items.iter().find(|it| it["kind"] != "clean" && thresholds.iter().any(|(k, t, _)| score(it, k) > t * 1.02)).expect("an adversarial sample over a threshold");
+    (pixels(clean), pixels(flagged))
 }
