@@ -53,7 +53,7 @@ pub async fn enforce(model: &Arc<ServedModel>, input: Input, screening: &mut Scr
             Err(e) => {
                 metrics::record_quarantine_failure(name, e.reason());
                 metrics::record_policy_action(name, if fail_closed { "fail_closed" } else { "fail_open" }, policy.shadow);
-                tracing::error!(model = name, error = %e, "quarantine write failed");
+                tracing::error!(model = name, error = %crate::logging::escaped(&e), "quarantine write failed");
                 if fail_closed && !policy.shadow {
                     return Err(PipelineError::QuarantineFailed { model: name.to_string(), message: e.to_string() });
                 }
@@ -113,7 +113,7 @@ async fn keep(model: &Arc<ServedModel>, input: Input, screening: &Screening, cam
         request_id_sha256: hex::encode(Sha256::digest(request_id.as_bytes())),
     };
     tokio::task::spawn_blocking(move || {
-        let form = quarantine::stored_form(&input)?;
+        let form = quarantine::stored_form(&input, store.uid_salt())?;
         let record = Record { input_kind: form.kind.to_string(), deidentified: form.deidentified, burned_in_annotation: form.burned_in_annotation, ..record };
         store.put(&form.bytes, form.ext, record)
     })

@@ -16,6 +16,7 @@ pub mod defense;
 pub mod engine;
 pub mod enforce;
 pub mod eval;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod preprocess;

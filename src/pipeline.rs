@@ -28,7 +28,7 @@ pub enum Input {
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
-    #[error("unknown model {name:?}; this sidecar serves {available:?}")]
+    #[error("unknown model {}; this sidecar serves {available:?}", shown_name(.name))]
     UnknownModel { name: String, available: Vec<String> },
     #[error("model {0} is still warming up; retry shortly")]
     NotReady(String),
@@ -54,6 +54,15 @@ pub enum PipelineError {
     /// refused the forwarded call.
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+}
+
+/// A caller-supplied name as a refusal quotes it: at most 64 characters (a 100 kB name
+/// made the status message too large for its header), control characters escaped.
+fn shown_name(name: &str) -> String {
+    match name.char_indices().nth(64) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &name[..cut], name.len()),
+        None => format!("{name:?}"),
+    }
 }
 
 /// A flagged input refused by a `reject` policy: what fired and by how much.

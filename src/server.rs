@@ -36,7 +36,7 @@ pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warm
         None => Policy::default(),
     };
     let quarantine = match &policy.quarantine {
-        Some(q) => Some(Arc::new(QuarantineStore::open(&q.dir, q.max_bytes).context("opening the quarantine store")?)),
+        Some(q) => Some(Arc::new(QuarantineStore::open(&q.dir, q.max_bytes, q.uid_salt_file.as_deref()).context("opening the quarantine store")?)),
         None => None,
     };
     engine::runtime::environment(args.ort_dylib.clone())?;

@@ -56,6 +56,12 @@ fn dicom_claiming_4_gib() -> Vec<u8> {
     b
 }
 
+/// A real chest X-ray JPEG cut in half (libjpeg would pad the missing rows with grey).
+fn half_a_jpeg() -> Vec<u8> {
+    let full = std::fs::read(data("chest_xray_kermany/images/test/NORMAL/IM-0001-0001.jpeg")).unwrap();
+    full[..full.len() / 2].to_vec()
+}
+
 struct Row {
     name: &'static str,
     request: ScreenRequest,
@@ -85,6 +91,14 @@ fn table() -> Vec<Row> {
         Row { name: "tensor of the wrong shape", request: tensor_request("r", vec![1, 3, 64, 64], vec![0.5; 3 * spec_len]), code: Code::InvalidArgument, says: "does not match the model input", reason: "bad_tensor" },
         Row { name: "tensor with NaN", request: tensor_request("r", vec![1, 1, 64, 64], nan), code: Code::InvalidArgument, says: "not finite", reason: "bad_tensor" },
         Row { name: "tensor data/shape mismatch", request: tensor_request("r", vec![1, 64, 64], vec![0.5; 10]), code: Code::InvalidArgument, says: "needs 4096 values", reason: "bad_tensor" },
+        Row { name: "JPEG cut in half", request: image_request("r", half_a_jpeg()), code: Code::InvalidArgument, says: "truncated", reason: "malformed_image" },
+        Row {
+            name: "a 100 kB model name",
+            request: ScreenRequest { request_id: "r".into(), model: "m".repeat(100_000), input: Some(proto::screen_request::Input::Image(vec![1])) },
+            code: Code::NotFound,
+            says: "(100000 bytes)",
+            reason: "unknown_model",
+        },
         Row {
             name: "unknown model",
             request: ScreenRequest { request_id: "r".into(), model: "brain-mri".into(), input: Some(proto::screen_request::Input::Image(vec![1])) },
@@ -151,5 +165,28 @@ async fn a_full_queue_answers_resource_exhausted() {
     assert!(codes.contains(&Code::ResourceExhausted), "24 concurrent calls into a queue of 1: {codes:?}");
     let (_, m) = server.admin_get("/metrics");
     assert!(metric(&m, "medsentry_errors_total", &[("model", MODEL), ("reason", "queue_full")]) >= 1.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oip_batch_larger_than_the_queue_is_answered() {
+    use medsentry::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use medsentry::inference::model_infer_request::InferInputTensor;
+    use medsentry::inference::ModelInferRequest;
+    // 300 items against the default queue capacity of 256: they enter the batcher 32 at a
+    // time instead of all at once (which answered RESOURCE_EXHAUSTED on an idle server).
+    let server = TestServer::ready(&[]).await;
+    let n = 300;
+    let raw: Vec<u8> = (0..n * 4096).flat_map(|i| ((i % 255) as f32 / 255.0).to_le_bytes()).collect();
+    let req = ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![n as i64, 1, 64, 64], ..Default::default() }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    };
+    let mut oip = GrpcInferenceServiceClient::new(server.channel().await).max_decoding_message_size(64 << 20);
+    let resp = oip.model_infer(req).await.expect("a 300-item batch is answered").into_inner();
+    let verdict = resp.outputs.iter().find(|o| o.name == "verdict").unwrap();
+    assert_eq!(verdict.shape, [n as i64]);
     server.stop().await.unwrap();
 }

@@ -22,7 +22,7 @@ use crate::decode::DecodeConfig;
 use crate::defense::Verdict;
 use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
-use crate::metrics;
+use crate::{logging, metrics};
 use crate::pipeline::{self, Input, Outcome, PipelineError};
 use crate::serving::{Registry, ServedModel};
 use crate::upstream::{Upstream, UpstreamError};
@@ -213,13 +213,13 @@ impl GrpcInferenceService for OipService {
         match result {
             Ok((resp, verdict)) => {
                 metrics::record_request(&label, API, "ok", verdict.as_str(), seconds);
-                tracing::debug!(request_id = id, model = label, items = resp.outputs.first().and_then(|o| o.shape.first()).copied().unwrap_or(0), "ModelInfer answered");
+                tracing::debug!(request = %logging::request_ref(&id), model = label, items = resp.outputs.first().and_then(|o| o.shape.first()).copied().unwrap_or(0), "ModelInfer answered");
                 Ok(Response::new(resp))
             }
             Err(Failed { error, item }) => {
                 metrics::record_error(&label, API, error.reason());
                 metrics::record_request(&label, API, code_label(error.code()), error.verdict_label(), seconds);
-                tracing::info!(request_id = id, model = label, reason = error.reason(), item, error = %error, "ModelInfer refused");
+                tracing::info!(request = %logging::request_ref(&id), model = label, reason = error.reason(), item, error = %logging::escaped(&error), "ModelInfer refused");
                 let mut status = Status::from(error.withhold_scores(!shows));
                 if let Some(i) = item {
                     // Which batch item was refused (the message is that item's).

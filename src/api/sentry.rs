@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, deadline, status::code_label};
 use crate::decode::DecodeConfig;
-use crate::metrics;
+use crate::{logging, metrics};
 use crate::pipeline::{self, PipelineError};
 use crate::proto::{self, sentry_server::Sentry};
 use crate::serving::Registry;
@@ -48,13 +48,13 @@ impl SentryService {
         match result {
             Ok(outcome) => {
                 metrics::record_request(model.name(), api, "ok", outcome.screening.verdict.as_str(), seconds);
-                tracing::debug!(request_id, model = model.name(), batch = outcome.batch_size, "screened");
+                tracing::debug!(request = %logging::request_ref(&request_id), model = model.name(), batch = outcome.batch_size, "screened");
                 Ok(convert::response(request_id, &model.bundle, outcome, shows_scores))
             }
             Err(e) => {
                 metrics::record_error(model.name(), api, e.reason());
                 metrics::record_request(model.name(), api, code_label(e.code()), e.verdict_label(), seconds);
-                tracing::info!(request_id, model = model.name(), reason = e.reason(), error = %e, "request refused");
+                tracing::info!(request = %logging::request_ref(&request_id), model = model.name(), reason = e.reason(), error = %logging::escaped(&e), "request refused");
                 Err(e.withhold_scores(!shows_scores))
             }
         }

@@ -18,6 +18,7 @@
 //! [quarantine]
 //! dir = "/var/lib/medsentry/quarantine"
 //! max_bytes = 1073741824
+//! uid_salt_file = "/etc/medsentry/uid-salt"   # default: <dir>/uid-salt, made on first start
 //!
 //! [disclosure]                    # what callers see of the detectors
 //! scores = "hidden"               # hidden (default) | all
@@ -147,6 +148,9 @@ pub struct QuarantineConfig {
     /// Cap on the store's size; the oldest entries are evicted to make room.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Secret keying the UID replacement of de-identified DICOM (at least 16 bytes);
+    /// unset: `uid-salt` in `dir`, generated on first start.
+    pub uid_salt_file: Option<PathBuf>,
 }
 
 fn default_max_bytes() -> u64 {

@@ -7,8 +7,10 @@
 //!   dummy of the same VR (`ANONYMIZED`, `19000101`, `000000`, ...; a sequence gets one
 //!   empty item), U replaced by a new UID; compound codes (X/Z/D, ...) take the alternative
 //!   that keeps any IOD conformant, see `deid_table.rs`;
-//! * UIDs become `2.25.<decimal of the first 16 bytes of SHA-256(UID_SALT || UID)>`, the
-//!   same for every instance, so that the quarantined instances of one study stay linked;
+//! * UIDs become `2.25.<decimal of the first 16 bytes of SHA-256(salt || UID)>`, the
+//!   same for every instance under one salt, so that the quarantined instances of one
+//!   study stay linked; the salt is the store's secret (see `store.rs`), so a replaced UID
+//!   cannot be recomputed from a guessed original by anyone without it;
 //! * every private attribute (odd group), curve (50xx) and overlay (60xx) group, and the
 //!   retired group lengths (stale once a group is edited) are removed;
 //! * Patient Identity Removed = YES, De-identification Method and its code (DCM 113100)
@@ -23,9 +25,8 @@
 //!   reported as [`Deidentified::burned_in_annotation`] for the caller to act on;
 //! * the profile's options (retain dates or device identity, clean descriptors or
 //!   structured content, ...), nor free text in attributes Table E.1-1 does not list;
-//! * hide a UID from someone who can guess it: the salt is a fixed, public constant, so
-//!   hashing a candidate original UID confirms it (PS3.15 E.1.1 warns about unencrypted
-//!   hashes). The mapping is for linking instances, not a secret.
+//! * protect the mapping from whoever can read the salt: the salt file is as sensitive as
+//!   a key (PS3.15 E.1.1 warns about unkeyed hashes).
 //!
 //! Deflated data sets are handled too, without the bounds pre-scan the other transfer
 //! syntaxes get (decode::dicom_guard cannot walk compressed bytes).
@@ -45,11 +46,6 @@ use crate::decode::dicom_guard;
 #[path = "deid_table.rs"]
 mod table;
 use table::Effect;
-
-/// Salt of the UID replacement. A fixed crate constant, on purpose: every medsentry, at any
-/// time, maps one original UID to the same new UID, so quarantined instances of one study
-/// or series stay linked. It is not a secret (see the module documentation).
-pub(crate) const UID_SALT: &[u8] = b"medsentry/quarantine/deid/uid-salt/v1";
 
 /// medsentry's implementation class UID (a 2.25 UUID-derived root made once for it): the
 /// rewritten file meta group names the de-identifying application, as PS3.15 E.1.1 asks.
@@ -101,12 +97,13 @@ pub fn profile_tags() -> &'static [(u16, u16, &'static str)] {
 
 /// De-identify one DICOM Part 10 file (with the 128-byte preamble, or starting at "DICM",
 /// or at the file meta group), keeping its transfer syntax and pixel data.
-pub fn deidentify(dicom_part10: &[u8]) -> Result<Deidentified, DeidError> {
+/// `uid_salt` keys the UID replacement (at least 16 secret bytes).
+pub fn deidentify(dicom_part10: &[u8], uid_salt: &[u8]) -> Result<Deidentified, DeidError> {
     let file = guarded(|| open(dicom_part10)).map_err(DeidError::Parse)?;
     let meta = file.meta().clone();
     let burned_in_annotation = file.get(tags::BURNED_IN_ANNOTATION).and_then(|e| e.to_str().ok()).is_some_and(|v| trim(&v) == "YES");
 
-    let mut n = Counts::default();
+    let mut n = Pass { removed: 0, replaced: 0, salt: uid_salt };
     let mut obj = clean(file.into_inner(), &mut n);
     let s = |tag, vr, v: &str| -> InMemElement { DataElement::new(tag, vr, PrimitiveValue::from(v)) };
     obj.put(s(tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES"));
@@ -125,7 +122,7 @@ pub fn deidentify(dicom_part10: &[u8]) -> Result<Deidentified, DeidError> {
         .and_then(|e| e.to_str().ok())
         .map(|u| trim(&u).to_string())
         .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| new_uid(meta.media_storage_sop_instance_uid()));
+        .unwrap_or_else(|| new_uid(meta.media_storage_sop_instance_uid(), uid_salt));
     let new_meta = FileMetaTableBuilder::new()
         .transfer_syntax(meta.transfer_syntax())
         .media_storage_sop_class_uid(meta.media_storage_sop_class_uid())
@@ -170,21 +167,22 @@ fn open(bytes: &[u8]) -> Result<DefaultDicomObject, String> {
         .map_err(|e| format!("data set: {}", describe(&e)))
 }
 
-#[derive(Default)]
-struct Counts {
+/// One de-identification pass: what it did, and the salt of its new UIDs.
+struct Pass<'a> {
     removed: usize,
     replaced: usize,
+    salt: &'a [u8],
 }
 
 /// A de-identified copy of one data set (the main one or a sequence item). Rebuilt rather
 /// than edited in place, so that every recorded sequence and item length is recomputed
 /// on writing.
-fn clean(obj: InMemDicomObject, n: &mut Counts) -> InMemDicomObject {
+fn clean(obj: InMemDicomObject, n: &mut Pass) -> InMemDicomObject {
     let elements: Vec<InMemElement> = obj.into_iter().filter_map(|e| clean_element(e, n)).collect();
     InMemDicomObject::from_element_iter(elements)
 }
 
-fn clean_element(elem: InMemElement, n: &mut Counts) -> Option<InMemElement> {
+fn clean_element(elem: InMemElement, n: &mut Pass) -> Option<InMemElement> {
     let header = *elem.header();
     let (tag, vr) = (header.tag, header.vr);
     let group = tag.group();
@@ -210,13 +208,13 @@ fn clean_element(elem: InMemElement, n: &mut Counts) -> Option<InMemElement> {
         // reached, so it is emptied.
         (Some(effect), value) => {
             n.replaced += 1;
-            Some(replacement(tag, vr, effect, &value))
+            Some(replacement(tag, vr, effect, &value, n.salt))
         }
     }
 }
 
 /// The element that takes the place of an emptied (Z), dummy (D) or new-UID (U) attribute.
-fn replacement(tag: Tag, vr: VR, effect: Effect, value: &Value<InMemDicomObject, InMemFragment>) -> InMemElement {
+fn replacement(tag: Tag, vr: VR, effect: Effect, value: &Value<InMemDicomObject, InMemFragment>, salt: &[u8]) -> InMemElement {
     if matches!(value, Value::Sequence(_)) {
         // A sequence has no dummy value of its own: D gives it one empty item, anything
         // else zero items.
@@ -226,7 +224,7 @@ fn replacement(tag: Tag, vr: VR, effect: Effect, value: &Value<InMemDicomObject,
     let value = match effect {
         Effect::Dummy => dummy(vr),
         Effect::NewUid => match value.to_multi_str() {
-            Ok(uids) => PrimitiveValue::Strs(uids.iter().map(|u| new_uid(u)).collect()),
+            Ok(uids) => PrimitiveValue::Strs(uids.iter().map(|u| new_uid(u, salt)).collect()),
             Err(_) => PrimitiveValue::Empty,
         },
         _ => PrimitiveValue::Empty,
@@ -248,14 +246,14 @@ fn dummy(vr: VR) -> PrimitiveValue {
     }
 }
 
-/// `2.25.<first 16 bytes of SHA-256(UID_SALT || uid) as a decimal integer>`: at most 44
+/// `2.25.<first 16 bytes of SHA-256(salt || uid) as a decimal integer>`: at most 44
 /// characters, within the 64 of a UID. Padding is ignored; an empty UID stays empty.
-fn new_uid(uid: &str) -> String {
+fn new_uid(uid: &str, salt: &[u8]) -> String {
     let uid = trim(uid);
     if uid.is_empty() {
         return String::new();
     }
-    let digest = Sha256::new().chain_update(UID_SALT).chain_update(uid.as_bytes()).finalize();
+    let digest = Sha256::new().chain_update(salt).chain_update(uid.as_bytes()).finalize();
     let mut first = [0u8; 16];
     first.copy_from_slice(&digest[..16]);
     format!("2.25.{}", u128::from_be_bytes(first))

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,6 +67,10 @@ pub enum QuarantineError {
     BadRecord { path: PathBuf, message: String },
     #[error("DICOM de-identification failed: {0}")]
     Deidentify(String),
+    #[error("quarantine UID salt {path}: {message}")]
+    Salt { path: PathBuf, message: String },
+    #[error("the flagged image could not be re-encoded for the quarantine: {0}")]
+    Reencode(String),
 }
 
 impl QuarantineError {
@@ -76,6 +81,8 @@ impl QuarantineError {
             QuarantineError::TooLarge { .. } => "too_large",
             QuarantineError::BadRecord { .. } => "bad_record",
             QuarantineError::Deidentify(_) => "deidentify",
+            QuarantineError::Salt { .. } => "salt",
+            QuarantineError::Reencode(_) => "reencode",
         }
     }
 }
@@ -87,6 +94,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QuarantineError + '_ {
 pub struct QuarantineStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// Keys the UID replacement of de-identified DICOM (see `salt.rs`).
+    uid_salt: Vec<u8>,
     /// Entries by (time, id), oldest first: the eviction order. Writers hold the lock for
     /// the whole put, so size accounting and eviction never race.
     index: Mutex<BTreeMap<(u64, String), u64>>,
@@ -102,10 +111,22 @@ pub struct Stored {
 }
 
 impl QuarantineStore {
-    /// Opens (creating) the store and rebuilds its index from the records on disk.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<QuarantineStore, QuarantineError> {
-        for sub in ["objects", "records"] {
-            fs::create_dir_all(dir.join(sub)).map_err(io(dir))?;
+    /// Opens (creating) the store and rebuilds its index from the records on disk. The
+    /// folders are made (or made again) 0700 and files are written 0600: they hold
+    /// patient images. Temporary files a crash left behind are removed.
+    pub fn open(dir: &Path, max_bytes: u64, uid_salt_file: Option<&Path>) -> Result<QuarantineStore, QuarantineError> {
+        for sub in ["", "objects", "records"] {
+            let d = dir.join(sub);
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(io(&d))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(io(&d))?;
+        }
+        let uid_salt = super::salt::load_or_create(dir, uid_salt_file)?;
+        let records = dir.join("records");
+        for entry in fs::read_dir(&records).map_err(io(&records))?.flatten() {
+            if entry.path().extension().is_some_and(|x| x == "tmp") {
+                tracing::warn!(file = %entry.path().display(), "removing a quarantine record left unfinished by a crash");
+                let _ = fs::remove_file(entry.path());
+            }
         }
         let mut index = BTreeMap::new();
         let mut live = std::collections::HashSet::new();
@@ -123,13 +144,17 @@ impl QuarantineStore {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        let store = QuarantineStore { dir: dir.to_path_buf(), max_bytes, index: Mutex::new(index) };
+        let store = QuarantineStore { dir: dir.to_path_buf(), max_bytes, uid_salt, index: Mutex::new(index) };
         store.export_gauges(&store.index.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn uid_salt(&self) -> &[u8] {
+        &self.uid_salt
     }
 
     /// Writes `bytes` and its record durably; `record.id`, `object` and `bytes` are filled in.
@@ -201,7 +226,7 @@ fn write_durably(path: &Path, data: &[u8]) -> Result<(), QuarantineError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -241,17 +266,24 @@ mod tests {
     #[test]
     fn put_is_content_addressed_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let store = QuarantineStore::open(dir.path(), 1 << 20).unwrap();
+        let store = QuarantineStore::open(dir.path(), 1 << 20, None).unwrap();
         let a = store.put(b"first input", "png", record(1)).unwrap();
         assert_eq!(a.id, hex::encode(Sha256::digest(b"first input")));
         assert!(store.put(b"first input", "png", record(2)).unwrap().duplicate);
         assert_eq!(fs::read(dir.path().join(format!("objects/{}.png", a.id))).unwrap(), b"first input");
         // An orphan object (crash before its record) is cleaned at the next open.
         fs::write(dir.path().join("objects/orphan.png"), b"x").unwrap();
-        let reopened = QuarantineStore::open(dir.path(), 1 << 20).unwrap();
+        let reopened = QuarantineStore::open(dir.path(), 1 << 20, None).unwrap();
         assert!(!dir.path().join("objects/orphan.png").exists());
         let recs = list_records(reopened.dir()).unwrap();
         assert_eq!(recs.len(), 1);
+        // Folders 0700, files 0600; an unfinished record (kill -9 mid-write) is cleaned.
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(dir.path()), mode(&dir.path().join("objects")), mode(&dir.path().join("records"))), (0o700, 0o700, 0o700));
+        assert_eq!(mode(&dir.path().join(format!("objects/{}.png", a.id))), 0o600);
+        fs::write(dir.path().join("records/0000000000001-x.tmp"), b"{").unwrap();
+        drop(QuarantineStore::open(dir.path(), 1 << 20, None).unwrap());
+        assert!(!dir.path().join("records/0000000000001-x.tmp").exists());
         assert_eq!(recs[0].id, a.id);
         assert_eq!(recs[0].detectors[0].score, 3.0);
     }
@@ -259,7 +291,7 @@ mod tests {
     #[test]
     fn the_cap_evicts_oldest_first_and_refuses_what_cannot_fit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = QuarantineStore::open(dir.path(), 3000).unwrap();
+        let store = QuarantineStore::open(dir.path(), 3000, None).unwrap();
         let ids: Vec<String> = (0..3u8).map(|i| store.put(&[i; 900], "bin", record(10 + i as u64)).unwrap().id).collect();
         let recs = list_records(dir.path()).unwrap();
         assert!(recs.len() < 3, "cap of 3000 bytes holds fewer than three 900-byte inputs with records");
@@ -274,7 +306,7 @@ mod tests {
     #[test]
     fn an_unwritable_store_gives_an_io_error() {
         let dir = tempfile::tempdir().unwrap();
-        let store = QuarantineStore::open(dir.path(), 1 << 20).unwrap();
+        let store = QuarantineStore::open(dir.path(), 1 << 20, None).unwrap();
         // Works as root too, where permission bits would not stop the write.
         fs::remove_dir_all(dir.path().join("objects")).unwrap();
         fs::write(dir.path().join("objects"), b"not a folder").unwrap();

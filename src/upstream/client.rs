@@ -94,7 +94,7 @@ impl UpstreamClient {
         let first = self.attempt(msg.clone(), &forwarded, until, &rpc).await;
         let result = match first {
             Err(Failure::Status(s)) if retry && never_reached(&s) && Instant::now() + RETRY_BACKOFF < until => {
-                tracing::info!(upstream = %self.addr, error = %detail(&s), "upstream refused the connection; retrying once");
+                tracing::info!(upstream = %self.addr, error = %crate::logging::escaped(&detail(&s)), "upstream refused the connection; retrying once");
                 metrics::record_upstream_retry();
                 tokio::time::sleep(RETRY_BACKOFF).await;
                 self.attempt(msg, &forwarded, until, &rpc).await

@@ -114,7 +114,7 @@ async fn poll_readiness(upstream: std::sync::Weak<Upstream>, every: Duration) {
         let ready = match u.client.server_ready(every.min(Duration::from_secs(2))).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!(upstream = u.addr(), error = %e, "upstream readiness poll failed");
+                tracing::debug!(upstream = u.addr(), error = %crate::logging::escaped(&e), "upstream readiness poll failed");
                 false
             }
         };

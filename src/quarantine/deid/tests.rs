@@ -7,6 +7,9 @@ use dicom_core::header::Header;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// A test salt (the store's is secret and random).
+const SALT: &[u8] = b"0123456789abcdef-test-salt";
+
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/dicom")
 }
@@ -126,7 +129,7 @@ fn shared_dicom_files_are_deidentified() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let input = std::fs::read(&path).unwrap();
         let original = open(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let out = deidentify(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = deidentify(&input, SALT).unwrap_or_else(|e| panic!("{name}: {e}"));
         let result = open(&out.bytes).unwrap_or_else(|e| panic!("{name}: output does not parse: {e}"));
 
         // (2) tag by tag, at every depth.
@@ -166,9 +169,9 @@ fn shared_dicom_files_are_deidentified() {
         // (5) meta group and data set agree on the new SOP Instance UID.
         let sop = text(&result, tags::SOP_INSTANCE_UID).unwrap();
         assert_eq!(result.meta().media_storage_sop_instance_uid(), sop, "{name}");
-        assert_eq!(sop, new_uid(&text(&original, tags::SOP_INSTANCE_UID).unwrap()), "{name}");
+        assert_eq!(sop, new_uid(&text(&original, tags::SOP_INSTANCE_UID).unwrap(), SALT), "{name}");
         // (6) deterministic: a second run gives the same bytes, hence the same UIDs.
-        assert!(deidentify(&input).unwrap().bytes == out.bytes, "{name}: second run differs");
+        assert!(deidentify(&input, SALT).unwrap().bytes == out.bytes, "{name}: second run differs");
         // Instances of one study stay linked.
         if let (Some(old), Some(new)) = (text(&original, tags::STUDY_INSTANCE_UID), text(&result, tags::STUDY_INSTANCE_UID)) {
             assert_eq!(studies.entry(old).or_insert_with(|| new.clone()), &new, "{name}: study link lost");
@@ -215,7 +218,7 @@ fn nested_and_private_attributes_are_handled() {
     let mut bytes = Vec::new();
     file.write_all(&mut bytes).unwrap();
 
-    let out = deidentify(&bytes).unwrap();
+    let out = deidentify(&bytes, SALT).unwrap();
     assert!(out.burned_in_annotation);
     let secrets = [
         "Doe^Jane^Synthetic",
@@ -240,7 +243,7 @@ fn nested_and_private_attributes_are_handled() {
     assert!(result.get(tags::PATIENT_NAME).is_some());
     assert_eq!(text(&result, tags::INSTITUTION_NAME).as_deref(), Some(DUMMY_TEXT)); // X/Z/D -> D
     let item = &result.get(tags::REFERENCED_IMAGE_SEQUENCE).unwrap().items().unwrap()[0];
-    assert_eq!(text(item, tags::REFERENCED_SOP_INSTANCE_UID), Some(new_uid(nested_uid)));
+    assert_eq!(text(item, tags::REFERENCED_SOP_INSTANCE_UID), Some(new_uid(nested_uid, SALT)));
     assert_eq!(text(item, tags::REFERENCED_SOP_CLASS_UID).as_deref(), Some("1.2.840.10008.5.1.4.1.1.2"));
     assert!(item.get(tags::PATIENT_NAME).is_some() && text(item, tags::PATIENT_NAME).is_none());
     let deepest = &item.get(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE).unwrap().items().unwrap()[0];
@@ -254,9 +257,9 @@ fn nested_and_private_attributes_are_handled() {
 #[test]
 fn part10_without_preamble_is_accepted() {
     let input = std::fs::read(data_dir().join("MR_small.dcm")).unwrap();
-    let full = deidentify(&input).unwrap().bytes;
-    assert_eq!(deidentify(&input[128..]).unwrap().bytes, full, "starting at DICM");
-    assert_eq!(deidentify(&input[132..]).unwrap().bytes, full, "starting at the meta group");
+    let full = deidentify(&input, SALT).unwrap().bytes;
+    assert_eq!(deidentify(&input[128..], SALT).unwrap().bytes, full, "starting at DICM");
+    assert_eq!(deidentify(&input[132..], SALT).unwrap().bytes, full, "starting at the meta group");
 }
 
 #[test]
@@ -266,7 +269,7 @@ fn deflated_data_set_stays_deflated() {
     let mut deflated = Vec::new();
     file.write_all(&mut deflated).unwrap();
     assert!(!contains(&deflated, b"CompressedSamples^MR1"), "the data set is not deflated");
-    let out = deidentify(&deflated).unwrap();
+    let out = deidentify(&deflated, SALT).unwrap();
     let result = open(&out.bytes).unwrap();
     assert_eq!(result.meta().transfer_syntax(), "1.2.840.10008.1.2.1.99");
     assert_deidentified(&result, "");
@@ -279,18 +282,18 @@ fn deflated_data_set_stays_deflated() {
 fn unreadable_input_is_an_error_not_a_panic() {
     let ct = std::fs::read(data_dir().join("CT_small.dcm")).unwrap();
     let mut junk = vec![0x5Au8; 600];
-    assert!(matches!(deidentify(&junk), Err(DeidError::Parse(_))));
+    assert!(matches!(deidentify(&junk, SALT), Err(DeidError::Parse(_))));
     junk[128..132].copy_from_slice(b"DICM");
     let cases: [&[u8]; 7] = [b"", b"DICM", &junk, &ct[..132], &ct[..200], &ct[..ct.len() / 2], &ct[..ct.len() - 1]];
     for (i, case) in cases.into_iter().enumerate() {
-        assert!(matches!(deidentify(case), Err(DeidError::Parse(_))), "case {i}");
+        assert!(matches!(deidentify(case, SALT), Err(DeidError::Parse(_))), "case {i}");
     }
-    let err = deidentify(&ct[..ct.len() / 2]).unwrap_err().to_string();
+    let err = deidentify(&ct[..ct.len() / 2], SALT).unwrap_err().to_string();
     assert!(err.starts_with("cannot de-identify") && err.contains("declares"), "{err}");
     let mut unknown = ct.clone();
     let at = unknown.windows(19).position(|w| w == b"1.2.840.10008.1.2.1").unwrap();
     unknown[at..at + 19].copy_from_slice(b"1.2.840.10008.9.9.9");
-    let err = deidentify(&unknown).unwrap_err().to_string();
+    let err = deidentify(&unknown, SALT).unwrap_err().to_string();
     assert!(err.contains("1.2.840.10008.9.9.9"), "{err}");
 }
 
@@ -304,6 +307,7 @@ fn profile_table_is_sorted_and_named_as_in_the_dictionary() {
         let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(Tag(g, e));
         assert_eq!(entry.map(|d| d.alias), Some(kw), "({g:04X},{e:04X})");
     }
-    let uid = new_uid("1.2.840.113619.2.1.1.322987881.621.736170080.681\0");
-    assert!(uid.starts_with("2.25.") && uid.len() <= 64 && uid == new_uid("1.2.840.113619.2.1.1.322987881.621.736170080.681"));
+    let uid = new_uid("1.2.840.113619.2.1.1.322987881.621.736170080.681\0", SALT);
+    assert_ne!(uid, new_uid("1.2.840.113619.2.1.1.322987881.621.736170080.681", b"another secret salt"), "the salt keys the mapping");
+    assert!(uid.starts_with("2.25.") && uid.len() <= 64 && uid == new_uid("1.2.840.113619.2.1.1.322987881.621.736170080.681", SALT));
 }
