@@ -67,3 +67,12 @@ MEDSENTRY_TEST_PYTHON="$(pwd)/$pyenv/bin/python"
 export MEDSENTRY_TEST_PYTHON
 
 cargo test --locked "$@" 2>&1
+
+# The full suite (no arguments) ends with a smoke run of every fuzz target (README
+# "Fuzzing"): it installs cargo-afl when missing, builds the instrumented targets and fuzzes
+# each for MEDSENTRY_FUZZ_SMOKE_SECS seconds (15; 0 skips it) from fresh seeds.
+smoke="${MEDSENTRY_FUZZ_SMOKE_SECS:-15}"
+if [ $# -eq 0 ] && [ "$smoke" != 0 ]; then
+    rm -rf target/fuzz-smoke
+    MEDSENTRY_FUZZ_DIR=target/fuzz-smoke scripts/fuzz.sh "$smoke"
+fi

@@ -62,11 +62,11 @@ pub fn parse_request(req: &ModelInferRequest, bundle: &Bundle, proxy: bool) -> R
     }
     if proxy {
         let mut items = Vec::new();
-        for index in 0..req.inputs.len() {
+        for (index, name) in names.iter().enumerate() {
             let parsed = input_items(req, index, bundle).map_err(|e| match e {
                 PipelineError::InvalidRequest { message, .. } => invalid(
                     "unscreenable_input",
-                    format!("proxy mode screens every input before forwarding, and input {:?} cannot be screened with bundle {}: {message}", names[index], bundle.name()),
+                    format!("proxy mode screens every input before forwarding, and input {name:?} cannot be screened with bundle {}: {message}", bundle.name()),
                 ),
                 other => other,
             })?;

@@ -67,10 +67,7 @@ impl Bundle {
         toml_path: &Path,
         mut read_file: impl FnMut(&str) -> Result<Vec<u8>, BundleError>,
     ) -> Result<Bundle, BundleError> {
-        let manifest_err = |message: String| BundleError::Manifest { path: toml_path.to_path_buf(), message };
-        let text = std::str::from_utf8(text).map_err(|e| manifest_err(e.to_string()))?;
-        let manifest: Manifest = toml::from_str(text).map_err(|e| manifest_err(e.to_string()))?;
-        validate(&manifest)?;
+        let manifest = parse_manifest(text, toml_path)?;
         let mut files = BTreeMap::new();
         for (name, expected) in &manifest.files {
             let bytes = read_file(name)?;
@@ -87,6 +84,16 @@ impl Bundle {
         }
         Ok(Bundle { manifest, dir, files })
     }
+}
+
+/// Parses and validates a bundle.toml (`path` names it in errors), before any file it
+/// lists is read.
+pub fn parse_manifest(text: &[u8], path: &Path) -> Result<Manifest, BundleError> {
+    let manifest_err = |message: String| BundleError::Manifest { path: path.to_path_buf(), message };
+    let text = std::str::from_utf8(text).map_err(|e| manifest_err(e.to_string()))?;
+    let manifest: Manifest = toml::from_str(text).map_err(|e| manifest_err(e.to_string()))?;
+    validate(&manifest)?;
+    Ok(manifest)
 }
 
 /// Loads every bundle under `models_dir` (each sub-folder holding a bundle.toml). When the

@@ -45,8 +45,9 @@ pub struct DecodeLimits {
 }
 
 /// The default `--max-image-pixels`: 5000 x 5000, above every CR/DX detector and a
-/// 4096 x 5120 mammogram; the costliest image of that size (16-bit RGBA PNG) needs about
-/// 500 MB to decode, inside the default decode budget (README, "Memory").
+/// 4096 x 5120 mammogram. At that size a 16-bit radiograph reserves about 250 MB and an
+/// RGB JPEG 525 MB, inside the default 512 MiB decode budget; a 16-bit RGBA PNG (23 bytes
+/// a pixel) fits up to 23 M pixels (README, "Memory").
 pub const DEFAULT_MAX_PIXELS: u64 = 25_000_000;
 
 impl Default for DecodeLimits {

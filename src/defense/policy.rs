@@ -216,8 +216,13 @@ pub enum PolicyError {
 impl Policy {
     pub fn load(path: &Path, served: &[String]) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read { path: path.into(), message: e.to_string() })?;
-        let policy: Policy = toml::from_str(&text).map_err(|e| PolicyError::Invalid { path: path.into(), message: e.to_string() })?;
-        policy.validate(served).map_err(|message| PolicyError::Invalid { path: path.into(), message })?;
+        Policy::parse(&text, served).map_err(|message| PolicyError::Invalid { path: path.into(), message })
+    }
+
+    /// Parses and validates a policy file's text for a sidecar serving `served`.
+    pub fn parse(text: &str, served: &[String]) -> Result<Policy, String> {
+        let policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        policy.validate(served)?;
         Ok(policy)
     }
 
