@@ -87,6 +87,31 @@ async fn large_allowed_images_in_parallel_are_shed_not_fatal() {
     assert!(ok >= 1, "at least one large image must be decoded");
     assert_still_serving(&mut server, "8 parallel 4096x4096 JPEGs").await;
 
+    // One Open Inference Protocol call carrying 8 of them as BYTES: its items share the
+    // same budget; the call is answered or shed as a whole, and the server stays up.
+    {
+        use medsentry::api::oip_convert::join_bytes_tensor;
+        use medsentry::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+        use medsentry::inference::model_infer_request::InferInputTensor;
+        use medsentry::inference::ModelInferRequest;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
+        let mut oip = GrpcInferenceServiceClient::new(channel).max_encoding_message_size(64 << 20);
+        let req = ModelInferRequest {
+            model_name: "chest-xray-pneumonia".into(),
+            inputs: vec![InferInputTensor { name: "input".into(), datatype: "BYTES".into(), shape: vec![8], ..Default::default() }],
+            raw_input_contents: vec![join_bytes_tensor((0..8).map(|_| big.as_slice()))],
+            ..Default::default()
+        };
+        match oip.model_infer(req).await {
+            Ok(_) => eprintln!("OIP call with 8 4096x4096 JPEGs: answered"),
+            Err(e) => {
+                assert_eq!((e.code(), reason(&e)), (Code::ResourceExhausted, "decode_budget_exhausted"), "{}", e.message());
+                eprintln!("OIP call with 8 4096x4096 JPEGs: shed");
+            }
+        }
+    }
+    assert_still_serving(&mut server, "an OIP call with 8 4096x4096 JPEGs").await;
+
     // Calls dropped by their callers right after sending: their decodes stop or finish
     // inside the budget, and the budget drains back to zero.
     for i in 0..24 {

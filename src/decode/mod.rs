@@ -44,11 +44,11 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
 }
 
-/// The default `--max-image-pixels`: 5000 x 5000, above every CR/DX detector and a
-/// 4096 x 5120 mammogram. At that size a 16-bit radiograph reserves about 250 MB and an
-/// RGB JPEG 525 MB, inside the default 512 MiB decode budget; a 16-bit RGBA PNG (23 bytes
-/// a pixel) fits up to 23 M pixels (README, "Memory").
-pub const DEFAULT_MAX_PIXELS: u64 = 25_000_000;
+/// The default `--max-image-pixels`: 6000 x 6000, above every CR/DX detector and
+/// mammogram in use. At that size a 16-bit radiograph reserves about 360 MB, inside the
+/// default 512 MiB decode budget; colour images reserve more per pixel and the budget
+/// caps them lower (an RGB JPEG at 25 M pixels, a 16-bit RGBA PNG at 23 M; README, "Memory").
+pub const DEFAULT_MAX_PIXELS: u64 = 36_000_000;
 
 impl Default for DecodeLimits {
     fn default() -> Self {
