@@ -29,14 +29,15 @@ bins=()
 for t in "${targets[@]}"; do bins+=(--bin "fuzz_$t"); done
 CARGO_TARGET_DIR=target/afl cargo afl build --release --locked --features fuzz "${bins[@]}"
 
-# Seeds: small real files (afl-fuzz wants each under 1 MB; fewer, smaller seeds fuzz faster).
+# Seeds: small real files (afl-fuzz wants each under 1 MB; the larger JPEG 2000 radiographs
+# take a second each to decode, so DICOM seeds stay under 250 KB).
 seed() {
     local t=$1 in=$dir/$1/in
     mkdir -p "$in"
     case $t in
         dicom)
             for f in "$data"/dicom/*.dcm; do
-                [ "$(stat -c %s "$f")" -lt 1000000 ] && cp "$f" "$in/"
+                [ "$(stat -c %s "$f")" -lt 250000 ] && cp "$f" "$in/"
             done ;;
         raster)
             ls "$data"/chest_xray_kermany/images/test/NORMAL/*.jpeg | head -3 | xargs -I{} cp {} "$in/"

@@ -105,11 +105,14 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, res: &mut Reservation) -> R
     Ok(DecodedImage { width: w, height: hgt, channels: 3, data })
 }
 
-/// Inflates a Deflated Explicit VR Little Endian data set: at most what the largest
-/// allowed image could need (6 bytes a pixel: 3 samples of 16 bits) plus 16 MiB of other
-/// attributes, each step reserved before it is written. A deflate bomb stops at the bound.
+/// Inflates a Deflated Explicit VR Little Endian data set, each step reserved before it is
+/// written, up to a bound: the Pixel Data its own Image Pixel attributes declare (read from
+/// the first inflated step) plus 16 MiB of other attributes, or, before they are seen, what
+/// the largest allowed image could need (6 bytes a pixel: 3 samples of 16 bits). A deflate
+/// bomb stops at the bound.
 fn inflate_bounded(deflated: &[u8], limits: &DecodeLimits, res: &mut Reservation) -> Result<Vec<u8>, DecodeError> {
-    let bound = limits.max_pixels.saturating_mul(6).saturating_add(16 << 20);
+    let most = limits.max_pixels.saturating_mul(6);
+    let mut bound = most.saturating_add(16 << 20);
     let mut reader = flate2::read::DeflateDecoder::new(deflated);
     let mut out: Vec<u8> = Vec::new();
     loop {
@@ -126,8 +129,11 @@ fn inflate_bounded(deflated: &[u8], limits: &DecodeLimits, res: &mut Reservation
             }
         }
         out.truncate(filled);
+        if let Some(pixels) = super::dicom_guard::pixel_bytes_declared(&out) {
+            bound = pixels.min(most).saturating_add(16 << 20);
+        }
         if (out.len() as u64) > bound {
-            return Err(malformed(format!("the deflated data set inflates past {bound} bytes, more than an image within the pixel limit ({}) needs", limits.max_pixels)));
+            return Err(malformed(format!("the deflated data set inflates past {bound} bytes, more than its Rows x Columns x samples declare (or, before those, an image within the pixel limit of {} needs)", limits.max_pixels)));
         }
         if filled < start + step {
             return Ok(out);

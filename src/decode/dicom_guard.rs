@@ -45,6 +45,37 @@ pub(crate) fn check_data_set(body: &[u8], start: usize, transfer_syntax: &str) -
     w.walk(body.len(), 0, true)
 }
 
+/// Bytes the Pixel Data of the explicit-VR little-endian data set starting in `prefix`
+/// needs (Rows x Columns x SamplesPerPixel x BitsAllocated / 8, one frame), read from the
+/// top-level Image Pixel attributes that precede it; None when the prefix ends (or the
+/// Pixel Data starts) before all four are seen. Lets an inflating decoder bound a deflated
+/// data set by what its own header declares.
+pub(crate) fn pixel_bytes_declared(prefix: &[u8]) -> Option<u64> {
+    let mut w = Walker { buf: prefix, pos: 0, enc: Encoding::ExplicitLe };
+    let (mut rows, mut cols, mut samples, mut bits) = (None, None, None, None);
+    while let Ok((group, elem, _, len, hdr)) = w.header() {
+        if (group, elem) == PIXEL_DATA || len == UNDEFINED {
+            break;
+        }
+        let value = prefix.get(w.pos + hdr..w.pos + hdr + len as usize)?;
+        if group == 0x0028 && len == 2 {
+            let v = Some(u64::from(u16::from_le_bytes([value[0], value[1]])));
+            match elem {
+                0x0002 => samples = v,
+                0x0010 => rows = v,
+                0x0011 => cols = v,
+                0x0100 => bits = v,
+                _ => {}
+            }
+        }
+        if let (Some(r), Some(c), Some(s), Some(b)) = (rows, cols, samples, bits) {
+            return Some(r * c * s * b.div_ceil(8));
+        }
+        w.pos += hdr + len as usize;
+    }
+    None
+}
+
 struct Walker<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -179,6 +210,16 @@ mod tests {
         let huge = file(&element((0x7FE0, 0x0010), b"OW", &[0; 16], Some(0xFFFF_FFF0)));
         let err = check(&huge).unwrap_err();
         assert!(err.contains("declares 4294967280 bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_declared_pixel_bytes_are_read_from_a_prefix() {
+        let us = |e: u16, v: u16| element((0x0028, e), b"US", &v.to_le_bytes(), None);
+        let mut d = [us(0x0002, 1), us(0x0010, 512), us(0x0011, 256)].concat();
+        assert_eq!(pixel_bytes_declared(&d), None, "BitsAllocated not seen yet");
+        d.extend(us(0x0100, 16));
+        assert_eq!(pixel_bytes_declared(&d), Some(512 * 256 * 2));
+        assert_eq!(pixel_bytes_declared(&d[..d.len() - 3]), None, "cut inside an element");
     }
 
     #[test]
