@@ -202,7 +202,7 @@ impl ModelArgs {
 
     /// The limits and a new decode budget: call once per process, share the result.
     pub fn decoding(&self) -> DecodeConfig {
-        DecodeConfig { limits: self.limits(), budget: DecodeBudget::new(self.decode_memory_mib << 20, DECODE_WAIT) }
+        DecodeConfig::new(self.limits(), DecodeBudget::new(self.decode_memory_mib << 20, DECODE_WAIT))
     }
 }
 

@@ -132,12 +132,21 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig
     // comes back: a flagged one may be quarantined. If this call is dropped (the caller
     // cancelled or went away), the guard stops the decode at its next checkpoint; its
     // reservation holds the decode's memory until the blocking task ends either way.
+    // Tensors need no decode slot: they are only checked.
+    let slot = match (&input, deadline) {
+        (Input::Tensor { .. }, _) => None,
+        (_, None) => Some(decoding.slots.clone().acquire_owned().await),
+        (_, Some(d)) => Some(tokio::time::timeout_at(d.into(), decoding.slots.clone().acquire_owned()).await.map_err(|_| DecodeError::DeadlineExceeded)?),
+    }
+    .transpose()
+    .map_err(|_| PipelineError::Internal("decode slots closed".into()))?;
     let cancel = CancelFlag::default();
     let cancel_guard = cancel.guard();
     let mut reservation = decoding.budget.reserve(cancel, deadline);
     let limits = decoding.limits;
     let (input, prepared) = tokio::task::spawn_blocking(move || {
         let prepared = prepare_within(&input, &spec, &limits, &mut reservation, Extras { residual: want_residual, squeeze: squeeze.as_ref() });
+        drop(slot);
         (input, prepared)
     })
     .await

@@ -73,6 +73,17 @@ impl DecodeLimits {
 pub struct DecodeConfig {
     pub limits: DecodeLimits,
     pub budget: DecodeBudget,
+    /// Decodes that may run at once (twice the cores): the others wait their turn holding
+    /// only their request, instead of every caller's decode competing for the cores and
+    /// the budget at the same time.
+    pub slots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl DecodeConfig {
+    pub fn new(limits: DecodeLimits, budget: DecodeBudget) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        DecodeConfig { limits, budget, slots: std::sync::Arc::new(tokio::sync::Semaphore::new((2 * cores).clamp(2, 64))) }
+    }
 }
 
 /// True when the bytes look like DICOM Part 10 (preamble + "DICM").
