@@ -144,10 +144,10 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig
     let cancel_guard = cancel.guard();
     let mut reservation = decoding.budget.reserve(cancel, deadline);
     let limits = decoding.limits;
-    let (input, prepared) = tokio::task::spawn_blocking(move || {
+    let (input, prepared, reservation) = tokio::task::spawn_blocking(move || {
         let prepared = prepare_within(&input, &spec, &limits, &mut reservation, Extras { residual: want_residual, squeeze: squeeze.as_ref() });
         drop(slot);
-        (input, prepared)
+        (input, prepared, reservation)
     })
     .await
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
@@ -176,7 +176,11 @@ pub async fn run(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig
         (Some(monitor), Some(r)) => Some(monitor.observe(r, top_index)),
         _ => None,
     };
-    let enforced = enforce::enforce(model, input, &mut screening, campaign, request_id).await?;
+    // The decode's reservation stays held until the policy is applied: quarantining decodes
+    // (PNG/JPEG re-encoding) or parses (DICOM de-identification) the input once more.
+    let enforced = enforce::enforce(model, input, &mut screening, campaign, request_id).await;
+    drop(reservation);
+    let enforced = enforced?;
     let timings = Timings {
         decode: decode_s,
         preprocess: preprocess_s,

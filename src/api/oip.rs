@@ -100,7 +100,7 @@ impl OipService {
         let model = self.model(&req.model_name, &req.model_version)?;
         *label = model.name().to_string();
         let bundle = &model.bundle;
-        let Parsed { items, raw } = convert::parse_request(&req, bundle, false)?;
+        let Parsed { items, raw, .. } = convert::parse_request(&req, bundle, false)?;
         convert::check_requested_outputs(&req)?;
         let outcomes = self.screen(&model, items, deadline, &req.id).await?;
         let tensors = convert::select_outputs(&req, convert::model_outputs(bundle, &outcomes, shows))?;
@@ -119,7 +119,7 @@ impl OipService {
         let model = self.model(&proxy.screen_model, "")?;
         *label = model.name().to_string();
         let bundle = &model.bundle;
-        let Parsed { items, raw } = convert::parse_request(&req, bundle, true)?;
+        let Parsed { items, raw, layout } = convert::parse_request(&req, bundle, true)?;
         let outcomes = match self.screen(&model, items, deadline, &req.id).await {
             Ok(o) => o,
             Err(f) => {
@@ -139,6 +139,7 @@ impl OipService {
         // Answer in the upstream's form; raw and typed contents must not mix.
         let raw = if resp.outputs.is_empty() { raw } else { !resp.raw_output_contents.is_empty() && resp.raw_output_contents.len() == resp.outputs.len() };
         resp.parameters.extend(convert::screening_parameters(bundle, &outcomes, shows));
+        resp.parameters.insert("medsentry.screened_inputs".to_string(), convert::string_param(layout));
         convert::remove_screening_outputs(&mut resp);
         convert::append_outputs(&mut resp, convert::screening_outputs(bundle, &outcomes, shows), raw);
         Ok((resp, worst(&outcomes)))

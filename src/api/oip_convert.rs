@@ -39,6 +39,9 @@ pub const SCREENING_OUTPUTS: [&str; 3] = [VERDICT, FUSED_SCORE, DETECTOR_SCORES]
 pub struct Parsed {
     pub items: Vec<Input>,
     pub raw: bool,
+    /// Proxy mode: each input's name and item count, in the order of `items`, so that the
+    /// screening outputs (one entry per item of every input) can be read back per input.
+    pub layout: String,
 }
 
 fn invalid(reason: &'static str, message: String) -> PipelineError {
@@ -62,6 +65,7 @@ pub fn parse_request(req: &ModelInferRequest, bundle: &Bundle, proxy: bool) -> R
     }
     if proxy {
         let mut items = Vec::new();
+        let mut layout = Vec::new();
         for (index, name) in names.iter().enumerate() {
             let parsed = input_items(req, index, bundle).map_err(|e| match e {
                 PipelineError::InvalidRequest { message, .. } => invalid(
@@ -70,14 +74,16 @@ pub fn parse_request(req: &ModelInferRequest, bundle: &Bundle, proxy: bool) -> R
                 ),
                 other => other,
             })?;
+            layout.push(format!("{name}:{}", parsed.len()));
             items.extend(parsed);
         }
-        return Ok(Parsed { items, raw });
+        return Ok(Parsed { items, raw, layout: layout.join(",") });
     }
     if names != [want] {
         return Err(invalid("bad_input_name", format!("model {} takes one input named {want:?}; the request has {names:?}", bundle.name())));
     }
-    Ok(Parsed { items: input_items(req, 0, bundle)?, raw })
+    let items = input_items(req, 0, bundle)?;
+    Ok(Parsed { layout: format!("{want}:{}", items.len()), items, raw })
 }
 
 /// The batch items of input `index` of `req`.
@@ -451,7 +457,8 @@ mod tests {
         let mut pair = request("INPUT__0", "FP32", vec![1, 1, 64, 64], ok(), None);
         pair.inputs.push(InferInputTensor { name: "INPUT__1".into(), datatype: "FP32".into(), shape: vec![2, 1, 64, 64], ..Default::default() });
         pair.raw_input_contents.push(vec![0u8; 2 * 4096 * 4]);
-        assert_eq!(parse_request(&pair, &b, true).unwrap().items.len(), 3);
+        let parsed = parse_request(&pair, &b, true).unwrap();
+        assert_eq!((parsed.items.len(), parsed.layout.as_str()), (3, "INPUT__0:1,INPUT__1:2"));
         assert_eq!(reason(parse_request(&pair, &b, false)), "bad_input_name");
         pair.inputs[1].datatype = "INT64".into();
         assert_eq!(reason(parse_request(&pair, &b, true)), "unscreenable_input");

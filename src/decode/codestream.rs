@@ -60,11 +60,14 @@ pub fn jpeg(data: &[u8]) -> Result<Declared, String> {
     }
 }
 
-/// The image and tile size (SIZ) of a JPEG 2000 codestream (raw, or inside a JP2 file).
+/// The image and tile size (SIZ) of a raw JPEG 2000 codestream, as DICOM encapsulates it
+/// (PS3.5 A.4.4). A JP2 file is refused: the codec would decode its `jp2c` box while a SIZ
+/// hidden in another box could be the one read here.
 pub fn j2k(data: &[u8]) -> Result<Declared, String> {
-    // A raw codestream starts with SOC + SIZ; JP2 files carry it in their jp2c box.
-    let start = find(data, &[0xFF, 0x4F, 0xFF, 0x51]).ok_or("no JPEG 2000 codestream (SOC + SIZ marker) found")?;
-    let s = &data[start + 4..];
+    if !data.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
+        return Err("the JPEG 2000 fragment does not start with SOC + SIZ (a raw codestream, as DICOM requires)".into());
+    }
+    let s = &data[4..];
     let u32_at = |o: usize| s.get(o..o + 4).map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])));
     let cut = || "JPEG 2000 SIZ marker segment is cut off".to_string();
     let csiz = be16(s, 36).ok_or_else(cut)? as usize;
@@ -110,12 +113,6 @@ fn next_marker(data: &[u8], mut pos: usize) -> Option<(u8, usize)> {
 
 fn be16(data: &[u8], at: usize) -> Option<u16> {
     data.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    // The codestream starts at once in DICOM; a JP2 header is a few hundred bytes.
-    let window = &haystack[..haystack.len().min(64 * 1024)];
-    window.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -173,10 +170,12 @@ mod tests {
     fn j2k_size_and_tiles_are_read() {
         let d = j2k(&siz(65500, 65500, 1, 1)).unwrap();
         assert_eq!((d.width, d.height, d.components, d.precision, d.tiles), (65500, 65500, 1, 16, 65500 * 65500));
+        let d = j2k(&siz(512, 256, 512, 3)).unwrap();
+        assert_eq!((d.width, d.height, d.components, d.tiles), (512, 256, 3, 1));
+        // A JP2 file could hide a SIZ in another box than the one the codec decodes.
         let mut jp2 = b"\0\0\0\x0cjP  \r\n\x87\n".to_vec();
         jp2.extend(siz(512, 256, 512, 3));
-        let d = j2k(&jp2).unwrap();
-        assert_eq!((d.width, d.height, d.components, d.tiles), (512, 256, 3, 1));
+        assert!(j2k(&jp2).unwrap_err().contains("raw codestream"));
         assert!(j2k(&siz(512, 256, 0, 1)).is_err());
         assert!(j2k(&siz(512, 256, 512, 3)[..40]).is_err());
     }

@@ -31,6 +31,10 @@ const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 /// Inflation proceeds in steps of this many bytes, each reserved before it is written.
 const INFLATE_STEP: usize = 4 << 20;
+/// What dicom-rs holds per parsed element beyond its value bytes (header, value enum, map
+/// entry), reserved per element the guard counted: a file of millions of empty elements
+/// costs far more than its size.
+const PER_ELEMENT: u64 = 192;
 
 /// Decode one DICOM Part 10 object (with or without the 128-byte preamble), with no
 /// memory budget (the command line decodes one file at a time).
@@ -65,15 +69,15 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, res: &mut Reservation) -> R
 
     let obj = if uid == DEFLATED {
         let inflated = inflate_bounded(&body[data_set_start..], limits, res)?;
-        super::dicom_guard::check_data_set(&inflated, 0, EXPLICIT_LE).map_err(malformed)?;
+        let elements = super::dicom_guard::check_data_set(&inflated, 0, EXPLICIT_LE).map_err(malformed)?;
         // dicom-rs copies every value it parses.
-        res.grow(inflated.len() as u64, "parsed data set")?;
+        res.grow(inflated.len() as u64 + elements * PER_ELEMENT, "parsed data set")?;
         let ts = TransferSyntaxRegistry.get(EXPLICIT_LE).expect("the registry knows Explicit VR Little Endian");
         let data = InMemDicomObject::read_dataset_with_ts(inflated.as_slice(), ts).map_err(|e| malformed(format!("data set: {e}")))?;
         data.with_exact_meta(meta)
     } else {
-        super::dicom_guard::check_data_set(body, data_set_start, &uid).map_err(malformed)?;
-        res.grow(body.len() as u64, "parsed data set")?;
+        let elements = super::dicom_guard::check_data_set(body, data_set_start, &uid).map_err(malformed)?;
+        res.grow(body.len() as u64 + elements * PER_ELEMENT, "parsed data set")?;
         OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(body).map_err(|e| malformed(format!("data set: {e}")))?
     };
     res.checkpoint()?;
@@ -207,11 +211,36 @@ fn decode_cost(h: &Header, codec: Codec, input: u64) -> u64 {
     decoded + working + output
 }
 
-/// Refuse, from the registry alone, transfer syntaxes this build has no decoder for
-/// (JPEG-LS: the `charls` feature is off; MPEG/HEVC video; private or unknown UIDs).
+/// Transfer syntaxes accepted: those whose decoding is bounded here. Others the registry
+/// could decode are refused too: Deflated Image Frame Compression (1.2.840.10008.1.2.8.1)
+/// and JPIP Referenced Deflate (.4.95, .4.205) inflate without a bound inside dicom-rs, and
+/// JPIP's pixels are not in the file at all.
+const ACCEPTED: &[&str] = &[
+    "1.2.840.10008.1.2",      // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.98", // Encapsulated Uncompressed Explicit VR Little Endian
+    DEFLATED,                 // inflated here, bounded
+    "1.2.840.10008.1.2.2",    // Explicit VR Big Endian
+    "1.2.840.10008.1.2.4.50", // JPEG Baseline
+    "1.2.840.10008.1.2.4.51", // JPEG Extended
+    "1.2.840.10008.1.2.4.57", // JPEG Lossless
+    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 (lossless only)
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    "1.2.840.10008.1.2.4.92", // JPEG 2000 Part 2 multi-component (lossless only)
+    "1.2.840.10008.1.2.4.93", // JPEG 2000 Part 2 multi-component
+    "1.2.840.10008.1.2.4.201", // High-Throughput JPEG 2000 (lossless only)
+    "1.2.840.10008.1.2.4.202", // High-Throughput JPEG 2000 with RPCL (lossless only)
+    "1.2.840.10008.1.2.4.203", // High-Throughput JPEG 2000
+    "1.2.840.10008.1.2.5",    // RLE Lossless
+];
+
+/// Refuse, from the header alone, transfer syntaxes outside [`ACCEPTED`] or without a
+/// decoder in this build (JPEG-LS: the `charls` feature is off; MPEG/HEVC video; private
+/// or unknown UIDs).
 fn check_transfer_syntax(uid: &str) -> Result<(), DecodeError> {
     match TransferSyntaxRegistry.get(uid) {
-        Some(ts) if ts.can_decode_all() => Ok(()),
+        Some(ts) if ts.can_decode_all() && ACCEPTED.contains(&uid) => Ok(()),
         Some(ts) => Err(unsupported(uid, ts.name())),
         None => Err(unsupported(uid, "unknown transfer syntax")),
     }

@@ -22,7 +22,7 @@ enum Encoding {
 /// Checks the file meta group of `body` (starting at "DICM"); returns where the data set
 /// starts. Run before the meta group is parsed.
 pub(crate) fn check_meta(body: &[u8]) -> Result<usize, String> {
-    let mut w = Walker { buf: body, pos: 4, enc: Encoding::ExplicitLe };
+    let mut w = Walker { buf: body, pos: 4, enc: Encoding::ExplicitLe, elements: 0 };
     while w.pos + 4 <= body.len() && w.u16_at(w.pos) == 0x0002 {
         let (_, _, _, len, hdr) = w.header()?;
         w.pos += hdr;
@@ -32,17 +32,19 @@ pub(crate) fn check_meta(body: &[u8]) -> Result<usize, String> {
 }
 
 /// Checks the data set of `body`, from `start` (see [`check_meta`]), in the encoding of
-/// `transfer_syntax`.
-pub(crate) fn check_data_set(body: &[u8], start: usize, transfer_syntax: &str) -> Result<(), String> {
-    let mut w = Walker { buf: body, pos: start, enc: Encoding::ExplicitLe };
+/// `transfer_syntax`; returns how many elements and items it holds (each costs the parser
+/// far more memory than its header's bytes).
+pub(crate) fn check_data_set(body: &[u8], start: usize, transfer_syntax: &str) -> Result<u64, String> {
+    let mut w = Walker { buf: body, pos: start, enc: Encoding::ExplicitLe, elements: 0 };
     w.enc = match transfer_syntax {
         "1.2.840.10008.1.2" => Encoding::ImplicitLe,
         "1.2.840.10008.1.2.2" => Encoding::ExplicitBe,
         // Deflated data sets cannot be walked without inflating them: parsed as they are.
-        "1.2.840.10008.1.2.1.99" => return Ok(()),
+        "1.2.840.10008.1.2.1.99" => return Ok(0),
         _ => Encoding::ExplicitLe,
     };
-    w.walk(body.len(), 0, true)
+    w.walk(body.len(), 0, true)?;
+    Ok(w.elements)
 }
 
 /// Bytes the Pixel Data of the explicit-VR little-endian data set starting in `prefix`
@@ -51,7 +53,7 @@ pub(crate) fn check_data_set(body: &[u8], start: usize, transfer_syntax: &str) -
 /// Pixel Data starts) before all four are seen. Lets an inflating decoder bound a deflated
 /// data set by what its own header declares.
 pub(crate) fn pixel_bytes_declared(prefix: &[u8]) -> Option<u64> {
-    let mut w = Walker { buf: prefix, pos: 0, enc: Encoding::ExplicitLe };
+    let mut w = Walker { buf: prefix, pos: 0, enc: Encoding::ExplicitLe, elements: 0 };
     let (mut rows, mut cols, mut samples, mut bits) = (None, None, None, None);
     while let Ok((group, elem, _, len, hdr)) = w.header() {
         if (group, elem) == PIXEL_DATA || len == UNDEFINED {
@@ -80,6 +82,8 @@ struct Walker<'a> {
     buf: &'a [u8],
     pos: usize,
     enc: Encoding,
+    /// Element and item headers walked so far.
+    elements: u64,
 }
 
 impl Walker<'_> {
@@ -134,6 +138,7 @@ impl Walker<'_> {
         }
         while self.pos < end {
             let (group, elem, is_sq, len, hdr) = self.header()?;
+            self.elements += 1;
             self.pos += hdr;
             if group == 0xFFFE {
                 match elem {
@@ -186,7 +191,7 @@ mod tests {
 
     fn check(body: &[u8]) -> Result<(), String> {
         let start = check_meta(body)?;
-        check_data_set(body, start, "1.2.840.10008.1.2.1")
+        check_data_set(body, start, "1.2.840.10008.1.2.1").map(|_| ())
     }
 
     #[test]

@@ -57,7 +57,8 @@ fn reencode(bytes: &[u8]) -> Result<Vec<u8>, QuarantineError> {
     let n = img.width * img.height;
     let wide = img.data.iter().any(|&v| ((v * 255.0).round() - v * 255.0).abs() > 1e-3);
     let (samples, colour): (Vec<u8>, ExtendedColorType) = match (img.channels, wide) {
-        (1, true) => (img.data.iter().flat_map(|&v| ((v * 65535.0).round() as u16).to_be_bytes()).collect(), ExtendedColorType::L16),
+        // The encoder takes 16-bit samples in native byte order.
+        (1, true) => (img.data.iter().flat_map(|&v| ((v * 65535.0).round() as u16).to_ne_bytes()).collect(), ExtendedColorType::L16),
         (1, false) => (img.data.iter().map(|&v| (v * 255.0).round() as u8).collect(), ExtendedColorType::L8),
         _ => {
             let data = &img.data;
@@ -96,5 +97,11 @@ mod tests {
         assert!(!form.bytes.windows(8).any(|w| w == b"DOE^JANE"), "metadata dropped");
         let limits = crate::decode::DecodeLimits::default();
         assert_eq!(crate::decode::decode_raster(&form.bytes, &limits).unwrap(), crate::decode::decode_raster(&png, &limits).unwrap(), "same pixels");
+        // 16-bit grey keeps its 16 bits, in the right byte order.
+        let samples: Vec<u8> = [1u16, 0x0102, 0x8000, 0xFFFF].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut png16 = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png16).write_image(&samples, 2, 2, image::ExtendedColorType::L16).unwrap();
+        let kept = stored_form(&Input::Image(png16.clone()), b"salt-salt-salt-salt").unwrap().bytes;
+        assert_eq!(crate::decode::decode_raster(&kept, &limits).unwrap(), crate::decode::decode_raster(&png16, &limits).unwrap(), "same 16-bit pixels");
     }
 }

@@ -21,7 +21,8 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Request headers never forwarded: HTTP/2 connection and gRPC transport headers (tonic
 /// sets its own), and the deadline, which is re-sent as what is left of it.
-const NOT_FORWARDED: &[&str] = &["te", "content-type", "content-length", "user-agent", "connection", "keep-alive", "transfer-encoding", "upgrade", "host"];
+/// Transport headers, and medsentry's own score token (a secret for this sidecar only).
+const NOT_FORWARDED: &[&str] = &["te", "content-type", "content-length", "user-agent", "connection", "keep-alive", "transfer-encoding", "upgrade", "host", "medsentry-score-token"];
 
 #[derive(Clone)]
 pub struct UpstreamClient {

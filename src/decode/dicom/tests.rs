@@ -90,8 +90,9 @@ fn decoding_reserves_what_it_allocates() {
     let budget = DecodeBudget::new(1 << 30, std::time::Duration::ZERO);
     let mut res = budget.reserve(Default::default(), None);
     decode_dicom_within(&file, &DecodeLimits::default(), &mut res).unwrap();
-    // The parsed object (the file), the decoded copy (4096) and the f32 output (16384).
-    assert_eq!(res.held(), file.len() as u64 - 128 + 4096 + 4 * 4096);
+    // The parsed object (the file and its 9 elements), the decoded copy (4096) and the f32
+    // output (16384).
+    assert_eq!(res.held(), file.len() as u64 - 128 + 9 * PER_ELEMENT + 4096 + 4 * 4096);
     let tight = DecodeBudget::new(8192, std::time::Duration::ZERO);
     let mut res = tight.reserve(Default::default(), None);
     assert!(matches!(decode_dicom_within(&file, &DecodeLimits::default(), &mut res), Err(DecodeError::OverBudget { .. })));
