@@ -40,8 +40,11 @@ seed() {
                 [ "$(stat -c %s "$f")" -lt 250000 ] && cp "$f" "$in/"
             done ;;
         raster)
-            ls "$data"/chest_xray_kermany/images/test/NORMAL/*.jpeg | head -3 | xargs -I{} cp {} "$in/"
-            find "$data"/dermoscopy_isic2018 -name '*.jpg' -size -60k | sort | head -2 | xargs -I{} cp {} "$in/" ;;
+            # (Arrays, not `ls | head`: under pipefail a closed pipe would end the script.)
+            local chest=("$data"/chest_xray_kermany/images/test/NORMAL/*.jpeg) derm
+            cp "${chest[@]:0:3}" "$in/"
+            mapfile -t derm < <(find "$data"/dermoscopy_isic2018 -name '*.jpg' -size -60k | sort)
+            cp "${derm[@]:0:2}" "$in/" ;;
         bundle_toml)
             for d in models/*/; do [ -f "$d/bundle.toml" ] && cp "$d/bundle.toml" "$in/$(basename "$d").toml"; done ;;
         policy)
