@@ -56,6 +56,16 @@ fn dicom_claiming_4_gib() -> Vec<u8> {
     b
 }
 
+/// Found by fuzzing (scripts/fuzz.sh dicom): MR_small_RLE.dcm with one byte of its RLE
+/// segment data changed (offset 1767: 6 -> 27) makes dicom-rs's RLE decoder index out of
+/// bounds; the panic is caught and answered as a refusal.
+fn rle_segment_overrun() -> Vec<u8> {
+    let mut b = std::fs::read(data("dicom/MR_small_RLE.dcm")).unwrap();
+    assert_eq!(b[1767], 6, "the shared MR_small_RLE.dcm is the one the fuzzer mutated");
+    b[1767] = 27;
+    b
+}
+
 /// A real chest X-ray JPEG cut in half (libjpeg would pad the missing rows with grey).
 fn half_a_jpeg() -> Vec<u8> {
     let full = std::fs::read(data("chest_xray_kermany/images/test/NORMAL/IM-0001-0001.jpeg")).unwrap();
@@ -91,6 +101,7 @@ fn table() -> Vec<Row> {
         Row { name: "tensor of the wrong shape", request: tensor_request("r", vec![1, 3, 64, 64], vec![0.5; 3 * spec_len]), code: Code::InvalidArgument, says: "does not match the model input", reason: "bad_tensor" },
         Row { name: "tensor with NaN", request: tensor_request("r", vec![1, 1, 64, 64], nan), code: Code::InvalidArgument, says: "not finite", reason: "bad_tensor" },
         Row { name: "tensor data/shape mismatch", request: tensor_request("r", vec![1, 64, 64], vec![0.5; 10]), code: Code::InvalidArgument, says: "needs 4096 values", reason: "bad_tensor" },
+        Row { name: "RLE segment overrun (fuzz finding)", request: dicom_request("r", rle_segment_overrun()), code: Code::InvalidArgument, says: "codec failed", reason: "malformed_dicom" },
         Row { name: "JPEG cut in half", request: image_request("r", half_a_jpeg()), code: Code::InvalidArgument, says: "truncated", reason: "malformed_image" },
         Row {
             name: "a 100 kB model name",
