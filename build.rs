@@ -67,7 +67,9 @@ fn locate_onnxruntime() -> Option<PathBuf> {
             None
         }
         Err(e) => {
-            println!("cargo:warning=could not fetch ONNX Runtime {ORT_VERSION} ({e}); set ORT_DYLIB_PATH to a libonnxruntime.so 1.31+ before starting medsentry");
+            println!(
+                "cargo:warning=could not fetch ONNX Runtime {ORT_VERSION} ({e}); set ORT_DYLIB_PATH to a libonnxruntime.so 1.31+ before starting medsentry"
+            );
             None
         }
     }
@@ -94,12 +96,7 @@ fn fetch_wheel(dir: &Path) -> Result<(), String> {
         \x20   b = os.path.basename(n)\n\
         \x20   if n.startswith('onnxruntime/capi/') and b.startswith('libonnxruntime'):\n\
         \x20       open(os.path.join(sys.argv[2], b), 'wb').write(z.read(n))\n";
-    let status = Command::new("python3")
-        .args(["-c", script])
-        .arg(&wheels)
-        .arg(dir)
-        .status()
-        .map_err(|e| format!("running python3 to unzip: {e}"))?;
+    let status = Command::new("python3").args(["-c", script]).arg(&wheels).arg(dir).status().map_err(|e| format!("running python3 to unzip: {e}"))?;
     if !status.success() {
         return Err(format!("extracting the wheel exited with {status}"));
     }

@@ -24,7 +24,13 @@ pub struct Enforced {
     pub quarantine_id: Option<String>,
 }
 
-pub async fn enforce(model: &Arc<ServedModel>, input: Input, screening: &mut Screening, campaign: Option<CampaignStatus>, request_id: &str) -> Result<Enforced, PipelineError> {
+pub async fn enforce(
+    model: &Arc<ServedModel>,
+    input: Input,
+    screening: &mut Screening,
+    campaign: Option<CampaignStatus>,
+    request_id: &str,
+) -> Result<Enforced, PipelineError> {
     let policy = &model.policy;
     let name = model.name();
     let fail_closed = policy.on_failure == FailureMode::FailClosed;
@@ -89,7 +95,14 @@ fn push_note(screening: &mut Screening, note: &str) {
 }
 
 /// De-identifies (DICOM) and writes the input with its record, off the async workers.
-async fn keep(model: &Arc<ServedModel>, input: Input, screening: &Screening, campaign: Option<CampaignStatus>, request_id: &str, decided: &str) -> Result<Stored, QuarantineError> {
+async fn keep(
+    model: &Arc<ServedModel>,
+    input: Input,
+    screening: &Screening,
+    campaign: Option<CampaignStatus>,
+    request_id: &str,
+    decided: &str,
+) -> Result<Stored, QuarantineError> {
     let Some(store) = model.quarantine.clone() else {
         return Err(QuarantineError::Io { path: "<none>".into(), source: std::io::Error::other("no quarantine store configured") });
     };

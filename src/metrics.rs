@@ -44,8 +44,7 @@ pub const BLOCKED_BEFORE_FORWARD: &str = "medsentry_blocked_before_forward_total
 /// Decode memory budget (src/decode/budget.rs): bytes reserved by decodes in flight, and the limit.
 pub const DECODE_MEMORY: &str = "medsentry_decode_memory_bytes";
 
-const SECONDS_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const SECONDS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 /// Covers both probability-like scores (learned detector) and distances (Mahalanobis).
 const SCORE_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 50.0];

@@ -23,7 +23,10 @@ pub enum Input {
     Dicom(Vec<u8>),
     Image(Vec<u8>),
     /// [0, 1] pixels at the model's input size, shape [C, H, W] or [1, C, H, W].
-    Tensor { shape: Vec<i64>, data: Vec<f32> },
+    Tensor {
+        shape: Vec<i64>,
+        data: Vec<f32>,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -120,7 +123,13 @@ pub struct Outcome {
 }
 
 /// Runs one input through the whole pipeline of `model`; `request_id` is the caller's.
-pub async fn run(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig, deadline: Option<Instant>, request_id: &str) -> Result<Outcome, PipelineError> {
+pub async fn run(
+    model: &Arc<ServedModel>,
+    input: Input,
+    decoding: &DecodeConfig,
+    deadline: Option<Instant>,
+    request_id: &str,
+) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
     if !model.is_ready() {
         return Err(PipelineError::NotReady(model.name().to_string()));

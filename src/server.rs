@@ -17,9 +17,9 @@ use crate::admin::{self, AdminState};
 use crate::api::{self, oip, OipService, Proxy, SentryService};
 use crate::config::{ModelArgs, ServeArgs};
 use crate::defense::Policy;
-use crate::quarantine::QuarantineStore;
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::{self, sentry_server::SentryServer};
+use crate::quarantine::QuarantineStore;
 use crate::serving::{Registry, Warmup};
 use crate::upstream::Upstream;
 use crate::{bundle, engine, inference, metrics};
@@ -60,7 +60,8 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     set_health(&health, &services, ServingStatus::NotServing).await;
 
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_task = tokio::spawn(admin::serve(admin_listener, AdminState { registry: registry.clone(), draining: draining.clone(), upstream: upstream.clone() }));
+    let admin_task =
+        tokio::spawn(admin::serve(admin_listener, AdminState { registry: registry.clone(), draining: draining.clone(), upstream: upstream.clone() }));
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

@@ -11,9 +11,9 @@ use crate::batcher::BatcherHandle;
 use crate::bundle::Bundle;
 use crate::defense::policy::Disclosure;
 use crate::defense::{CampaignMonitor, DefenseError, ModelPolicy, Policy, Screener};
-use crate::quarantine::QuarantineStore;
 use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, WorkerConfig};
 use crate::metrics;
+use crate::quarantine::QuarantineStore;
 
 pub struct ServedModel {
     pub bundle: Arc<Bundle>,
@@ -67,7 +67,13 @@ pub struct ServingConfig {
 impl Registry {
     /// Starts batchers and workers for every bundle. Workers open their sessions and warm
     /// up in the background; await the returned [`Warmup`]s, then call `mark_ready`.
-    pub fn start(bundles: Vec<Bundle>, default_model: Option<&str>, cfg: ServingConfig, policy: &Policy, quarantine: Option<Arc<QuarantineStore>>) -> Result<(Registry, Vec<Warmup>), StartError> {
+    pub fn start(
+        bundles: Vec<Bundle>,
+        default_model: Option<&str>,
+        cfg: ServingConfig,
+        policy: &Policy,
+        quarantine: Option<Arc<QuarantineStore>>,
+    ) -> Result<(Registry, Vec<Warmup>), StartError> {
         let default_model = match default_model {
             Some(name) if bundles.iter().any(|b| b.name() == name) => name.to_string(),
             Some(name) => return Err(StartError::UnknownDefault(name.into(), bundles.iter().map(|b| b.name().to_string()).collect())),
@@ -98,7 +104,8 @@ impl Registry {
             if campaign.is_none() {
                 tracing::warn!(model = %name, "bundle has no [campaign] calibration: the campaign monitor is off for it");
             }
-            let served = ServedModel { policy: model_policy, campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
+            let served =
+                ServedModel { policy: model_policy, campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
             models.insert(name, Arc::new(served));
         }
         Ok((Registry { models, default_model, disclosure: policy.disclosure.clone() }, warmups))

@@ -90,18 +90,90 @@ fn table() -> Vec<Row> {
     vec![
         Row { name: "empty body", request: image_request("r", Vec::new()), code: Code::InvalidArgument, says: "no input bytes", reason: "empty_input" },
         Row { name: "empty dicom", request: dicom_request("r", Vec::new()), code: Code::InvalidArgument, says: "no input bytes", reason: "empty_input" },
-        Row { name: "no input at all", request: ScreenRequest { request_id: "r".into(), model: String::new(), input: None }, code: Code::InvalidArgument, says: "no input", reason: "no_input" },
-        Row { name: "neither DICOM nor image", request: image_request("r", b"%PDF-1.4 definitely not pixels".to_vec()), code: Code::InvalidArgument, says: "neither DICOM", reason: "unrecognized_format" },
-        Row { name: "garbage in the dicom field", request: dicom_request("r", vec![7u8; 4096]), code: Code::InvalidArgument, says: "DICOM", reason: "malformed_dicom" },
-        Row { name: "truncated DICOM", request: dicom_request("r", ct[..ct.len() / 2].to_vec()), code: Code::InvalidArgument, says: "truncated or malformed", reason: "malformed_dicom" },
-        Row { name: "DICOM element claiming 4 GiB", request: dicom_request("r", dicom_claiming_4_gib()), code: Code::InvalidArgument, says: "declares 4294967280 bytes", reason: "malformed_dicom" },
-        Row { name: "DICOM without pixel data", request: dicom_request("r", dicom_without_pixel_data()), code: Code::InvalidArgument, says: "no Pixel Data", reason: "dicom_no_pixel_data" },
-        Row { name: "unsupported transfer syntax", request: dicom_request("r", std::fs::read(data("dicom/MR_small_jpeg_ls_lossless.dcm")).unwrap()), code: Code::InvalidArgument, says: "JPEG-LS", reason: "unsupported_transfer_syntax" },
-        Row { name: "60000x60000 header", request: image_request("r", huge_png_header()), code: Code::InvalidArgument, says: "60000x60000", reason: "image_too_large" },
-        Row { name: "tensor of the wrong shape", request: tensor_request("r", vec![1, 3, 64, 64], vec![0.5; 3 * spec_len]), code: Code::InvalidArgument, says: "does not match the model input", reason: "bad_tensor" },
-        Row { name: "tensor with NaN", request: tensor_request("r", vec![1, 1, 64, 64], nan), code: Code::InvalidArgument, says: "not finite", reason: "bad_tensor" },
-        Row { name: "tensor data/shape mismatch", request: tensor_request("r", vec![1, 64, 64], vec![0.5; 10]), code: Code::InvalidArgument, says: "needs 4096 values", reason: "bad_tensor" },
-        Row { name: "RLE segment overrun (fuzz finding)", request: dicom_request("r", rle_segment_overrun()), code: Code::InvalidArgument, says: "codec failed", reason: "malformed_dicom" },
+        Row {
+            name: "no input at all",
+            request: ScreenRequest { request_id: "r".into(), model: String::new(), input: None },
+            code: Code::InvalidArgument,
+            says: "no input",
+            reason: "no_input",
+        },
+        Row {
+            name: "neither DICOM nor image",
+            request: image_request("r", b"%PDF-1.4 definitely not pixels".to_vec()),
+            code: Code::InvalidArgument,
+            says: "neither DICOM",
+            reason: "unrecognized_format",
+        },
+        Row {
+            name: "garbage in the dicom field",
+            request: dicom_request("r", vec![7u8; 4096]),
+            code: Code::InvalidArgument,
+            says: "DICOM",
+            reason: "malformed_dicom",
+        },
+        Row {
+            name: "truncated DICOM",
+            request: dicom_request("r", ct[..ct.len() / 2].to_vec()),
+            code: Code::InvalidArgument,
+            says: "truncated or malformed",
+            reason: "malformed_dicom",
+        },
+        Row {
+            name: "DICOM element claiming 4 GiB",
+            request: dicom_request("r", dicom_claiming_4_gib()),
+            code: Code::InvalidArgument,
+            says: "declares 4294967280 bytes",
+            reason: "malformed_dicom",
+        },
+        Row {
+            name: "DICOM without pixel data",
+            request: dicom_request("r", dicom_without_pixel_data()),
+            code: Code::InvalidArgument,
+            says: "no Pixel Data",
+            reason: "dicom_no_pixel_data",
+        },
+        Row {
+            name: "unsupported transfer syntax",
+            request: dicom_request("r", std::fs::read(data("dicom/MR_small_jpeg_ls_lossless.dcm")).unwrap()),
+            code: Code::InvalidArgument,
+            says: "JPEG-LS",
+            reason: "unsupported_transfer_syntax",
+        },
+        Row {
+            name: "60000x60000 header",
+            request: image_request("r", huge_png_header()),
+            code: Code::InvalidArgument,
+            says: "60000x60000",
+            reason: "image_too_large",
+        },
+        Row {
+            name: "tensor of the wrong shape",
+            request: tensor_request("r", vec![1, 3, 64, 64], vec![0.5; 3 * spec_len]),
+            code: Code::InvalidArgument,
+            says: "does not match the model input",
+            reason: "bad_tensor",
+        },
+        Row {
+            name: "tensor with NaN",
+            request: tensor_request("r", vec![1, 1, 64, 64], nan),
+            code: Code::InvalidArgument,
+            says: "not finite",
+            reason: "bad_tensor",
+        },
+        Row {
+            name: "tensor data/shape mismatch",
+            request: tensor_request("r", vec![1, 64, 64], vec![0.5; 10]),
+            code: Code::InvalidArgument,
+            says: "needs 4096 values",
+            reason: "bad_tensor",
+        },
+        Row {
+            name: "RLE segment overrun (fuzz finding)",
+            request: dicom_request("r", rle_segment_overrun()),
+            code: Code::InvalidArgument,
+            says: "codec failed",
+            reason: "malformed_dicom",
+        },
         Row { name: "JPEG cut in half", request: image_request("r", half_a_jpeg()), code: Code::InvalidArgument, says: "truncated", reason: "malformed_image" },
         Row {
             name: "a 100 kB model name",
@@ -170,7 +242,10 @@ async fn a_full_queue_answers_resource_exhausted() {
         .collect();
     let mut codes = Vec::new();
     for c in calls {
-        codes.push(match c.await.unwrap() { Ok(_) => Code::Ok, Err(e) => e.code() });
+        codes.push(match c.await.unwrap() {
+            Ok(_) => Code::Ok,
+            Err(e) => e.code(),
+        });
     }
     assert!(codes.contains(&Code::Ok), "{codes:?}");
     assert!(codes.contains(&Code::ResourceExhausted), "24 concurrent calls into a queue of 1: {codes:?}");

@@ -11,7 +11,6 @@ use medsentry::bundle::{self, Bundle, BundleError};
 
 const MODEL: &str = "chest-xray-pneumonia";
 
-
 fn edit_toml(dir: &Path, from: &str, to: &str) {
     let p = dir.join("bundle.toml");
     let text = std::fs::read_to_string(&p).unwrap();
@@ -54,7 +53,8 @@ fn a_detector_without_threshold_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_bundle(tmp.path(), MODEL);
     let text = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
-    let with_detector = text.replacen("[files]", "[[detectors]]\nname = \"maha\"\nkind = \"mahalanobis\"\nfile = \"classifier.onnx\"\ncalibrated_fpr = 0.01\n\n[files]", 1);
+    let with_detector =
+        text.replacen("[files]", "[[detectors]]\nname = \"maha\"\nkind = \"mahalanobis\"\nfile = \"classifier.onnx\"\ncalibrated_fpr = 0.01\n\n[files]", 1);
     std::fs::write(dir.join("bundle.toml"), with_detector).unwrap();
     let err = Bundle::load_dir(&dir).unwrap_err();
     assert!(err.to_string().contains("threshold"), "{err}");
@@ -73,7 +73,11 @@ async fn an_input_spec_that_does_not_match_the_graph_stops_start_up() {
 async fn a_detector_this_build_cannot_run_stops_start_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_bundle(tmp.path(), MODEL);
-    edit_toml(&dir, "[files]", "[[detectors]]\nname = \"future\"\nkind = \"quantum\"\nfile = \"classifier.onnx\"\nthreshold = 1.0\ncalibrated_fpr = 0.01\n\n[files]");
+    edit_toml(
+        &dir,
+        "[files]",
+        "[[detectors]]\nname = \"future\"\nkind = \"quantum\"\nfile = \"classifier.onnx\"\nthreshold = 1.0\ncalibrated_fpr = 0.01\n\n[files]",
+    );
     let msg = start_error(tmp.path()).await;
     assert!(msg.contains("cannot run") && msg.contains("quantum"), "{msg}");
 }

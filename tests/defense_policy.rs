@@ -73,7 +73,8 @@ async fn quarantine_keeps_the_flagged_dicom_without_patient_identifiers() {
     let before = metrics_now();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("quarantine");
-    let policy = write_policy(dir.path(), &format!("[default]\naction = \"quarantine\"\nafter_quarantine = \"reject\"\n[quarantine]\ndir = \"{}\"\n", store.display()));
+    let policy =
+        write_policy(dir.path(), &format!("[default]\naction = \"quarantine\"\nafter_quarantine = \"reject\"\n[quarantine]\ndir = \"{}\"\n", store.display()));
     let server = TestServer::ready(&["--policy", &policy]).await;
     let mut client = server.client().await;
     let original = std::fs::read(data(FLAGGED_DICOM)).unwrap();
@@ -143,7 +144,8 @@ async fn an_unwritable_quarantine_follows_fail_closed_and_fail_open() {
     for (mode, expect_ok) in [("fail_closed", false), ("fail_open", true)] {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("q");
-        let policy = write_policy(dir.path(), &format!("[default]\naction = \"quarantine\"\non_failure = \"{mode}\"\n[quarantine]\ndir = \"{}\"\n", store.display()));
+        let policy =
+            write_policy(dir.path(), &format!("[default]\naction = \"quarantine\"\non_failure = \"{mode}\"\n[quarantine]\ndir = \"{}\"\n", store.display()));
         let server = TestServer::ready(&["--policy", &policy]).await;
         // The disk goes bad after start-up (works as root too, unlike permission bits).
         std::fs::remove_dir_all(store.join("objects")).unwrap();

@@ -26,7 +26,8 @@ fn tool(rel: &str) -> PathBuf {
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml")).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml")).collect();
     files.sort();
     files
 }
@@ -69,7 +70,10 @@ fn the_dockerfiles_pass_hadolint() {
             let words: Vec<&str> = line.split_whitespace().collect();
             for src in &words[1..words.len() - 1] {
                 let src = src.trim_end_matches('/');
-                assert!(rules.contains(&format!("!{src}").as_str()) || rules.contains(&format!("!{src}/").as_str()), "{file} copies {src}, which .dockerignore leaves out");
+                assert!(
+                    rules.contains(&format!("!{src}").as_str()) || rules.contains(&format!("!{src}/").as_str()),
+                    "{file} copies {src}, which .dockerignore leaves out"
+                );
             }
         }
     }
@@ -100,7 +104,8 @@ fn the_kubernetes_manifests_match_the_kubernetes_and_prometheus_operator_schemas
     let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes"));
     let policy_text = find("ConfigMap")["data"]["policy.toml"].as_str().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
-    let policy = medsentry::defense::Policy::load(Path::new(&write_policy(tmp.path(), &policy_text)), &[MODEL.to_string()]).expect("the ConfigMap's policy is valid for the served bundle");
+    let policy = medsentry::defense::Policy::load(Path::new(&write_policy(tmp.path(), &policy_text)), &[MODEL.to_string()])
+        .expect("the ConfigMap's policy is valid for the served bundle");
     let compose_policy = std::fs::read_to_string(deploy("compose/policy.toml")).unwrap();
     assert_eq!(
         toml::from_str::<toml::Value>(&policy_text).unwrap(),
@@ -118,8 +123,12 @@ fn the_kubernetes_manifests_match_the_kubernetes_and_prometheus_operator_schemas
     assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "policy" && v["configMap"]["name"] == find("ConfigMap")["metadata"]["name"]));
     assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert!(sidecar["env"].as_array().unwrap().iter().any(|e| e["name"] == "MEDSENTRY_UPSTREAM" && e["value"] == "127.0.0.1:8001"), "proxy mode to the Pod's inference container");
-    let ports: BTreeMap<String, u64> = sidecar["ports"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap())).collect();
+    assert!(
+        sidecar["env"].as_array().unwrap().iter().any(|e| e["name"] == "MEDSENTRY_UPSTREAM" && e["value"] == "127.0.0.1:8001"),
+        "proxy mode to the Pod's inference container"
+    );
+    let ports: BTreeMap<String, u64> =
+        sidecar["ports"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap())).collect();
     assert_eq!(ports.get("grpc"), Some(&50051));
     assert_eq!(ports.get("metrics"), Some(&9464));
     for p in find("Service")["spec"]["ports"].as_array().unwrap() {

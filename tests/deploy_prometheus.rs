@@ -183,7 +183,12 @@ async fn resolve_variables(prom: &Prometheus, dashboard: &Value) -> Vec<(String,
         let inner = def.strip_prefix("label_values(").and_then(|d| d.strip_suffix(')')).unwrap_or_else(|| panic!("variable {name}: {def}"));
         let (selector, label) = inner.rsplit_once(',').unwrap();
         let selector = substitute(selector, &vars);
-        let values: Vec<String> = prom.query(&format!("group by ({}) ({selector})", label.trim())).await.iter().filter_map(|s| s["metric"][label.trim()].as_str().map(String::from)).collect();
+        let values: Vec<String> = prom
+            .query(&format!("group by ({}) ({selector})", label.trim()))
+            .await
+            .iter()
+            .filter_map(|s| s["metric"][label.trim()].as_str().map(String::from))
+            .collect();
         let value = if name == "model" {
             assert!(values.iter().any(|v| v == MODEL), "$model offers {values:?}, not {MODEL}");
             MODEL.to_string()
@@ -268,9 +273,19 @@ async fn a_real_prometheus_alerts_on_an_attack_and_every_dashboard_query_has_dat
     // Let Prometheus scrape the end of it and evaluate the rules on it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let states = prom.alert_states().await;
-    let clean_ratio = prom.scalar("sum(medsentry_flagged_total{verdict=\"adversarial\"}) / sum(medsentry_requests_total{outcome=~\"ok|permission_denied\"})").await.unwrap_or(0.0);
+    let clean_ratio = prom
+        .scalar("sum(medsentry_flagged_total{verdict=\"adversarial\"}) / sum(medsentry_requests_total{outcome=~\"ok|permission_denied\"})")
+        .await
+        .unwrap_or(0.0);
     let p99 = prom.scalar("histogram_quantile(0.99, sum by (le) (rate(medsentry_request_duration_seconds_bucket[5m])))").await;
-    eprintln!("[{:>5.1}s] clean phase: {} images {:?}, flagged ADVERSARIAL {:.3}, p99 {p99:?} s; alert states {:?}", started.elapsed().as_secs_f64(), verdicts.len(), tally(&verdicts), clean_ratio, states.iter().map(|(k, v)| (k.as_str(), v.0.as_str())).collect::<BTreeMap<_, _>>());
+    eprintln!(
+        "[{:>5.1}s] clean phase: {} images {:?}, flagged ADVERSARIAL {:.3}, p99 {p99:?} s; alert states {:?}",
+        started.elapsed().as_secs_f64(),
+        verdicts.len(),
+        tally(&verdicts),
+        clean_ratio,
+        states.iter().map(|(k, v)| (k.as_str(), v.0.as_str())).collect::<BTreeMap<_, _>>()
+    );
     assert_eq!(state(&states, ATTACK_ALERT), "inactive", "clean traffic must not look like an attack (flagged ratio {clean_ratio:.3})");
     assert_eq!(state(&states, CAMPAIGN_ALERT), "inactive", "clean traffic must not look like a campaign");
     // Latency is left out: this is a debug build on a shared 2-core machine (the p99 is
@@ -300,7 +315,12 @@ async fn a_real_prometheus_alerts_on_an_attack_and_every_dashboard_query_has_dat
         if i % 10 == 0 {
             let states = prom.alert_states().await;
             if active(&states, CAMPAIGN_ALERT) {
-                eprintln!("[{:>5.1}s] campaign alert {} after {i} perturbed images {:?}", started.elapsed().as_secs_f64(), state(&states, CAMPAIGN_ALERT), tally(&verdicts));
+                eprintln!(
+                    "[{:>5.1}s] campaign alert {} after {i} perturbed images {:?}",
+                    started.elapsed().as_secs_f64(),
+                    state(&states, CAMPAIGN_ALERT),
+                    tally(&verdicts)
+                );
                 break;
             }
             assert!(Instant::now() < deadline, "{CAMPAIGN_ALERT} still {:?} after {i} UAP images {:?}", states[CAMPAIGN_ALERT], tally(&verdicts));
@@ -310,7 +330,13 @@ async fn a_real_prometheus_alerts_on_an_attack_and_every_dashboard_query_has_dat
     // 3. PGD examples the detectors flag (advtest_sample.json), interleaved with more UAP
     //    images, until the attack alert goes pending.
     let sample: Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(MODEL).join("advtest_sample.json")).unwrap()).unwrap();
-    let pgd: Vec<Vec<f32>> = sample["items"].as_array().unwrap().iter().filter(|it| it["kind"] == "pgd20").map(|it| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect();
+    let pgd: Vec<Vec<f32>> = sample["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|it| it["kind"] == "pgd20")
+        .map(|it| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
     assert!(!pgd.is_empty());
     let mut verdicts = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -324,7 +350,12 @@ async fn a_real_prometheus_alerts_on_an_attack_and_every_dashboard_query_has_dat
             let states = prom.alert_states().await;
             if active(&states, ATTACK_ALERT) {
                 let ratio = prom.scalar("sum(rate(medsentry_flagged_total{verdict=\"adversarial\"}[5m])) / sum(rate(medsentry_requests_total{outcome=~\"ok|permission_denied\"}[5m]))").await;
-                eprintln!("[{:>5.1}s] attack alert {} after {i} PGD/UAP inputs {:?}, 5m flagged ratio {ratio:?}", started.elapsed().as_secs_f64(), state(&states, ATTACK_ALERT), tally(&verdicts));
+                eprintln!(
+                    "[{:>5.1}s] attack alert {} after {i} PGD/UAP inputs {:?}, 5m flagged ratio {ratio:?}",
+                    started.elapsed().as_secs_f64(),
+                    state(&states, ATTACK_ALERT),
+                    tally(&verdicts)
+                );
                 assert!(active(&states, CAMPAIGN_ALERT), "the campaign alert holds meanwhile: {:?}", states[CAMPAIGN_ALERT]);
                 break;
             }
@@ -352,7 +383,12 @@ async fn a_real_prometheus_alerts_on_an_attack_and_every_dashboard_query_has_dat
             }
         }
     }
-    eprintln!("[{:>5.1}s] dashboard: {} queries, {} empty, skipped (no upstream outside proxy mode): {skipped:?}", started.elapsed().as_secs_f64(), queries.len(), empty.len());
+    eprintln!(
+        "[{:>5.1}s] dashboard: {} queries, {} empty, skipped (no upstream outside proxy mode): {skipped:?}",
+        started.elapsed().as_secs_f64(),
+        queries.len(),
+        empty.len()
+    );
     assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
     assert!(std::fs::read_dir(quarantine.join("records")).map(|d| d.count()).unwrap_or(0) > 0, "flagged inputs were quarantined");
 

@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use medsentry::proto;
 
-
 /// Served detector name -> key of the pipeline's scores in advtest_sample.json.
 const DETECTORS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze")];
 

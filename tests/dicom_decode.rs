@@ -128,10 +128,7 @@ fn matches_pydicom_reference() {
         let mean = img.data.iter().map(|&v| v as f64).sum::<f64>() / n;
         let min = img.data.iter().fold(f64::INFINITY, |a, &v| a.min(v as f64));
         let max = img.data.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
-        let stats_diff = [(mean, "mean"), (min, "min"), (max, "max")]
-            .iter()
-            .map(|&(got, k)| (got - want[k].as_f64().unwrap()).abs())
-            .fold(0.0, f64::max);
+        let stats_diff = [(mean, "mean"), (min, "min"), (max, "max")].iter().map(|&(got, k)| (got - want[k].as_f64().unwrap()).abs()).fold(0.0, f64::max);
         let want_thumb: Vec<f64> = want["thumb"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let got_thumb = thumb(&img);
         assert_eq!(got_thumb.len(), want_thumb.len(), "{name}: thumbnail size");
@@ -205,10 +202,7 @@ fn edited(edits: &[(dicom_core::Tag, VR, Option<PrimitiveValue>)]) -> Vec<u8> {
 #[test]
 fn oversized_header_is_refused_before_decoding() {
     // The pixel data is still the 8 KiB of a 64x64 image: only the header says 60000x60000.
-    let bytes = edited(&[
-        (tags::ROWS, VR::US, Some(PrimitiveValue::from(60000u16))),
-        (tags::COLUMNS, VR::US, Some(PrimitiveValue::from(60000u16))),
-    ]);
+    let bytes = edited(&[(tags::ROWS, VR::US, Some(PrimitiveValue::from(60000u16))), (tags::COLUMNS, VR::US, Some(PrimitiveValue::from(60000u16)))]);
     match decode_dicom(&bytes, &DecodeLimits::default()) {
         Err(DecodeError::TooLarge { width: 60000, height: 60000, .. }) => {}
         other => panic!("expected TooLarge, got {other:?}"),

@@ -23,7 +23,8 @@ fn eval_reproduces_the_python_auroc_and_draws_the_roc() {
     let uap_name = std::path::Path::new(fixture["uap"].as_str().unwrap()).file_stem().unwrap().to_string_lossy().into_owned();
     let uap = perturbation(&uap_name);
     let spec = chest_spec();
-    let positives: Vec<f32> = fixture["positive_files"].as_array().unwrap().iter().flat_map(|f| add_clipped(&model_pixels(f.as_str().unwrap(), &spec), &uap)).collect();
+    let positives: Vec<f32> =
+        fixture["positive_files"].as_array().unwrap().iter().flat_map(|f| add_clipped(&model_pixels(f.as_str().unwrap(), &spec), &uap)).collect();
     let n = positives.len() / 4096;
     std::fs::create_dir_all(dir.path().join(set)).unwrap();
     std::fs::write(dir.path().join(set).join("x.npy"), medsentry::eval::npy::write_npy_f32(&[n, 1, 64, 64], &positives)).unwrap();

@@ -69,6 +69,10 @@ async fn cuda_without_cuda_refuses_or_falls_back_as_configured() {
     let mut client = server.client().await;
     client.screen(tensor_request("cpu", vec![1, 1, 64, 64], vec![0.5; 4096])).await.unwrap();
     let (_, m) = server.admin_get("/metrics");
-    assert_eq!(metric(&m, "medsentry_execution_provider", &[("model", "chest-xray-pneumonia"), ("requested", "cuda"), ("active", "cpu_fallback")]), 1.0, "fallback visible in metrics");
+    assert_eq!(
+        metric(&m, "medsentry_execution_provider", &[("model", "chest-xray-pneumonia"), ("requested", "cuda"), ("active", "cpu_fallback")]),
+        1.0,
+        "fallback visible in metrics"
+    );
     server.stop().await.unwrap();
 }

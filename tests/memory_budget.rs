@@ -53,7 +53,11 @@ async fn bombs_are_refused_before_they_allocate() {
         ("j2k 60000x60000 in 512x512", bombs::encapsulated("1.2.840.10008.1.2.4.90", 512, 512, 1, &bombs::j2k_claiming(60000, 60000, 1)), "image_too_large"),
         ("j2k 4000x4000 in 512x512", bombs::encapsulated("1.2.840.10008.1.2.4.91", 512, 512, 1, &bombs::j2k_claiming(4000, 4000, 1)), "malformed_dicom"),
         // A JP2 file could show a matching SIZ in one box and decode another.
-        ("j2k in a JP2 wrapper", bombs::encapsulated("1.2.840.10008.1.2.4.90", 512, 512, 1, &[&b"\0\0\0\x0cjP  \r\n\x87\n"[..], &bombs::j2k_claiming(512, 512, 1)].concat()), "malformed_dicom"),
+        (
+            "j2k in a JP2 wrapper",
+            bombs::encapsulated("1.2.840.10008.1.2.4.90", 512, 512, 1, &[&b"\0\0\0\x0cjP  \r\n\x87\n"[..], &bombs::j2k_claiming(512, 512, 1)].concat()),
+            "malformed_dicom",
+        ),
         // Syntaxes whose decoders inflate without a bound are not accepted at all.
         ("deflated image frame", bombs::encapsulated("1.2.840.10008.1.2.8.1", 512, 512, 1, &[0x78, 0x9C, 0x03, 0x00]), "unsupported_transfer_syntax"),
         ("JPIP referenced deflate", bombs::part10("1.2.840.10008.1.2.4.95", &[0x78, 0x9C, 0x03, 0x00]), "unsupported_transfer_syntax"),

@@ -87,7 +87,15 @@ async fn resident_memory_stays_flat_under_64_callers() {
     let (first, second) = (peak(&samples[warm..mid]), peak(&samples[mid..]));
     let (n, shed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("{callers} callers, {secs} s: {n} calls answered ({:.0}/s), {shed} shed", n as f64 / secs as f64);
-    eprintln!("resident peak {:.0}-{:.0} s: {} MiB; {:.0}-{:.0} s: {} MiB", samples[warm].0, samples[mid].0, first >> 20, samples[mid].0, samples.last().unwrap().0, second >> 20);
+    eprintln!(
+        "resident peak {:.0}-{:.0} s: {} MiB; {:.0}-{:.0} s: {} MiB",
+        samples[warm].0,
+        samples[mid].0,
+        first >> 20,
+        samples[mid].0,
+        samples.last().unwrap().0,
+        second >> 20
+    );
     let curve: Vec<String> = samples.iter().step_by((samples.len() / 12).max(1)).map(|(t, r)| format!("{t:.0}s:{}", r >> 20)).collect();
     eprintln!("curve (MiB): {}", curve.join(" "));
     assert!(n > 0, "no call answered");

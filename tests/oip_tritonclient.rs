@@ -22,7 +22,10 @@ fn python() -> PathBuf {
         return p.into();
     }
     let venv = repo().join("target/pyenv/bin/python");
-    assert!(venv.exists(), "tritonclient is not installed: run scripts/test.sh (it creates target/pyenv with tritonclient[grpc] and sets MEDSENTRY_TEST_PYTHON)");
+    assert!(
+        venv.exists(),
+        "tritonclient is not installed: run scripts/test.sh (it creates target/pyenv with tritonclient[grpc] and sets MEDSENTRY_TEST_PYTHON)"
+    );
     venv
 }
 

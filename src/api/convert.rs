@@ -58,7 +58,13 @@ fn screening(s: Screening, enforced: Enforced, campaign: Option<CampaignStatus>,
         detectors: s
             .detectors
             .into_iter()
-            .map(|d| proto::DetectorScore { name: d.name, score: shown(d.score), threshold: shown(d.threshold), calibrated_fpr: shown(d.calibrated_fpr), fired: d.fired })
+            .map(|d| proto::DetectorScore {
+                name: d.name,
+                score: shown(d.score),
+                threshold: shown(d.threshold),
+                calibrated_fpr: shown(d.calibrated_fpr),
+                fired: d.fired,
+            })
             .collect(),
         note: s.note,
         action: enforced.action,

@@ -22,10 +22,10 @@ use crate::decode::DecodeConfig;
 use crate::defense::Verdict;
 use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
-use crate::{logging, metrics};
 use crate::pipeline::{self, Input, Outcome, PipelineError};
 use crate::serving::{Registry, ServedModel};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::{logging, metrics};
 
 /// The `api` label of this service's metrics.
 const API: &str = "oip";
@@ -96,7 +96,13 @@ impl OipService {
         Ok(outcomes)
     }
 
-    async fn infer_local(&self, req: ModelInferRequest, deadline: Option<Instant>, shows: bool, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
+    async fn infer_local(
+        &self,
+        req: ModelInferRequest,
+        deadline: Option<Instant>,
+        shows: bool,
+        label: &mut String,
+    ) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&req.model_name, &req.model_version)?;
         *label = model.name().to_string();
         let bundle = &model.bundle;
@@ -115,7 +121,15 @@ impl OipService {
         Ok((resp, worst(&outcomes)))
     }
 
-    async fn infer_proxy(&self, proxy: &Proxy, md: MetadataMap, req: ModelInferRequest, deadline: Option<Instant>, shows: bool, label: &mut String) -> Result<(ModelInferResponse, Verdict), Failed> {
+    async fn infer_proxy(
+        &self,
+        proxy: &Proxy,
+        md: MetadataMap,
+        req: ModelInferRequest,
+        deadline: Option<Instant>,
+        shows: bool,
+        label: &mut String,
+    ) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&proxy.screen_model, "")?;
         *label = model.name().to_string();
         let bundle = &model.bundle;

@@ -61,7 +61,10 @@ pub fn parse_request(req: &ModelInferRequest, bundle: &Bundle, proxy: bool) -> R
     }
     let raw = !req.raw_input_contents.is_empty();
     if raw && req.raw_input_contents.len() != req.inputs.len() {
-        return Err(invalid("bad_contents", format!("raw_input_contents has {} entries for {} inputs (one per input, in order)", req.raw_input_contents.len(), req.inputs.len())));
+        return Err(invalid(
+            "bad_contents",
+            format!("raw_input_contents has {} entries for {} inputs (one per input, in order)", req.raw_input_contents.len(), req.inputs.len()),
+        ));
     }
     if proxy {
         let mut items = Vec::new();
@@ -124,7 +127,15 @@ fn pixel_items(input: &InferInputTensor, data: Contents, bundle: &Bundle) -> Res
     if shape.len() != 4 || shape[0] < 1 || shape[1..] != chw {
         return Err(invalid(
             "bad_shape",
-            format!("input {:?} has shape {shape:?}; model {} takes {} [N, {}, {}, {}] with N >= 1", input.name, bundle.name(), input.datatype, chw[0], chw[1], chw[2]),
+            format!(
+                "input {:?} has shape {shape:?}; model {} takes {} [N, {}, {}, {}] with N >= 1",
+                input.name,
+                bundle.name(),
+                input.datatype,
+                chw[0],
+                chw[1],
+                chw[2]
+            ),
         ));
     }
     let n = shape[0] as usize;
@@ -135,7 +146,10 @@ fn pixel_items(input: &InferInputTensor, data: Contents, bundle: &Bundle) -> Res
         Contents::Raw(bytes) => {
             let want = count * if fp32 { 4 } else { 1 };
             if bytes.len() != want {
-                return Err(invalid("bad_contents", format!("input {:?}: {} shape {shape:?} needs {want} raw bytes, got {}", input.name, input.datatype, bytes.len())));
+                return Err(invalid(
+                    "bad_contents",
+                    format!("input {:?}: {} shape {shape:?} needs {want} raw bytes, got {}", input.name, input.datatype, bytes.len()),
+                ));
             }
             if fp32 {
                 bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
@@ -176,7 +190,9 @@ fn file_items(input: &InferInputTensor, data: Contents) -> Result<Vec<Input>, Pi
     }
     let n = shape[0] as usize;
     let files: Vec<Vec<u8>> = match data {
-        Contents::Raw(bytes) => split_bytes_tensor(bytes).map_err(|e| invalid("bad_contents", format!("input {:?}: {e}", input.name)))?.into_iter().map(<[u8]>::to_vec).collect(),
+        Contents::Raw(bytes) => {
+            split_bytes_tensor(bytes).map_err(|e| invalid("bad_contents", format!("input {:?}: {e}", input.name)))?.into_iter().map(<[u8]>::to_vec).collect()
+        }
         Contents::Typed(c) => c.map(|c| c.bytes_contents.clone()).unwrap_or_default(),
     };
     if files.len() != n {
@@ -236,7 +252,13 @@ pub fn string_param(s: impl Into<String>) -> InferParameter {
 /// the batch.
 pub fn screening_outputs(bundle: &Bundle, outcomes: &[Outcome], shows_scores: bool) -> Vec<OutTensor> {
     let n = outcomes.len() as i64;
-    let verdicts = OutTensor { name: VERDICT, datatype: "BYTES", shape: vec![n], parameters: HashMap::new(), data: Data::Bytes(outcomes.iter().map(|o| verdict(o).into_bytes()).collect()) };
+    let verdicts = OutTensor {
+        name: VERDICT,
+        datatype: "BYTES",
+        shape: vec![n],
+        parameters: HashMap::new(),
+        data: Data::Bytes(outcomes.iter().map(|o| verdict(o).into_bytes()).collect()),
+    };
     if !shows_scores {
         return vec![verdicts];
     }
@@ -248,7 +270,13 @@ pub fn screening_outputs(bundle: &Bundle, outcomes: &[Outcome], shows_scores: bo
     detector_params.insert("thresholds".to_string(), string_param(thresholds.join(",")));
     vec![
         verdicts,
-        OutTensor { name: FUSED_SCORE, datatype: "FP32", shape: vec![n], parameters: HashMap::new(), data: Data::F32(outcomes.iter().map(|o| o.screening.fused_score).collect()) },
+        OutTensor {
+            name: FUSED_SCORE,
+            datatype: "FP32",
+            shape: vec![n],
+            parameters: HashMap::new(),
+            data: Data::F32(outcomes.iter().map(|o| o.screening.fused_score).collect()),
+        },
         OutTensor { name: DETECTOR_SCORES, datatype: "FP32", shape: vec![n, names.len() as i64], parameters: detector_params, data: Data::F32(scores) },
     ]
 }
@@ -259,7 +287,8 @@ pub fn model_outputs(bundle: &Bundle, outcomes: &[Outcome], shows_scores: bool) 
     let mut params = HashMap::new();
     params.insert("labels".to_string(), string_param(bundle.manifest.labels.join(",")));
     let probabilities = outcomes.iter().flat_map(|o| o.probabilities.iter().copied()).collect();
-    let mut out = vec![OutTensor { name: PROBABILITIES, datatype: "FP32", shape: vec![outcomes.len() as i64, k], parameters: params, data: Data::F32(probabilities) }];
+    let mut out =
+        vec![OutTensor { name: PROBABILITIES, datatype: "FP32", shape: vec![outcomes.len() as i64, k], parameters: params, data: Data::F32(probabilities) }];
     out.extend(screening_outputs(bundle, outcomes, shows_scores));
     out
 }
@@ -286,7 +315,10 @@ pub fn screening_parameters(bundle: &Bundle, outcomes: &[Outcome], shows_scores:
             p.insert(format!("medsentry.detector.{}", d.name), string_param(join(&|o| detector_score(o, &d.name).to_string())));
         }
     }
-    p.insert("medsentry.action".to_string(), string_param(join(&|o| if o.enforced.action.is_empty() { "none".to_string() } else { o.enforced.action.replace(',', "+") })));
+    p.insert(
+        "medsentry.action".to_string(),
+        string_param(join(&|o| if o.enforced.action.is_empty() { "none".to_string() } else { o.enforced.action.replace(',', "+") })),
+    );
     p.insert("medsentry.screen_model".to_string(), string_param(bundle.name()));
     let alarm = outcomes.iter().any(|o| o.campaign.as_ref().is_some_and(|c| c.alarm()));
     p.insert("medsentry.campaign_alarm".to_string(), InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(alarm)) });
@@ -348,7 +380,10 @@ pub fn select_outputs(req: &ModelInferRequest, mut tensors: Vec<OutTensor>) -> R
             Some(i) => picked.push(tensors.swap_remove(i)),
             None if picked.iter().any(|t: &OutTensor| t.name == o.name) => {}
             None if [FUSED_SCORE, DETECTOR_SCORES].contains(&o.name.as_str()) => {
-                return Err(invalid("scores_withheld", format!("output {:?} carries detector scores, which the policy ([disclosure]) withholds from this caller", o.name)))
+                return Err(invalid(
+                    "scores_withheld",
+                    format!("output {:?} carries detector scores, which the policy ([disclosure]) withholds from this caller", o.name),
+                ))
             }
             None => return Err(invalid("unknown_output", format!("requested output {:?} does not exist; outputs are {OUTPUTS:?}", o.name))),
         }

@@ -9,10 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, deadline, status::code_label};
 use crate::decode::DecodeConfig;
-use crate::{logging, metrics};
 use crate::pipeline::{self, PipelineError};
 use crate::proto::{self, sentry_server::Sentry};
 use crate::serving::Registry;
+use crate::{logging, metrics};
 
 /// Requests of one ScreenStream that may be in flight at once (they batch together; the
 /// answers still leave in request order).
@@ -30,7 +30,13 @@ impl SentryService {
     }
 
     /// One request end to end, with its metrics; `api` labels the metrics.
-    async fn screen_one(&self, mut req: proto::ScreenRequest, deadline: Option<Instant>, shows_scores: bool, api: &'static str) -> Result<proto::ScreenResponse, PipelineError> {
+    async fn screen_one(
+        &self,
+        mut req: proto::ScreenRequest,
+        deadline: Option<Instant>,
+        shows_scores: bool,
+        api: &'static str,
+    ) -> Result<proto::ScreenResponse, PipelineError> {
         let started = Instant::now();
         let request_id = std::mem::take(&mut req.request_id);
         let Some(model) = self.registry.get(&req.model).cloned() else {
@@ -91,11 +97,9 @@ impl Sentry for SentryService {
                     let request_id = req.request_id.clone();
                     let result = match service.screen_one(req, deadline, shows, "screen_stream").await {
                         Ok(r) => proto::screen_stream_response::Result::Response(r),
-                        Err(e) => proto::screen_stream_response::Result::Error(proto::StreamError {
-                            request_id,
-                            code: e.code() as i32,
-                            message: e.to_string(),
-                        }),
+                        Err(e) => {
+                            proto::screen_stream_response::Result::Error(proto::StreamError { request_id, code: e.code() as i32, message: e.to_string() })
+                        }
                     };
                     Ok(proto::ScreenStreamResponse { result: Some(result) })
                 }

@@ -94,13 +94,7 @@ impl BatcherHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::channel(1);
         let waiting = Arc::new(AtomicUsize::new(0));
-        let handle = BatcherHandle {
-            model: Arc::from(model),
-            tx,
-            permits: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            waiting: waiting.clone(),
-        };
+        let handle = BatcherHandle { model: Arc::from(model), tx, permits: Arc::new(Semaphore::new(capacity)), capacity, waiting: waiting.clone() };
         tokio::spawn(queue::run(model.to_string(), rx, batch_tx, max_batch, max_delay, waiting));
         (handle, batch_rx)
     }
@@ -113,10 +107,7 @@ impl BatcherHandle {
     /// Queues `rows` inputs laid out contiguously that must run in one batch (one admission
     /// permit); row 0's logits and features come back with the others' logits.
     pub async fn infer_rows(&self, input: Vec<f32>, rows: usize, deadline: Option<Instant>) -> Result<InferResult, BatchError> {
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| BatchError::QueueFull {
-            model: self.model.to_string(),
-            capacity: self.capacity,
-        })?;
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| BatchError::QueueFull { model: self.model.to_string(), capacity: self.capacity })?;
         let enqueued = Instant::now();
         let (reply, rx) = oneshot::channel();
         let entry = Entry { input, rows: rows.max(1), enqueued, deadline, reply, _permit: permit };

@@ -61,7 +61,10 @@ async fn a_batch_delay_lets_a_short_batch_fill_up() {
     }
     // A lone request still runs once the delay has passed.
     let started = Instant::now();
-    let lone = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![9.0], None).await } });
+    let lone = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![9.0], None).await }
+    });
     let batch = batches.recv().await.unwrap();
     assert_eq!(batch.entries.len(), 1);
     assert!(started.elapsed() >= Duration::from_millis(150), "waited for company first");
@@ -74,8 +77,14 @@ async fn a_batch_delay_lets_a_short_batch_fill_up() {
 #[tokio::test]
 async fn full_queue_is_refused_immediately() {
     let (handle, _batches) = BatcherHandle::start("m", 2, 1, Duration::ZERO);
-    let a = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![0.0], None).await } });
-    let b = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![0.0], None).await } });
+    let a = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![0.0], None).await }
+    });
+    let b = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![0.0], None).await }
+    });
     while handle.in_flight() < 2 {
         tokio::task::yield_now().await;
     }
@@ -89,13 +98,19 @@ async fn full_queue_is_refused_immediately() {
 async fn callers_that_went_away_are_skipped() {
     let (handle, mut batches) = BatcherHandle::start("m", 8, 8, Duration::ZERO);
     let (running, ahead) = fill_pipeline(&handle, &mut batches).await;
-    let gone = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![2.0], None).await } });
+    let gone = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![2.0], None).await }
+    });
     while handle.in_flight() < 3 {
         tokio::task::yield_now().await;
     }
     gone.abort();
     let _ = gone.await;
-    let stays = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![3.0], None).await } });
+    let stays = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![3.0], None).await }
+    });
     drain_pipeline(running, ahead, &mut batches).await;
     let batch = batches.recv().await.unwrap();
     assert_eq!(batch.input, vec![3.0], "the aborted caller's input must not be run");
@@ -114,7 +129,10 @@ async fn expired_deadline_is_answered_without_running() {
     assert!(matches!(late, BatchError::DeadlineExceeded { .. }), "{late:?}");
     drain_pipeline(running, ahead, &mut batches).await;
     // The expired entry never reaches a worker: the next batch holds only the new caller.
-    let next = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![3.0], None).await } });
+    let next = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![3.0], None).await }
+    });
     let batch = batches.recv().await.unwrap();
     assert_eq!(batch.input, vec![3.0]);
     for e in batch.entries {
@@ -128,9 +146,15 @@ type Caller = tokio::task::JoinHandle<Result<InferResult, BatchError>>;
 /// Puts one batch "on the worker" (held by the test) and one prepared ahead in the
 /// channel, so that the next requests stay in the queue.
 async fn fill_pipeline(handle: &BatcherHandle, batches: &mut tokio::sync::mpsc::Receiver<Batch>) -> ((Caller, Batch), Caller) {
-    let first = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![10.0], None).await } });
+    let first = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![10.0], None).await }
+    });
     let running = batches.recv().await.unwrap();
-    let ahead = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![11.0], None).await } });
+    let ahead = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![11.0], None).await }
+    });
     while handle.in_flight() < 2 || handle.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0 {
         tokio::task::yield_now().await;
     }
@@ -159,7 +183,10 @@ async fn multi_row_entries_stay_whole_and_batches_count_rows() {
     let (handle, mut batches) = BatcherHandle::start("m", 64, 4, Duration::ZERO);
     // Hold the worker slot (batch b0 unanswered) so that all three callers queue before the
     // next batch forms.
-    let first = tokio::spawn({ let h = handle.clone(); async move { h.infer(vec![-1.0; 2], None).await } });
+    let first = tokio::spawn({
+        let h = handle.clone();
+        async move { h.infer(vec![-1.0; 2], None).await }
+    });
     let b0 = batches.recv().await.unwrap();
     let callers: Vec<_> = (0..3)
         .map(|i| {

@@ -73,12 +73,7 @@ impl Bundle {
             let bytes = read_file(name)?;
             let actual = hex::encode(Sha256::digest(&bytes));
             if !actual.eq_ignore_ascii_case(expected) {
-                return Err(BundleError::Checksum {
-                    bundle: manifest.name.clone(),
-                    file: name.clone(),
-                    expected: expected.clone(),
-                    actual,
-                });
+                return Err(BundleError::Checksum { bundle: manifest.name.clone(), file: name.clone(), expected: expected.clone(), actual });
             }
             files.insert(name.clone(), bytes);
         }
@@ -102,11 +97,7 @@ pub fn load_all(models_dir: &Path) -> Result<Vec<Bundle>, BundleError> {
     let mut bundles: Vec<Bundle> = Vec::new();
     if models_dir.is_dir() {
         let entries = std::fs::read_dir(models_dir).map_err(|e| BundleError::Io { path: models_dir.into(), source: e })?;
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.join("bundle.toml").is_file())
-            .collect();
+        let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("bundle.toml").is_file()).collect();
         dirs.sort();
         for dir in dirs {
             let b = Bundle::load_dir(&dir)?;

@@ -60,12 +60,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         upstream: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(serve, grpc, admin, async move { let _ = stop_rx.await; }));
+    let server = tokio::spawn(crate::server::run(serve, grpc, admin, async move {
+        let _ = stop_rx.await;
+    }));
     let mut client = connect_when_ready(&format!("http://{addr}")).await?;
     let info = client.get_model(proto::GetModelRequest { name: args.model.clone() }).await?.into_inner();
     let spec = info.input.clone().unwrap_or_default();
     let len = (spec.channels * spec.height * spec.width) as usize;
-    println!("bundle {} {}: input {}x{}x{}, max_batch {}, {} images per measurement", info.name, info.version, spec.channels, spec.height, spec.width, info.max_batch, args.requests);
+    println!(
+        "bundle {} {}: input {}x{}x{}, max_batch {}, {} images per measurement",
+        info.name, info.version, spec.channels, spec.height, spec.width, info.max_batch, args.requests
+    );
 
     let mut sidecar = Vec::new();
     for &c in &args.concurrency {
@@ -110,14 +115,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await??;
 
     println!("\nrows per input: {rows} (1 = the input{})", if rows > 1 { ", + feature squeezing's copies, run in the same batch" } else { "" });
-    println!("\n{:>11} | {:>26} | {:>26} | {:>11} | {:>15}", "concurrency", "Screen via gRPC img/s p50 p99", "bare ORT (batch=c) img/s p50 p99", "ratio", "ratio same work");
+    println!(
+        "\n{:>11} | {:>26} | {:>26} | {:>11} | {:>15}",
+        "concurrency", "Screen via gRPC img/s p50 p99", "bare ORT (batch=c) img/s p50 p99", "ratio", "ratio same work"
+    );
     for ((c, s), (b, w)) in args.concurrency.iter().zip(&sidecar).zip(&bare) {
         println!(
             "{c:>11} | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>11.3} | {:>15.3}",
-            s.images_per_s, s.p50_ms, s.p99_ms, b.images_per_s, b.p50_ms, b.p99_ms, s.images_per_s / b.images_per_s, s.images_per_s / w.images_per_s
+            s.images_per_s,
+            s.p50_ms,
+            s.p99_ms,
+            b.images_per_s,
+            b.p50_ms,
+            b.p99_ms,
+            s.images_per_s / b.images_per_s,
+            s.images_per_s / w.images_per_s
         );
     }
-    println!("(ratio: against the bare classifier; ratio same work: against bare ORT running the same {rows} row(s) per image, i.e. the sidecar's own overhead)");
+    println!(
+        "(ratio: against the bare classifier; ratio same work: against bare ORT running the same {rows} row(s) per image, i.e. the sidecar's own overhead)"
+    );
     println!("\ndetect stage / infer stage (median per answer; infer is the whole batch's time):");
     for (c, s) in args.concurrency.iter().zip(&sidecar) {
         println!("  concurrency {c:>3}: {}", s.detect_over_infer.map_or("n/a".into(), |r| format!("{:.4}", r)));
@@ -139,7 +156,14 @@ async fn connect_when_ready(url: &str) -> anyhow::Result<SentryClient<tonic::tra
     anyhow::bail!("server did not become ready within 60 s")
 }
 
-async fn grpc_run(client: &SentryClient<tonic::transport::Channel>, model: &str, len: usize, spec: &proto::InputSpec, concurrency: usize, requests: usize) -> anyhow::Result<Stats> {
+async fn grpc_run(
+    client: &SentryClient<tonic::transport::Channel>,
+    model: &str,
+    len: usize,
+    spec: &proto::InputSpec,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<Stats> {
     let shape = vec![1, spec.channels as i64, spec.height as i64, spec.width as i64];
     let per_caller = requests.div_ceil(concurrency);
     let started = Instant::now();
@@ -151,7 +175,11 @@ async fn grpc_run(client: &SentryClient<tonic::transport::Channel>, model: &str,
                 let mut ratios = Vec::with_capacity(per_caller);
                 for i in 0..per_caller {
                     let tensor = proto::Tensor { shape: shape.clone(), data: random_pixels(len, (k * per_caller + i) as u64) };
-                    let req = proto::ScreenRequest { request_id: format!("{k}-{i}"), model: model.clone(), input: Some(proto::screen_request::Input::Tensor(tensor)) };
+                    let req = proto::ScreenRequest {
+                        request_id: format!("{k}-{i}"),
+                        model: model.clone(),
+                        input: Some(proto::screen_request::Input::Tensor(tensor)),
+                    };
                     let t = Instant::now();
                     let resp = client.screen(req).await?.into_inner();
                     latencies.push(t.elapsed());
@@ -179,7 +207,14 @@ async fn grpc_run(client: &SentryClient<tonic::transport::Channel>, model: &str,
 /// Deterministic pseudo-random pixels in [0, 1] (content does not change the cost).
 fn random_pixels(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x >> 40) as f32 / (1u64 << 24) as f32 }).collect()
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
 }
 
 fn decode_costs(files: &[PathBuf], spec: Option<crate::bundle::InputSpec>) -> anyhow::Result<()> {

@@ -146,8 +146,11 @@ fn summarise(scores: &BTreeMap<String, Scores>, thresholds: &BTreeMap<String, f6
             let auroc = clean.get(det).and_then(|neg| roc::auroc(neg, pos));
             let python = manifest.and_then(|m| m.pointer(&format!("/sets/{name}/python_auroc/{det}"))).and_then(Value::as_f64);
             let tpr = thresholds.get(det).map(|t| roc::rate_above(pos, *t));
-            row.insert(det.clone(), json!({"auroc": auroc, "tpr_at_threshold": tpr, "python_auroc": python,
-                "abs_diff": auroc.zip(python).map(|(a, p)| (a - p).abs())}));
+            row.insert(
+                det.clone(),
+                json!({"auroc": auroc, "tpr_at_threshold": tpr, "python_auroc": python,
+                "abs_diff": auroc.zip(python).map(|(a, p)| (a - p).abs())}),
+            );
         }
         sets.insert(name.clone(), Value::Object(row));
     }
@@ -176,7 +179,10 @@ fn write_plots(out: &Path, scores: &BTreeMap<String, Scores>) -> anyhow::Result<
         for (det, pos) in by_det.iter().filter(|(d, _)| d.as_str() != "fused") {
             let Some(neg) = clean.get(det) else { continue };
             let auroc = roc::auroc(neg, pos).map_or("-".into(), |a| format!("{a:.3}"));
-            by_attack.entry(attack.to_string()).or_default().push(plot::RocCurve { label: format!("{det} {budget}  AUROC {auroc}"), points: roc::roc_curve(neg, pos) });
+            by_attack
+                .entry(attack.to_string())
+                .or_default()
+                .push(plot::RocCurve { label: format!("{det} {budget}  AUROC {auroc}"), points: roc::roc_curve(neg, pos) });
         }
     }
     for (attack, curves) in by_attack {

@@ -19,11 +19,16 @@ pub struct ModelsArgs {
 pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let bundles = bundle::load_all(&args.models_dir)?;
     if args.json {
-        let list: Vec<_> = bundles.iter().map(|b| serde_json::json!({
-            "source": b.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
-            "classifier_sha256": b.classifier_sha256(),
-            "manifest": b.manifest,
-        })).collect();
+        let list: Vec<_> = bundles
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "source": b.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
+                    "classifier_sha256": b.classifier_sha256(),
+                    "manifest": b.manifest,
+                })
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
@@ -33,9 +38,25 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         println!("{} {} ({})", m.name, m.version, b.dir.as_ref().map_or("embedded".into(), |d| d.display().to_string()));
         println!("  task        {}", m.task);
         println!("  labels      {}", m.labels.join(", "));
-        println!("  input       {}x{}x{} {} resize={} mean={:?} std={:?}", m.input.channels, m.input.height, m.input.width, m.input.color.as_str(), m.input.resize, m.input.mean, m.input.std);
+        println!(
+            "  input       {}x{}x{} {} resize={} mean={:?} std={:?}",
+            m.input.channels,
+            m.input.height,
+            m.input.width,
+            m.input.color.as_str(),
+            m.input.resize,
+            m.input.mean,
+            m.input.std
+        );
         println!("  hardening   {hardening}");
-        println!("  detectors   {}", if m.detectors.is_empty() { "none".to_string() } else { m.detectors.iter().map(|d| format!("{} (thr {:.4} @ fpr {})", d.name, d.threshold, d.calibrated_fpr)).collect::<Vec<_>>().join(", ") });
+        println!(
+            "  detectors   {}",
+            if m.detectors.is_empty() {
+                "none".to_string()
+            } else {
+                m.detectors.iter().map(|d| format!("{} (thr {:.4} @ fpr {})", d.name, d.threshold, d.calibrated_fpr)).collect::<Vec<_>>().join(", ")
+            }
+        );
         println!("  classifier  sha256 {}", b.classifier_sha256());
         for (k, v) in &m.figures {
             println!("  {k:<28} {v:.4}");

@@ -48,16 +48,24 @@ pub fn run(args: QuarantineArgs) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string(r)?);
                 } else {
-                    println!("{:<16} {:<24} {:<10} {:<12} {:>7.3} {:>9}  {} {} / {}", &r.id[..16], r.received_unix_ms, r.input_kind, r.verdict, r.fused_score, r.bytes, r.model, r.model_version, r.policy);
+                    println!(
+                        "{:<16} {:<24} {:<10} {:<12} {:>7.3} {:>9}  {} {} / {}",
+                        &r.id[..16],
+                        r.received_unix_ms,
+                        r.input_kind,
+                        r.verdict,
+                        r.fused_score,
+                        r.bytes,
+                        r.model,
+                        r.model_version,
+                        r.policy
+                    );
                 }
             }
         }
         QuarantineCommand::Export { out, ids } => {
-            let chosen: Vec<&Record> = if ids.is_empty() {
-                records.iter().collect()
-            } else {
-                ids.iter().map(|id| find(&records, id)).collect::<anyhow::Result<_>>()?
-            };
+            let chosen: Vec<&Record> =
+                if ids.is_empty() { records.iter().collect() } else { ids.iter().map(|id| find(&records, id)).collect::<anyhow::Result<_>>()? };
             std::fs::create_dir_all(&out)?;
             for r in &chosen {
                 let object = args.dir.join(&r.object);

@@ -41,17 +41,27 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
             Err(e) => Err(format!("reading: {e}")),
         };
         match (result, args.json) {
-            (Ok(o), true) => println!("{}", serde_json::json!({
-                "file": path.display().to_string(), "model": model.name(), "label": labels[o.top_index],
-                "probabilities": labels.iter().zip(&o.probabilities).map(|(l, p)| (l.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
-                "verdict": o.screening.verdict.as_str(), "note": o.screening.note, "fused_score": o.screening.fused_score,
-                "detectors": o.screening.detectors.iter().map(|d| serde_json::json!({
-                    "name": d.name, "score": d.score, "threshold": d.threshold, "fired": d.fired})).collect::<Vec<_>>(),
-                "seconds": {"decode": o.timings.decode, "preprocess": o.timings.preprocess, "infer": o.timings.infer, "total": o.timings.total},
-            })),
+            (Ok(o), true) => println!(
+                "{}",
+                serde_json::json!({
+                    "file": path.display().to_string(), "model": model.name(), "label": labels[o.top_index],
+                    "probabilities": labels.iter().zip(&o.probabilities).map(|(l, p)| (l.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "verdict": o.screening.verdict.as_str(), "note": o.screening.note, "fused_score": o.screening.fused_score,
+                    "detectors": o.screening.detectors.iter().map(|d| serde_json::json!({
+                        "name": d.name, "score": d.score, "threshold": d.threshold, "fired": d.fired})).collect::<Vec<_>>(),
+                    "seconds": {"decode": o.timings.decode, "preprocess": o.timings.preprocess, "infer": o.timings.infer, "total": o.timings.total},
+                })
+            ),
             (Ok(o), false) => {
                 let probs: Vec<String> = labels.iter().zip(&o.probabilities).map(|(l, p)| format!("{l}={p:.4}")).collect();
-                println!("{:<48} {:<12} {:>8.4} {:<14} {}", path.display(), labels[o.top_index], o.probabilities[o.top_index], o.screening.verdict.as_str(), probs.join(" "));
+                println!(
+                    "{:<48} {:<12} {:>8.4} {:<14} {}",
+                    path.display(),
+                    labels[o.top_index],
+                    o.probabilities[o.top_index],
+                    o.screening.verdict.as_str(),
+                    probs.join(" ")
+                );
             }
             (Err(e), true) => {
                 failures += 1;

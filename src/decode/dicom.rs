@@ -48,9 +48,8 @@ pub fn decode_dicom_within(bytes: &[u8], limits: &DecodeLimits, res: &mut Reserv
     // The codecs behind dicom-pixeldata index slices with sizes taken from the codestream;
     // a request must never take the server down, so any panic becomes a refusal.
     // (Needs panic = "unwind".)
-    catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits, res))).unwrap_or_else(|_| {
-        Err(DecodeError::MalformedDicom("the pixel data codec failed on this input".into()))
-    })
+    catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits, res)))
+        .unwrap_or_else(|_| Err(DecodeError::MalformedDicom("the pixel data codec failed on this input".into())))
 }
 
 fn decode_inner(bytes: &[u8], limits: &DecodeLimits, res: &mut Reservation) -> Result<DecodedImage, DecodeError> {
@@ -216,23 +215,23 @@ fn decode_cost(h: &Header, codec: Codec, input: u64) -> u64 {
 /// and JPIP Referenced Deflate (.4.95, .4.205) inflate without a bound inside dicom-rs, and
 /// JPIP's pixels are not in the file at all.
 const ACCEPTED: &[&str] = &[
-    "1.2.840.10008.1.2",      // Implicit VR Little Endian
-    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
-    "1.2.840.10008.1.2.1.98", // Encapsulated Uncompressed Explicit VR Little Endian
-    DEFLATED,                 // inflated here, bounded
-    "1.2.840.10008.1.2.2",    // Explicit VR Big Endian
-    "1.2.840.10008.1.2.4.50", // JPEG Baseline
-    "1.2.840.10008.1.2.4.51", // JPEG Extended
-    "1.2.840.10008.1.2.4.57", // JPEG Lossless
-    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.90", // JPEG 2000 (lossless only)
-    "1.2.840.10008.1.2.4.91", // JPEG 2000
-    "1.2.840.10008.1.2.4.92", // JPEG 2000 Part 2 multi-component (lossless only)
-    "1.2.840.10008.1.2.4.93", // JPEG 2000 Part 2 multi-component
+    "1.2.840.10008.1.2",       // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",     // Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.98",  // Encapsulated Uncompressed Explicit VR Little Endian
+    DEFLATED,                  // inflated here, bounded
+    "1.2.840.10008.1.2.2",     // Explicit VR Big Endian
+    "1.2.840.10008.1.2.4.50",  // JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  // JPEG Extended
+    "1.2.840.10008.1.2.4.57",  // JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  // JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.90",  // JPEG 2000 (lossless only)
+    "1.2.840.10008.1.2.4.91",  // JPEG 2000
+    "1.2.840.10008.1.2.4.92",  // JPEG 2000 Part 2 multi-component (lossless only)
+    "1.2.840.10008.1.2.4.93",  // JPEG 2000 Part 2 multi-component
     "1.2.840.10008.1.2.4.201", // High-Throughput JPEG 2000 (lossless only)
     "1.2.840.10008.1.2.4.202", // High-Throughput JPEG 2000 with RPCL (lossless only)
     "1.2.840.10008.1.2.4.203", // High-Throughput JPEG 2000
-    "1.2.840.10008.1.2.5",    // RLE Lossless
+    "1.2.840.10008.1.2.5",     // RLE Lossless
 ];
 
 /// Refuse, from the header alone, transfer syntaxes outside [`ACCEPTED`] or without a

@@ -89,12 +89,20 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn u16_at(&self, at: usize) -> u16 {
         let b = [self.buf[at], self.buf[at + 1]];
-        if matches!(self.enc, Encoding::ExplicitBe) { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }
+        if matches!(self.enc, Encoding::ExplicitBe) {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
     }
 
     fn u32_at(&self, at: usize) -> u32 {
         let b = [self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]];
-        if matches!(self.enc, Encoding::ExplicitBe) { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+        if matches!(self.enc, Encoding::ExplicitBe) {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
     }
 
     /// (group, element, is_sequence, length, header size) of the element at `pos`.
@@ -111,7 +119,11 @@ impl Walker<'_> {
             need(12)?;
             Ok((group, elem, &vr == b"SQ", self.u32_at(at + 8), 12))
         } else {
-            let len = if matches!(self.enc, Encoding::ExplicitBe) { u16::from_be_bytes([self.buf[at + 6], self.buf[at + 7]]) } else { u16::from_le_bytes([self.buf[at + 6], self.buf[at + 7]]) };
+            let len = if matches!(self.enc, Encoding::ExplicitBe) {
+                u16::from_be_bytes([self.buf[at + 6], self.buf[at + 7]])
+            } else {
+                u16::from_le_bytes([self.buf[at + 6], self.buf[at + 7]])
+            };
             Ok((group, elem, false, len as u32, 8))
         }
     }

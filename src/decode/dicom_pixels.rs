@@ -72,9 +72,7 @@ impl Header {
 
 fn int_attr(obj: &InMemDicomObject, tag: Tag, name: &str) -> Result<Option<i64>, DecodeError> {
     match obj.get(tag) {
-        Some(e) if e.value().multiplicity() > 0 => {
-            e.to_int::<i64>().map(Some).map_err(|_| malformed(format!("{name} unreadable")))
-        }
+        Some(e) if e.value().multiplicity() > 0 => e.to_int::<i64>().map(Some).map_err(|_| malformed(format!("{name} unreadable"))),
         _ => Ok(None),
     }
 }
@@ -105,9 +103,8 @@ impl<'a> Samples<'a> {
     /// them out); an error when there are fewer.
     pub fn new(data: &'a [u8], count: usize, h: &Header) -> Result<Self, DecodeError> {
         let bytes = h.sample_bytes() as usize;
-        let data = data.get(..count * bytes).ok_or_else(|| {
-            malformed(format!("pixel data holds {} bytes, {count} samples of {bytes} bytes expected", data.len()))
-        })?;
+        let data =
+            data.get(..count * bytes).ok_or_else(|| malformed(format!("pixel data holds {} bytes, {count} samples of {bytes} bytes expected", data.len())))?;
         let bits = h.bits_stored; // 1..=BitsAllocated, checked in Header::read
         Ok(Samples { data, bytes, mask: (1u64 << bits) - 1, bits, signed: h.signed })
     }

@@ -12,7 +12,9 @@ pub enum DecodeError {
     MalformedDicom(String),
     #[error("DICOM object has no Pixel Data (7FE0,0010): nothing to classify (is this a structured report or presentation state?)")]
     NoPixelData,
-    #[error("DICOM transfer syntax {name} ({uid}) is not supported by this sidecar; re-send it uncompressed (Explicit VR Little Endian) or in a supported syntax")]
+    #[error(
+        "DICOM transfer syntax {name} ({uid}) is not supported by this sidecar; re-send it uncompressed (Explicit VR Little Endian) or in a supported syntax"
+    )]
     UnsupportedTransferSyntax { uid: String, name: String },
     #[error("DICOM photometric interpretation {0} is not supported; supported: MONOCHROME1, MONOCHROME2, RGB, YBR_FULL, YBR_FULL_422")]
     UnsupportedPhotometric(String),

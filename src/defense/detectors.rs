@@ -96,7 +96,11 @@ impl Detector {
                     let q: f64 = precision.iter().zip(&d).map(|(row, di)| di * row.iter().zip(&d).map(|(p, dj)| p * dj).sum::<f64>()).sum();
                     // Rounding can make q slightly negative; NaN (overflow, NaN features)
                     // must stay NaN so the screener reports a failure, not a score of 0.
-                    if q.is_nan() { q } else { q.max(0.0).sqrt() }
+                    if q.is_nan() {
+                        q
+                    } else {
+                        q.max(0.0).sqrt()
+                    }
                 })
                 // f64::min would drop a NaN: any class's NaN makes the score NaN.
                 .fold(f64::INFINITY, |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }),

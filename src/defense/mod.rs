@@ -98,7 +98,11 @@ impl Screener {
     pub fn for_bundle(bundle: &Bundle, disabled: &[String]) -> Result<Screener, DefenseError> {
         let m = &bundle.manifest;
         if let Some(d) = disabled.iter().find(|d| !m.detectors.iter().any(|s| &s.name == *d)) {
-            return Err(DefenseError::UnknownDisabled { bundle: m.name.clone(), detector: d.clone(), available: m.detectors.iter().map(|s| s.name.clone()).collect() });
+            return Err(DefenseError::UnknownDisabled {
+                bundle: m.name.clone(),
+                detector: d.clone(),
+                available: m.detectors.iter().map(|s| s.name.clone()).collect(),
+            });
         }
         let mut detectors = Vec::new();
         for spec in m.detectors.iter().filter(|s| !disabled.contains(&s.name)) {
@@ -147,7 +151,13 @@ impl Screener {
                 if !score.is_finite() {
                     // NaN features or an overflowing formula: this detector has no opinion.
                     failed.push(spec.name.clone());
-                    return DetectorScore { name: spec.name.clone(), score: score as f32, threshold: spec.threshold, calibrated_fpr: spec.calibrated_fpr, fired: false };
+                    return DetectorScore {
+                        name: spec.name.clone(),
+                        score: score as f32,
+                        threshold: spec.threshold,
+                        calibrated_fpr: spec.calibrated_fpr,
+                        fired: false,
+                    };
                 }
                 let fired = score > spec.threshold as f64;
                 if fired {
@@ -172,7 +182,15 @@ mod tests {
     use super::*;
 
     fn spec(threshold: f32, suspicious: Option<f32>) -> DetectorSpec {
-        DetectorSpec { name: "maha".into(), kind: "mahalanobis".into(), file: "d.json".into(), threshold, calibrated_fpr: 0.01, suspicious_threshold: suspicious, suspicious_fpr: suspicious.map(|_| 0.05) }
+        DetectorSpec {
+            name: "maha".into(),
+            kind: "mahalanobis".into(),
+            file: "d.json".into(),
+            threshold,
+            calibrated_fpr: 0.01,
+            suspicious_threshold: suspicious,
+            suspicious_fpr: suspicious.map(|_| 0.05),
+        }
     }
 
     fn screener(threshold: f32, suspicious: Option<f32>) -> Screener {

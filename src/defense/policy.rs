@@ -231,7 +231,9 @@ impl Policy {
             return Err(format!("[models.{name:?}] names a model this sidecar does not serve (serving {served:?})"));
         }
         if let Some(d) = self.disclosure.score_token_sha256.iter().find(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return Err(format!("[disclosure] score_token_sha256 entry {d:?} is not a hex SHA-256 digest (64 hex digits, e.g. from `printf %s TOKEN | sha256sum`)"));
+            return Err(format!(
+                "[disclosure] score_token_sha256 entry {d:?} is not a hex SHA-256 digest (64 hex digits, e.g. from `printf %s TOKEN | sha256sum`)"
+            ));
         }
         let quarantining = self.default.quarantines() || self.models.keys().any(|n| self.for_model(n).quarantines());
         match &self.quarantine {

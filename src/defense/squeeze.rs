@@ -54,10 +54,7 @@ impl Squeeze {
             return f64::NAN;
         }
         let p = softmax(logits);
-        copies
-            .iter()
-            .map(|l| softmax(l).iter().zip(&p).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>())
-            .fold(0.0, f64::max)
+        copies.iter().map(|l| softmax(l).iter().zip(&p).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>()).fold(0.0, f64::max)
     }
 }
 

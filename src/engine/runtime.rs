@@ -16,9 +16,7 @@ const BUNDLED: &str = env!("MEDSENTRY_BUNDLED_ORT");
 /// Where the ONNX Runtime library will be loaded from: `explicit` (the `--ort-dylib` flag or
 /// ORT_DYLIB_PATH), else the library fetched at build time.
 pub fn library_path(explicit: Option<PathBuf>) -> Result<PathBuf, EngineError> {
-    let path = explicit
-        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-        .or_else(|| (!BUNDLED.is_empty()).then(|| PathBuf::from(BUNDLED)));
+    let path = explicit.or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)).or_else(|| (!BUNDLED.is_empty()).then(|| PathBuf::from(BUNDLED)));
     match path {
         Some(p) if p.is_file() => Ok(p),
         Some(p) => Err(EngineError::Runtime(format!(

@@ -34,10 +34,7 @@ impl ModelSession {
         let env = super::runtime::environment(None)?;
         let name = bundle.name().to_string();
         let ort_err = |e: ort::Error| EngineError::Session { model: name.clone(), message: e.to_string() };
-        let mut builder = Session::builder(env)
-            .map_err(ort_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| ort_err(e.into()))?;
+        let mut builder = Session::builder(env).map_err(ort_err)?.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| ort_err(e.into()))?;
         // Spinning intra-op threads would burn the cores the gRPC and decode threads need
         // between batches; a sidecar shares its cores, so its ORT threads sleep instead.
         builder = builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| ort_err(e.into()))?;
@@ -72,8 +69,7 @@ impl ModelSession {
         };
         let want: Vec<i64> = self.item_shape.iter().map(|&d| d as i64).collect();
         match input.dtype() {
-            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. }
-                if shape.len() == 4 && shape[0] <= 0 && shape[1..] == want[..] => {}
+            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 4 && shape[0] <= 0 && shape[1..] == want[..] => {}
             other => return mismatch(format!("input {:?} is {other:?}; bundle.toml says float32 [N, {want:?}] with a dynamic batch", self.input)),
         }
         for (name, width) in [(&self.logits, self.num_labels), (&self.features, self.feature_dim)] {
@@ -81,8 +77,7 @@ impl ModelSession {
                 return mismatch(format!("graph has no output {name:?}"));
             };
             match out.dtype() {
-                ValueType::Tensor { ty: TensorElementType::Float32, shape, .. }
-                    if shape.len() == 2 && shape[1] == width as i64 => {}
+                ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 2 && shape[1] == width as i64 => {}
                 other => return mismatch(format!("output {name:?} is {other:?}, expected float32 [N, {width}]")),
             }
         }
@@ -93,10 +88,7 @@ impl ModelSession {
     pub fn run(&mut self, input: Vec<f32>, n: usize) -> Result<BatchOutput, EngineError> {
         let [c, h, w] = self.item_shape;
         let tensor = Tensor::from_array(([n, c, h, w], input)).map_err(|e| EngineError::Run(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(|e| EngineError::Run(e.to_string()))?;
+        let outputs = self.session.run(ort::inputs![self.input.as_str() => tensor]).map_err(|e| EngineError::Run(e.to_string()))?;
         let extract = |name: &str, width: usize| -> Result<Vec<f32>, EngineError> {
             let value = outputs.get(name).ok_or_else(|| EngineError::Run(format!("output {name} missing")))?;
             let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| EngineError::Run(e.to_string()))?;

@@ -25,11 +25,7 @@ pub struct WorkerConfig {
 
 /// Starts `cfg.workers` threads for `bundle`. The returned receiver yields once every
 /// worker has opened its session and run its warm-up, or with the first error.
-pub fn spawn_workers(
-    bundle: Arc<Bundle>,
-    cfg: WorkerConfig,
-    batches: mpsc::Receiver<Batch>,
-) -> oneshot::Receiver<Result<ExecutionProvider, EngineError>> {
+pub fn spawn_workers(bundle: Arc<Bundle>, cfg: WorkerConfig, batches: mpsc::Receiver<Batch>) -> oneshot::Receiver<Result<ExecutionProvider, EngineError>> {
     let batches = Arc::new(Mutex::new(batches));
     let (ready_tx, ready_rx) = oneshot::channel();
     let (each_tx, mut each_rx) = mpsc::channel(cfg.workers.max(1));

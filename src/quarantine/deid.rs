@@ -161,10 +161,7 @@ fn open(bytes: &[u8]) -> Result<DefaultDicomObject, String> {
     let data_set_start = dicom_guard::check_meta(body)?;
     let meta = FileMetaTable::from_reader(body).map_err(|e| format!("file meta group: {}", describe(&e)))?;
     dicom_guard::check_data_set(body, data_set_start, meta.transfer_syntax())?;
-    OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Never)
-        .from_reader(body)
-        .map_err(|e| format!("data set: {}", describe(&e)))
+    OpenFileOptions::new().read_preamble(ReadPreamble::Never).from_reader(body).map_err(|e| format!("data set: {}", describe(&e)))
 }
 
 /// One de-identification pass: what it did, and the salt of its new UIDs.

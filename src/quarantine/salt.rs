@@ -33,7 +33,9 @@ pub fn load_or_create(store_dir: &Path, configured: Option<&Path>) -> Result<Vec
     let path = store_dir.join(FILE_NAME);
     match fs::read(&path) {
         Ok(salt) if salt.len() >= MIN_BYTES => return Ok(salt),
-        Ok(salt) => return Err(bad(&path, format!("holds {} bytes; remove it to have a new one made, or put at least {MIN_BYTES} secret bytes in it", salt.len()))),
+        Ok(salt) => {
+            return Err(bad(&path, format!("holds {} bytes; remove it to have a new one made, or put at least {MIN_BYTES} secret bytes in it", salt.len())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(bad(&path, e.to_string())),
     }

@@ -207,11 +207,8 @@ impl QuarantineStore {
 /// Every record in the store, oldest first (for the `quarantine` command and start-up).
 pub fn list_records(dir: &Path) -> Result<Vec<Record>, QuarantineError> {
     let records = dir.join("records");
-    let mut names: Vec<PathBuf> = fs::read_dir(&records)
-        .map_err(io(&records))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
+    let mut names: Vec<PathBuf> =
+        fs::read_dir(&records).map_err(io(&records))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
     names.sort();
     names.iter().map(|p| read_record(p)).collect()
 }

@@ -22,7 +22,8 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Request headers never forwarded: HTTP/2 connection and gRPC transport headers (tonic
 /// sets its own), and the deadline, which is re-sent as what is left of it.
 /// Transport headers, and medsentry's own score token (a secret for this sidecar only).
-const NOT_FORWARDED: &[&str] = &["te", "content-type", "content-length", "user-agent", "connection", "keep-alive", "transfer-encoding", "upgrade", "host", "medsentry-score-token"];
+const NOT_FORWARDED: &[&str] =
+    &["te", "content-type", "content-length", "user-agent", "connection", "keep-alive", "transfer-encoding", "upgrade", "host", "medsentry-score-token"];
 
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -45,7 +46,8 @@ impl UpstreamClient {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let inner = GrpcInferenceServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes);
+        let inner =
+            GrpcInferenceServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes);
         Ok(UpstreamClient { addr: addr.to_string(), inner, timeout })
     }
 
@@ -227,10 +229,13 @@ mod tests {
         md.insert("user-agent", "grpc-python".parse().unwrap());
         md.insert_bin("trace-bin", tonic::metadata::MetadataValue::from_bytes(b"\x01\x02"));
         let out = forwardable(&md);
-        let mut keys: Vec<&str> = out.keys().map(|k| match k {
-            tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
-            tonic::metadata::KeyRef::Binary(k) => k.as_str(),
-        }).collect();
+        let mut keys: Vec<&str> = out
+            .keys()
+            .map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
+                tonic::metadata::KeyRef::Binary(k) => k.as_str(),
+            })
+            .collect();
         keys.sort();
         assert_eq!(keys, ["authorization", "trace-bin", "x-request-id"]);
         assert_eq!(out.get_bin("trace-bin").unwrap().to_bytes().unwrap().as_ref(), b"\x01\x02");

@@ -56,7 +56,10 @@ impl UpstreamError {
 
     pub fn addr(&self) -> &str {
         match self {
-            UpstreamError::Unavailable { addr, .. } | UpstreamError::DeadlineExceeded { addr, .. } | UpstreamError::DeadlineBeforeForward { addr } | UpstreamError::Refused { addr, .. } => addr,
+            UpstreamError::Unavailable { addr, .. }
+            | UpstreamError::DeadlineExceeded { addr, .. }
+            | UpstreamError::DeadlineBeforeForward { addr }
+            | UpstreamError::Refused { addr, .. } => addr,
         }
     }
 }

@@ -68,7 +68,9 @@ impl CappedServer {
     }
 
     pub async fn client(&self) -> medsentry::proto::sentry_client::SentryClient<Channel> {
-        medsentry::proto::sentry_client::SentryClient::new(self.try_channel().await.expect("connecting")).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)
+        medsentry::proto::sentry_client::SentryClient::new(self.try_channel().await.expect("connecting"))
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
     }
 
     /// A `/proc/<pid>/status` field in bytes (VmHWM: peak resident, VmRSS: resident now).

@@ -299,7 +299,13 @@ pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
     let pixels = |it: &serde_json::Value| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
     let items = v["items"].as_array().unwrap();
     let score = |it: &serde_json::Value, k: &str| it["scores"][k].as_f64().unwrap();
-    let clean = items.iter().find(|it| it["kind"] == "clean" && thresholds.iter().all(|(k, _, s)| score(it, k) < s * 0.98)).expect("a clean sample below every threshold");
-    let flagged = items.iter().find(|it| it["kind"] != "clean" && thresholds.iter().any(|(k, t, _)| score(it, k) > t * 1.02)).expect("an adversarial sample over a threshold");
+    let clean = items
+        .iter()
+        .find(|it| it["kind"] == "clean" && thresholds.iter().all(|(k, _, s)| score(it, k) < s * 0.98))
+        .expect("a clean sample below every threshold");
+    let flagged = items
+        .iter()
+        .find(|it| it["kind"] != "clean" && thresholds.iter().any(|(k, t, _)| score(it, k) > t * 1.02))
+        .expect("an adversarial sample over a threshold");
     (pixels(clean), pixels(flagged))
 }

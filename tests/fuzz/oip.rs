@@ -12,7 +12,14 @@ use prost::Message;
 
 fn request(datatype: &str, shape: Vec<i64>, raw: Option<Vec<u8>>, typed: Option<InferTensorContents>) -> Vec<u8> {
     let inputs = vec![InferInputTensor { name: "input".into(), datatype: datatype.into(), shape, contents: typed, ..Default::default() }];
-    ModelInferRequest { model_name: "chest-xray-pneumonia".into(), id: "seed".into(), inputs, raw_input_contents: raw.into_iter().collect(), ..Default::default() }.encode_to_vec()
+    ModelInferRequest {
+        model_name: "chest-xray-pneumonia".into(),
+        id: "seed".into(),
+        inputs,
+        raw_input_contents: raw.into_iter().collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 fn main() {

@@ -46,7 +46,11 @@ fn bytes_inputs_are_files_and_dicom_is_recognised() {
     dicom.extend_from_slice(b"DICM");
     let raw = join_bytes_tensor([b"\x89PNG".as_slice(), dicom.as_slice()]);
     let p = parse_request(&request("input", "BYTES", vec![2], Some(raw), None), &b, false).unwrap();
-    assert!(matches!(p.items[0], Input::Image(_)) && matches!(p.items[1], Input::Dicom(_)), "{:?}", p.items.iter().map(std::mem::discriminant).collect::<Vec<_>>());
+    assert!(
+        matches!(p.items[0], Input::Image(_)) && matches!(p.items[1], Input::Dicom(_)),
+        "{:?}",
+        p.items.iter().map(std::mem::discriminant).collect::<Vec<_>>()
+    );
     let typed = InferTensorContents { bytes_contents: vec![b"x".to_vec()], ..Default::default() };
     assert_eq!(parse_request(&request("input", "BYTES", vec![1, 1], None, Some(typed.clone())), &b, false).unwrap().items.len(), 1);
     assert_eq!(reason(parse_request(&request("input", "BYTES", vec![2], None, Some(typed)), &b, false)), "bad_contents");
