@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::defense::{CampaignStatus, FailureMode, Screening};
+use crate::defense::{Action, CampaignStatus, FailureMode, Screening};
 use crate::metrics;
 use crate::pipeline::{Input, PipelineError, Rejection};
 use crate::quarantine::{self, QuarantineError, Record, RecordedScore, Stored};
@@ -41,14 +41,18 @@ pub async fn enforce(
             return Err(PipelineError::DetectorFailed { model: name.to_string(), detectors: screening.failed.clone() });
         }
     }
-    if !policy.is_flagged(screening.verdict) {
-        return Ok(Enforced::default());
+    if let Some(evidence) = screening.ood.as_ref().and_then(|o| o.evidence) {
+        metrics::record_out_of_distribution(name, evidence);
     }
+    let Some(verdict_action) = policy.action_for(screening.verdict) else {
+        return Ok(Enforced::default());
+    };
     metrics::record_flagged(name, screening.verdict.as_str());
     let mut actions = Vec::new();
     let mut quarantine_id = None;
-    if policy.quarantines() {
-        let decided = if policy.rejects() { "reject" } else { "annotate" };
+    let reject = policy.rejects(verdict_action);
+    if verdict_action == Action::Quarantine {
+        let decided = if reject { "reject" } else { "annotate" };
         match keep(model, input, screening, campaign, request_id, decided).await {
             Ok(stored) => {
                 metrics::record_quarantine_write(name, if stored.duplicate { "duplicate" } else { "written" });
@@ -67,7 +71,6 @@ pub async fn enforce(
             }
         }
     }
-    let reject = policy.rejects();
     metrics::record_policy_action(name, if reject { "reject" } else { "annotate" }, policy.shadow);
     actions.push(if reject { "reject" } else { "annotate" });
     let action = format!("{}{}", if policy.shadow { "shadow:" } else { "" }, actions.join(","));
@@ -79,6 +82,11 @@ pub async fn enforce(
             detectors: screening.detectors.clone(),
             quarantine_id,
             scores_withheld: false,
+            out_of_distribution: screening
+                .ood
+                .as_ref()
+                .and_then(|o| o.reason.clone())
+                .filter(|_| screening.verdict == crate::defense::Verdict::OutOfDistribution),
         })));
     }
     if reject {

@@ -22,6 +22,7 @@ pub const DETECTOR_SCORE: &str = "medsentry_detector_score";
 pub const DETECTOR_FIRED: &str = "medsentry_detector_fired_total";
 pub const DETECTOR_FAILED: &str = "medsentry_detector_failures_total";
 pub const FLAGGED: &str = "medsentry_flagged_total";
+pub const OUT_OF_DISTRIBUTION: &str = "medsentry_out_of_distribution_total";
 pub const POLICY_ACTIONS: &str = "medsentry_policy_actions_total";
 pub const QUARANTINE_WRITES: &str = "medsentry_quarantine_writes_total";
 pub const QUARANTINE_FAILURES: &str = "medsentry_quarantine_write_failures_total";
@@ -136,6 +137,12 @@ pub fn record_detector_failure(model: &str, detector: &str) {
 /// An input the policy counts as flagged, by verdict.
 pub fn record_flagged(model: &str, verdict: &'static str) {
     counter!(FLAGGED, "model" => model.to_string(), "verdict" => verdict).increment(1);
+}
+
+/// An input answered OUT_OF_DISTRIBUTION; evidence: dicom_header | colour | image_statistics. Not an
+/// attack signal: no alert rule reads it.
+pub fn record_out_of_distribution(model: &str, evidence: &'static str) {
+    counter!(OUT_OF_DISTRIBUTION, "model" => model.to_string(), "evidence" => evidence).increment(1);
 }
 
 /// What the policy did (annotate, reject, quarantine, fail_open, fail_closed); `shadow`

@@ -10,8 +10,9 @@ use thiserror::Error;
 use crate::batcher::BatchError;
 use crate::bundle::InputSpec;
 use crate::decode::{self, CancelFlag, DecodeConfig, DecodeError, DecodeLimits, Reservation};
+use crate::defense::ood::OodModel;
 use crate::defense::squeeze::Squeeze;
-use crate::defense::{campaign, CampaignStatus, DetectorScore, Screening, Verdict};
+use crate::defense::{campaign, CampaignStatus, DetectorScore, OodEvidence, Screening, Verdict};
 use crate::enforce;
 use crate::metrics;
 use crate::preprocess;
@@ -80,10 +81,16 @@ pub struct Rejection {
     /// Set by the API layer for a caller who may not see scores (the policy's
     /// [disclosure]): the message and error details then name the detectors that fired only.
     pub scores_withheld: bool,
+    /// Why the input is OUT_OF_DISTRIBUTION, when that is the verdict refused.
+    pub out_of_distribution: Option<String>,
 }
 
 impl Rejection {
     pub fn message(&self) -> String {
+        let kept = self.quarantine_id.as_ref().map(|id| format!("; quarantined as {id}")).unwrap_or_default();
+        if let Some(reason) = &self.out_of_distribution {
+            return format!("input rejected by policy of model {}: verdict OUT_OF_DISTRIBUTION: {reason}{kept}", self.model);
+        }
         let over = self.detectors.iter().filter(|d| d.fired || d.score > d.threshold);
         let fired: Vec<String> = if self.scores_withheld {
             over.map(|d| format!("{} fired", d.name)).collect()
@@ -91,7 +98,6 @@ impl Rejection {
             over.map(|d| format!("{} scored {:.4} > threshold {:.4} ({:.2}x)", d.name, d.score, d.threshold, d.score / d.threshold)).collect()
         };
         let fired = if fired.is_empty() { "no detector over its ADVERSARIAL threshold (flagged at SUSPICIOUS)".to_string() } else { fired.join("; ") };
-        let kept = self.quarantine_id.as_ref().map(|id| format!("; quarantined as {id}")).unwrap_or_default();
         let verdict = self.verdict.as_str().to_uppercase();
         if self.scores_withheld {
             return format!("input rejected by policy of model {}: verdict {verdict}: {fired}{kept}", self.model);
@@ -137,6 +143,7 @@ pub async fn run(
     let spec = model.bundle.manifest.input.clone();
     let want_residual = model.campaign.is_some();
     let squeeze = model.screener.squeeze().cloned();
+    let ood = model.screener.ood_model().cloned();
     // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
     // comes back: a flagged one may be quarantined. If this call is dropped (the caller
     // cancelled or went away), the guard stops the decode at its next checkpoint; its
@@ -154,14 +161,15 @@ pub async fn run(
     let mut reservation = decoding.budget.reserve(cancel, deadline);
     let limits = decoding.limits;
     let (input, prepared, reservation) = tokio::task::spawn_blocking(move || {
-        let prepared = prepare_within(&input, &spec, &limits, &mut reservation, Extras { residual: want_residual, squeeze: squeeze.as_ref() });
+        let prepared =
+            prepare_within(&input, &spec, &limits, &mut reservation, Extras { residual: want_residual, squeeze: squeeze.as_ref(), ood: ood.as_ref() });
         drop(slot);
         (input, prepared, reservation)
     })
     .await
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
     cancel_guard.disarm();
-    let Prepared { tensor, rows, residual, decode_s, preprocess_s, .. } = prepared?;
+    let Prepared { tensor, rows, residual, statistics, dicom, chroma, decode_s, preprocess_s } = prepared?;
     let name = model.name();
     metrics::record_stage(name, "decode", decode_s);
     metrics::record_stage(name, "preprocess", preprocess_s);
@@ -171,7 +179,8 @@ pub async fn run(
     metrics::record_stage(name, "infer", result.infer_seconds);
 
     let detect_start = Instant::now();
-    let mut screening = model.screener.screen(&result);
+    let evidence = OodEvidence { statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
+    let mut screening = model.screener.screen(&result, &evidence);
     let detect_s = detect_start.elapsed().as_secs_f64();
     metrics::record_stage(name, "detect", detect_s);
     for d in &screening.detectors {
@@ -209,6 +218,12 @@ pub struct Prepared {
     pub rows: usize,
     /// The campaign monitor's high-pass residual of the [0, 1] input, when asked for.
     pub residual: Option<Vec<f32>>,
+    /// The out-of-distribution model's image statistics of the [0, 1] input, when asked for.
+    pub statistics: Option<Vec<f64>>,
+    /// What the DICOM header says the image is (None for other inputs).
+    pub dicom: Option<crate::decode::DicomAttributes>,
+    /// Mean chroma of a decoded colour image (None for single-channel inputs and tensors).
+    pub chroma: Option<f32>,
     pub decode_s: f64,
     pub preprocess_s: f64,
 }
@@ -221,6 +236,8 @@ pub struct Extras<'a> {
     pub residual: bool,
     /// Feature squeezing: its copies are appended to the input's rows (same batch entry).
     pub squeeze: Option<&'a Squeeze>,
+    /// The out-of-distribution model, whose image statistics are wanted.
+    pub ood: Option<&'a OodModel>,
 }
 
 /// Decode + preprocess, with the seconds each step took, with no memory budget.
@@ -234,11 +251,11 @@ pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, extras: E
 pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, res: &mut Reservation, extras: Extras) -> Result<Prepared, PipelineError> {
     let t0 = Instant::now();
     res.checkpoint()?;
-    let image = match input {
+    let mut image = match input {
         Input::Tensor { shape, data } => {
             let pixels = check_tensor(shape, data, spec)?;
             let decode_s = t0.elapsed().as_secs_f64();
-            return Ok(finish(pixels, spec, extras, decode_s));
+            return Ok(finish(pixels, spec, extras, decode_s, None));
         }
         Input::Dicom(bytes) if bytes.is_empty() => return Err(DecodeError::Empty.into()),
         Input::Dicom(bytes) | Input::Image(bytes) => {
@@ -253,16 +270,19 @@ pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, re
     };
     let decode_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
+    let chroma = (image.channels == 3).then(|| mean_chroma(&image));
     let pixels = preprocess::to_model_space(&image, spec);
-    let mut p = finish(pixels, spec, extras, decode_s);
+    let mut p = finish(pixels, spec, extras, decode_s, image.dicom.take());
+    p.chroma = chroma;
     p.preprocess_s = t1.elapsed().as_secs_f64();
     Ok(p)
 }
 
-fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64) -> Prepared {
+fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64, dicom: Option<crate::decode::DicomAttributes>) -> Prepared {
     let t = Instant::now();
     let (h, w) = (spec.height as usize, spec.width as usize);
     let residual = extras.residual.then(|| campaign::residual(&pixels, h, w));
+    let statistics = extras.ood.map(|m| m.image_statistics(&pixels, h, w));
     let copies = extras.squeeze.map(|s| s.copies(&pixels, h, w));
     // Each row is normalised on its own (normalize walks one row's channel planes).
     preprocess::normalize(&mut pixels, spec);
@@ -272,7 +292,14 @@ fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64)
         pixels.extend_from_slice(&copy);
         rows += 1;
     }
-    Prepared { tensor: pixels, rows, residual, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
+    Prepared { tensor: pixels, rows, residual, statistics, dicom, chroma: None, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
+}
+
+/// Mean over pixels of max - min over the three planes: 0 for a grayscale image stored as RGB.
+fn mean_chroma(image: &decode::DecodedImage) -> f32 {
+    let (r, g, b) = (image.plane(0), image.plane(1), image.plane(2));
+    let sum: f64 = r.iter().zip(g).zip(b).map(|((r, g), b)| (r.max(*g).max(*b) - r.min(*g).min(*b)) as f64).sum();
+    (sum / r.len().max(1) as f64) as f32
 }
 
 fn check_tensor(shape: &[i64], data: &[f32], spec: &InputSpec) -> Result<Vec<f32>, DecodeError> {

@@ -51,7 +51,13 @@ fn screening(s: Screening, enforced: Enforced, campaign: Option<CampaignStatus>,
         Verdict::Clean => proto::Verdict::Clean,
         Verdict::Suspicious => proto::Verdict::Suspicious,
         Verdict::Adversarial => proto::Verdict::Adversarial,
+        Verdict::OutOfDistribution => proto::Verdict::OutOfDistribution,
     };
+    let out_of_distribution = s.ood.map(|o| proto::OutOfDistribution {
+        reason: o.reason.unwrap_or_default(),
+        score: shown(o.score.unwrap_or(0.0)),
+        threshold: shown(o.threshold.unwrap_or(0.0)),
+    });
     proto::Screening {
         verdict: verdict as i32,
         fused_score: shown(s.fused_score),
@@ -77,6 +83,7 @@ fn screening(s: Screening, enforced: Enforced, campaign: Option<CampaignStatus>,
             class_mix_alarm: c.class_mix_alarm,
         }),
         scores_withheld: !shows_scores,
+        out_of_distribution,
     }
 }
 

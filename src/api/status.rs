@@ -64,6 +64,7 @@ impl PipelineError {
             PipelineError::Batch(BatchError::DeadlineExceeded { .. }) => "deadline_exceeded",
             PipelineError::Batch(BatchError::Closed(_)) => "shutting_down",
             PipelineError::Batch(BatchError::Engine(_)) => "inference_failed",
+            PipelineError::Rejected(r) if r.out_of_distribution.is_some() => "out_of_distribution_rejected",
             PipelineError::Rejected(_) => "rejected_by_policy",
             PipelineError::DetectorFailed { .. } => "detector_failed",
             PipelineError::QuarantineFailed { .. } => "quarantine_failed",

@@ -26,6 +26,13 @@ pub struct Manifest {
     /// Campaign monitor calibration; absent = the monitor does not run for this bundle.
     #[serde(default)]
     pub campaign: Option<CampaignSpec>,
+    /// Out-of-distribution model; absent = inputs are never called OUT_OF_DISTRIBUTION
+    /// from their pixels.
+    #[serde(default)]
+    pub ood: Option<OodSpec>,
+    /// DICOM attribute values the bundle was trained on; absent = headers are not checked.
+    #[serde(default)]
+    pub accepts: Option<Accepts>,
     /// sha256 (hex) of every file of the bundle, by file name.
     pub files: BTreeMap<String, String>,
     /// Evaluation figures (accuracy, AUC, ...) as measured by the pipeline.
@@ -131,4 +138,38 @@ pub struct CampaignSpec {
     pub class_mix_threshold: f32,
     /// Predicted-class shares on the clean official test set, in label order.
     pub reference_class_mix: Vec<f32>,
+}
+
+/// Written by the pipeline's `ood` stage (models/training/medsentry_training/ood.py).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OodSpec {
+    /// The Gaussian model (`kind = "gaussian"`), listed in [files].
+    pub file: String,
+    /// Squared Mahalanobis distance above which an input is out of distribution.
+    pub threshold: f32,
+    /// Share of clean training images over `threshold` (out-of-fold).
+    pub calibrated_fpr: f32,
+}
+
+/// What a DICOM input may say it is. An attribute the input carries with a value not
+/// listed here makes it OUT_OF_DISTRIBUTION; an absent attribute or an empty list is not
+/// checked. Values are compared upper-cased.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accepts {
+    /// Modality (0008,0060), e.g. ["CR", "DX"].
+    #[serde(default)]
+    pub modality: Vec<String>,
+    /// BodyPartExamined (0018,0015), e.g. ["CHEST"].
+    #[serde(default)]
+    pub body_part: Vec<String>,
+    /// PhotometricInterpretation (0028,0004).
+    #[serde(default)]
+    pub photometric: Vec<String>,
+    /// Grayscale models: a colour image (any format) whose mean chroma (max - min over
+    /// R, G, B, in [0, 1]) exceeds this is out of distribution. Grayscale radiographs
+    /// stored as RGB have 0; dermoscopy photographs 0.05 and more.
+    #[serde(default)]
+    pub max_chroma: Option<f32>,
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::BundleError;
-pub use manifest::{CampaignSpec, ColorMode, DetectorSpec, Hardening, InputSpec, Manifest, OutputSpec};
+pub use manifest::{Accepts, CampaignSpec, ColorMode, DetectorSpec, Hardening, InputSpec, Manifest, OodSpec, OutputSpec};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
 
@@ -156,6 +156,14 @@ fn validate(m: &Manifest) -> Result<(), BundleError> {
         }
         if d.suspicious_threshold.is_some_and(|s| !(s.is_finite() && s > 0.0 && s <= d.threshold)) {
             return bad(format!("detector {}: suspicious_threshold must be positive and at most threshold", d.name));
+        }
+    }
+    if let Some(o) = &m.ood {
+        if !m.files.contains_key(&o.file) {
+            return bad(format!("[ood] file {} is not listed in [files]", o.file));
+        }
+        if !(o.threshold.is_finite() && o.threshold > 0.0 && o.calibrated_fpr > 0.0 && o.calibrated_fpr < 1.0) {
+            return bad("[ood] needs a finite positive threshold and a calibrated_fpr in (0, 1)".into());
         }
     }
     if let Some(c) = &m.campaign {

@@ -30,7 +30,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
     let mut failures = 0;
     let decoding = args.models.decoding();
     if !args.json {
-        println!("{:<48} {:<12} {:>8} {:<14} {}", "file", "label", "prob", "verdict", "probabilities");
+        println!("{:<48} {:<12} {:>8} {:<19} {}", "file", "label", "prob", "verdict", "probabilities");
     }
     for path in &args.files {
         let result = match std::fs::read(path) {
@@ -47,6 +47,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
                     "file": path.display().to_string(), "model": model.name(), "label": labels[o.top_index],
                     "probabilities": labels.iter().zip(&o.probabilities).map(|(l, p)| (l.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
                     "verdict": o.screening.verdict.as_str(), "note": o.screening.note, "fused_score": o.screening.fused_score,
+                    "out_of_distribution": o.screening.ood.as_ref().map(|c| serde_json::json!({"reason": c.reason, "score": c.score, "threshold": c.threshold})),
                     "detectors": o.screening.detectors.iter().map(|d| serde_json::json!({
                         "name": d.name, "score": d.score, "threshold": d.threshold, "fired": d.fired})).collect::<Vec<_>>(),
                     "seconds": {"decode": o.timings.decode, "preprocess": o.timings.preprocess, "infer": o.timings.infer, "total": o.timings.total},
@@ -55,7 +56,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
             (Ok(o), false) => {
                 let probs: Vec<String> = labels.iter().zip(&o.probabilities).map(|(l, p)| format!("{l}={p:.4}")).collect();
                 println!(
-                    "{:<48} {:<12} {:>8.4} {:<14} {}",
+                    "{:<48} {:<12} {:>8.4} {:<19} {}",
                     path.display(),
                     labels[o.top_index],
                     o.probabilities[o.top_index],

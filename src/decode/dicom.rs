@@ -25,7 +25,7 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 
 use super::budget::{DecodeBudget, Reservation};
 use super::dicom_pixels::{render_colour, render_monochrome, Header, Samples};
-use super::{codestream, DecodeError, DecodeLimits, DecodedImage};
+use super::{codestream, DecodeError, DecodeLimits, DecodedImage, DicomAttributes};
 
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -98,14 +98,14 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, res: &mut Reservation) -> R
     if h.samples == 1 {
         let samples = Samples::new(px.data(), n, &h)?;
         let data = render_monochrome(&obj, &samples, h.photometric == "MONOCHROME1")?;
-        return Ok(DecodedImage { width: w, height: hgt, channels: 1, data });
+        return Ok(DecodedImage { width: w, height: hgt, channels: 1, data, dicom: Some(attributes(&obj, &h)) });
     }
     // JPEG and JPEG 2000 codecs return interleaved RGB whatever the header says (they undo
     // the YCbCr / ICT transform themselves); native and RLE data keep the header's colour space.
     let codec_rgb = uid.starts_with("1.2.840.10008.1.2.4.");
     let planar = !codec_rgb && px.planar_configuration() as u16 == 1;
     let data = render_colour(px.data(), n, w, &h, codec_rgb, planar)?;
-    Ok(DecodedImage { width: w, height: hgt, channels: 3, data })
+    Ok(DecodedImage { width: w, height: hgt, channels: 3, data, dicom: Some(attributes(&obj, &h)) })
 }
 
 /// Inflates a Deflated Explicit VR Little Endian data set, each step reserved before it is
@@ -259,6 +259,18 @@ fn decode_failure(uid: &str, e: dicom_pixeldata::Error) -> DecodeError {
 
 fn unsupported(uid: &str, name: &str) -> DecodeError {
     DecodeError::UnsupportedTransferSyntax { uid: uid.to_string(), name: name.to_string() }
+}
+
+/// Modality, BodyPartExamined and PhotometricInterpretation, trimmed and upper-cased (the
+/// CS value representation is upper case; some writers are not).
+fn attributes(obj: &DefaultDicomObject, h: &Header) -> DicomAttributes {
+    let text = |tag| {
+        obj.get(tag)
+            .and_then(|e| e.to_str().ok())
+            .map(|v| v.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_ascii_uppercase())
+            .filter(|v| !v.is_empty())
+    };
+    DicomAttributes { modality: text(tags::MODALITY), body_part: text(tags::BODY_PART_EXAMINED), photometric: Some(h.photometric.to_ascii_uppercase()) }
 }
 
 fn malformed(reason: impl Into<String>) -> DecodeError {

@@ -28,6 +28,20 @@ pub struct DecodedImage {
     pub channels: usize,
     /// `channels * height * width` values in [0, 1].
     pub data: Vec<f32>,
+    /// What a DICOM header says the image is (None for PNG/JPEG): the out-of-distribution
+    /// check compares it with what the bundle accepts.
+    pub dicom: Option<DicomAttributes>,
+}
+
+/// The DICOM attributes that say what kind of image this is; each None when absent or empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DicomAttributes {
+    /// Modality (0008,0060), e.g. CR, DX, MR, CT.
+    pub modality: Option<String>,
+    /// BodyPartExamined (0018,0015), e.g. CHEST.
+    pub body_part: Option<String>,
+    /// PhotometricInterpretation (0028,0004).
+    pub photometric: Option<String>,
 }
 
 impl DecodedImage {

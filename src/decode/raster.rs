@@ -52,10 +52,10 @@ fn decode_png(bytes: &[u8], limits: &DecodeLimits, res: &mut Reservation) -> Res
             DynamicImage::ImageRgb8(rgb) => rgb,
             other => other.to_rgb8(),
         };
-        Ok(DecodedImage { width: w, height: h, channels: 3, data: planar(rgb.as_raw(), 3) })
+        Ok(DecodedImage { width: w, height: h, channels: 3, data: planar(rgb.as_raw(), 3), dicom: None })
     } else {
         // 16-bit PNGs keep their precision; 8-bit ones divide by 255.
-        Ok(DecodedImage { width: w, height: h, channels: 1, data: img.to_luma32f().into_raw() })
+        Ok(DecodedImage { width: w, height: h, channels: 1, data: img.to_luma32f().into_raw(), dicom: None })
     }
 }
 
@@ -93,13 +93,13 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits, res: &mut Reservation) -> Re
             let gray: Vec<u8> = started.read_scanlines().map_err(io)?;
             started.finish().map_err(io)?;
             check_len(gray.len(), n)?;
-            Ok(DecodedImage { width: w, height: h, channels: 1, data: gray.iter().map(|&v| v as f32 / 255.0).collect() })
+            Ok(DecodedImage { width: w, height: h, channels: 1, data: gray.iter().map(|&v| v as f32 / 255.0).collect(), dicom: None })
         } else {
             let mut started = header.rgb().map_err(io)?;
             let rgb: Vec<[u8; 3]> = started.read_scanlines().map_err(io)?;
             started.finish().map_err(io)?;
             check_len(rgb.len(), n)?;
-            Ok(DecodedImage { width: w, height: h, channels: 3, data: planar(rgb.as_flattened(), 3) })
+            Ok(DecodedImage { width: w, height: h, channels: 3, data: planar(rgb.as_flattened(), 3), dicom: None })
         }
     }));
     match result {

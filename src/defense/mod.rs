@@ -5,12 +5,16 @@
 //! two squeezed copies of the input that ran in the same batch. Verdict: ADVERSARIAL when any detector
 //! exceeds its threshold, SUSPICIOUS when any exceeds its looser suspicious threshold,
 //! otherwise CLEAN; the fused score is the largest score / threshold ratio (>= 1 means a
-//! detector fired). A bundle listing a detector this build cannot run is refused at
+//! detector fired). An input the bundle's out-of-distribution check places outside what it
+//! was trained on (its DICOM header, its image statistics: [`ood`]) is OUT_OF_DISTRIBUTION
+//! instead, whatever the detectors say: they were calibrated on in-distribution images
+//! only, and an unfamiliar image is not an attack. A bundle listing a detector this build cannot run is refused at
 //! start-up: an input must never be reported CLEAN by a detector that did not run. A bundle
 //! with no detectors is served with every answer saying plainly that nothing screened it.
 
 pub mod campaign;
 mod detectors;
+pub mod ood;
 pub mod policy;
 pub mod squeeze;
 
@@ -21,7 +25,7 @@ pub use detectors::Detector;
 pub use policy::{Action, FailureMode, ModelPolicy, Policy, PolicyError};
 
 use crate::batcher::InferResult;
-use crate::bundle::{Bundle, DetectorSpec};
+use crate::bundle::{Accepts, Bundle, DetectorSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -29,6 +33,8 @@ pub enum Verdict {
     Clean,
     Suspicious,
     Adversarial,
+    /// Not the kind of image the model was trained on; not an attack verdict.
+    OutOfDistribution,
 }
 
 impl Verdict {
@@ -39,6 +45,7 @@ impl Verdict {
             Verdict::Clean => "clean",
             Verdict::Suspicious => "suspicious",
             Verdict::Adversarial => "adversarial",
+            Verdict::OutOfDistribution => "out_of_distribution",
         }
     }
 }
@@ -61,15 +68,44 @@ pub struct Screening {
     /// Detectors that could not score this input (a non-finite score): the policy's
     /// fail_open / fail_closed decides what happens.
     pub failed: Vec<String>,
+    /// The out-of-distribution check, when the bundle has one.
+    pub ood: Option<OodCheck>,
+}
+
+/// What the out-of-distribution check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OodCheck {
+    /// The image-statistics score (None: no [ood] model, or a header mismatch decided).
+    pub score: Option<f32>,
+    pub threshold: Option<f32>,
+    /// Why the input is out of distribution (None: it is not).
+    pub reason: Option<String>,
+    /// Which evidence decided (metric label): dicom_header | colour | image_statistics.
+    pub evidence: Option<&'static str>,
+}
+
+/// What the out-of-distribution check needs besides the forward pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OodEvidence<'a> {
+    /// [`ood::OodModel::image_statistics`] of the [0, 1] model input.
+    pub statistics: Option<&'a [f64]>,
+    /// The DICOM header's attributes (None for PNG/JPEG and tensors).
+    pub dicom: Option<&'a crate::decode::DicomAttributes>,
+    /// Mean chroma (max - min over R, G, B, in [0, 1]) of a decoded colour image, before
+    /// any conversion to the model's colour mode (None for single-channel inputs).
+    pub chroma: Option<f32>,
 }
 
 impl Verdict {
-    /// Severity order, for "flag at SUSPICIOUS or above".
+    /// Severity order, for "flag at SUSPICIOUS or above" and for merging the verdicts of
+    /// several inputs of one request (OUT_OF_DISTRIBUTION ranks below the attack verdicts;
+    /// the policy handles it with its own action).
     pub fn rank(self) -> u8 {
         match self {
             Verdict::NotScreened | Verdict::Clean => 0,
-            Verdict::Suspicious => 1,
-            Verdict::Adversarial => 2,
+            Verdict::OutOfDistribution => 1,
+            Verdict::Suspicious => 2,
+            Verdict::Adversarial => 3,
         }
     }
 }
@@ -80,6 +116,8 @@ pub enum DefenseError {
     UnsupportedDetector { bundle: String, detector: String, kind: String },
     #[error("bundle {bundle}: detector {detector} ({file}) cannot be loaded: {message}")]
     BadDetector { bundle: String, detector: String, file: String, message: String },
+    #[error("bundle {bundle}: out-of-distribution model {file} cannot be loaded: {message}")]
+    BadOod { bundle: String, file: String, message: String },
     #[error("policy disables detector {detector:?} of model {bundle}, which has only {available:?}")]
     UnknownDisabled { bundle: String, detector: String, available: Vec<String> },
 }
@@ -91,6 +129,10 @@ const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing"];
 pub struct Screener {
     model: String,
     detectors: Vec<(DetectorSpec, Detector)>,
+    /// The [ood] model with its threshold (None: the bundle has none).
+    ood: Option<(ood::OodModel, f32)>,
+    /// The bundle's [accepts] (None: DICOM headers are not checked).
+    accepts: Option<Accepts>,
 }
 
 impl Screener {
@@ -118,7 +160,53 @@ impl Screener {
             })?;
             detectors.push((spec.clone(), detector));
         }
-        Ok(Screener { model: m.name.clone(), detectors })
+        let ood = match &m.ood {
+            None => None,
+            Some(spec) => {
+                let bytes = bundle.files.get(&spec.file).map(Vec::as_slice).unwrap_or_default();
+                let size = (m.input.height as usize, m.input.width as usize);
+                let model = ood::OodModel::load(bytes, m.input.channels as usize, size, m.outputs.feature_dim).map_err(|message| DefenseError::BadOod {
+                    bundle: m.name.clone(),
+                    file: spec.file.clone(),
+                    message,
+                })?;
+                Some((model, spec.threshold))
+            }
+        };
+        Ok(Screener { model: m.name.clone(), detectors, ood, accepts: m.accepts.clone() })
+    }
+
+    /// The out-of-distribution model, whose image statistics the pipeline computes from
+    /// the [0, 1] input.
+    pub fn ood_model(&self) -> Option<&ood::OodModel> {
+        self.ood.as_ref().map(|(m, _)| m)
+    }
+
+    /// The out-of-distribution check alone (None: the bundle has neither [ood] nor [accepts]).
+    fn check_ood(&self, result: &InferResult, evidence: &OodEvidence) -> Option<OodCheck> {
+        if self.ood.is_none() && self.accepts.is_none() {
+            return None;
+        }
+        let header = match (&self.accepts, evidence.dicom) {
+            (Some(a), Some(d)) => ood::header_mismatch(a, d).map(|r| (r, "dicom_header")),
+            _ => None,
+        };
+        let colour = match (self.accepts.as_ref().and_then(|a| a.max_chroma), evidence.chroma) {
+            (Some(max), Some(c)) if c > max => Some((format!("a colour image (mean chroma {c:.3} > {max}) sent to a grayscale model"), "colour")),
+            _ => None,
+        };
+        let (score, threshold) = match (&self.ood, evidence.statistics) {
+            (Some((m, t)), Some(stats)) => (Some(m.score(stats, &result.features) as f32), Some(*t)),
+            _ => (None, None),
+        };
+        let by_pixels = match (score, threshold) {
+            // (No numbers here: the reason is shown to callers who may not see scores.)
+            (Some(s), Some(t)) if s > t => Some(("the image is unlike the images the model was trained on".to_string(), "image_statistics")),
+            (Some(s), _) if s.is_nan() => Some(("the image statistics could not be scored".to_string(), "image_statistics")),
+            _ => None,
+        };
+        let decided = header.or(colour).or(by_pixels);
+        Some(OodCheck { score, threshold, evidence: decided.as_ref().map(|d| d.1), reason: decided.map(|d| d.0) })
     }
 
     /// The feature-squeezing detector, whose squeezed copies the pipeline must add to the
@@ -130,7 +218,21 @@ impl Screener {
         })
     }
 
-    pub fn screen(&self, result: &InferResult) -> Screening {
+    /// The verdict for one forward pass: the detectors' unless the out-of-distribution check
+    /// finds the input unlike the training images.
+    pub fn screen(&self, result: &InferResult, evidence: &OodEvidence) -> Screening {
+        let ood = self.check_ood(result, evidence);
+        let mut s = self.screen_detectors(result);
+        if let Some(reason) = ood.as_ref().and_then(|o| o.reason.as_ref()) {
+            s.verdict = Verdict::OutOfDistribution;
+            let note = format!("out of distribution: {reason}; the adversarial detectors do not judge such inputs");
+            s.note = if s.note.is_empty() { note } else { format!("{note}; {}", s.note) };
+        }
+        s.ood = ood;
+        s
+    }
+
+    fn screen_detectors(&self, result: &InferResult) -> Screening {
         if self.detectors.is_empty() {
             return Screening {
                 verdict: Verdict::NotScreened,
@@ -138,6 +240,7 @@ impl Screener {
                 detectors: Vec::new(),
                 note: format!("no detector ran: bundle {} declares none or the policy disables all; this answer is unscreened", self.model),
                 failed: Vec::new(),
+                ood: None,
             };
         }
         let mut verdict = Verdict::Clean;
@@ -173,7 +276,7 @@ impl Screener {
             verdict = Verdict::NotScreened;
         }
         let note = if failed.is_empty() { String::new() } else { format!("detector(s) {} could not score this input", failed.join(", ")) };
-        Screening { verdict, fused_score: fused as f32, detectors: scores, note, failed }
+        Screening { verdict, fused_score: fused as f32, detectors: scores, note, failed, ood: None }
     }
 }
 
@@ -196,7 +299,7 @@ mod tests {
     fn screener(threshold: f32, suspicious: Option<f32>) -> Screener {
         let file = br#"{"kind":"mahalanobis","means":[[0,0],[100,100]],"precision":[[1,0],[0,1]]}"#;
         let d = Detector::load("mahalanobis", file, 2, 2).unwrap();
-        Screener { model: "m".into(), detectors: vec![(spec(threshold, suspicious), d)] }
+        Screener { model: "m".into(), detectors: vec![(spec(threshold, suspicious), d)], ood: None, accepts: None }
     }
 
     fn at(x: f32) -> InferResult {
@@ -206,13 +309,13 @@ mod tests {
     #[test]
     fn verdicts_follow_the_thresholds() {
         let s = screener(4.0, Some(2.0));
-        let clean = s.screen(&at(1.0));
+        let clean = s.screen_detectors(&at(1.0));
         assert_eq!(clean.verdict, Verdict::Clean);
         assert!((clean.fused_score - 0.25).abs() < 1e-6);
-        assert_eq!(s.screen(&at(3.0)).verdict, Verdict::Suspicious);
-        let adv = s.screen(&at(5.0));
+        assert_eq!(s.screen_detectors(&at(3.0)).verdict, Verdict::Suspicious);
+        let adv = s.screen_detectors(&at(5.0));
         assert_eq!(adv.verdict, Verdict::Adversarial);
         assert!(adv.detectors[0].fired && adv.fused_score > 1.0);
-        assert_eq!(screener(4.0, None).screen(&at(3.0)).verdict, Verdict::Clean);
+        assert_eq!(screener(4.0, None).screen_detectors(&at(3.0)).verdict, Verdict::Clean);
     }
 }

@@ -10,6 +10,7 @@
 //! shadow = false                  # record what the policy would do, change no answer
 //! after_quarantine = "annotate"   # action = quarantine: then annotate or reject
 //! disable_detectors = []          # bundle detectors not to run, e.g. ["feature-squeezing"]
+//! out_of_distribution = "annotate" # OUT_OF_DISTRIBUTION inputs: annotate | reject | quarantine
 //!
 //! [models."chest-xray-pneumonia"]
 //! action = "quarantine"
@@ -79,6 +80,9 @@ pub struct ModelPolicy {
     /// Bundle detectors not to run (e.g. feature squeezing, which triples the forward work);
     /// a name the bundle does not have stops start-up.
     pub disable_detectors: Vec<String>,
+    /// What happens to an OUT_OF_DISTRIBUTION input (a misrouted study, a photograph): not
+    /// an attack, so it has its own action; `flag_on` does not apply to it.
+    pub out_of_distribution: Action,
 }
 
 impl Default for ModelPolicy {
@@ -92,12 +96,25 @@ impl Default for ModelPolicy {
             shadow: false,
             after_quarantine: AfterQuarantine::Annotate,
             disable_detectors: Vec::new(),
+            out_of_distribution: Action::Annotate,
         }
     }
 }
 
 impl ModelPolicy {
+    /// The action for an input with this verdict; None when the verdict is not flagged.
+    pub fn action_for(&self, verdict: Verdict) -> Option<Action> {
+        match verdict {
+            Verdict::OutOfDistribution => Some(self.out_of_distribution),
+            v => self.is_flagged(v).then_some(self.action),
+        }
+    }
+
+    /// Whether an attack verdict is flagged (`flag_on`); OUT_OF_DISTRIBUTION never is.
     pub fn is_flagged(&self, verdict: Verdict) -> bool {
+        if verdict == Verdict::OutOfDistribution {
+            return false;
+        }
         let min = match self.flag_on {
             FlagOn::Adversarial => Verdict::Adversarial.rank(),
             FlagOn::Suspicious => Verdict::Suspicious.rank(),
@@ -105,13 +122,14 @@ impl ModelPolicy {
         verdict.rank() >= min
     }
 
+    /// Whether any verdict is quarantined (a quarantine folder is then required).
     pub fn quarantines(&self) -> bool {
-        self.action == Action::Quarantine
+        self.action == Action::Quarantine || self.out_of_distribution == Action::Quarantine
     }
 
-    /// Whether a flagged input is refused (before shadow mode is applied).
-    pub fn rejects(&self) -> bool {
-        self.action == Action::Reject || (self.action == Action::Quarantine && self.after_quarantine == AfterQuarantine::Reject)
+    /// Whether an input handled with `action` is refused (before shadow mode is applied).
+    pub fn rejects(&self, action: Action) -> bool {
+        action == Action::Reject || (action == Action::Quarantine && self.after_quarantine == AfterQuarantine::Reject)
     }
 }
 
@@ -125,6 +143,7 @@ pub struct ModelOverride {
     shadow: Option<bool>,
     after_quarantine: Option<AfterQuarantine>,
     disable_detectors: Option<Vec<String>>,
+    out_of_distribution: Option<Action>,
 }
 
 impl ModelOverride {
@@ -136,6 +155,7 @@ impl ModelOverride {
             shadow: self.shadow.unwrap_or(d.shadow),
             after_quarantine: self.after_quarantine.unwrap_or(d.after_quarantine),
             disable_detectors: self.disable_detectors.clone().unwrap_or_else(|| d.disable_detectors.clone()),
+            out_of_distribution: self.out_of_distribution.unwrap_or(d.out_of_distribution),
         }
     }
 }
@@ -278,7 +298,7 @@ mod tests {
         assert!(parse("[models.x]\naction = \"reject\"\n").unwrap_err().contains("does not serve"));
         assert!(parse("[default]\naction = \"quarantine\"\n").unwrap_err().contains("[quarantine]"));
         let q = parse("[default]\naction = \"quarantine\"\nafter_quarantine = \"reject\"\n[quarantine]\ndir = \"/q\"\n").unwrap();
-        assert!(q.default.quarantines() && q.default.rejects());
+        assert!(q.default.quarantines() && q.default.rejects(q.default.action));
         assert_eq!(q.quarantine.unwrap().max_bytes, 1 << 30);
         assert!(parse("[disclosure]\nscore_token_sha256 = [\"abc\"]\n").unwrap_err().contains("not a hex SHA-256"));
         assert!(parse("[disclosure]\nscores = \"some\"\n").unwrap_err().contains("unknown variant"));

@@ -91,7 +91,7 @@ def _load(bundle_dir: str):
 
 def _rewrite(path: str, doc: dict, header: str):
     # Keep the table order of export's file: [campaign] and detectors before [files] and [figures].
-    tail = ("campaign", "detectors", "files", "figures")
+    tail = ("accepts", "ood", "campaign", "detectors", "files", "figures")
     ordered = {k: v for k, v in doc.items() if k not in tail}
     ordered.update({k: doc[k] for k in tail if k in doc})
     ordered.setdefault("figures", {})
@@ -104,6 +104,17 @@ def set_campaign(bundle_dir: str, section: dict):
     doc["campaign"] = section
     _rewrite(path, doc, header)
     print(f"[done] [campaign] written to {os.path.relpath(path, datasets.REPO)}")
+
+
+def set_ood(bundle_dir: str, section: dict, accepts: dict):
+    """[ood] (the out-of-distribution model's file, threshold and calibrated rate, with its
+    sha256 in [files]) and [accepts] (the DICOM attribute values the bundle takes)."""
+    path, doc, header = _load(bundle_dir)
+    doc["ood"] = section
+    doc["accepts"] = accepts
+    doc.setdefault("files", {})[section["file"]] = sha256(os.path.join(bundle_dir, section["file"]))
+    _rewrite(path, doc, header)
+    print(f"[done] [ood] and [accepts] written to {os.path.relpath(path, datasets.REPO)}")
 
 
 def main(argv=None):

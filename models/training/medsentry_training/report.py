@@ -1,5 +1,5 @@
-"""Render REPORT.md from report.json's `adversarial_evaluation`, `feature_squeezing` and
-`campaign` sections (nothing else is read, so every figure in REPORT.md is in report.json).
+"""Render REPORT.md from report.json's `adversarial_evaluation`, `feature_squeezing`,
+`campaign` and `out_of_distribution` sections (nothing else is read, so every figure in REPORT.md is in report.json).
 
     python -m medsentry_training.report [--out DIR]      (default models/<bundle>/)
 """
@@ -80,6 +80,26 @@ DATASET_NOTES = {
 }
 
 
+def ood_section(o, a):
+    if not o:
+        return
+    a("\n## Out of distribution\n")
+    acc = ", ".join(f"{k} {v}" for k, v in o["accepts"].items())
+    a(f"`{o['command']}`. An input is OUT_OF_DISTRIBUTION (not an attack verdict; the policy's `out_of_distribution` "
+      f"action applies) when its DICOM header or colour contradicts [accepts] ({acc}), or when the squared Mahalanobis "
+      f"distance of its image statistics and penultimate features ({o['vector']}; Ledoit-Wolf Gaussian on the "
+      f"{o['training_images']} training images) exceeds {f3(o['threshold'])}, the out-of-fold "
+      f"{100 * (1 - o['calibrated_fpr']):.1f}th percentile of the training images. Rates below are of the image-statistics "
+      f"score alone (the header and colour rules come on top in the sidecar).\n")
+    a("| images | n | out of distribution % | median score |")
+    a("|---|---|---|---|")
+    for r in o["rows"]:
+        a(f"| {r['set']} | {r['n']} | {pct(r['ood_rate'])} | {r['median_score']:.1f} |")
+    a("\nSuccessful PGD-20 examples against the served classifier (AdvTest) answered OUT_OF_DISTRIBUTION instead of being "
+      "left to the adversarial detectors: " + ", ".join(
+          f"{r['budget']} {pct(r['ood_rate'])} (n={r['n_successful']})" for r in o.get("pgd20_successful", [])) + ".\n")
+
+
 def val_score(c):
     v = (c or {}).get("val") or {}
     return f3(v.get("val_bal_acc"))
@@ -133,6 +153,13 @@ def failures_section(full, a):
                  and x["residual_alarm_rate"] < 0.5 and x["class_mix_alarm_rate"] < 0.5]
         a(f"- **Campaign monitor.** UAP streams that neither signal alarms on half of the windows: "
           + ("; ".join(f"{x['attack']} {x['budget']}" for x in quiet) or "none") + ".")
+    ood = full.get("out_of_distribution")
+    if ood:
+        clean, others = ood["rows"][0], ood["rows"][1:]
+        missed = [f"{o['set']} {pct(o['ood_rate'])} %" for o in others if o["ood_rate"] < 0.95]
+        a(f"- **Out of distribution.** Clean official test images called OUT_OF_DISTRIBUTION: {pct(clean['ood_rate'])} % "
+          f"(target <= 1 %{'; missed' if clean['ood_rate'] > 0.01 else ''}); other data sets below 95 % by image "
+          f"statistics alone: {', '.join(missed) or 'none'}.")
     a("")
 
 
@@ -249,6 +276,7 @@ def render(out_dir: str) -> str:
 
     squeeze_section(full.get("feature_squeezing"), a)
     campaign_section(full.get("campaign"), a)
+    ood_section(full.get("out_of_distribution"), a)
 
     a("## ROC plots\n")
     for p in r.get("roc_plots", []):
