@@ -77,7 +77,58 @@ async fn a_targeted_campaign_shifts_the_class_mix() {
     let last = states.last().unwrap();
     assert!(last.class_mix_alarm, "class mix chi-square {} after {} targeted inputs", last.class_mix_score, states.len());
     assert!(states[..199].iter().all(|c| !c.class_mix_alarm), "no class-mix alarm before its window (200) is full");
+    // The campaign alarm itself comes from the shared perturbation.
+    assert!(last.alarm && last.shared_perturbation_alarm);
     server.stop().await.unwrap();
+}
+
+/// The patient of a Kermany chest X-ray file (person<N>_, NORMAL2-IM-<N>, IM-<N>), as
+/// models/training/medsentry_training/campaign.py groups them.
+fn patient(file: &str) -> String {
+    let base = file.rsplit('/').next().unwrap();
+    if let Some(rest) = base.strip_prefix("person") {
+        return format!("person{}", rest.split('_').next().unwrap());
+    }
+    let parts: Vec<&str> = base.split('-').collect();
+    parts[..if base.starts_with("NORMAL2-") { 3 } else { 2 }].join("-")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clean_official_test_set_in_file_order_and_grouped_by_patient_raises_no_campaign_alarm() {
+    let _serial = serial().await;
+    let mut files: Vec<String> = std::fs::read_dir(data("chest_xray_kermany/images/test/NORMAL"))
+        .unwrap()
+        .chain(std::fs::read_dir(data("chest_xray_kermany/images/test/PNEUMONIA")).unwrap())
+        .map(|e| {
+            let p = e.unwrap().path();
+            format!("images/test/{}/{}", p.parent().unwrap().file_name().unwrap().to_string_lossy(), p.file_name().unwrap().to_string_lossy())
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 624);
+    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for f in &files {
+        groups.entry(patient(f)).or_default().push(f.clone());
+    }
+    let keys: Vec<String> = groups.keys().cloned().collect();
+    let grouped: Vec<String> = shuffled(&keys, 11).iter().flat_map(|k| groups[k].clone()).collect();
+    let spec = chest_spec();
+    for (order, list) in [("file order", &files), ("grouped by patient", &grouped)] {
+        // A fresh server per order: the monitor's windows start empty.
+        let server = TestServer::ready(&[]).await;
+        let inputs: Vec<Vec<f32>> = list.iter().map(|f| model_pixels(f, &spec)).collect();
+        let states = screen_stream(&server, &inputs).await;
+        // (Over full windows: the first answers average only a few pairs.)
+        let max_res = states.iter().skip(40).map(|c| c.shared_perturbation_score).fold(0f32, f32::max);
+        let drifted = states.iter().filter(|c| c.class_mix_alarm).count();
+        eprintln!("{order}: {} patients, max shared-perturbation score {max_res:.4}, class mix drifted on {drifted} answers", groups.len());
+        assert!(states.iter().all(|c| !c.alarm && !c.shared_perturbation_alarm), "{order}: campaign alarm on clean traffic (max score {max_res})");
+        if order == "file order" {
+            // 234 NORMAL then 390 PNEUMONIA: the drift is reported, as drift.
+            assert!(drifted > 0, "a window of one class is a drifted mix");
+        }
+        server.stop().await.unwrap();
+    }
 }
 
 fn metrics_now() -> String {

@@ -41,17 +41,34 @@ def campaign_section(c, a):
     if not c:
         return
     cfg, cal = c["config"], c["calibration"]
+    o = c.get("ordered")
     a("\n## Campaign monitor\n")
+    ordered_cal = ("" if not o else ", of 20000 random windows of the official training set and of every window of the "
+                   f"training set ({o['training_images']} images) streamed in file order and grouped by patient ("
+                   + ", ".join(f"{k} {f3(v)}" for k, v in o["training_set_max"].items()) + ")")
     a(f"`{c['command']}`. Shared perturbation: mean pairwise correlation of Laplacian residuals over the last "
       f"{cfg['residual_window']} inputs; threshold {cfg['residual_threshold']} = {cal['residual_margin']} x the largest of "
       f"{cal['clean_advtrain_windows']} random clean AdvTrain windows ({f3(cal['clean_advtrain_window_max'])}; mean "
-      f"{f3(cal['clean_advtrain_window_mean'])}). Class mix: chi-square of the last {cfg['class_mix_window']} predictions "
+      f"{f3(cal['clean_advtrain_window_mean'])}){ordered_cal}. Class-mix drift (a population signal, not part of the "
+      f"campaign alarm): chi-square of the last {cfg['class_mix_window']} predictions "
       f"against {cfg['reference_class_mix']} (predicted mix on the clean official test set); threshold "
       f"{cfg['class_mix_threshold']} (upper {cal['class_mix_tail']} quantile).\n")
     fa = c["clean_advtest_false_alarm"]
     a(f"Clean AdvTest streams ({fa['stream_len']} requests drawn with replacement, sliding windows; a request already "
       f"in the residual window is not added again, as in the sidecar): residual alarm on "
       f"{pct(fa['residual'])} % of windows, class-mix alarm on {pct(fa['class_mix'])} %.\n")
+    if o:
+        a("Clean official test set streamed in order (every window once full): " + "; ".join(
+            f"{k.replace('_', ' ')}: largest window {f3(v['max'])}, alarm on {pct(v['alarm_rate'])} % of {v['windows']} windows"
+            for k, v in o["clean_test"].items()) + ".\n")
+    if c.get("fixture_streams"):
+        a("UAP fixtures (tests/fixtures/campaign) on every AdvTest image, shuffled and in file order, at the current "
+          "threshold: " + "; ".join(f"{x['uap']} x{x['scale']}: alarm on {pct(x['alarm_rate'])} % of windows (smallest "
+                                   f"{f3(x['min_window_score'])})" for x in c["fixture_streams"]) + ".\n")
+    old = c.get("uap_streams_threshold")
+    if old is not None and old != cfg["residual_threshold"]:
+        a(f"The table below was measured at the earlier residual threshold {old}; it is re-measured at "
+          f"{cfg['residual_threshold']} when the campaign stage runs with the attack records.\n")
     a("| UAP stream (every request perturbed) | budget | n | mean window score | residual alarm % | class-mix alarm % | predicted mix |")
     a("|---|---|---|---|---|---|---|")
     for row in c["uap_streams"]:
@@ -149,10 +166,10 @@ def failures_section(full, a):
                                                f"{pct(max(x['fooled_and_undetected'] for x in ad['rows']))} %)."))
     camp = full.get("campaign")
     if camp:
-        quiet = [x for x in camp["uap_streams"] if x["attack"] != "uap_random"
-                 and x["residual_alarm_rate"] < 0.5 and x["class_mix_alarm_rate"] < 0.5]
-        a(f"- **Campaign monitor.** UAP streams that neither signal alarms on half of the windows: "
-          + ("; ".join(f"{x['attack']} {x['budget']}" for x in quiet) or "none") + ".")
+        quiet = [x for x in camp["uap_streams"] if x["attack"] != "uap_random" and x["residual_alarm_rate"] < 0.5]
+        at = camp.get("uap_streams_threshold", camp["config"]["residual_threshold"])
+        a(f"- **Campaign monitor.** UAP streams that do not raise the campaign (shared-perturbation) alarm on half of "
+          f"the windows at residual threshold {at}: " + ("; ".join(f"{x['attack']} {x['budget']}" for x in quiet) or "none") + ".")
     ood = full.get("out_of_distribution")
     if ood:
         clean, others = ood["rows"][0], ood["rows"][1:]
