@@ -21,7 +21,7 @@ async fn clean_advtest_images_are_flagged_at_the_rate_the_pipeline_measured() {
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     let mut fired = std::collections::BTreeMap::<String, usize>::new();
-    let mut adversarial = 0;
+    let (mut adversarial, mut suspicious) = (0, 0);
     for f in &files {
         let bytes = std::fs::read(data("chest_xray_kermany").join(f)).unwrap();
         let s = client.screen(image_request(f, bytes)).await.unwrap().into_inner().screening.unwrap();
@@ -29,6 +29,7 @@ async fn clean_advtest_images_are_flagged_at_the_rate_the_pipeline_measured() {
             *fired.entry(d.name.clone()).or_default() += d.fired as usize;
         }
         adversarial += (s.verdict == Verdict::Adversarial as i32) as usize;
+        suspicious += (s.verdict == Verdict::Suspicious as i32) as usize;
     }
     let n = files.len() as f64;
     for (detector, pointer) in PYTHON_RATE {
@@ -39,7 +40,14 @@ async fn clean_advtest_images_are_flagged_at_the_rate_the_pipeline_measured() {
         assert!((rust - python).abs() <= 1.0 / n + 1e-9, "{detector}: sidecar {rust} vs pipeline {python}");
     }
     let rate = adversarial as f64 / n;
-    eprintln!("ADVERSARIAL verdicts on clean AdvTest: {adversarial}/{} = {rate:.3}", files.len());
-    assert!(rate < 0.15, "clean images should mostly come back CLEAN or SUSPICIOUS: {rate}");
+    let flagged = (adversarial + suspicious) as f64 / n;
+    eprintln!("clean AdvTest: {adversarial}/{} ADVERSARIAL ({rate:.3}), {suspicious} SUSPICIOUS; flagged {flagged:.3}", files.len());
+    // The fused detector sets the verdict at its calibrated 1 % and 5 % thresholds (the
+    // pipeline measured 0.3 % and 3.8 % on these images; the union of the three detectors,
+    // which decided before, 3.2 % and 14.7 %).
+    let fused = report.pointer("/fused_detector/clean_advtest").expect("report.json has the fused detector's clean rates");
+    let (py_adv, py_flagged) = (fused["fpr_0.01"]["fused"].as_f64().unwrap(), fused["fpr_0.05"]["fused"].as_f64().unwrap());
+    assert!((rate - py_adv).abs() <= 1.0 / n + 1e-9, "ADVERSARIAL: sidecar {rate} vs pipeline {py_adv}");
+    assert!((flagged - py_flagged).abs() <= 2.0 / n + 1e-9, "flagged: sidecar {flagged} vs pipeline {py_flagged}");
     server.stop().await.unwrap();
 }

@@ -327,14 +327,15 @@ async fn a_real_prometheus_alerts_on_an_attack_and_every_dashboard_query_has_dat
         }
     }
 
-    // 3. PGD examples the detectors flag (advtest_sample.json), interleaved with more UAP
-    //    images, until the attack alert goes pending.
+    // 3. Attack examples the fused verdict flags ADVERSARIAL (the C&W items of
+    //    advtest_sample.json), interleaved with more UAP images, until the attack alert goes
+    //    pending.
     let sample: Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(MODEL).join("advtest_sample.json")).unwrap()).unwrap();
     let pgd: Vec<Vec<f32>> = sample["items"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|it| it["kind"] == "pgd20")
+        .filter(|it| it["kind"] == "cw")
         .map(|it| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
         .collect();
     assert!(!pgd.is_empty());

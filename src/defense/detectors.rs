@@ -10,6 +10,12 @@
 //! * `feature_squeezing` (Xu et al. 2018): see [`super::squeeze`]; scored from the logits
 //!   of the squeezed copies that ran in the same batch.
 //!
+//! * `fused`: a logistic regression over the scores of other detectors of the bundle (by
+//!   name, each listed before it) and `margin` (top-1 minus top-2 softmax probability):
+//!   score = 1 / (1 + e^-z), z = bias + sum_i weights[i] (x[i] - mean[i]) / scale[i]
+//!   (models/training/medsentry_training/fused.py). When a bundle has one, its thresholds
+//!   alone set the verdict.
+//!
 //! Higher scores are more adversarial in all.
 
 use serde::Deserialize;
@@ -23,6 +29,59 @@ pub enum Detector {
     Mahalanobis { means: Vec<Vec<f64>>, precision: Vec<Vec<f64>> },
     Logistic { mean: Vec<f64>, scale: Vec<f64>, weights: Vec<f64>, bias: f64 },
     FeatureSqueezing(Squeeze),
+    Fused(Fused),
+}
+
+/// The fused detector's combiner; scored by the screener from the other detectors' scores.
+#[derive(Debug, Clone)]
+pub struct Fused {
+    /// Detector names (and "margin"), in the order of the weights.
+    pub inputs: Vec<String>,
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+    weights: Vec<f64>,
+    bias: f64,
+}
+
+impl Fused {
+    /// `scores`: the other detectors' scores of this input, by name; NaN when an input is
+    /// missing or not finite.
+    pub fn score(&self, scores: &[(String, f64)], logits: &[f32]) -> f64 {
+        let margin = margin(logits);
+        let mut z = self.bias;
+        for (i, name) in self.inputs.iter().enumerate() {
+            let x = if name == "margin" { margin } else { scores.iter().find(|(n, _)| n == name).map_or(f64::NAN, |s| s.1) };
+            z += self.weights[i] * (x - self.mean[i]) / self.scale[i];
+        }
+        1.0 / (1.0 + (-z).exp())
+    }
+}
+
+/// Top-1 minus top-2 softmax probability (1 for a single logit).
+fn margin(logits: &[f32]) -> f64 {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let (mut first, mut second) = (0f64, 0f64);
+    for p in exp.iter().map(|e| e / sum) {
+        if p > first {
+            second = first;
+            first = p;
+        } else if p > second {
+            second = p;
+        }
+    }
+    first - second
+}
+
+#[derive(Deserialize)]
+struct FusedFile {
+    kind: String,
+    inputs: Vec<String>,
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+    weights: Vec<f64>,
+    bias: f64,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +134,20 @@ impl Detector {
                 Ok(Detector::Logistic { mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
             }
             "feature_squeezing" => Squeeze::load(bytes).map(Detector::FeatureSqueezing),
+            "fused" => {
+                let f: FusedFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                if f.kind != kind {
+                    return Err(format!("file says kind {:?}", f.kind));
+                }
+                let n = f.inputs.len();
+                if n == 0 || f.mean.len() != n || f.scale.len() != n || f.weights.len() != n {
+                    return Err(format!("mean, scale and weights must have one value per input ({n})"));
+                }
+                if !(finite(&f.mean) && finite(&f.weights) && f.bias.is_finite() && f.scale.iter().all(|s| s.is_finite() && *s > 0.0)) {
+                    return Err("values must be finite and scales positive".into());
+                }
+                Ok(Detector::Fused(Fused { inputs: f.inputs, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias }))
+            }
             other => Err(format!("unknown detector kind {other:?}")),
         }
     }
@@ -109,8 +182,9 @@ impl Detector {
                 let z = bias + x.zip(mean).zip(scale).zip(weights).map(|(((x, m), s), w)| w * (x - m) / s).sum::<f64>();
                 1.0 / (1.0 + (-z).exp())
             }
-            // Needs the squeezed copies' logits: see score_result.
-            Detector::FeatureSqueezing(_) => f64::NAN,
+            // Needs the squeezed copies' logits (score_result), or the other detectors'
+            // scores (the screener).
+            Detector::FeatureSqueezing(_) | Detector::Fused(_) => f64::NAN,
         }
     }
 }
@@ -137,6 +211,19 @@ mod tests {
         // z = -1 + 4 * (3 - 1) / 2 = 3
         let want = 1.0 / (1.0 + (-3.0f64).exp());
         assert!((d.score(&[3.0], &[9.0, 9.0]) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fused_combines_named_scores_and_the_margin() {
+        let file = br#"{"kind":"fused","inputs":["a","margin"],"mean":[1,0],"scale":[2,1],"weights":[4,-1],"bias":-1}"#;
+        let Detector::Fused(f) = Detector::load("fused", file, 1, 2).unwrap() else { panic!("not fused") };
+        // logits (0, 0): margin 0; z = -1 + 4 * (3 - 1) / 2 - 0 = 3
+        let want = 1.0 / (1.0 + (-3.0f64).exp());
+        assert!((f.score(&[("a".into(), 3.0)], &[0.0, 0.0]) - want).abs() < 1e-12);
+        // logits (ln 3, 0): p = (0.75, 0.25), margin 0.5, z = 3 - 0.5
+        let want = 1.0 / (1.0 + (-2.5f64).exp());
+        assert!((f.score(&[("a".into(), 3.0)], &[3f32.ln(), 0.0]) - want).abs() < 1e-6);
+        assert!(f.score(&[], &[0.0, 0.0]).is_nan(), "a missing input scores NaN");
     }
 
     #[test]

@@ -116,13 +116,15 @@ pub enum DefenseError {
     UnsupportedDetector { bundle: String, detector: String, kind: String },
     #[error("bundle {bundle}: detector {detector} ({file}) cannot be loaded: {message}")]
     BadDetector { bundle: String, detector: String, file: String, message: String },
+    #[error("bundle {bundle}: fused detector {detector} reads detector {input:?}, which is not listed before it")]
+    FusedInput { bundle: String, detector: String, input: String },
     #[error("bundle {bundle}: out-of-distribution model {file} cannot be loaded: {message}")]
     BadOod { bundle: String, file: String, message: String },
     #[error("policy disables detector {detector:?} of model {bundle}, which has only {available:?}")]
     UnknownDisabled { bundle: String, detector: String, available: Vec<String> },
 }
 
-const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing"];
+const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing", "fused"];
 
 /// The screening configuration of one served model.
 #[derive(Debug, Clone)]
@@ -158,6 +160,19 @@ impl Screener {
                 file: spec.file.clone(),
                 message,
             })?;
+            if let Detector::Fused(f) = &detector {
+                // Its inputs must be scored before it: detectors listed above it, or margin.
+                // One the policy disables takes the fused detector with it (the verdict is
+                // then the union of the others, as without one); one the bundle lacks is an error.
+                let scored = |i: &String| i == "margin" || detectors.iter().any(|(s, _): &(DetectorSpec, Detector)| &s.name == i);
+                if let Some(missing) = f.inputs.iter().find(|i| !scored(i)) {
+                    if disabled.contains(missing) {
+                        tracing::warn!(model = %m.name, detector = %spec.name, input = %missing, "the policy disables an input of the fused detector: it does not run, and the other detectors' union sets the verdict");
+                        continue;
+                    }
+                    return Err(DefenseError::FusedInput { bundle: m.name.clone(), detector: spec.name.clone(), input: missing.clone() });
+                }
+            }
             detectors.push((spec.clone(), detector));
         }
         let ood = match &m.ood {
@@ -243,14 +258,26 @@ impl Screener {
                 ood: None,
             };
         }
+        let mut named: Vec<(String, f64)> = Vec::with_capacity(self.detectors.len());
+        for (spec, detector) in &self.detectors {
+            let score = match detector {
+                Detector::Fused(f) => f.score(&named, &result.logits),
+                d => d.score_result(result),
+            };
+            named.push((spec.name.clone(), score));
+        }
+        // With a fused detector that scored, only its thresholds set the verdict (the union
+        // of the others flagged clean images at several times the calibrated rate); if it
+        // could not score, the others decide as before.
+        let fused_scored = self.detectors.iter().zip(&named).any(|((_, d), (_, s))| matches!(d, Detector::Fused(_)) && s.is_finite());
         let mut verdict = Verdict::Clean;
         let mut fused = 0f64;
         let mut failed = Vec::new();
         let scores: Vec<DetectorScore> = self
             .detectors
             .iter()
-            .map(|(spec, detector)| {
-                let score = detector.score_result(result);
+            .zip(named)
+            .map(|((spec, detector), (_, score))| {
                 if !score.is_finite() {
                     // NaN features or an overflowing formula: this detector has no opinion.
                     failed.push(spec.name.clone());
@@ -263,12 +290,14 @@ impl Screener {
                     };
                 }
                 let fired = score > spec.threshold as f64;
-                if fired {
-                    verdict = Verdict::Adversarial;
-                } else if verdict == Verdict::Clean && spec.suspicious_threshold.is_some_and(|t| score > t as f64) {
-                    verdict = Verdict::Suspicious;
+                if !fused_scored || matches!(detector, Detector::Fused(_)) {
+                    if fired {
+                        verdict = Verdict::Adversarial;
+                    } else if verdict == Verdict::Clean && spec.suspicious_threshold.is_some_and(|t| score > t as f64) {
+                        verdict = Verdict::Suspicious;
+                    }
+                    fused = fused.max(score / spec.threshold as f64);
                 }
-                fused = fused.max(score / spec.threshold as f64);
                 DetectorScore { name: spec.name.clone(), score: score as f32, threshold: spec.threshold, calibrated_fpr: spec.calibrated_fpr, fired }
             })
             .collect();
@@ -317,5 +346,22 @@ mod tests {
         assert_eq!(adv.verdict, Verdict::Adversarial);
         assert!(adv.detectors[0].fired && adv.fused_score > 1.0);
         assert_eq!(screener(4.0, None).screen_detectors(&at(3.0)).verdict, Verdict::Clean);
+    }
+
+    #[test]
+    fn a_fused_detector_alone_sets_the_verdict() {
+        let mut s = screener(4.0, Some(2.0));
+        // fused = sigmoid(maha - 10): over its 0.5 threshold only when maha > 10.
+        let file = br#"{"kind":"fused","inputs":["maha"],"mean":[10],"scale":[1],"weights":[1],"bias":0}"#;
+        let mut fused_spec = spec(0.5, Some(0.3));
+        fused_spec.name = "fused".into();
+        s.detectors.push((fused_spec, Detector::load("fused", file, 2, 2).unwrap()));
+        let v = s.screen_detectors(&at(5.0));
+        assert!(v.detectors[0].fired, "maha still reports that it fired");
+        assert_eq!(v.verdict, Verdict::Clean, "but the fused score (sigmoid(-5)) decides");
+        assert_eq!(s.screen_detectors(&at(11.0)).verdict, Verdict::Adversarial);
+        let nan = s.screen_detectors(&at(f32::NAN));
+        assert_eq!(nan.failed, ["maha", "fused"]);
+        assert_eq!(nan.verdict, Verdict::NotScreened);
     }
 }

@@ -279,18 +279,21 @@ pub fn copy_bundle(to: &std::path::Path, model: &str) -> PathBuf {
 pub const CHEST: &str = "chest-xray-pneumonia";
 
 /// Served detector name -> key of the pipeline's scores in advtest_sample.json.
-const SAMPLE_KEYS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze")];
+const SAMPLE_KEYS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze"), ("fused", "fused")];
 
 /// (clean, flagged) chest X-ray AdvTest tensors from advtest_sample.json, chosen by the pipeline's
-/// scores against the bundle's thresholds: the clean one is below every SUSPICIOUS
-/// threshold, the flagged one above an ADVERSARIAL threshold, both with a margin.
+/// scores against the thresholds that set the verdict (the fused detector's when the bundle
+/// has one, else every detector's): the clean one is below every SUSPICIOUS threshold, the
+/// flagged one above an ADVERSARIAL threshold, both with a margin.
 pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(CHEST).join("advtest_sample.json")).unwrap()).unwrap();
     let bundles = medsentry::bundle::load_all(&repo().join("models")).unwrap();
     let manifest = &bundles.iter().find(|b| b.name() == CHEST).unwrap().manifest;
+    let has_fused = manifest.detectors.iter().any(|d| d.kind == "fused");
     let thresholds: Vec<(&str, f64, f64)> = manifest
         .detectors
         .iter()
+        .filter(|d| !has_fused || d.kind == "fused")
         .map(|d| {
             let key = SAMPLE_KEYS.iter().find(|(n, _)| *n == d.name).unwrap_or_else(|| panic!("no sample key for {}", d.name)).1;
             (key, d.threshold as f64, d.suspicious_threshold.unwrap_or(d.threshold) as f64)

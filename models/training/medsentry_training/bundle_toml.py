@@ -22,7 +22,10 @@ from . import datasets
 # (training-free; thresholds from clean AdvTrain).
 SERVED = (("mahalanobis", "mahalanobis", "detector_mahalanobis.json"),
           ("learned-logistic", "logistic", "detector_logreg.json"),
-          ("feature-squeezing", "feature_squeezing", "detector_squeeze.json"))
+          ("feature-squeezing", "feature_squeezing", "detector_squeeze.json"),
+          # The fused detector (fused.py), when fitted: its thresholds set the verdict.
+          ("fused", "fused", "detector_fused.json"))
+OPTIONAL = ("fused",)
 
 
 def sha256(path: str) -> str:
@@ -66,6 +69,8 @@ def register_detectors(bundle_dir: str):
     detectors = []
     for name, kind, file in SERVED:
         p = os.path.join(bundle_dir, file)
+        if not os.path.exists(p) and name in OPTIONAL:
+            continue
         if not os.path.exists(p):
             raise SystemExit(f"{p} is missing: run `python -m medsentry_training.detectors` first")
         with open(p) as f:

@@ -97,6 +97,28 @@ DATASET_NOTES = {
 }
 
 
+def fused_section(fd, a):
+    if not fd:
+        return
+    a("\n## Fused detector (sets the verdict)\n")
+    thr = fd["thresholds"]
+    a(f"`{fd['command']}`. Logistic regression over {', '.join(fd['inputs'])} (weights "
+      f"{', '.join(f'{w:.2f}' for w in fd['weights'])} on standardised inputs), fitted on AdvTrain "
+      f"({fd['advtrain']['clean']} clean, {fd['advtrain']['adversarial']} successful FGSM/BIM/PGD-20/C&W examples made by "
+      f"this stage; base scores out-of-fold); thresholds {f3(thr['fpr_0.01'])} (ADVERSARIAL) and {f3(thr['fpr_0.05'])} "
+      f"(SUSPICIOUS) from its out-of-fold scores of clean AdvTrain. Clean AdvTest over them: fused "
+      f"{pct(fd['clean_advtest']['fpr_0.01']['fused'])} % / {pct(fd['clean_advtest']['fpr_0.05']['fused'])} %; the union of "
+      f"the served detectors, which set the verdict before: {pct(fd['clean_advtest']['fpr_0.01']['union'])} % / "
+      f"{pct(fd['clean_advtest']['fpr_0.05']['union'])} %.\n")
+    a("| attack | budget | seen by the combiner | n pos | fused AUROC | fused TPR@1% | fused TPR@5% | union TPR@1% | union TPR@5% |")
+    a("|---|---|---|---|---|---|---|---|---|")
+    for r in fd["rows"]:
+        a(f"| {r['attack']} | {r['budget']} | {'yes' if r['seen'] else 'no'} | {r['n_pos']} | {f3(r['auroc'])} | "
+          f"{pct(r['tpr_fpr_0.01'])} | {pct(r['tpr_fpr_0.05'])} | {pct(r['union_tpr_fpr_0.01'])} | {pct(r['union_tpr_fpr_0.05'])} |")
+    a("\nNon-adaptive PGD-20: AdvTest images fooled and answered CLEAN (below the SUSPICIOUS threshold), fused vs union: "
+      + ", ".join(f"{b} {pct(v['fused'])} % vs {pct(v['union'])} %" for b, v in fd["pgd20_fooled_and_clean"].items()) + ".\n")
+
+
 def ood_section(o, a):
     if not o:
         return
@@ -294,6 +316,7 @@ def render(out_dir: str) -> str:
     squeeze_section(full.get("feature_squeezing"), a)
     campaign_section(full.get("campaign"), a)
     ood_section(full.get("out_of_distribution"), a)
+    fused_section(full.get("fused_detector"), a)
 
     a("## ROC plots\n")
     for p in r.get("roc_plots", []):
