@@ -11,8 +11,9 @@ use crate::batcher::BatchError;
 use crate::bundle::InputSpec;
 use crate::decode::{self, CancelFlag, DecodeConfig, DecodeError, DecodeLimits, Reservation};
 use crate::defense::ood::OodModel;
+use crate::defense::residual::ResidualStatistics;
 use crate::defense::squeeze::Squeeze;
-use crate::defense::{campaign, CampaignStatus, DetectorScore, OodEvidence, Screening, Verdict};
+use crate::defense::{campaign, CampaignStatus, DetectorScore, Evidence, Screening, Verdict};
 use crate::enforce;
 use crate::metrics;
 use crate::preprocess;
@@ -144,6 +145,7 @@ pub async fn run(
     let want_residual = model.campaign.is_some();
     let squeeze = model.screener.squeeze().cloned();
     let ood = model.screener.ood_model().cloned();
+    let residual_stats = model.screener.residual_statistics().cloned();
     // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
     // comes back: a flagged one may be quarantined. If this call is dropped (the caller
     // cancelled or went away), the guard stops the decode at its next checkpoint; its
@@ -161,15 +163,20 @@ pub async fn run(
     let mut reservation = decoding.budget.reserve(cancel, deadline);
     let limits = decoding.limits;
     let (input, prepared, reservation) = tokio::task::spawn_blocking(move || {
-        let prepared =
-            prepare_within(&input, &spec, &limits, &mut reservation, Extras { residual: want_residual, squeeze: squeeze.as_ref(), ood: ood.as_ref() });
+        let prepared = prepare_within(
+            &input,
+            &spec,
+            &limits,
+            &mut reservation,
+            Extras { residual: want_residual, squeeze: squeeze.as_ref(), ood: ood.as_ref(), residual_stats: residual_stats.as_ref() },
+        );
         drop(slot);
         (input, prepared, reservation)
     })
     .await
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
     cancel_guard.disarm();
-    let Prepared { tensor, rows, residual, statistics, dicom, chroma, decode_s, preprocess_s } = prepared?;
+    let Prepared { tensor, rows, residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s } = prepared?;
     let name = model.name();
     metrics::record_stage(name, "decode", decode_s);
     metrics::record_stage(name, "preprocess", preprocess_s);
@@ -179,7 +186,7 @@ pub async fn run(
     metrics::record_stage(name, "infer", result.infer_seconds);
 
     let detect_start = Instant::now();
-    let evidence = OodEvidence { statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
+    let evidence = Evidence { residual_features: residual_features.as_deref(), statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
     let mut screening = model.screener.screen(&result, &evidence);
     let detect_s = detect_start.elapsed().as_secs_f64();
     metrics::record_stage(name, "detect", detect_s);
@@ -220,6 +227,8 @@ pub struct Prepared {
     pub residual: Option<Vec<f32>>,
     /// The out-of-distribution model's image statistics of the [0, 1] input, when asked for.
     pub statistics: Option<Vec<f64>>,
+    /// The residual-statistics detector's features of the [0, 1] input, when asked for.
+    pub residual_features: Option<Vec<f64>>,
     /// What the DICOM header says the image is (None for other inputs).
     pub dicom: Option<crate::decode::DicomAttributes>,
     /// Mean chroma of a decoded colour image (None for single-channel inputs and tensors).
@@ -238,6 +247,8 @@ pub struct Extras<'a> {
     pub squeeze: Option<&'a Squeeze>,
     /// The out-of-distribution model, whose image statistics are wanted.
     pub ood: Option<&'a OodModel>,
+    /// The residual-statistics detector, whose features are wanted.
+    pub residual_stats: Option<&'a ResidualStatistics>,
 }
 
 /// Decode + preprocess, with the seconds each step took, with no memory budget.
@@ -283,6 +294,7 @@ fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64,
     let (h, w) = (spec.height as usize, spec.width as usize);
     let residual = extras.residual.then(|| campaign::residual(&pixels, h, w));
     let statistics = extras.ood.map(|m| m.image_statistics(&pixels, h, w));
+    let residual_features = extras.residual_stats.map(|r| r.features(&pixels, h, w));
     let copies = extras.squeeze.map(|s| s.copies(&pixels, h, w));
     // Each row is normalised on its own (normalize walks one row's channel planes).
     preprocess::normalize(&mut pixels, spec);
@@ -292,7 +304,7 @@ fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64,
         pixels.extend_from_slice(&copy);
         rows += 1;
     }
-    Prepared { tensor: pixels, rows, residual, statistics, dicom, chroma: None, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
+    Prepared { tensor: pixels, rows, residual, statistics, residual_features, dicom, chroma: None, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
 }
 
 /// Mean over pixels of max - min over the three planes: 0 for a grayscale image stored as RGB.

@@ -227,7 +227,8 @@ async fn a_disabled_detector_does_not_run_and_an_unknown_one_stops_start_up() {
     let mut client = server.client().await;
     let s = client.screen(tensor_request("x", vec![1, 64, 64], sample_pair().0)).await.unwrap().into_inner().screening.unwrap();
     let names: Vec<&str> = s.detectors.iter().map(|d| d.name.as_str()).collect();
-    assert_eq!(names, ["mahalanobis", "learned-logistic"]);
+    // The fused detector reads feature squeezing: it does not run either (README, "Verdicts").
+    assert_eq!(names, ["mahalanobis", "learned-logistic", "residual-statistics"]);
     server.stop().await.unwrap();
 
     let policy = write_policy(dir.path(), &format!("[models.\"{MODEL}\"]\ndisable_detectors = [\"squeezing\"]\n"));

@@ -7,10 +7,17 @@ mod common;
 use common::*;
 use medsentry::proto;
 
-/// Served detector name -> key of the pipeline's scores in advtest_sample.json. `fused`
-/// (medsentry_training.fused) is checked in the bundles that serve it.
-const DETECTORS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze"), ("fused", "fused")];
-const OPTIONAL: &[&str] = &["fused"];
+/// Served detector name -> key of the pipeline's scores in advtest_sample.json.
+/// `residual-statistics` and `fused` (medsentry_training.fused) are checked in the bundles
+/// that serve them.
+const DETECTORS: &[(&str, &str)] = &[
+    ("mahalanobis", "mahalanobis"),
+    ("learned-logistic", "logreg"),
+    ("feature-squeezing", "squeeze"),
+    ("residual-statistics", "residual"),
+    ("fused", "fused"),
+];
+const OPTIONAL: &[&str] = &["residual-statistics", "fused"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chest_xray_detector_scores_match_the_pipeline_and_attacks_are_flagged() {

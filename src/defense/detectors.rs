@@ -10,6 +10,8 @@
 //! * `feature_squeezing` (Xu et al. 2018): see [`super::squeeze`]; scored from the logits
 //!   of the squeezed copies that ran in the same batch.
 //!
+//! * `residual_statistics`: see [`super::residual`]; scored from the input's residual.
+//!
 //! * `fused`: a logistic regression over the scores of other detectors of the bundle (by
 //!   name, each listed before it) and `margin` (top-1 minus top-2 softmax probability):
 //!   score = 1 / (1 + e^-z), z = bias + sum_i weights[i] (x[i] - mean[i]) / scale[i]
@@ -20,15 +22,26 @@
 
 use serde::Deserialize;
 
+use super::residual::ResidualStatistics;
 use super::squeeze::Squeeze;
 use crate::batcher::InferResult;
 
 /// A loaded detector, ready to score one input.
 #[derive(Debug, Clone)]
 pub enum Detector {
-    Mahalanobis { means: Vec<Vec<f64>>, precision: Vec<Vec<f64>> },
-    Logistic { mean: Vec<f64>, scale: Vec<f64>, weights: Vec<f64>, bias: f64 },
+    Mahalanobis {
+        means: Vec<Vec<f64>>,
+        precision: Vec<Vec<f64>>,
+    },
+    Logistic {
+        mean: Vec<f64>,
+        scale: Vec<f64>,
+        weights: Vec<f64>,
+        bias: f64,
+    },
     FeatureSqueezing(Squeeze),
+    /// Scored by the screener from the input's residual features (see [`super::residual`]).
+    ResidualStatistics(ResidualStatistics),
     Fused(Fused),
 }
 
@@ -134,6 +147,7 @@ impl Detector {
                 Ok(Detector::Logistic { mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
             }
             "feature_squeezing" => Squeeze::load(bytes).map(Detector::FeatureSqueezing),
+            "residual_statistics" => ResidualStatistics::load(bytes).map(Detector::ResidualStatistics),
             "fused" => {
                 let f: FusedFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
                 if f.kind != kind {
@@ -184,7 +198,7 @@ impl Detector {
             }
             // Needs the squeezed copies' logits (score_result), or the other detectors'
             // scores (the screener).
-            Detector::FeatureSqueezing(_) | Detector::Fused(_) => f64::NAN,
+            Detector::FeatureSqueezing(_) | Detector::Fused(_) | Detector::ResidualStatistics(_) => f64::NAN,
         }
     }
 }

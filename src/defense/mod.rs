@@ -16,6 +16,7 @@ pub mod campaign;
 mod detectors;
 pub mod ood;
 pub mod policy;
+pub mod residual;
 pub mod squeeze;
 
 use thiserror::Error;
@@ -84,9 +85,12 @@ pub struct OodCheck {
     pub evidence: Option<&'static str>,
 }
 
-/// What the out-of-distribution check needs besides the forward pass.
+/// What screening needs besides the forward pass, computed from the input by decode and
+/// preprocess.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct OodEvidence<'a> {
+pub struct Evidence<'a> {
+    /// [`residual::ResidualStatistics::features`] of the [0, 1] input, for that detector.
+    pub residual_features: Option<&'a [f64]>,
     /// [`ood::OodModel::image_statistics`] of the [0, 1] model input.
     pub statistics: Option<&'a [f64]>,
     /// The DICOM header's attributes (None for PNG/JPEG and tensors).
@@ -124,7 +128,7 @@ pub enum DefenseError {
     UnknownDisabled { bundle: String, detector: String, available: Vec<String> },
 }
 
-const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing", "fused"];
+const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing", "residual_statistics", "fused"];
 
 /// The screening configuration of one served model.
 #[derive(Debug, Clone)]
@@ -191,6 +195,15 @@ impl Screener {
         Ok(Screener { model: m.name.clone(), detectors, ood, accepts: m.accepts.clone() })
     }
 
+    /// The residual-statistics detector, whose features the pipeline computes from the
+    /// [0, 1] input.
+    pub fn residual_statistics(&self) -> Option<&residual::ResidualStatistics> {
+        self.detectors.iter().find_map(|(_, d)| match d {
+            Detector::ResidualStatistics(r) => Some(r),
+            _ => None,
+        })
+    }
+
     /// The out-of-distribution model, whose image statistics the pipeline computes from
     /// the [0, 1] input.
     pub fn ood_model(&self) -> Option<&ood::OodModel> {
@@ -198,7 +211,7 @@ impl Screener {
     }
 
     /// The out-of-distribution check alone (None: the bundle has neither [ood] nor [accepts]).
-    fn check_ood(&self, result: &InferResult, evidence: &OodEvidence) -> Option<OodCheck> {
+    fn check_ood(&self, result: &InferResult, evidence: &Evidence) -> Option<OodCheck> {
         if self.ood.is_none() && self.accepts.is_none() {
             return None;
         }
@@ -235,9 +248,9 @@ impl Screener {
 
     /// The verdict for one forward pass: the detectors' unless the out-of-distribution check
     /// finds the input unlike the training images.
-    pub fn screen(&self, result: &InferResult, evidence: &OodEvidence) -> Screening {
+    pub fn screen(&self, result: &InferResult, evidence: &Evidence) -> Screening {
         let ood = self.check_ood(result, evidence);
-        let mut s = self.screen_detectors(result);
+        let mut s = self.screen_detectors(result, evidence);
         if let Some(reason) = ood.as_ref().and_then(|o| o.reason.as_ref()) {
             s.verdict = Verdict::OutOfDistribution;
             let note = format!("out of distribution: {reason}; the adversarial detectors do not judge such inputs");
@@ -247,7 +260,7 @@ impl Screener {
         s
     }
 
-    fn screen_detectors(&self, result: &InferResult) -> Screening {
+    fn screen_detectors(&self, result: &InferResult, evidence: &Evidence) -> Screening {
         if self.detectors.is_empty() {
             return Screening {
                 verdict: Verdict::NotScreened,
@@ -262,6 +275,7 @@ impl Screener {
         for (spec, detector) in &self.detectors {
             let score = match detector {
                 Detector::Fused(f) => f.score(&named, &result.logits),
+                Detector::ResidualStatistics(r) => evidence.residual_features.map_or(f64::NAN, |f| r.score(f)),
                 d => d.score_result(result),
             };
             named.push((spec.name.clone(), score));
@@ -338,14 +352,14 @@ mod tests {
     #[test]
     fn verdicts_follow_the_thresholds() {
         let s = screener(4.0, Some(2.0));
-        let clean = s.screen_detectors(&at(1.0));
+        let clean = s.screen_detectors(&at(1.0), &Evidence::default());
         assert_eq!(clean.verdict, Verdict::Clean);
         assert!((clean.fused_score - 0.25).abs() < 1e-6);
-        assert_eq!(s.screen_detectors(&at(3.0)).verdict, Verdict::Suspicious);
-        let adv = s.screen_detectors(&at(5.0));
+        assert_eq!(s.screen_detectors(&at(3.0), &Evidence::default()).verdict, Verdict::Suspicious);
+        let adv = s.screen_detectors(&at(5.0), &Evidence::default());
         assert_eq!(adv.verdict, Verdict::Adversarial);
         assert!(adv.detectors[0].fired && adv.fused_score > 1.0);
-        assert_eq!(screener(4.0, None).screen_detectors(&at(3.0)).verdict, Verdict::Clean);
+        assert_eq!(screener(4.0, None).screen_detectors(&at(3.0), &Evidence::default()).verdict, Verdict::Clean);
     }
 
     #[test]
@@ -356,11 +370,11 @@ mod tests {
         let mut fused_spec = spec(0.5, Some(0.3));
         fused_spec.name = "fused".into();
         s.detectors.push((fused_spec, Detector::load("fused", file, 2, 2).unwrap()));
-        let v = s.screen_detectors(&at(5.0));
+        let v = s.screen_detectors(&at(5.0), &Evidence::default());
         assert!(v.detectors[0].fired, "maha still reports that it fired");
         assert_eq!(v.verdict, Verdict::Clean, "but the fused score (sigmoid(-5)) decides");
-        assert_eq!(s.screen_detectors(&at(11.0)).verdict, Verdict::Adversarial);
-        let nan = s.screen_detectors(&at(f32::NAN));
+        assert_eq!(s.screen_detectors(&at(11.0), &Evidence::default()).verdict, Verdict::Adversarial);
+        let nan = s.screen_detectors(&at(f32::NAN), &Evidence::default());
         assert_eq!(nan.failed, ["maha", "fused"]);
         assert_eq!(nan.verdict, Verdict::NotScreened);
     }

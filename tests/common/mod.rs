@@ -279,7 +279,13 @@ pub fn copy_bundle(to: &std::path::Path, model: &str) -> PathBuf {
 pub const CHEST: &str = "chest-xray-pneumonia";
 
 /// Served detector name -> key of the pipeline's scores in advtest_sample.json.
-const SAMPLE_KEYS: &[(&str, &str)] = &[("mahalanobis", "mahalanobis"), ("learned-logistic", "logreg"), ("feature-squeezing", "squeeze"), ("fused", "fused")];
+const SAMPLE_KEYS: &[(&str, &str)] = &[
+    ("mahalanobis", "mahalanobis"),
+    ("learned-logistic", "logreg"),
+    ("feature-squeezing", "squeeze"),
+    ("residual-statistics", "residual"),
+    ("fused", "fused"),
+];
 
 /// (clean, flagged) chest X-ray AdvTest tensors from advtest_sample.json, chosen by the pipeline's
 /// scores against the thresholds that set the verdict (the fused detector's when the bundle
@@ -308,7 +314,8 @@ pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
         .expect("a clean sample below every threshold");
     let flagged = items
         .iter()
-        .find(|it| it["kind"] != "clean" && thresholds.iter().any(|(k, t, _)| score(it, k) > t * 1.02))
+        // Fused scores are probabilities: a margin of a quarter of the way from t to 1.
+        .find(|it| it["kind"] != "clean" && thresholds.iter().any(|(k, t, _)| score(it, k) > if has_fused { t + 0.25 * (1.0 - t) } else { t * 1.02 }))
         .expect("an adversarial sample over a threshold");
     (pixels(clean), pixels(flagged))
 }

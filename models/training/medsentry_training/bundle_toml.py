@@ -23,9 +23,11 @@ from . import datasets
 SERVED = (("mahalanobis", "mahalanobis", "detector_mahalanobis.json"),
           ("learned-logistic", "logistic", "detector_logreg.json"),
           ("feature-squeezing", "feature_squeezing", "detector_squeeze.json"),
-          # The fused detector (fused.py), when fitted: its thresholds set the verdict.
+          # Fitted by fused.py: residual statistics (residual.py) and the fused detector, whose
+          # thresholds set the verdict.
+          ("residual-statistics", "residual_statistics", "detector_residual.json"),
           ("fused", "fused", "detector_fused.json"))
-OPTIONAL = ("fused",)
+OPTIONAL = ("residual-statistics", "fused")
 
 
 def sha256(path: str) -> str:

@@ -4,11 +4,12 @@ advtest_sample.json.
 
     python -m medsentry_training.fused --dataset chest_xray [--out DIR]
 
-The served detectors (Mahalanobis, learned logistic, feature squeezing) each have a 1 %
+The served detectors (Mahalanobis, learned logistic, feature squeezing, and the residual
+statistics detector this stage fits: residual.py) each have a 1 %
 and a 5 % threshold; the verdict used to be their union, so clean images were flagged at
 about three times the calibrated rate (clean AdvTest: 3.2 % ADVERSARIAL; official test set:
 11 % SUSPICIOUS or ADVERSARIAL). The fused detector is a logistic regression (scikit-learn,
-standardised inputs, classes balanced) over those three scores and the classifier's
+standardised inputs, classes balanced) over those four scores and the classifier's
 confidence margin (top-1 minus top-2 softmax probability; successful attacks on a hardened
 model sit near the decision boundary):
     score = 1 / (1 + exp(-(bias + sum_i weights[i] * (x[i] - mean[i]) / scale[i])))
@@ -37,12 +38,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from . import advcommon as C
-from . import bundle_toml, datasets, detectors, squeeze
+from . import bundle_toml, datasets, detectors, residual, squeeze
 from .ood import Classifier
 
 BUDGETS = (1, 2, 4, 8)
 FPRS = (0.01, 0.05)
-INPUTS = ("mahalanobis", "learned-logistic", "feature-squeezing", "margin")
+INPUTS = ("mahalanobis", "learned-logistic", "feature-squeezing", "residual-statistics", "margin")
 
 
 def make_attacks(net, x: np.ndarray, y: np.ndarray, unseen: bool) -> list:
@@ -80,19 +81,20 @@ class Inputs:
         self.pred = p.argmax(1)
         sq = [np.abs(p - squeeze.softmax(Inputs.logits_of(clf, f(x)))).sum(1) for f in (squeeze.squeeze_bits, squeeze.squeeze_median)]
         self.squeeze = np.maximum(*sq)
+        self.residual_features = residual.features(x)
 
     @staticmethod
     def logits_of(clf, x):
         return np.concatenate([clf.session.run(["logits"], {clf.names[0]: (x[i:i + 256] - clf.mean) / clf.std})[0]
                                for i in range(0, len(x), 256)]).astype(np.float64)
 
-    def matrix(self, maha: np.ndarray, logistic: np.ndarray) -> np.ndarray:
-        return np.column_stack([maha, logistic, self.squeeze, self.margin])
+    def matrix(self, maha: np.ndarray, logistic: np.ndarray, resid: np.ndarray) -> np.ndarray:
+        return np.column_stack([maha, logistic, self.squeeze, resid, self.margin])
 
 
-def base_scores(dets: dict, inp: Inputs):
+def base_scores(dets: dict, resid_model, inp: Inputs):
     s = detectors.score_all(dets, inp.logits, inp.feats)
-    return s["mahalanobis"], s["logreg"]
+    return s["mahalanobis"], s["logreg"], residual.score(resid_model, inp.residual_features)
 
 
 def oof_base(clean: Inputs, y: np.ndarray, adv: Inputs, src_fold: np.ndarray, fold: np.ndarray, k: int):
@@ -161,7 +163,13 @@ def main(argv=None):
     src = np.concatenate(src)
     fold = detectors.folds(y_tr)
     oc, oa = oof_base(clean, y_tr, adv, fold[src], fold, len(spec.labels))
-    Xc, Xa = clean.matrix(oc[:, 0], oc[:, 1]), adv.matrix(oa[:, 0], oa[:, 1])
+    rc, ra = residual.out_of_fold(clean.residual_features, adv.residual_features, fold, fold[src], detectors.N_FOLDS)
+    resid_model = residual.fit(clean.residual_features, adv.residual_features)
+    resid_thresholds = {f"fpr_{p}": detectors.threshold_at(rc, p) for p in FPRS}
+    C.write_json(os.path.join(out_dir, "detector_residual.json"), residual.to_json(
+        resid_model, resid_thresholds, f"AdvTrain: {len(rc)} clean, {len(ra)} successful FGSM/BIM/PGD-20/C&W examples; "
+        "thresholds from out-of-fold clean scores"))
+    Xc, Xa = clean.matrix(oc[:, 0], oc[:, 1], rc), adv.matrix(oa[:, 0], oa[:, 1], ra)
     oof = np.zeros(len(Xc))
     for f in range(detectors.N_FOLDS):
         a = fold[src] != f
@@ -180,10 +188,11 @@ def main(argv=None):
     served = {n: dets[n]["thresholds"] if "thresholds" in dets[n] else None for n in ("mahalanobis", "logreg")}
 
     def evaluate(inp):
-        maha, logi = base_scores(dets, inp)
+        # The union of the three detectors served before this stage: the verdict it replaces.
+        maha, logi, resid = base_scores(dets, resid_model, inp)
         union = {p: (maha > served["mahalanobis"][p]) | (logi > served["logreg"][p]) | (inp.squeeze > sq_thr[p])
                  for p in ("fpr_0.01", "fpr_0.05")}
-        return fused_score(model, inp.matrix(maha, logi)), union
+        return fused_score(model, inp.matrix(maha, logi, resid)), union
 
     y_te = y[te]
     ct = Inputs(clf, x[te])
@@ -225,18 +234,19 @@ def main(argv=None):
     cw = next(xa for fam, _, xa in att_te if fam == "cw")
     cw_inp = Inputs(clf, cw)
     ok = np.flatnonzero(successful(cw_inp, y_te, ct.pred))
-    add_to_sample(out_dir, clf, dets, model, thresholds["fpr_0.01"], [(cw[i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok])
+    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], [(cw[i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok])
     C.merge_report(out_dir, "fused_detector", {
         "command": f"python -m medsentry_training.fused --dataset {args.dataset}", "inputs": list(INPUTS),
-        "weights": lr.coef_[0].tolist(), "thresholds": thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
+        "weights": lr.coef_[0].tolist(), "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
         "clean_advtest": clean_rates, "rows": rows, "pgd20_fooled_and_clean": passes, "seconds": round(time.time() - t0, 1)})
     print(f"[done] fused detector: clean AdvTest {clean_rates} ({time.time() - t0:.0f}s)", flush=True)
 
 
-def add_to_sample(out_dir: str, clf, dets, model, threshold: float, cw: list, per_kind: int = 3) -> None:
+def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float, cw: list, per_kind: int = 3) -> None:
     """The fused score of each advtest_sample.json item, for the Rust parity test, and up to
     `per_kind` successful C&W AdvTest examples that the fused detector flags ADVERSARIAL
-    (with a 2 % margin, as tests/common picks its flagged input), so that the tests have a flagged input under the fused verdict."""
+    (a quarter of the way from the threshold to 1, as tests/common picks its flagged
+    input), so that the tests have a flagged input under the fused verdict."""
     path = os.path.join(out_dir, "advtest_sample.json")
     with open(path) as f:
         sample = json.load(f)
@@ -244,15 +254,18 @@ def add_to_sample(out_dir: str, clf, dets, model, threshold: float, cw: list, pe
     sample["items"] = [it for it in sample["items"] if it["kind"] != "cw"]
     x = np.array([it["pixels"] for it in sample["items"]], dtype=np.float32).reshape(-1, *shape[-3:])
     inp = Inputs(clf, x)
-    s = fused_score(model, inp.matrix(*base_scores(dets, inp)))
-    for it, v in zip(sample["items"], s):
+    base = base_scores(dets, resid_model, inp)
+    s = fused_score(model, inp.matrix(*base))
+    for it, v, r in zip(sample["items"], s, base[2]):
         it["scores"]["fused"] = float(v)
+        it["scores"]["residual"] = float(r)
     if cw:
         xc = np.stack([c[0] for c in cw])
         ci = Inputs(clf, xc)
         base = detectors.score_all(dets, ci.logits, ci.feats)
-        fs = fused_score(model, ci.matrix(base["mahalanobis"], base["logreg"]))
-        for j in [j for j in np.argsort(-fs) if fs[j] > threshold * 1.02][:per_kind]:
+        base["residual"] = residual.score(resid_model, ci.residual_features)
+        fs = fused_score(model, ci.matrix(base["mahalanobis"], base["logreg"], base["residual"]))
+        for j in [j for j in np.argsort(-fs) if fs[j] > threshold + 0.25 * (1 - threshold)][:per_kind]:
             _, index, label, file = cw[j]
             sample["items"].append({
                 "kind": "cw", "attack": "cw", "budget": "l2_c1", "index": index, "file": file, "label": label,

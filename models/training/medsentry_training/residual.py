@@ -1,0 +1,70 @@
+"""The residual-statistics detector (detector_residual.json), fitted by the `fused` stage.
+
+Steganalysis-style (Liu et al. 2019, in spirit): it reads the input, not the network.
+Gradient attacks add dense, small, high-frequency changes to images that are smooth at
+the model's resolution (area-downsampled radiographs); the 4-neighbour Laplacian of the
+[0, 1] model input (edges replicated, every channel) shows them. Features: the square root
+of the share of |residual| values in each bin of EDGES (in 1/255 units), the mean |residual|
+and the root mean square residual. Score = logistic regression (scikit-learn, standardised
+features, classes balanced) of clean vs successful adversarial AdvTrain inputs:
+    score = 1 / (1 + exp(-(bias + sum_i weights[i] * (f[i] - mean[i]) / scale[i])))
+Its Rust twin is src/defense/residual.rs.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+# Bin edges of |residual| in 1/255 units (the last bin is open).
+EDGES_255 = (0, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def laplacian(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> 4 * x - the 4 neighbours (edges replicated), float64."""
+    x = x.astype(np.float64)
+    p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    return 4 * x - p[:, :, :-2, 1:-1] - p[:, :, 2:, 1:-1] - p[:, :, 1:-1, :-2] - p[:, :, 1:-1, 2:]
+
+
+def features(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) [0, 1] -> (N, len(EDGES_255) + 2)."""
+    r = np.abs(laplacian(x)).reshape(len(x), -1)
+    edges = np.array(EDGES_255, dtype=np.float64) / 255
+    # Bin k holds [edges[k], edges[k+1]); the last bin [edges[-1], inf).
+    idx = np.searchsorted(edges, r, side="right") - 1
+    hist = np.stack([np.bincount(row, minlength=len(edges)) for row in idx]) / r.shape[1]
+    return np.column_stack([np.sqrt(hist), r.mean(1), np.sqrt((r ** 2).mean(1))])
+
+
+def fit(f_clean: np.ndarray, f_adv: np.ndarray):
+    X = np.vstack([f_clean, f_adv])
+    t = np.r_[np.zeros(len(f_clean)), np.ones(len(f_adv))]
+    scaler = StandardScaler().fit(X)
+    return scaler, LogisticRegression(class_weight="balanced", C=1.0, max_iter=2000).fit(scaler.transform(X), t)
+
+
+def score(model, f: np.ndarray) -> np.ndarray:
+    scaler, lr = model
+    return lr.predict_proba(scaler.transform(f))[:, 1]
+
+
+def out_of_fold(f_clean, f_adv, fold, src_fold, folds: int):
+    """Scores of clean AdvTrain and its adversarial examples from models fitted without
+    their fold (an example goes with its clean image's fold)."""
+    sc, sa = np.zeros(len(f_clean)), np.zeros(len(f_adv))
+    for k in range(folds):
+        m = fit(f_clean[fold != k], f_adv[src_fold != k])
+        sc[fold == k] = score(m, f_clean[fold == k])
+        sa[src_fold == k] = score(m, f_adv[src_fold == k])
+    return sc, sa
+
+
+def to_json(model, thresholds: dict, fitted_on: str) -> dict:
+    scaler, lr = model
+    return {"kind": "residual_statistics", "edges_255": list(EDGES_255), "mean": scaler.mean_.tolist(),
+            "scale": scaler.scale_.tolist(), "weights": lr.coef_[0].tolist(), "bias": float(lr.intercept_[0]),
+            "thresholds": thresholds, "features": "sqrt of the share of |4-neighbour Laplacian| of the [0, 1] input in "
+            "each [edges[k], edges[k+1]) / 255 bin (last open), mean |r|, sqrt(mean r^2)",
+            "score": "1 / (1 + exp(-(bias + sum_i weights[i] * (f[i] - mean[i]) / scale[i])))",
+            "fitted_on": fitted_on, "generated_by": "python -m medsentry_training.fused"}
