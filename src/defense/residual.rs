@@ -34,7 +34,7 @@ impl ResidualStatistics {
         if f.kind != "residual_statistics" {
             return Err(format!("file says kind {:?}", f.kind));
         }
-        if f.edges_255.first() != Some(&0.0) || f.edges_255.windows(2).any(|w| !(w[0] < w[1])) || f.edges_255.len() > 256 {
+        if f.edges_255.first() != Some(&0.0) || f.edges_255.windows(2).any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less)) || f.edges_255.len() > 256 {
             return Err("edges_255 must rise from 0 (at most 256)".into());
         }
         let n = f.edges_255.len() + 2;
