@@ -210,7 +210,9 @@ def main(argv=None):
     bundle_toml.set_ood(out_dir, section, ACCEPTS[args.dataset])
 
     # Parity fixture: a few official test images (their [0, 1] tensors) and Python's scores.
-    pick = np.concatenate([np.flatnonzero(y_test == c)[:2] for c in np.unique(y_test)])
+    # (Two per class for 2-class bundles, one per class otherwise: the fixture stays small.)
+    per = 2 if len(np.unique(y_test)) <= 2 else 1
+    pick = np.concatenate([np.flatnonzero(y_test == c)[:per] for c in np.unique(y_test)])
     fix = {"bundle": spec.name, "threshold": threshold,
            "cases": [{"file": files_test[i], "score": float(s_test[i]),
                       "tensor": np.round(x_test[i].astype(np.float64), 7).ravel().tolist()} for i in pick]}
