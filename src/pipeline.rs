@@ -11,7 +11,7 @@ use crate::batcher::BatchError;
 use crate::bundle::InputSpec;
 use crate::decode::{self, CancelFlag, DecodeConfig, DecodeError, DecodeLimits, Reservation};
 use crate::defense::ood::OodModel;
-use crate::defense::residual::ResidualStatistics;
+use crate::defense::residual::{self, ResidualStatistics};
 use crate::defense::squeeze::Squeeze;
 use crate::defense::{campaign, CampaignStatus, DetectorScore, Evidence, Screening, Verdict};
 use crate::enforce;
@@ -146,6 +146,7 @@ pub async fn run(
     let squeeze = model.screener.squeeze().cloned();
     let ood = model.screener.ood_model().cloned();
     let residual_stats = model.screener.residual_statistics().cloned();
+    let chroma = model.screener.checks_chroma();
     // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
     // comes back: a flagged one may be quarantined. If this call is dropped (the caller
     // cancelled or went away), the guard stops the decode at its next checkpoint; its
@@ -168,7 +169,7 @@ pub async fn run(
             &spec,
             &limits,
             &mut reservation,
-            Extras { residual: want_residual, squeeze: squeeze.as_ref(), ood: ood.as_ref(), residual_stats: residual_stats.as_ref() },
+            Extras { residual: want_residual, squeeze: squeeze.as_ref(), ood: ood.as_ref(), residual_stats: residual_stats.as_ref(), chroma },
         );
         drop(slot);
         (input, prepared, reservation)
@@ -249,6 +250,9 @@ pub struct Extras<'a> {
     pub ood: Option<&'a OodModel>,
     /// The residual-statistics detector, whose features are wanted.
     pub residual_stats: Option<&'a ResidualStatistics>,
+    /// The mean chroma of a colour input (the bundle's [accepts] max_chroma), a pass over
+    /// the full-resolution image only bundles that check it pay for.
+    pub chroma: bool,
 }
 
 /// Decode + preprocess, with the seconds each step took, with no memory budget.
@@ -281,7 +285,7 @@ pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, re
     };
     let decode_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let chroma = (image.channels == 3).then(|| mean_chroma(&image));
+    let chroma = (extras.chroma && image.channels == 3).then(|| mean_chroma(&image));
     let pixels = preprocess::to_model_space(&image, spec);
     let mut p = finish(pixels, spec, extras, decode_s, image.dicom.take());
     p.chroma = chroma;
@@ -292,9 +296,11 @@ pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, re
 fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64, dicom: Option<crate::decode::DicomAttributes>) -> Prepared {
     let t = Instant::now();
     let (h, w) = (spec.height as usize, spec.width as usize);
-    let residual = extras.residual.then(|| campaign::residual(&pixels, h, w));
+    // One Laplacian for the campaign monitor and the residual-statistics detector.
+    let laplacian = (extras.residual || extras.residual_stats.is_some()).then(|| residual::laplacian(&pixels, h, w));
+    let residual_features = extras.residual_stats.zip(laplacian.as_deref()).map(|(r, l)| r.features(l));
+    let residual = laplacian.filter(|_| extras.residual).map(campaign::normalized);
     let statistics = extras.ood.map(|m| m.image_statistics(&pixels, h, w));
-    let residual_features = extras.residual_stats.map(|r| r.features(&pixels, h, w));
     let copies = extras.squeeze.map(|s| s.copies(&pixels, h, w));
     // Each row is normalised on its own (normalize walks one row's channel planes).
     preprocess::normalize(&mut pixels, spec);

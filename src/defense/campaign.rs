@@ -127,20 +127,12 @@ fn chi_square(counts: &[usize], reference: &[f32]) -> f64 {
 /// Unit-norm, zero-mean 4-neighbour Laplacian residual (edges replicated) of a [C, H, W]
 /// tensor of [0, 1] intensities; all channels in one vector. Zero for a flat image.
 pub fn residual(pixels: &[f32], height: usize, width: usize) -> Vec<f32> {
-    let plane = height * width;
-    let mut r = vec![0f64; pixels.len()];
-    for (c, chunk) in pixels.chunks(plane).enumerate() {
-        let at = |y: usize, x: usize| chunk[y * width + x] as f64;
-        for y in 0..height {
-            for x in 0..width {
-                let up = at(y.saturating_sub(1), x);
-                let down = at((y + 1).min(height - 1), x);
-                let left = at(y, x.saturating_sub(1));
-                let right = at(y, (x + 1).min(width - 1));
-                r[c * plane + y * width + x] = 4.0 * at(y, x) - up - down - left - right;
-            }
-        }
-    }
+    normalized(super::residual::laplacian(pixels, height, width))
+}
+
+/// [`residual`] from the Laplacian itself (the pipeline computes it once for the campaign
+/// monitor and the residual-statistics detector).
+pub fn normalized(mut r: Vec<f64>) -> Vec<f32> {
     let mean = r.iter().sum::<f64>() / r.len().max(1) as f64;
     r.iter_mut().for_each(|v| *v -= mean);
     let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();

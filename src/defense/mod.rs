@@ -195,6 +195,12 @@ impl Screener {
         Ok(Screener { model: m.name.clone(), detectors, ood, accepts: m.accepts.clone() })
     }
 
+    /// Whether the out-of-distribution check reads a colour input's chroma ([accepts]
+    /// max_chroma).
+    pub fn checks_chroma(&self) -> bool {
+        self.accepts.as_ref().is_some_and(|a| a.max_chroma.is_some())
+    }
+
     /// The residual-statistics detector, whose features the pipeline computes from the
     /// [0, 1] input.
     pub fn residual_statistics(&self) -> Option<&residual::ResidualStatistics> {

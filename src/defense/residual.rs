@@ -34,7 +34,10 @@ impl ResidualStatistics {
         if f.kind != "residual_statistics" {
             return Err(format!("file says kind {:?}", f.kind));
         }
-        if f.edges_255.first() != Some(&0.0) || f.edges_255.windows(2).any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less)) || f.edges_255.len() > 256 {
+        if f.edges_255.first() != Some(&0.0)
+            || f.edges_255.windows(2).any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+            || f.edges_255.len() > 256
+        {
             return Err("edges_255 must rise from 0 (at most 256)".into());
         }
         let n = f.edges_255.len() + 2;
@@ -49,31 +52,19 @@ impl ResidualStatistics {
         Ok(ResidualStatistics { edges, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
     }
 
-    /// The features of a [C, H, W] tensor of [0, 1] intensities.
-    pub fn features(&self, pixels: &[f32], height: usize, width: usize) -> Vec<f64> {
-        let plane = height * width;
+    /// The features of the [`laplacian`] of a [0, 1] input.
+    pub fn features(&self, laplacian: &[f64]) -> Vec<f64> {
         let mut hist = vec![0u64; self.edges.len()];
-        let (mut abs_sum, mut sq_sum, mut n) = (0f64, 0f64, 0u64);
-        for chunk in pixels.chunks(plane) {
-            let at = |y: usize, x: usize| chunk[y * width + x] as f64;
-            for y in 0..height {
-                for x in 0..width {
-                    let r = 4.0 * at(y, x)
-                        - at(y.saturating_sub(1), x)
-                        - at((y + 1).min(height - 1), x)
-                        - at(y, x.saturating_sub(1))
-                        - at(y, (x + 1).min(width - 1));
-                    let a = r.abs();
-                    // Bin k holds [edges[k], edges[k+1]); NaN lands in bin 0 and poisons the sums.
-                    let bin = self.edges.partition_point(|e| *e <= a).saturating_sub(1);
-                    hist[bin] += 1;
-                    abs_sum += a;
-                    sq_sum += r * r;
-                    n += 1;
-                }
-            }
+        let (mut abs_sum, mut sq_sum) = (0f64, 0f64);
+        for &r in laplacian {
+            let a = r.abs();
+            // Bin k holds [edges[k], edges[k+1]); NaN lands in bin 0 and poisons the sums.
+            let bin = self.edges.partition_point(|e| *e <= a).saturating_sub(1);
+            hist[bin] += 1;
+            abs_sum += a;
+            sq_sum += r * r;
         }
-        let n = n.max(1) as f64;
+        let n = laplacian.len().max(1) as f64;
         let mut f: Vec<f64> = hist.iter().map(|h| (*h as f64 / n).sqrt()).collect();
         f.push(abs_sum / n);
         f.push((sq_sum / n).sqrt());
@@ -90,6 +81,27 @@ impl ResidualStatistics {
     }
 }
 
+/// 4 x each value minus its 4 neighbours (edges replicated), per channel plane, of a
+/// [C, H, W] tensor of [0, 1] intensities: the high-pass residual this detector and the
+/// campaign monitor read.
+pub fn laplacian(pixels: &[f32], height: usize, width: usize) -> Vec<f64> {
+    let plane = height * width;
+    let mut r = vec![0f64; pixels.len()];
+    for (c, chunk) in pixels.chunks(plane).enumerate() {
+        let at = |y: usize, x: usize| chunk[y * width + x] as f64;
+        for y in 0..height {
+            for x in 0..width {
+                let up = at(y.saturating_sub(1), x);
+                let down = at((y + 1).min(height - 1), x);
+                let left = at(y, x.saturating_sub(1));
+                let right = at(y, (x + 1).min(width - 1));
+                r[c * plane + y * width + x] = 4.0 * at(y, x) - up - down - left - right;
+            }
+        }
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,12 +110,12 @@ mod tests {
     fn a_flat_image_has_no_residual_and_a_checkerboard_a_large_one() {
         let json = r#"{"kind":"residual_statistics","edges_255":[0,1,8],"mean":[0,0,0,0,0],"scale":[1,1,1,1,1],"weights":[0,0,0,1,0],"bias":0}"#;
         let d = ResidualStatistics::load(json.as_bytes()).unwrap();
-        let flat = d.features(&[0.5; 16], 4, 4);
+        let flat = d.features(&laplacian(&[0.5; 16], 4, 4));
         assert_eq!(flat, [1.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(d.score(&flat), 0.5);
         // Interior pixels of a 0/1 checkerboard: |4 * 1 - 0| = 4 > 8/255: the open last bin.
         let board: Vec<f32> = (0..16).map(|i| ((i / 4 + i % 4) % 2) as f32).collect();
-        let f = d.features(&board, 4, 4);
+        let f = d.features(&laplacian(&board, 4, 4));
         assert!(f[2] > 0.0 && f[3] > 1.0 && d.score(&f) > 0.7, "{f:?}");
         assert!(d.score(&f[..4]).is_nan());
     }

@@ -68,25 +68,15 @@ class Inputs:
     logits and features (as the sidecar runs it), feature squeezing and the margin."""
 
     def __init__(self, clf: Classifier, x: np.ndarray):
-        logits, feats = [], []
-        for i in range(0, len(x), 256):
-            lo, fe = clf.session.run(["logits", clf.names[1]], {clf.names[0]: (x[i:i + 256] - clf.mean) / clf.std})
-            logits.append(lo)
-            feats.append(fe)
-        self.logits = np.concatenate(logits).astype(np.float64)
-        self.feats = np.concatenate(feats).astype(np.float64)
+        self.logits, self.feats = clf.run(x, clf.logits_name, clf.features_name)
         p = squeeze.softmax(self.logits)
         top = np.sort(p, axis=1)
         self.margin = top[:, -1] - top[:, -2]
         self.pred = p.argmax(1)
-        sq = [np.abs(p - squeeze.softmax(Inputs.logits_of(clf, f(x)))).sum(1) for f in (squeeze.squeeze_bits, squeeze.squeeze_median)]
+        sq = [np.abs(p - squeeze.softmax(clf.run(f(x), clf.logits_name)[0])).sum(1)
+              for f in (squeeze.squeeze_bits, squeeze.squeeze_median)]
         self.squeeze = np.maximum(*sq)
         self.residual_features = residual.features(x)
-
-    @staticmethod
-    def logits_of(clf, x):
-        return np.concatenate([clf.session.run(["logits"], {clf.names[0]: (x[i:i + 256] - clf.mean) / clf.std})[0]
-                               for i in range(0, len(x), 256)]).astype(np.float64)
 
     def matrix(self, maha: np.ndarray, logistic: np.ndarray, resid: np.ndarray) -> np.ndarray:
         return np.column_stack([maha, logistic, self.squeeze, resid, self.margin])

@@ -109,13 +109,17 @@ class Classifier:
         inp, out = self.manifest["input"], self.manifest["outputs"]
         self.mean = np.array(inp["mean"], np.float32)[:, None, None]
         self.std = np.array(inp["std"], np.float32)[:, None, None]
-        self.names = (out["input"], out["features"])
+        self.input, self.logits_name, self.features_name = out["input"], out["logits"], out["features"]
         self.session = ort.InferenceSession(os.path.join(bundle_dir, "classifier.onnx"), providers=["CPUExecutionProvider"])
 
+    def run(self, x: np.ndarray, *outputs: str) -> list:
+        """The named outputs for [0, 1] inputs x, in batches of 256, as float64 arrays."""
+        parts = [self.session.run(list(outputs), {self.input: (x[i:i + 256] - self.mean) / self.std})
+                 for i in range(0, len(x), 256)]
+        return [np.concatenate([p[k] for p in parts]).astype(np.float64) for k in range(len(outputs))]
+
     def features(self, x: np.ndarray) -> np.ndarray:
-        out = [self.session.run([self.names[1]], {self.names[0]: (x[i:i + 256] - self.mean) / self.std})[0]
-               for i in range(0, len(x), 256)]
-        return np.concatenate(out).astype(np.float64)
+        return self.run(x, self.features_name)[0]
 
 
 def vectors(x: np.ndarray, clf: Classifier, grid: int) -> np.ndarray:
