@@ -73,9 +73,32 @@ pub struct InputSpec {
     pub resize: String,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Memory layout of the graph's input; everything before the engine is NCHW.
+    #[serde(default)]
+    pub layout: Layout,
     /// How DICOM is turned into [0, 1] before the steps above (documentation for users).
     #[serde(default)]
     pub dicom: Option<String>,
+}
+
+/// Axis order of the graph's input tensor. A hospital's own graph (Keras, TensorFlow
+/// exports) may take NHWC; the engine transposes the NCHW batch it is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    #[default]
+    Nchw,
+    Nhwc,
+}
+
+/// What the class output holds. Detectors and the answer are computed from logits, so a
+/// graph that ends in a softmax is read as logits = ln(p) (softmax(ln p) = p).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreKind {
+    #[default]
+    Logits,
+    Probabilities,
 }
 
 impl InputSpec {
@@ -96,6 +119,9 @@ pub struct OutputSpec {
     pub logits: String,
     pub features: String,
     pub feature_dim: usize,
+    /// Whether the output named by `logits` holds logits or probabilities.
+    #[serde(default)]
+    pub scores: ScoreKind,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::BundleError;
-pub use manifest::{Accepts, CampaignSpec, ColorMode, DetectorSpec, Hardening, InputSpec, Manifest, OodSpec, OutputSpec};
+pub use manifest::{Accepts, CampaignSpec, ColorMode, DetectorSpec, Hardening, InputSpec, Layout, Manifest, OodSpec, OutputSpec, ScoreKind};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
 

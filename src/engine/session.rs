@@ -4,9 +4,13 @@
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{Tensor, TensorElementType, ValueType};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, Layout, ScoreKind};
 
 use super::{Device, EngineError, ExecutionProvider};
+
+/// Smallest probability taken before the log when a graph answers probabilities (the
+/// pipeline's fit/torch_graph.py uses the same constant).
+const MIN_PROBABILITY: f32 = 1e-30;
 
 /// Logits and features of a batch, row-major.
 #[derive(Debug, Clone)]
@@ -23,6 +27,12 @@ pub struct ModelSession {
     features: String,
     /// Input shape without the batch dimension (C, H, W).
     item_shape: [usize; 3],
+    /// The graph's axis order: batches arrive NCHW and are transposed for an NHWC graph.
+    layout: Layout,
+    /// Probabilities are turned into logits (ln p) as they leave the session.
+    scores: ScoreKind,
+    /// A graph with a fixed batch of 1 (bundle max_batch 1) is accepted as it is.
+    fixed_batch_one: bool,
     num_labels: usize,
     feature_dim: usize,
     /// The provider this session really runs on (CUDA may have fallen back to CPU).
@@ -51,6 +61,9 @@ impl ModelSession {
             logits: m.outputs.logits.clone(),
             features: m.outputs.features.clone(),
             item_shape,
+            layout: m.input.layout,
+            scores: m.outputs.scores,
+            fixed_batch_one: m.max_batch == 1,
             num_labels: m.labels.len(),
             feature_dim: m.outputs.feature_dim,
             provider,
@@ -67,10 +80,20 @@ impl ModelSession {
             let names: Vec<_> = inputs.iter().map(|o| o.name().to_string()).collect();
             return mismatch(format!("graph has no input {:?} (inputs: {names:?})", self.input));
         };
-        let want: Vec<i64> = self.item_shape.iter().map(|&d| d as i64).collect();
+        let [c, h, w] = self.item_shape.map(|d| d as i64);
+        let want = match self.layout {
+            Layout::Nchw => [c, h, w],
+            Layout::Nhwc => [h, w, c],
+        };
+        let batch_ok = |b: i64| b <= 0 || (b == 1 && self.fixed_batch_one);
         match input.dtype() {
-            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 4 && shape[0] <= 0 && shape[1..] == want[..] => {}
-            other => return mismatch(format!("input {:?} is {other:?}; bundle.toml says float32 [N, {want:?}] with a dynamic batch", self.input)),
+            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 4 && batch_ok(shape[0]) && shape[1..] == want[..] => {}
+            other => {
+                return mismatch(format!(
+                    "input {:?} is {other:?}; bundle.toml says float32 [N, {want:?}] ({:?}) with a dynamic batch (or max_batch = 1 for a batch of 1)",
+                    self.input, self.layout
+                ))
+            }
         }
         for (name, width) in [(&self.logits, self.num_labels), (&self.features, self.feature_dim)] {
             let Some(out) = self.session.outputs().iter().find(|o| o.name() == name.as_str()) else {
@@ -87,7 +110,11 @@ impl ModelSession {
     /// Runs `n` inputs laid out contiguously in `input` (n * C * H * W normalised values).
     pub fn run(&mut self, input: Vec<f32>, n: usize) -> Result<BatchOutput, EngineError> {
         let [c, h, w] = self.item_shape;
-        let tensor = Tensor::from_array(([n, c, h, w], input)).map_err(|e| EngineError::Run(e.to_string()))?;
+        let tensor = match self.layout {
+            Layout::Nchw => Tensor::from_array(([n, c, h, w], input)),
+            Layout::Nhwc => Tensor::from_array(([n, h, w, c], to_nhwc(&input, n, c, h * w))),
+        }
+        .map_err(|e| EngineError::Run(e.to_string()))?;
         let outputs = self.session.run(ort::inputs![self.input.as_str() => tensor]).map_err(|e| EngineError::Run(e.to_string()))?;
         let extract = |name: &str, width: usize| -> Result<Vec<f32>, EngineError> {
             let value = outputs.get(name).ok_or_else(|| EngineError::Run(format!("output {name} missing")))?;
@@ -97,8 +124,35 @@ impl ModelSession {
             }
             Ok(data.to_vec())
         };
-        let logits = extract(&self.logits, self.num_labels)?;
+        let mut logits = extract(&self.logits, self.num_labels)?;
+        if self.scores == ScoreKind::Probabilities {
+            logits.iter_mut().for_each(|p| *p = p.max(MIN_PROBABILITY).ln());
+        }
         let features = extract(&self.features, self.feature_dim)?;
         Ok(BatchOutput { logits, features })
+    }
+}
+
+/// (n, c, hw) row-major -> (n, hw, c).
+fn to_nhwc(input: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; input.len()];
+    for i in 0..n {
+        let (src, dst) = (&input[i * c * hw..(i + 1) * c * hw], &mut out[i * c * hw..(i + 1) * c * hw]);
+        for ch in 0..c {
+            for p in 0..hw {
+                dst[p * c + ch] = src[ch * hw + p];
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn to_nhwc_interleaves_channels() {
+        // two items, 3 channels, 2 pixels: item 0 planes [0 1][2 3][4 5]
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        assert_eq!(super::to_nhwc(&x, 2, 3, 2), vec![0., 2., 4., 1., 3., 5., 6., 8., 10., 7., 9., 11.]);
     }
 }

@@ -36,11 +36,13 @@ SERVED = "hardened"
 
 
 def default_bundle_dir(spec) -> str:
-    return os.path.join(datasets.REPO, "models", spec.name)
+    return spec.bundle_dir or os.path.join(datasets.REPO, "models", spec.name)
 
 
 def attack_dir(spec, limit: int | None) -> str:
     sub = spec.name if not limit else f"{spec.name}_limit{limit}"
+    if spec.fit_dir is not None:
+        return os.path.join(spec.fit_dir, "attacks" if not limit else f"attacks_limit{limit}")
     return os.path.join(ATTACK_ROOT, sub)
 
 
@@ -53,11 +55,20 @@ def sha256_file(path: str) -> str:
 
 
 def ckpt_path(spec, kind: str) -> str:
+    """A fitted bundle's served model is its classifier.onnx (attacked through its graph);
+    it has no standard or surrogate checkpoint (a path that does not exist)."""
+    if spec.fit_dir is not None:
+        return os.path.join(default_bundle_dir(spec), "classifier.onnx") if kind == SERVED else \
+            os.path.join(spec.fit_dir, f"no_{kind}_checkpoint.pt")
     return os.path.join(CKPT_DIR, f"{spec.name}_{kind}.pt")
 
 
 def load_ckpt(path: str):
-    """(model: Normalized in eval mode, checkpoint dict). Architecture from ck['arch']."""
+    """(model: Normalized in eval mode, checkpoint dict). Architecture from ck['arch'];
+    an .onnx file is a fitted bundle's classifier, converted to PyTorch (fit/torch_graph.py)."""
+    if path.endswith(".onnx"):
+        from .fit.torch_graph import load_onnx_model
+        return load_onnx_model(path)
     ck = torch.load(path, weights_only=False, map_location="cpu")
     if ck.get("arch") == "surrogate":
         net = SimpleCNN(ck["channels"], len(ck["labels"]))
@@ -75,18 +86,23 @@ def snapshot_served(spec, out_dir: str) -> tuple[str, str]:
     """Copy the live served checkpoint into out_dir (read once, so a concurrent overwrite by
     the training job cannot tear it). Returns (snapshot path, sha256)."""
     src = ckpt_path(spec, SERVED)
+    onnx_file = src.endswith(".onnx")
     for _ in range(5):
         with open(src, "rb") as f:
             data = f.read()
         try:  # make sure the bytes are a complete checkpoint
             import io
-            torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
+            if onnx_file:
+                import onnx
+                onnx.load_model_from_string(data)
+            else:
+                torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
             break
         except Exception:  # training job was writing it: retry
             time.sleep(2)
     else:
         raise SystemExit(f"could not read a complete checkpoint from {src}")
-    dst = os.path.join(out_dir, "served_snapshot.pt")
+    dst = os.path.join(out_dir, "served_snapshot.onnx" if onnx_file else "served_snapshot.pt")
     with open(dst + ".tmp", "wb") as f:
         f.write(data)
     os.replace(dst + ".tmp", dst)
@@ -145,13 +161,13 @@ def stage_args(doc: str, argv, extra=None):
     """The options every stage after `attacks` takes (--dataset, --limit, --out; `extra` adds
     more to the parser): returns (args, spec, out_dir), out_dir defaulting to the bundle."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    datasets.add_dataset_arg(ap)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", default=None, help="bundle folder (default models/<bundle>/)")
     if extra:
         extra(ap)
     args = ap.parse_args(argv)
-    spec = datasets.SPECS[args.dataset]
+    spec = datasets.resolve(args.dataset)
     return args, spec, os.path.abspath(args.out) if args.out else default_bundle_dir(spec)
 
 

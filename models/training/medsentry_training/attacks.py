@@ -71,6 +71,7 @@ class Stage:
         split, x, y, files = C.make_split(spec, limit)
         self.split, self.x, self.y, self.files = split, x, y, files
         snap, sha = C.snapshot_served(spec, self.adir)
+        self.snapshot = os.path.basename(snap)
         self.models, self.shas = {}, {"hardened": sha}
         self.models["hardened"], ck = C.load_ckpt(snap)
         self.served_epoch = ck.get("epoch")
@@ -80,6 +81,11 @@ class Stage:
                 self.models[kind], _ = C.load_ckpt(p)
                 self.shas[kind] = C.sha256_file(p)
         print(f"[models] served=hardened epoch {self.served_epoch} sha {sha[:12]}; have {sorted(self.models)}", flush=True)
+
+    def targets(self):
+        """The served model, and the standard one where there is one (a fitted bundle has
+        only the served classifier)."""
+        return [t for t in ("hardened", "standard") if t in self.models]
 
     def want(self, attack):
         return self.only is None or attack in self.only
@@ -187,7 +193,7 @@ class Stage:
 
     # -- attack families
     def linf_family(self):
-        for target in ["hardened", "standard"]:
+        for target in self.targets():
             m = self.models[target]
             for e in C.EPS_LIST:
                 eps, b = e / 255, f"linf_{e}"
@@ -215,7 +221,7 @@ class Stage:
     def aa_lite(self):
         if not self.want("aa_lite"):
             return
-        for target in ["hardened", "standard"]:
+        for target in self.targets():
             m = self.models[target]
             for e in C.EPS_LIST:
                 eps = e / 255
@@ -278,7 +284,7 @@ class Stage:
                 xi = zeta / 100 * norms[norm]
                 b = f"{norm}_z{zeta}"
                 if self.want("uap_random"):
-                    for target in ["hardened", "standard"]:
+                    for target in self.targets():
                         shas = {target: self.shas[target]}
                         path = self.path(target, "uap_random", b)
                         if self.skip(path, shas):
@@ -291,7 +297,7 @@ class Stage:
                                   {"uap": v.numpy()})
                 if not self.want("uap"):
                     continue
-                for target in ["hardened", "standard"]:
+                for target in self.targets():
                     m = self.models[target]
                     for tc in [None, *range(len(self.spec.labels))]:
                         name = "uap" if tc is None else f"uap_to{tc}"
@@ -336,7 +342,7 @@ class Stage:
         summ.update(self.summary)
         C.write_json(mp, {"dataset": self.spec.name, "limit": self.limit, "small_n": self.small_n,
                           "served": "hardened", "served_epoch": self.served_epoch, "shas": self.shas,
-                          "snapshot": "served_snapshot.pt", "split_seed": C.SPLIT_SEED,
+                          "snapshot": self.snapshot, "split_seed": C.SPLIT_SEED,
                           "split": {h: self.split[h].tolist() for h in ["train", "test"]},
                           "uap_mean_norms": getattr(self, "uap_norms", old.get("uap_mean_norms")),
                           "square_queries": SQUARE_QUERIES, "attack_seconds": times, "summary": summ})
@@ -345,17 +351,20 @@ class Stage:
 def main(argv=None):
     global SQUARE_QUERIES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    datasets.add_dataset_arg(ap)
     ap.add_argument("--limit", type=int, default=None, help="images per half (quick check)")
     ap.add_argument("--small-n", type=int, default=SMALL_N, help="images per half for one-pixel and L-BFGS")
     ap.add_argument("--only", default=None, help="comma list of attack names")
     ap.add_argument("--force", action="store_true", help="redo files that are present")
+    ap.add_argument("--eps", default=None, help="Linf budgets in 1/255, comma list (default 1,2,4,8)")
     ap.add_argument("--square-queries", type=int, default=SQUARE_QUERIES, help="Square query budget (quick checks: fewer)")
     args = ap.parse_args(argv)
     SQUARE_QUERIES = args.square_queries
+    if args.eps:
+        C.EPS_LIST[:] = [int(e) for e in args.eps.split(",")]
     t0 = time.time()
     only = set(args.only.split(",")) if args.only else None
-    st = Stage(datasets.SPECS[args.dataset], args.limit, args.small_n, args.force, only)
+    st = Stage(datasets.resolve(args.dataset), args.limit, args.small_n, args.force, only)
     print(f"[split] AdvTrain {len(st.split['train'])} AdvTest {len(st.split['test'])} -> {os.path.relpath(st.adir, datasets.REPO)}", flush=True)
     steps = [("linf (fgsm/bim/pgd20)", st.linf_family), ("cw+square", st.cw_square), ("transfer", st.transfer),
              ("uap", st.uaps), ("onepixel+lbfgs (subset)", st.small), ("aa_lite (AdvTest)", st.aa_lite)]

@@ -126,9 +126,10 @@ def set_ood(bundle_dir: str, section: dict, accepts: dict):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    datasets.add_dataset_arg(ap)
     args = ap.parse_args(argv)
-    register_detectors(os.path.join(datasets.REPO, "models", datasets.SPECS[args.dataset].name))
+    spec = datasets.resolve(args.dataset)
+    register_detectors(spec.bundle_dir or os.path.join(datasets.REPO, "models", spec.name))
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def fixture_streams(spec, x_test, advtest, thr: float, rng) -> list:
     """UAP streams from the committed fixtures (every AdvTest image carries the UAP, and at
     half its norm as a stand-in for the weaker budgets), shuffled and in file order."""
     rows = []
-    fix_dir = os.path.join(datasets.REPO, "tests", "fixtures", "campaign")
+    fix_dir = datasets.fixture_dir(spec, "campaign")
     for name in FIXTURES:
         path = os.path.join(fix_dir, f"{spec.name}__{name}.npy")
         if not os.path.exists(path):
@@ -197,6 +197,10 @@ def main(argv=None):
     st = C.load_stage(spec, args.limit)
     rng = np.random.default_rng(0)
     tr, te = st.split["train"], st.split["test"]
+    if min(len(tr), len(te)) < RESIDUAL_WINDOW:
+        print(f"[skip] campaign: AdvTrain/AdvTest hold {len(tr)}/{len(te)} images, fewer than one window of "
+              f"{RESIDUAL_WINDOW}: no [campaign] section, so the monitor does not run for this bundle", flush=True)
+        return
     logits, _ = C.forward_batches(st.model, st.x)
     pred = logits.argmax(1)
     k = logits.shape[1]
@@ -224,7 +228,7 @@ def main(argv=None):
                      "predicted_mix": (np.bincount(rec["pred_adv"][m], minlength=k) / m.sum()).tolist()})
         print(f"[campaign] {rec['attack']} {rec['budget']}: residual {res_rate:.3f}, class mix {mix_rate:.3f}", flush=True)
 
-    fix_dir = os.path.join(datasets.REPO, "tests", "fixtures", "campaign")
+    fix_dir = datasets.fixture_dir(spec, "campaign")
     os.makedirs(fix_dir, exist_ok=True)
     for rec in st.recs:
         name = f"{rec['attack']}__{rec['budget']}"

@@ -32,6 +32,10 @@ class DatasetSpec:
     # test set (patient-disjoint from its training set), and which rows of labels.csv it uses.
     patient_test_share: float | None = None
     rows_where: tuple | None = None  # (column, value)
+    # Bundles fitted for a classifier this pipeline did not train (`fit`): the fit's work
+    # folder (fit.json, the preprocessed images, attack records) and the bundle it builds.
+    fit_dir: str | None = None
+    bundle_dir: str | None = None
 
 
 CHEST_XRAY = DatasetSpec(
@@ -72,6 +76,42 @@ OCT = DatasetSpec(
 SPECS = {"chest_xray": CHEST_XRAY, "pneumoniamnist": PNEUMONIAMNIST, "dermoscopy": DERMOSCOPY, "oct": OCT}
 
 
+def resolve(name: str) -> DatasetSpec:
+    """A data set by its key in SPECS, or a `fit` work folder (one holding fit.json)."""
+    if name in SPECS:
+        return SPECS[name]
+    path = os.path.join(name, "fit.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"--dataset {name!r}: neither one of {sorted(SPECS)} nor a fit work folder (no fit.json)")
+    import json
+    with open(path) as f:
+        fit = json.load(f)
+    return DatasetSpec(**{**fit["spec"], "labels": tuple(fit["spec"]["labels"]), "fit_dir": os.path.abspath(name)})
+
+
+def fixture_dir(spec: DatasetSpec, kind: str) -> str:
+    """Where a stage writes (and reads) the fixtures of the Rust tests: tests/fixtures/KIND,
+    or for a fitted bundle its work folder (a fit run must not write into the repository;
+    fixtures of a bundle that is committed are copied from there by hand)."""
+    if spec.fit_dir is not None:
+        return os.path.join(spec.fit_dir, "fixtures", kind)
+    return os.path.join(REPO, "tests", "fixtures", kind)
+
+
+def fit_config(spec: DatasetSpec) -> dict:
+    """fit.json of a fitted bundle ({} for the pipeline's own data sets)."""
+    if spec.fit_dir is None:
+        return {}
+    import json
+    with open(os.path.join(spec.fit_dir, "fit.json")) as f:
+        return json.load(f)
+
+
+def add_dataset_arg(ap) -> None:
+    ap.add_argument("--dataset", default="chest_xray", metavar="NAME|FIT_DIR",
+                    help=f"one of {', '.join(sorted(SPECS))}, or the work folder of a `fit` run")
+
+
 def unit_hash(text: str) -> float:
     """A deterministic number in [0, 1) for a string (sha256), for seedless, stable splits."""
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16 ** 12
@@ -86,6 +126,9 @@ def _split_of(spec: DatasetSpec, row: dict) -> str:
 def groups(spec: DatasetSpec, files) -> np.ndarray | None:
     """Patient id of each file for the sets split by patient (several images per patient),
     None for the others. OCT file names are <CLASS>-<patient>-<n>.jpeg."""
+    if spec.fit_dir is not None:
+        z = np.load(os.path.join(spec.fit_dir, "images_test.npz"), allow_pickle=False)
+        return z["groups"] if "groups" in z.files else None
     if spec.patient_test_share is None:
         return None
     return np.array([os.path.basename(f).split("-")[1] for f in files])
@@ -97,7 +140,12 @@ def _rows(spec: DatasetSpec):
 
 
 def load_split(spec: DatasetSpec, split: str):
-    """Returns (x float32 (N, C, S, S) in [0, 1], y int64 (N,), files list)."""
+    """Returns (x float32 (N, C, S, S) in [0, 1], y int64 (N,), files list). For a fitted
+    bundle: the labelled images the fit read ("test": split into AdvTrain/AdvTest) and its
+    training images ("train": the user's, or AdvTrain when none were given)."""
+    if spec.fit_dir is not None:
+        z = np.load(os.path.join(spec.fit_dir, f"images_{split}.npz"), allow_pickle=False)
+        return z["x"], z["y"], list(z["files"])
     os.makedirs(WORK, exist_ok=True)
     cache = os.path.join(WORK, f"{spec.name}_{split}_{spec.size}.npz")
     if os.path.exists(cache):

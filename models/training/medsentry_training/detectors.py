@@ -220,10 +220,11 @@ def check_onnx(out_dir: str, model, x: np.ndarray):
     onnx_path = os.path.join(out_dir, "classifier.onnx")
     if not os.path.exists(onnx_path):
         return None
-    import onnxruntime as ort
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    norm = ((x - model.mean.numpy()) / model.std.numpy()).astype(np.float32)
-    lo, fe = sess.run(["logits", "features"], {"input": norm})
+    if not os.path.exists(os.path.join(out_dir, "bundle.toml")):
+        return None
+    from .ood import Classifier
+    clf = Classifier(out_dir)
+    lo, fe = clf.run(x, clf.logits_name, clf.features_name)
     tl, tf = C.forward_batches(model, x)
     diff = max(float(np.abs(lo - tl).max()), float(np.abs(fe - tf).max()))
     return {"onnx_sha256": C.sha256_file(onnx_path), "max_abs_diff_vs_snapshot": diff}

@@ -169,7 +169,9 @@ def main(argv=None):
     with C.timed(times, "load"):
         st = C.load_stage(spec, args.limit)
         adir, man, model, ck, x, y, files, split, recs = st.adir, st.man, st.model, st.ck, st.x, st.y, st.files, st.split, st.recs
-        std_model, std_ck = C.load_ckpt(C.ckpt_path(spec, "standard"))
+        # A fitted bundle (the hospital's own model) has no standard twin to compare with.
+        std_path = C.ckpt_path(spec, "standard")
+        std_model, std_ck = C.load_ckpt(std_path) if os.path.exists(std_path) else (None, None)
         dets = load_detectors(out_dir)
         if not dets:
             raise SystemExit(f"no detector_*.json in {out_dir}: run medsentry_training.detectors first")
@@ -179,7 +181,8 @@ def main(argv=None):
     rep = {"command": "python -m medsentry_training.evaluate --dataset " + args.dataset +
                       (f" --limit {args.limit}" if args.limit else "") +
                       (f" --out {os.path.relpath(out_dir, os.path.join(datasets.REPO, 'models', 'training'))}" if args.out else ""),
-           "pipeline_command": "python -m medsentry_training.run_all --dataset " + args.dataset +
+           "pipeline_command": (spec.fit_dir and "python -m medsentry_training.fit (fit.json in its work folder)") or
+                               "python -m medsentry_training.run_all --dataset " + args.dataset +
                                (f" --limit {args.limit}" if args.limit else ""),
            "limit": args.limit, "quick_check": bool(args.limit), "labels": list(spec.labels),
            "served": {"classifier": "hardened", "checkpoint_sha256": man["shas"]["hardened"], "epoch": ck.get("epoch"),
@@ -190,8 +193,9 @@ def main(argv=None):
                              "uap_mean_norms": man.get("uap_mean_norms")},
            "attack_seconds": man.get("attack_seconds")}
     with C.timed(times, "clean"):
-        rep["clean_test"] = {"standard": clean_eval(std_model.net, std_ck, x, y), "hardened": clean_eval(model.net, ck, x, y),
-                             "n": int(len(y))}
+        rep["clean_test"] = {"hardened": clean_eval(model.net, ck, x, y), "n": int(len(y))}
+        if std_model is not None:
+            rep["clean_test"]["standard"] = clean_eval(std_model.net, std_ck, x, y)
     with C.timed(times, "robust+uap tables"):
         rep["robust_accuracy_advtest"] = robust_tables(recs, y)
         rep["uap"] = uap_table(recs, spec.labels)

@@ -119,6 +119,27 @@ def successful(inp: Inputs, y: np.ndarray, clean_pred: np.ndarray) -> np.ndarray
     return (clean_pred == y) & (inp.pred != y)
 
 
+def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
+    """make_attacks' lists from the attack stage's records (a fitted bundle's attacks are
+    expensive at full size, and attacks.py made the same ones): (family, budget, x_adv)
+    aligned with x[tr] and x[te]; Square on AdvTest only, as make_attacks does."""
+    adir = C.attack_dir(spec, None)
+    man = C.load_manifest(adir)
+    out_tr, out_te = [], []
+    for r in C.load_attacks(adir, "hardened", shas=man["shas"]):
+        if r["attack"] not in ("fgsm", "bim", "pgd20", "cw", "square"):
+            continue
+        pos = {int(i): k for k, i in enumerate(r["index"])}
+        for half, idx, out in ((0, tr, out_tr), (1, te, out_te)):
+            if r["attack"] == "square" and half == 0:
+                continue
+            rows = [pos.get(int(i)) for i in idx]
+            if any(p is None or r["split"][p] != half for p in rows):
+                raise SystemExit(f"attack record {r['file']} does not cover the split in adv_split.json: rerun attacks")
+            out.append((r["attack"], r["budget"], r["x_adv"][rows]))
+    return out_tr, out_te
+
+
 def auroc(neg, pos):
     return C.auroc(np.asarray(neg), np.asarray(pos)) if len(pos) and len(neg) else None
 
@@ -133,7 +154,9 @@ def main(argv=None):
     tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     cache = os.path.join(datasets.WORK, f"fused_{spec.name}.npz")
-    if os.path.exists(cache):
+    if spec.fit_dir is not None:  # a fitted bundle: the attack stage's records, made the same way
+        att_tr, att_te = attacks_from_records(spec, tr, te)
+    elif os.path.exists(cache):
         z = np.load(cache, allow_pickle=True)
         att_tr, att_te = list(z["train"]), list(z["test"])
     else:
@@ -189,7 +212,7 @@ def main(argv=None):
     neg, neg_union = evaluate(ct)
     rows = []
     attacks = [(fam, b, xa, fam in ("fgsm", "bim", "pgd20", "cw")) for fam, b, xa in att_te]
-    fix_dir = os.path.join(datasets.REPO, "tests", "fixtures", "campaign")
+    fix_dir = datasets.fixture_dir(spec, "campaign")
     for name in ("uap__linf_z4", "uap_to0__l2_z4"):
         p = os.path.join(fix_dir, f"{spec.name}__{name}.npy")
         if os.path.exists(p):
@@ -221,10 +244,13 @@ def main(argv=None):
                         "base scores and thresholds out-of-fold", "generated_by": "python -m medsentry_training.fused"}
     C.write_json(os.path.join(out_dir, "detector_fused.json"), det)
     bundle_toml.register_detectors(out_dir)
-    cw = next(xa for fam, _, xa in att_te if fam == "cw")
-    cw_inp = Inputs(clf, cw)
-    ok = np.flatnonzero(successful(cw_inp, y_te, ct.pred))
-    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], [(cw[i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok])
+    # Flagged examples for the tests: C&W, or (a fit run without C&W) the strongest PGD-20.
+    pick = [xa for fam, _, xa in att_te if fam == "cw"] or [xa for fam, _, xa in att_te if fam == "pgd20"][-1:]
+    flagged = []
+    if pick:
+        ok = np.flatnonzero(successful(Inputs(clf, pick[0]), y_te, ct.pred))
+        flagged = [(pick[0][i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok]
+    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged)
     C.merge_report(out_dir, "fused_detector", {
         "command": f"python -m medsentry_training.fused --dataset {args.dataset}", "inputs": list(INPUTS),
         "weights": lr.coef_[0].tolist(), "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},

@@ -110,13 +110,22 @@ class Classifier:
         self.mean = np.array(inp["mean"], np.float32)[:, None, None]
         self.std = np.array(inp["std"], np.float32)[:, None, None]
         self.input, self.logits_name, self.features_name = out["input"], out["logits"], out["features"]
+        # Fitted bundles (the user's graph) may take NHWC and answer probabilities: the
+        # class output is then read as logits = log(p), as the sidecar reads it.
+        self.nhwc = inp.get("layout", "nchw") == "nhwc"
+        self.probabilities = out.get("scores", "logits") == "probabilities"
         self.session = ort.InferenceSession(os.path.join(bundle_dir, "classifier.onnx"), providers=["CPUExecutionProvider"])
 
     def run(self, x: np.ndarray, *outputs: str) -> list:
         """The named outputs for [0, 1] inputs x, in batches of 256, as float64 arrays."""
-        parts = [self.session.run(list(outputs), {self.input: (x[i:i + 256] - self.mean) / self.std})
-                 for i in range(0, len(x), 256)]
-        return [np.concatenate([p[k] for p in parts]).astype(np.float64) for k in range(len(outputs))]
+        def feed(xb):
+            t = ((xb - self.mean) / self.std).astype(np.float32)
+            return np.ascontiguousarray(t.transpose(0, 2, 3, 1)) if self.nhwc else t
+        parts = [self.session.run(list(outputs), {self.input: feed(x[i:i + 256])}) for i in range(0, len(x), 256)]
+        res = [np.concatenate([p[k] for p in parts]).astype(np.float64) for k in range(len(outputs))]
+        if self.probabilities:
+            res = [np.log(np.maximum(r, 1e-30)) if n == self.logits_name else r for n, r in zip(outputs, res)]
+        return res
 
     def features(self, x: np.ndarray) -> np.ndarray:
         return self.run(x, self.features_name)[0]
@@ -174,11 +183,11 @@ def pgd_rows(spec, out_dir, model, clf, grid, threshold, x_test, y_test) -> list
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    datasets.add_dataset_arg(ap)
     ap.add_argument("--out", default=None, help="bundle folder (default models/NAME)")
     args = ap.parse_args(argv)
-    spec = datasets.SPECS[args.dataset]
-    out_dir = args.out or os.path.join(datasets.REPO, "models", spec.name)
+    spec = datasets.resolve(args.dataset)
+    out_dir = args.out or spec.bundle_dir or os.path.join(datasets.REPO, "models", spec.name)
     t0 = time.time()
     rng = np.random.default_rng(0)
     clf = Classifier(out_dir)
@@ -211,7 +220,10 @@ def main(argv=None):
     with open(os.path.join(out_dir, "ood.json"), "w") as f:
         json.dump(doc, f)
     section = {"file": "ood.json", "threshold": round(threshold, 6), "calibrated_fpr": CALIBRATED_FPR}
-    bundle_toml.set_ood(out_dir, section, ACCEPTS[args.dataset])
+    accepts = ACCEPTS.get(args.dataset) or datasets.fit_config(spec).get("accepts", {})
+    if spec.color == "gray" and spec.fit_dir is not None:
+        accepts = {**accepts, "max_chroma": MAX_CHROMA}
+    bundle_toml.set_ood(out_dir, section, accepts)
 
     # Parity fixture: a few official test images (their [0, 1] tensors) and Python's scores.
     # (Two per class for 2-class bundles, one per class otherwise: the fixture stays small.)
@@ -220,7 +232,7 @@ def main(argv=None):
     fix = {"bundle": spec.name, "threshold": threshold,
            "cases": [{"file": files_test[i], "score": float(s_test[i]),
                       "tensor": np.round(x_test[i].astype(np.float64), 7).ravel().tolist()} for i in pick]}
-    fix_dir = os.path.join(datasets.REPO, "tests", "fixtures", "ood")
+    fix_dir = datasets.fixture_dir(spec, "ood")
     os.makedirs(fix_dir, exist_ok=True)
     with open(os.path.join(fix_dir, f"{spec.name}.json"), "w") as f:
         json.dump(fix, f)
@@ -233,7 +245,7 @@ def main(argv=None):
         "vector": f"{grid}x{grid} cell means per channel + sqrt of a {BINS}-bin histogram"
                   + (f" + sqrt of a {BINS}-bin chroma histogram" if chroma_bins(c) else "") + f" + {doc['feature_dim']} penultimate features",
         "threshold": threshold, "calibrated_fpr": CALIBRATED_FPR, "training_images": len(x_train),
-        "out_of_fold_max": float(oof.max()), "accepts": ACCEPTS[args.dataset], "rows": rows,
+        "out_of_fold_max": float(oof.max()), "accepts": accepts, "rows": rows,
         "pgd20_successful": attacked, "seconds": round(time.time() - t0, 1)})
     print(f"[done] out-of-distribution model in {time.time() - t0:.0f}s", flush=True)
 

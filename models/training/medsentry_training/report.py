@@ -144,21 +144,35 @@ def val_score(c):
     return f3(v.get("val_bal_acc"))
 
 
+def models(full) -> list:
+    """The classifiers the report compares: standard and hardened, or for a bundle fitted
+    from the user's graph (`fit`) only that graph."""
+    return [k for k in ("standard", "hardened") if k in full["adversarial_evaluation"]["clean_test"]]
+
+
+def shown(k: str, full) -> str:
+    return "served (the user's graph)" if "fit" in full and k == "hardened" else k
+
+
 def failures_section(full, a):
     """Where the defense fails, derived from the tables below (nothing here is new data)."""
     r = full["adversarial_evaluation"]
     a("## Where the defense fails\n")
     c = r["clean_test"]
-    a(f"- **Clean accuracy.** Hardened (served) {f3(c['hardened']['accuracy'])} (balanced "
-      f"{f3(c['hardened']['balanced_accuracy'])}) against standard {f3(c['standard']['accuracy'])} (balanced "
-      f"{f3(c['standard']['balanced_accuracy'])}) on the official test set; reference: {full.get('medmnist_anchor', '–')}.")
+    if "standard" in c:
+        a(f"- **Clean accuracy.** Hardened (served) {f3(c['hardened']['accuracy'])} (balanced "
+          f"{f3(c['hardened']['balanced_accuracy'])}) against standard {f3(c['standard']['accuracy'])} (balanced "
+          f"{f3(c['standard']['balanced_accuracy'])}) on the official test set; reference: {full.get('medmnist_anchor', '–')}.")
+    else:
+        a(f"- **Clean accuracy.** The served graph (not adversarially trained here): {f3(c['hardened']['accuracy'])} "
+          f"(balanced {f3(c['hardened']['balanced_accuracy'])}) on the {c['n']} labelled images given to fit.")
     rob = r["robust_accuracy_advtest"]
     base = rob.get("clean_advtest_accuracy", {}).get("hardened")
     if base:
         lost = [(b, v["aa_lite"]) for b, v in rob.get("hardened", {}).items() if v.get("aa_lite") is not None
                 and v["aa_lite"] < base / 2]
         first = ", ".join(f"{b.split('_')[1]}/255 ({pct(v)} % correct)" for b, v in lost)
-        a(f"- **Robustness.** APGD-CE + Square leaves the hardened model less than half of its clean AdvTest accuracy "
+        a(f"- **Robustness.** APGD-CE + Square leaves the {shown('hardened', full)} model less than half of its clean AdvTest accuracy "
           f"({pct(base)} %) at: {first or 'no budget up to 8/255'}.")
     fs_rows = {(x["attack"], x["budget"]): x for x in (full.get("feature_squeezing") or {}).get("rows", [])}
     weak = {}  # attack -> [(budget, best single-detector TPR, n)]
@@ -215,8 +229,15 @@ def render(out_dir: str) -> str:
       f"(whole pipeline: `{r['pipeline_command']}`). All figures below come from `report.json` "
       f"(`adversarial_evaluation`).\n")
     s = r["served"]
-    a(f"Served classifier: hardened, epoch {s['epoch']}, checkpoint sha256 `{s['checkpoint_sha256'][:16]}…`, "
-      f"hardening {json.dumps(s.get('harden'))}. AdvTrain {r['split']['n_advtrain']} / AdvTest "
+    if "fit" in full:
+        a(f"Served classifier: the user's ONNX graph as given (sha256 `{full['fit']['onnx_sha256'][:16]}…`), with its "
+          f"penultimate features added as an output ({full['fit']['original_outputs_bit_identical_values']} original output "
+          f"values checked bit-identical) and attacked white-box through its PyTorch conversion (within "
+          f"{full['fit']['onnx_torch_max_abs_diff']:.1e} of ONNX Runtime). Not adversarially trained by this pipeline; "
+          f"the labelled images given to fit stand for the official test set below. AdvTrain")
+    else:
+        a(f"Served classifier: hardened, epoch {s['epoch']}, checkpoint sha256 `{s['checkpoint_sha256'][:16]}…`, "
+          f"hardening {json.dumps(s.get('harden'))}. AdvTrain {r['split']['n_advtrain']} / AdvTest "
       f"{r['split']['n_advtest']} images (official test set split 50/50 stratified, seed {r['split']['seed']}"
       + (f"; each half a stratified {r['split']['adv_per_half']} of its images, to fit the attacks on 2 cores"
          if r['split'].get('adv_per_half') else "") + ").\n")
@@ -225,9 +246,9 @@ def render(out_dir: str) -> str:
     a("## Clean test set (official, all images)\n")
     a("| classifier | n | accuracy | balanced acc | AUC | sensitivity | specificity |")
     a("|---|---|---|---|---|---|---|")
-    for k in ["standard", "hardened"]:
+    for k in models(full):
         c = r["clean_test"][k]
-        a(f"| {k} | {r['clean_test']['n']} | {f3(c['accuracy'])} | {f3(c['balanced_accuracy'])} | {f3(c.get('auc'))} | "
+        a(f"| {shown(k, full)} | {r['clean_test']['n']} | {f3(c['accuracy'])} | {f3(c['balanced_accuracy'])} | {f3(c.get('auc'))} | "
           f"{f3(c.get('sensitivity'))} | {f3(c.get('specificity'))} |")
     if "recall_per_class" in r["clean_test"]["hardened"]:
         a(f"\nAUC = {r['clean_test']['hardened'].get('auc_kind')} (as MedMNIST reports it); sensitivity and "
@@ -235,8 +256,8 @@ def render(out_dir: str) -> str:
         names = r.get("labels") or [str(i) for i in range(len(r["clean_test"]["hardened"]["recall_per_class"]))]
         a("| classifier | " + " | ".join(names) + " |")
         a("|---|" + "---|" * len(names))
-        for k in ["standard", "hardened"]:
-            a(f"| {k} | " + " | ".join(f3(v) for v in r["clean_test"][k]["recall_per_class"]) + " |")
+        for k in models(full):
+            a(f"| {shown(k, full)} | " + " | ".join(f3(v) for v in r["clean_test"][k]["recall_per_class"]) + " |")
 
     note = DATASET_NOTES.get(full.get("dataset"))
     if note:
@@ -245,16 +266,17 @@ def render(out_dir: str) -> str:
     a("\n## Robust accuracy on AdvTest (%, Linf; an image counts when correct clean and under attack)\n")
     rob = r["robust_accuracy_advtest"]
     cols = ["fgsm", "bim", "pgd20", "apgd_ce", "aa_lite"]
-    a("| budget | " + " | ".join(f"{m} {c}" for m in ["standard", "hardened"] for c in cols) + " |")
-    a("|---|" + "---|" * (2 * len(cols)))
-    budgets = sorted({b for m in ["standard", "hardened"] for b in rob.get(m, {})}, key=lambda b: int(b.split("_")[1]))
+    ms = models(full)
+    a("| budget | " + " | ".join(f"{shown(m, full)} {c}" for m in ms for c in cols) + " |")
+    a("|---|" + "---|" * (len(ms) * len(cols)))
+    budgets = sorted({b for m in ms for b in rob.get(m, {})}, key=lambda b: int(b.split("_")[1]))
     for b in budgets:
-        a(f"| {b.split('_')[1]}/255 | " + " | ".join(pct(rob.get(m, {}).get(b, {}).get(c)) for m in ["standard", "hardened"]
+        a(f"| {b.split('_')[1]}/255 | " + " | ".join(pct(rob.get(m, {}).get(b, {}).get(c)) for m in ms
                                                   for c in cols) + " |")
     clean_acc = rob.get("clean_advtest_accuracy", {})
     if clean_acc:
         a("\nClean accuracy on AdvTest (the 100 % of this table): " +
-          ", ".join(f"{m} {pct(clean_acc.get(m))}" for m in ["standard", "hardened"]) + ".")
+          ", ".join(f"{shown(m, full)} {pct(clean_acc.get(m))}" for m in ms) + ".")
     a("\naa_lite = APGD-CE (100 steps), then Square (Linf) on the images it leaves correct: the AutoAttack "
       "stand-in (torchattacks' AutoAttack needs more than 2 classes; the multi-class bundles use the same "
       "pair so that the tables compare). Transfer (PGD-20 on the SimpleCNN surrogate) robust accuracy of the hardened "
@@ -332,10 +354,11 @@ def render(out_dir: str) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
+    datasets.add_dataset_arg(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    out = os.path.abspath(args.out) if args.out else os.path.join(datasets.REPO, "models", datasets.SPECS[args.dataset].name)
+    from .advcommon import default_bundle_dir
+    out = os.path.abspath(args.out) if args.out else default_bundle_dir(datasets.resolve(args.dataset))
     render(out)
     print(f"[done] REPORT.md in {out}")
 
