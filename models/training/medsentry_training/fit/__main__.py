@@ -92,11 +92,17 @@ def parse(argv):
     return args
 
 
+def shared_relpath(images: str) -> str | None:
+    """The images folder relative to ../shared/data, None when it lies elsewhere."""
+    rel = os.path.relpath(os.path.abspath(images), os.path.abspath(datasets.SHARED_DATA))
+    return None if rel.startswith("..") else rel
+
+
 def data_folder(images: str) -> str:
     """The ../shared/data set the images come from (its other sets then probe the
     out-of-distribution model), else the folder's own name."""
-    rel = os.path.relpath(os.path.abspath(images), os.path.abspath(datasets.SHARED_DATA))
-    return rel.split(os.sep)[0] if not rel.startswith("..") else os.path.basename(os.path.normpath(images))
+    rel = shared_relpath(images)
+    return rel.split(os.sep)[0] if rel else os.path.basename(os.path.normpath(images))
 
 
 def run_stage(stage, stage_args, log):
@@ -177,7 +183,7 @@ def write_base(args, spec: graph.InputSpec, labels, bundle_dir: str, checks: dic
         "about": "Written by medsentry_training.fit: model-space pixels ([0,1], before mean/std) of the user's images "
                  "and ONNX Runtime's outputs of the original graph's class output on them (logits = log of the "
                  "probabilities for a graph that answers probabilities).",
-        "data_root": os.path.abspath(args.images) and "the images given to fit", "shape": [spec.channels, spec.height, spec.width],
+        "data_root": shared_relpath(args.images), "shape": [spec.channels, spec.height, spec.width],
         "items": [{"file": files[i], "label": int(y[i]), "pixels": [float(v) for v in x[i].ravel()],
                    "logits": logits[k].tolist(), "probabilities": (e[k] / e[k].sum()).tolist(),
                    "raw_output": out[k].tolist(), "features_head": fe[k][:8].tolist()} for k, i in enumerate(ref_idx)]})

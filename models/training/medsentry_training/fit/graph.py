@@ -188,7 +188,10 @@ def feature_dim(model: onnx.ModelProto, spec: InputSpec, x01: np.ndarray) -> int
     probe.CopyFrom(model)
     src = penultimate(model, spec.output)
     probe.graph.output.append(helper.make_empty_tensor_value_info(src))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - the sidecar runs ONNX Runtime: a graph it cannot load is refused
+        raise GraphError(f"ONNX Runtime {ort.__version__} cannot load the graph: {str(e).splitlines()[0][-300:]}") from None
     (f,) = sess.run([src], {spec.input: to_graph_input(x01[:2], spec)})
     if f.ndim != 2:
         raise GraphError(f"the penultimate tensor {src!r} has shape {list(f.shape)}, not (batch, features)")

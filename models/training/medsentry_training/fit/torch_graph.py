@@ -10,6 +10,8 @@ ONNX Runtime's outputs on real images.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import torch
@@ -73,7 +75,10 @@ def convert(model: onnx.ModelProto) -> tuple[nn.Module, InputSpec]:
     try:
         gm = o2t(inline_constant_identities(model))
     except NotImplementedError as e:  # onnx2torch: "Converter is not implemented (OperationDescription(...))"
-        raise GraphError(f"onnx2torch cannot convert the graph, so it cannot be attacked white-box: {e}") from None
+        m = re.search(r"operation_type='([^']*)', version=(\d+)", str(e))
+        what = f"operator {m.group(1)} (opset {m.group(2)})" if m else str(e)
+        raise GraphError(f"onnx2torch cannot convert {what}, so the graph cannot be attacked white-box; "
+                         "re-export the model without it (e.g. a decomposed activation)") from None
     except Exception as e:  # noqa: BLE001 - anything else onnx2torch raises names the node
         raise GraphError(f"onnx2torch failed on the graph: {type(e).__name__}: {e}") from None
     names = [o.name for o in model.graph.output]
