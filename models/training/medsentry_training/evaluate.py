@@ -181,7 +181,7 @@ def main(argv=None):
     rep = {"command": "python -m medsentry_training.evaluate --dataset " + args.dataset +
                       (f" --limit {args.limit}" if args.limit else "") +
                       (f" --out {os.path.relpath(out_dir, os.path.join(datasets.REPO, 'models', 'training'))}" if args.out else ""),
-           "pipeline_command": (spec.fit_dir and "python -m medsentry_training.fit (fit.json in its work folder)") or
+           "pipeline_command": datasets.fit_config(spec).get("command") or
                                "python -m medsentry_training.run_all --dataset " + args.dataset +
                                (f" --limit {args.limit}" if args.limit else ""),
            "limit": args.limit, "quick_check": bool(args.limit), "labels": list(spec.labels),

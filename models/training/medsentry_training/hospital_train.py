@@ -87,14 +87,41 @@ def evaluate(net, xu, y, batch=64):
     return {"loss": round(loss, 5), "accuracy": round(acc, 5), "sensitivity": round(sens, 5), "specificity": round(spec, 5)}
 
 
+def patient_of(name: str) -> str:
+    """Patient id in a Kermany file name: person123_bacteria_45.jpeg -> person123,
+    IM-0001-0001.jpeg -> IM-0001, NORMAL2-IM-0007-0001.jpeg -> NORMAL2-IM-0007."""
+    if name.startswith("person"):
+        return name.split("_")[0]
+    parts = name.split("-")
+    return "-".join(parts[:3] if name.startswith("NORMAL2") else parts[:2])
+
+
+def write_labels_csv(path: str) -> str:
+    """The official test images as a hospital would list them for `fit`: file (relative to
+    the test folder), label, patient. Returns the folder the paths are relative to."""
+    import csv
+    root = os.path.join(datasets.SHARED_DATA, "chest_xray_kermany", "images", "test")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "patient"])
+        for c in ("NORMAL", "PNEUMONIA"):
+            for n in sorted(os.listdir(os.path.join(root, c))):
+                w.writerow([f"{c}/{n}", c, patient_of(n)])
+    return root
+
+
 def main(argv=None):
     import torchvision
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--out", default=os.path.join(datasets.WORK, "hospital"))
+    ap.add_argument("--labels-csv", action="store_true", help="only write OUT/labels_test.csv (fit's --csv) and exit")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.labels_csv:
+        print(write_labels_csv(os.path.join(args.out, "labels_test.csv")))
+        return
     xu, y = load_uint8("train")
     rest, val = datasets.stratified_split(y, 0.10, 0)
     torch.manual_seed(0)

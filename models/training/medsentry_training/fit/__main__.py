@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from ..export import evaluate as clean_eval
 from . import graph, images, torch_graph
 
 PKG = "medsentry_training"
+TRAINING = os.path.join(datasets.REPO, "models", "training")
 DEFAULT_ATTACKS = "fgsm,bim,pgd20,cw,square"
 SPEC_KEYS = ("layout", "size", "color", "mean", "std", "scores", "output")
 
@@ -105,11 +107,22 @@ def data_folder(images: str) -> str:
     return rel.split(os.sep)[0] if rel else os.path.basename(os.path.normpath(images))
 
 
+def relative(path: str) -> str:
+    """A path as the stages (run in models/training) and the reports should name it:
+    relative to models/training, so no machine path lands in a committed bundle."""
+    return os.path.relpath(os.path.abspath(path), TRAINING)
+
+
+def command_line(argv) -> str:
+    return "python -m medsentry_training.fit " + " ".join(
+        shlex.quote(relative(a) if os.path.exists(a) else a) for a in argv)
+
+
 def run_stage(stage, stage_args, log):
     cmd = [sys.executable, "-m", f"{PKG}.{stage}"] + stage_args
     print(f"[stage] {stage} {' '.join(stage_args)}", flush=True)
     t0 = time.time()
-    rc = subprocess.call(cmd, cwd=os.path.join(datasets.REPO, "models", "training"))
+    rc = subprocess.call(cmd, cwd=TRAINING)
     log.append({"stage": stage, "seconds": round(time.time() - t0, 1), "rc": rc})
     print(f"[stage-time] {stage}: {time.time() - t0:.1f}s (rc {rc})", flush=True)
     if rc != 0:
@@ -236,13 +249,14 @@ def main(argv=None):
                    (("modality", "modality"), ("body_part", "body_part"), ("photometric", "photometric"))
                    if getattr(args, f"accepts_{a}")}
         fit = {"onnx_sha256": onnx_sha, "input_spec": spec.__dict__, "checks": checks, "accepts": accepts,
+               "command": command_line(sys.argv[1:] if argv is None else argv),
                "spec": {"name": args.name, "folder": data_folder(args.images), "labels": labels,
                         "color": spec.color, "size": spec.height, "source_md": args.data_source,
                         "adv_per_half": per_half, "bundle_dir": bundle_dir}}
         C.write_json(fit_path, fit)
         write_base(args, spec, labels, bundle_dir, checks)
     log = []
-    ds = ["--dataset", args.work]
+    ds = ["--dataset", relative(args.work)]
     run_stage("attacks", ds + ["--only", args.attacks, "--eps", args.eps], log)
     for stage in ("detectors", "squeeze", "bundle_toml"):
         run_stage(stage, ds, log)
