@@ -78,6 +78,7 @@ def parse(argv):
     ap.add_argument("--attacks", default=DEFAULT_ATTACKS)
     ap.add_argument("--eps", default="1,2,4,8", help="Linf budgets in 1/255")
     ap.add_argument("--adaptive-steps", type=int, default=40)
+    ap.add_argument("--max-batch", type=int, default=32, help="largest batch the sidecar forms (memory: 8 suits 224 px)")
     ap.add_argument("--work", default=None, help="work folder (default models/training/work/fit/NAME)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
     args = ap.parse_args(argv)
@@ -205,7 +206,7 @@ def write_base(args, spec: graph.InputSpec, labels, bundle_dir: str, checks: dic
               "dicom": "modality rescale, then the first VOI window (or VOI LUT; min-max when absent), "
                        "then MONOCHROME1 inversion, to [0, 1]"}
     doc = {"name": args.name, "version": "1.0.0", "task": args.task or f"{len(labels)} classes: {', '.join(labels)}",
-           "labels": list(labels), "max_batch": 32 if spec.dynamic_batch else 1, "data_source": args.data_source,
+           "labels": list(labels), "max_batch": args.max_batch if spec.dynamic_batch else 1, "data_source": args.data_source,
            "input": inputs,
            "outputs": {"input": spec.input, "logits": spec.output, "features": graph.FEATURES_OUTPUT,
                        "feature_dim": spec.feature_dim, "scores": spec.scores},
