@@ -58,8 +58,65 @@ impl Squeeze {
     }
 }
 
-/// Median filter per plane, window `size`, edges replicated.
+/// Median filter per plane, window `size`, edges replicated. The served bundles use 3x3:
+/// it takes the sorting-network path (same values as sorting the window).
 fn median(pixels: &[f32], height: usize, width: usize, size: usize) -> Vec<f32> {
+    if size == 3 {
+        return median3(pixels, height, width);
+    }
+    median_sorted(pixels, height, width, size)
+}
+
+/// 3x3 median: interior pixels read their window directly, border pixels through clamped
+/// indices; the median of the nine values comes from a 19-exchange selection network
+/// (min/max, no branches) instead of a general sort.
+fn median3(pixels: &[f32], height: usize, width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; pixels.len()];
+    let at = |plane: &[f32], y: isize, x: isize| plane[y.clamp(0, height as isize - 1) as usize * width + x.clamp(0, width as isize - 1) as usize];
+    for (plane, dst) in pixels.chunks(height * width).zip(out.chunks_mut(height * width)) {
+        let border = |y: usize, x: usize| {
+            let (y, x) = (y as isize, x as isize);
+            let mut w = [0f32; 9];
+            for (k, v) in w.iter_mut().enumerate() {
+                *v = at(plane, y + k as isize / 3 - 1, x + k as isize % 3 - 1);
+            }
+            median9(w)
+        };
+        for y in 0..height {
+            if y == 0 || y + 1 == height || width < 3 {
+                (0..width).for_each(|x| dst[y * width + x] = border(y, x));
+                continue;
+            }
+            dst[y * width] = border(y, 0);
+            dst[y * width + width - 1] = border(y, width - 1);
+            let (up, mid, down) = (&plane[(y - 1) * width..y * width], &plane[y * width..(y + 1) * width], &plane[(y + 1) * width..(y + 2) * width]);
+            for x in 1..width - 1 {
+                dst[y * width + x] = median9([up[x - 1], up[x], up[x + 1], mid[x - 1], mid[x], mid[x + 1], down[x - 1], down[x], down[x + 1]]);
+            }
+        }
+    }
+    out
+}
+
+/// Median of nine values by the classic 19 compare-exchange selection network.
+#[inline]
+fn median9(mut p: [f32; 9]) -> f32 {
+    #[inline(always)]
+    fn sort2(p: &mut [f32; 9], a: usize, b: usize) {
+        let (lo, hi) = (p[a].min(p[b]), p[a].max(p[b]));
+        p[a] = lo;
+        p[b] = hi;
+    }
+    for (a, b) in
+        [(1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2)]
+    {
+        sort2(&mut p, a, b);
+    }
+    p[4]
+}
+
+/// Any odd window: sort each window (the reference the network is tested against).
+fn median_sorted(pixels: &[f32], height: usize, width: usize, size: usize) -> Vec<f32> {
     let r = (size / 2) as isize;
     let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
     let mut out = Vec::with_capacity(pixels.len());
@@ -96,6 +153,20 @@ mod tests {
         // Replicated edges: a corner's window holds the corner four times.
         let ramp: Vec<f32> = (0..9).map(|i| i as f32 / 8.0).collect();
         assert_eq!(median(&ramp, 3, 3, 3)[0], 1.0 / 8.0);
+    }
+
+    #[test]
+    fn the_3x3_network_gives_the_sorted_median_everywhere() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // few distinct values, so ties are common
+            ((seed >> 33) % 17) as f32 / 16.0
+        };
+        for (c, h, w) in [(1, 1, 1), (1, 1, 5), (1, 2, 2), (1, 3, 3), (3, 7, 5), (1, 64, 64), (2, 5, 1)] {
+            let img: Vec<f32> = (0..c * h * w).map(|_| next()).collect();
+            assert_eq!(median(&img, h, w, 3), median_sorted(&img, h, w, 3), "{c}x{h}x{w}");
+        }
     }
 
     #[test]
