@@ -151,7 +151,7 @@ fn validate(m: &Manifest) -> Result<(), BundleError> {
             return bad(format!("detector {} file {} is not listed in [files]", d.name, d.file));
         }
         // Positive thresholds: the fused score is the largest score / threshold ratio.
-        if !(d.threshold.is_finite() && d.threshold > 0.0) || !(d.calibrated_fpr > 0.0 && d.calibrated_fpr < 1.0) {
+        if !(d.threshold.is_finite() && d.threshold > 0.0 && d.calibrated_fpr > 0.0 && d.calibrated_fpr < 1.0) {
             return bad(format!("detector {} needs a finite positive threshold and a calibrated_fpr in (0, 1)", d.name));
         }
         if d.suspicious_threshold.is_some_and(|s| !(s.is_finite() && s > 0.0 && s <= d.threshold)) {

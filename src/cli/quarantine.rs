@@ -42,7 +42,7 @@ pub fn run(args: QuarantineArgs) -> anyhow::Result<()> {
         QuarantineCommand::List { json, model } => {
             let shown = records.iter().filter(|r| model.as_ref().is_none_or(|m| &r.model == m));
             if !json {
-                println!("{:<16} {:<24} {:<10} {:<12} {:>7} {:>9}  {}", "id", "received (UTC ms)", "kind", "verdict", "fused", "bytes", "model / policy");
+                println!("{:<16} {:<24} {:<10} {:<12} {:>7} {:>9}  model / policy", "id", "received (UTC ms)", "kind", "verdict", "fused", "bytes");
             }
             for r in shown {
                 if json {

@@ -30,7 +30,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
     let mut failures = 0;
     let decoding = args.models.decoding();
     if !args.json {
-        println!("{:<48} {:<12} {:>8} {:<19} {}", "file", "label", "prob", "verdict", "probabilities");
+        println!("{:<48} {:<12} {:>8} {:<19} probabilities", "file", "label", "prob", "verdict");
     }
     for path in &args.files {
         let result = match std::fs::read(path) {

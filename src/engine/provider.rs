@@ -52,6 +52,9 @@ pub(super) fn register(builder: SessionBuilder, device: Device, model: &str) -> 
 }
 
 #[cfg(feature = "cuda")]
+// The error hands the builder back so the caller can fall back to CPU; called once per
+// session open, so its size does not matter.
+#[allow(clippy::result_large_err)]
 fn try_cuda(builder: SessionBuilder, device_id: i32) -> Result<SessionBuilder, (SessionBuilder, String)> {
     use ort::ep::{ExecutionProvider as _, CUDA};
     match CUDA::is_available() {
@@ -68,6 +71,7 @@ fn try_cuda(builder: SessionBuilder, device_id: i32) -> Result<SessionBuilder, (
 }
 
 #[cfg(not(feature = "cuda"))]
+#[allow(clippy::result_large_err)]
 fn try_cuda(builder: SessionBuilder, _device_id: i32) -> Result<SessionBuilder, (SessionBuilder, String)> {
     Err((builder, "this binary was built without the `cuda` cargo feature".into()))
 }
