@@ -66,6 +66,16 @@ fi
 MEDSENTRY_TEST_PYTHON="$(pwd)/$pyenv/bin/python"
 export MEDSENTRY_TEST_PYTHON
 
+# The full suite starts with the style gate: rustfmt (rustfmt.toml) and clippy with every
+# warning an error, so that a lint can only land with its reason written beside it.
+if [ $# -eq 0 ]; then
+    if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+        rustup component add clippy rustfmt
+    fi
+    cargo fmt --check
+    cargo clippy --locked --all-targets -- -D warnings 2>&1
+fi
+
 cargo test --locked "$@" 2>&1
 
 # The full suite (no arguments) ends with a smoke run of every fuzz target (README
