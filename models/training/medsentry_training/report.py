@@ -119,6 +119,26 @@ def fused_section(fd, a):
       + ", ".join(f"{b} {pct(v['fused'])} % vs {pct(v['union'])} %" for b, v in fd["pgd20_fooled_and_clean"].items()) + ".\n")
 
 
+def adaptive_fused_section(af, a):
+    if not af:
+        return
+    a("\n## Adaptive attacks on the fused verdict\n")
+    a(f"`{af['command']}`. White-box PGD (Linf, {af['steps']} steps, lambda {', '.join(str(v) for v in af['lambdas'])}) on "
+      "the images the served classifier gets right: *fused-aware* subtracts lambda * relu(logit(fused) - logit(t5) + 0.1) "
+      "from the cross-entropy, the whole fused score made differentiable (feature squeezing through BPDA, the residual "
+      "histogram soft in the backward pass only); *feature-hiding* (HFC-style) pulls the penultimate features to the "
+      "clean mean of the class the attack reaches, without knowing the detectors. Every counted image is re-scored "
+      "exactly. An image answered OUT_OF_DISTRIBUTION is counted as passed here, so these are upper bounds.\n")
+    a("| attack | budget | n | fooled % | fooled, not ADVERSARIAL % | fooled and answered CLEAN % | hardened PGD-20 robust accuracy % (ceiling) |")
+    a("|---|---|---|---|---|---|---|")
+    ceil = af.get("robust_accuracy_pgd20_ceiling", {})
+    for r in af["rows"]:
+        budget = "linf_" + str(r["eps_255"])
+        a(f"| {r['attack']} | {r['eps_255']}/255 | {r['n']} | {pct(r['fooled'])} | {pct(r['fooled_not_adversarial'])} | "
+          f"{pct(r['fooled_and_clean'])} | {pct(ceil.get(budget))} |")
+    a("")
+
+
 def ood_section(o, a):
     if not o:
         return
@@ -339,6 +359,7 @@ def render(out_dir: str) -> str:
     campaign_section(full.get("campaign"), a)
     ood_section(full.get("out_of_distribution"), a)
     fused_section(full.get("fused_detector"), a)
+    adaptive_fused_section(full.get("adaptive_fused"), a)
 
     a("## ROC plots\n")
     for p in r.get("roc_plots", []):

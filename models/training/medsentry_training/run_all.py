@@ -26,6 +26,9 @@ exist and are current):
                         and the detector thresholds now in --out)
   8. campaign           python -m medsentry_training.campaign (real bundle only: [campaign] in
                         bundle.toml, UAP fixtures for the Rust tests; ~40 s, always run)
+     fused, ood         python -m medsentry_training.fused / .ood (real bundle only: the fused detector
+                        that sets the verdict, the out-of-distribution model)
+     adaptive_fused     python -m medsentry_training.adaptive_fused (adaptive attacks on the verdict)
      export_eval        python -m medsentry_training.export_eval (AdvTest for `medsentry eval`)
      report             python -m medsentry_training.report --out DIR (REPORT.md from report.json)
 --retrain forces stages 1-3; --force forces stages 4-7. With --limit, missing checkpoints
@@ -152,6 +155,11 @@ def main(argv=None):
         run("evaluate", ds + lim + outs, log)
     if real_bundle and not args.limit:
         run("campaign", ds, log)
+        # The verdict's detector, the out-of-distribution model and the adaptive attacks on the
+        # verdict (fused reads the UAP fixtures campaign writes).
+        run("fused", ds, log)
+        run("ood", ds, log)
+        run("adaptive_fused", ds, log)
         run("export_eval", ds, log)
     run("report", ["--out", out_dir], log)
     print(f"[done] pipeline {time.time() - t0:.0f}s; stages {json.dumps(log)}", flush=True)

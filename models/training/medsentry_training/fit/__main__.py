@@ -17,7 +17,8 @@ Steps (each skipped when its output exists and is current, so a rerun resumes):
      under ONNX Runtime) and convert the graph to PyTorch (checked within 1e-4);
   4. bundle.toml, reference outputs and the clean evaluation;
   5. the pipeline's stages on that graph, white-box: attacks, detectors, squeeze,
-     bundle_toml, evaluate, fused, ood, campaign, report (the same tables as every bundle);
+     bundle_toml, evaluate, fused, adaptive_fused, ood, campaign, report (the same tables
+     as every bundle; --adaptive-steps sets both adaptive attacks' steps);
   6. the finished bundle is copied to --out in one rename: nothing half-written there.
 
 The labelled images are split 50/50 (by --group-column when given) into AdvTrain (detector
@@ -262,7 +263,9 @@ def main(argv=None):
     for stage in ("detectors", "squeeze", "bundle_toml"):
         run_stage(stage, ds, log)
     run_stage("evaluate", ds + ["--adaptive-steps", str(args.adaptive_steps)], log)
-    for stage in ("fused", "ood", "campaign", "report"):
+    run_stage("fused", ds, log)
+    run_stage("adaptive_fused", ds + ["--steps", str(args.adaptive_steps)], log)
+    for stage in ("ood", "campaign", "report"):
         run_stage(stage, ds, log)
     tmp = out + ".fit-tmp"
     shutil.rmtree(tmp, ignore_errors=True)

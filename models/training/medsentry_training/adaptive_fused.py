@@ -1,0 +1,206 @@
+"""Stage: adaptive attacks on the fused verdict -> `adaptive_fused` in report.json.
+
+    python -m medsentry_training.adaptive_fused --dataset chest_xray [--steps 40] [--out DIR]
+
+The fused detector (fused.py) alone sets the verdict, so an attacker who knows the bundle
+attacks it, not the union of detectors that evaluate.py's adaptive attack targets. Two
+white-box attacks on the AdvTest images the served classifier gets right, Linf, random
+start, step 2.5 eps / steps, lambda in LAMBDAS:
+
+  fused-aware   maximise CE(f(x'), y) - lambda * relu(logit(fused(x')) - logit(t) + 0.1),
+                the whole fused score made differentiable: Mahalanobis and the learned
+                detector as they are, the confidence margin, feature squeezing through
+                BPDA (bit-depth rounding straight through, the median's gradient to the
+                pixel it picked) and the residual statistics with a soft histogram in the
+                backward pass only (the forward pass is the exact histogram);
+  feature-hiding  (HFC, Yao et al. MICCAI 2021, on the penultimate layer the bundle
+                exports) maximise CE - lambda * d_M(features, clean mean of the class the
+                attack reaches): the features are pulled into the clean distribution of
+                the wrong class, without knowing the detectors.
+
+t is the fused detector's 5 % threshold (below it the verdict is CLEAN). Every counted
+image is re-scored exactly (fused.Inputs: the ONNX classifier, scipy's median, numpy's
+histogram): fooled and below the 1 % threshold = not ADVERSARIAL; fooled and below 5 % =
+answered CLEAN. Out-of-distribution answers are not counted as caught here (an attack
+answered OUT_OF_DISTRIBUTION is still flagged by the sidecar, so these counts are an upper
+bound on what gets through). Beside it, the ceiling Tramèr (2022) sets: the hardened
+classifier's PGD-20 robust accuracy on the same images and budget.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import advcommon as C
+from . import datasets, detectors, residual
+from .adaptive import TorchSqueeze
+from .fused import Inputs, base_scores, fused_score
+from .ood import Classifier
+
+EPS_255 = (2, 4, 8)
+LAMBDAS = (1.0, 10.0)
+SOFT_WIDTH_255 = 0.25  # width of the soft bin edges of the residual histogram's backward pass
+
+
+class TorchFused(torch.nn.Module):
+    """logit of the fused score, differentiable (float32), from the bundle's files."""
+
+    def __init__(self, out_dir: str):
+        super().__init__()
+        dets = detectors.load_detectors(out_dir)
+        self.maha, self.logreg = dets["mahalanobis"], dets["logreg"]
+        with open(os.path.join(out_dir, "detector_squeeze.json")) as f:
+            self.squeeze = TorchSqueeze(json.load(f))
+        with open(os.path.join(out_dir, "detector_residual.json")) as f:
+            self.resid = json.load(f)
+        with open(os.path.join(out_dir, "detector_fused.json")) as f:
+            self.fused = json.load(f)
+        t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+        self.means, self.prec = t(self.maha["means"]), t(self.maha["precision"])
+        self.lg = {k: t(self.logreg[k]) for k in ("mean", "scale", "weights")}
+        self.rs = {k: t(self.resid[k]) for k in ("mean", "scale", "weights")}
+        self.fz = {k: t(self.fused[k]) for k in ("mean", "scale", "weights")}
+        self.edges = t(self.resid["edges_255"]) / 255
+
+    def mahalanobis(self, feats):
+        diff = feats[:, None, :] - self.means[None]
+        return torch.einsum("ncd,de,nce->nc", diff, self.prec, diff).clamp_min(1e-12).sqrt()
+
+    def residual_features(self, x):
+        p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        r = (4 * x - p[:, :, :-2, 1:-1] - p[:, :, 2:, 1:-1] - p[:, :, 1:-1, :-2] - p[:, :, 1:-1, 2:]).abs().flatten(1)
+        lo, hi = self.edges, torch.cat([self.edges[1:], torch.tensor([float("inf")])])
+        hard = ((r[:, :, None] >= lo) & (r[:, :, None] < hi)).float().mean(1)
+        w = SOFT_WIDTH_255 / 255
+        soft = (torch.sigmoid((r[:, :, None] - lo) / w) - torch.sigmoid((r[:, :, None] - hi) / w)).mean(1)
+        hist = torch.sqrt(hard) + (torch.sqrt(soft + 1e-4) - torch.sqrt(soft + 1e-4).detach())
+        return torch.cat([hist, r.mean(1, keepdim=True), (r ** 2).mean(1, keepdim=True).sqrt()], 1)
+
+    def forward(self, model, x):
+        """(logits, features, fused logit)."""
+        logits, feats = model.features(x)
+        maha = self.mahalanobis(feats).min(1).values
+        z = ((torch.cat([feats, logits], 1) - self.lg["mean"]) / self.lg["scale"]) @ self.lg["weights"] + self.logreg["bias"]
+        p = torch.softmax(logits, 1)
+        sq = torch.maximum(*[(p - torch.softmax(model(s(x)), 1)).abs().sum(1) for s in (self.squeeze.bits, self.squeeze.median)])
+        rz = ((self.residual_features(x) - self.rs["mean"]) / self.rs["scale"]) @ self.rs["weights"] + self.resid["bias"]
+        top = p.topk(2, 1).values
+        inputs = torch.stack([maha, torch.sigmoid(z), sq, torch.sigmoid(rz), top[:, 0] - top[:, 1]], 1)
+        return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
+
+
+def logit(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def attack(model, tf: TorchFused, x, y, eps, steps, kind, lam, t_logit, seed):
+    """Best iterate per image: misclassified and (approximately) under t; else the last."""
+    g = torch.Generator().manual_seed(seed)
+    d = (torch.rand(x.shape, generator=g) * 2 - 1) * eps
+    d = (x + d).clamp(0, 1) - x
+    best, found = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(steps):
+        d.requires_grad_(True)
+        xa = x + d
+        logits, feats, fz = tf(model, xa)
+        if kind == "fused-aware":
+            pen = F.relu(fz - t_logit + 0.1)
+        else:  # feature-hiding: towards the clean mean of the class the attack currently reaches
+            wrong = logits.detach().clone()
+            wrong[torch.arange(len(y)), y] = -float("inf")
+            pen = tf.mahalanobis(feats).gather(1, wrong.argmax(1, keepdim=True))[:, 0]
+        loss = F.cross_entropy(logits, y, reduction="none") - lam * pen
+        (grad,) = torch.autograd.grad(loss.sum(), d)
+        with torch.no_grad():
+            ok = (logits.argmax(1) != y) & (fz <= t_logit)
+            best[ok & ~found] = xa[ok & ~found].detach()
+            found |= ok
+            best[~found] = xa[~found].detach()
+        d = (d.detach() + 2.5 * eps / steps * grad.sign()).clamp(-eps, eps)
+        d = (x + d).clamp(0, 1) - x
+    return best
+
+
+def main(argv=None):
+    args, spec, out_dir = C.stage_args(__doc__, argv, lambda ap: ap.add_argument("--steps", type=int, default=40))
+    t0 = time.time()
+    model, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
+    clf = Classifier(out_dir)
+    tf = TorchFused(out_dir)
+    dets = detectors.load_detectors(out_dir)
+    resid_model = residual_model(tf.resid)
+    fz_model = fused_model(tf.fused)
+    thr = tf.fused["thresholds"]
+    x, y, _ = datasets.load_split(spec, "test")
+    with open(os.path.join(out_dir, "adv_split.json")) as f:
+        te = np.array(json.load(f)["AdvTest"]["index"], dtype=np.int64)
+    clean = Inputs(clf, x[te])
+    base = te[clean.pred == y[te]]
+    xt, yt = torch.from_numpy(x[base]), torch.from_numpy(y[base])
+    print(f"[adaptive-fused] {len(base)} clean-correct AdvTest images, thresholds {thr}", flush=True)
+    rows = []
+    for kind in ("fused-aware", "feature-hiding"):
+        for e in EPS_255:
+            t1 = time.time()
+            passed1 = np.zeros(len(base), bool)
+            passed5 = np.zeros(len(base), bool)
+            fooled_any = np.zeros(len(base), bool)
+            for lam in LAMBDAS:
+                xa = torch.cat([attack(model, tf, xt[i:i + 64], yt[i:i + 64], e / 255, args.steps, kind, lam,
+                                       logit(thr["fpr_0.05"]), seed=e) for i in range(0, len(base), 64)]).numpy()
+                inp = Inputs(clf, xa)
+                s = fused_score(fz_model, inp.matrix(*base_scores(dets, resid_model, inp)))
+                fooled = inp.pred != y[base]
+                fooled_any |= fooled
+                passed1 |= fooled & (s <= thr["fpr_0.01"])
+                passed5 |= fooled & (s <= thr["fpr_0.05"])
+            rows.append({"attack": kind, "eps_255": e, "n": int(len(base)), "fooled": float(fooled_any.mean()),
+                         "fooled_not_adversarial": float(passed1.mean()), "fooled_and_clean": float(passed5.mean()),
+                         "seconds": round(time.time() - t1, 1)})
+            print(f"[adaptive-fused] {kind} {e}/255: fooled {fooled_any.mean():.3f}, not ADVERSARIAL {passed1.mean():.3f}, "
+                  f"answered CLEAN {passed5.mean():.3f} ({time.time() - t1:.0f}s)", flush=True)
+    rob = {}
+    with open(os.path.join(out_dir, "report.json")) as f:
+        ev = json.load(f).get("adversarial_evaluation", {})
+    for b, v in (ev.get("robust_accuracy_advtest", {}).get("hardened") or {}).items():
+        rob[b] = v.get("pgd20")
+    C.merge_report(out_dir, "adaptive_fused", {
+        "command": f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}",
+        "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05", "rows": rows,
+        "robust_accuracy_pgd20_ceiling": rob, "base": "AdvTest images the served classifier classifies correctly when clean",
+        "seconds": round(time.time() - t0, 1)})
+    print(f"[done] adaptive attacks on the fused verdict in {time.time() - t0:.0f}s", flush=True)
+
+
+def residual_model(d: dict):
+    """(scaler, lr)-like object from detector_residual.json for residual.score."""
+    return _Linear(d), _Linear(d)
+
+
+def fused_model(d: dict):
+    return _Linear(d), _Linear(d)
+
+
+class _Linear:
+    """StandardScaler + LogisticRegression stand-in read back from a detector file, so the
+    exact re-scoring uses the served numbers, not a refit."""
+
+    def __init__(self, d: dict):
+        self.mean, self.scale = np.array(d["mean"]), np.array(d["scale"])
+        self.w, self.b = np.array(d["weights"]), float(d["bias"])
+
+    def transform(self, X):
+        return (np.asarray(X, np.float64) - self.mean) / self.scale
+
+    def predict_proba(self, Z):
+        p = 1 / (1 + np.exp(-(Z @ self.w + self.b)))
+        return np.column_stack([1 - p, p])
+
+
+if __name__ == "__main__":
+    main()
