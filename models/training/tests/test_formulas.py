@@ -1,0 +1,116 @@
+"""The pipeline's formulas that have a Rust twin, each against an independent computation
+(scikit-learn / scipy where they do the same job, a direct loop otherwise). The Rust side
+is held to the same numbers by the parity tests (tests/detector_parity.rs,
+tests/out_of_distribution.rs, tests/campaign.rs, tests/screen_real_images.rs).
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+from sklearn.linear_model import LogisticRegression
+
+from medsentry_training import campaign, detectors, fused, ood, preprocess, residual, squeeze
+
+RNG = np.random.default_rng(0)
+
+
+def test_area_resize_rows_sum_to_one_and_integer_factor_is_the_block_mean():
+    for n_in, n_out in [(224, 64), (7, 3), (64, 64), (10, 20), (1955, 64)]:
+        assert np.allclose(preprocess.area_weights(n_in, n_out).sum(1), 1.0)
+    plane = np.arange(16, dtype=np.float64).reshape(4, 4)
+    assert preprocess.area_resize(plane, 2, 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
+
+
+def test_luma_is_bt601():
+    rgb = RNG.random((3, 5, 5))
+    got = preprocess.to_model_space(rgb, "gray", 5, 5)[0]
+    assert np.allclose(got, 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2], atol=1e-7)
+
+
+def naive_laplacian(x):
+    n, c, h, w = x.shape
+    out = np.zeros_like(x, dtype=np.float64)
+    at = lambda img, i, j: img[min(max(i, 0), h - 1), min(max(j, 0), w - 1)]  # noqa: E731
+    for a in range(n):
+        for b in range(c):
+            img = x[a, b]
+            for i in range(h):
+                for j in range(w):
+                    out[a, b, i, j] = 4 * img[i, j] - at(img, i - 1, j) - at(img, i + 1, j) - at(img, i, j - 1) - at(img, i, j + 1)
+    return out
+
+
+def test_residual_features_histogram_and_moments():
+    x = RNG.random((3, 2, 6, 5)).astype(np.float32)
+    lap = naive_laplacian(x.astype(np.float64))
+    assert np.allclose(residual.laplacian(x), lap)
+    f = residual.features(x)
+    r = np.abs(lap).reshape(3, -1)
+    edges = np.array(residual.EDGES_255) / 255
+    for k in range(len(edges)):
+        hi = edges[k + 1] if k + 1 < len(edges) else np.inf
+        share = ((r >= edges[k]) & (r < hi)).mean(1)
+        assert np.allclose(f[:, k], np.sqrt(share))
+    assert np.allclose(f[:, -2], r.mean(1)) and np.allclose(f[:, -1], np.sqrt((r ** 2).mean(1)))
+
+
+def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
+    x = RNG.random((8, 1, 6, 6))
+    r = campaign.residuals(x)
+    assert np.allclose(np.linalg.norm(r, axis=1), 1.0) and np.allclose(r.mean(1), 0.0)
+    corr = np.corrcoef(naive_laplacian(x).reshape(8, -1))
+    assert np.isclose(campaign.window_score(r), corr[~np.eye(8, dtype=bool)].mean())
+
+
+def test_squeeze_bits_round_half_even_and_median_replicates_edges():
+    # 1 bit: levels 0 and 1; 0.5 is a tie and goes to the even level 0
+    assert squeeze.squeeze_bits(np.array([0.5, 0.25, 0.75, 1.0], np.float32), 1).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert squeeze.squeeze_bits(np.array([0.98], np.float32), 5).tolist() == [np.float32(30 / 31)]
+    x = RNG.random((1, 1, 5, 4)).astype(np.float32)
+    m = squeeze.squeeze_median(x, 3)
+    p = np.pad(x[0, 0], 1, mode="edge")
+    want = np.array([[np.median(p[i:i + 3, j:j + 3]) for j in range(4)] for i in range(5)])
+    assert np.allclose(m[0, 0], want)
+
+
+def test_ledoit_wolf_and_mahalanobis_match_scikit_learn():
+    X = RNG.normal(size=(200, 6)) @ RNG.normal(size=(6, 6))
+    cov, _ = detectors.ledoit_wolf(X - X.mean(0))
+    assert np.allclose(cov, LedoitWolf(assume_centered=True).fit(X - X.mean(0)).covariance_, atol=1e-8)
+    y = (RNG.random(200) < 0.5).astype(np.int64)
+    means, prec, _ = detectors.fit_mahalanobis(X, y, 2)
+    q = detectors.mahalanobis_score(X[:5], means, prec)
+    want = [min(np.sqrt((v - m) @ prec @ (v - m)) for m in means) for v in X[:5]]
+    assert np.allclose(q, want)
+
+
+def test_logistic_regression_agrees_with_scikit_learn_and_thresholds_keep_the_rate():
+    X = RNG.normal(size=(300, 4))
+    t = (X[:, 0] + 0.5 * X[:, 1] + RNG.normal(scale=0.5, size=300) > 0).astype(np.float64)
+    mean, scale, w, b = detectors.fit_logistic(X, t)
+    ours = 1 / (1 + np.exp(-detectors.logistic_logit(X, {"mean": mean, "scale": scale, "weights": w, "bias": b})))
+    ref = LogisticRegression(class_weight="balanced", C=10.0, max_iter=2000).fit((X - mean) / scale, t)
+    assert np.corrcoef(ours, ref.predict_proba((X - mean) / scale)[:, 1])[0, 1] > 0.999
+    s = RNG.random(1000)
+    thr = detectors.threshold_at(s, 0.01)
+    assert (s > thr).sum() <= 10 and (s >= thr).sum() > 10
+
+
+def test_fused_score_formula_in_the_file_is_scikit_learns():
+    X = RNG.normal(size=(200, 5))
+    t = (X @ RNG.normal(size=5) > 0).astype(np.float64)
+    model = fused.fit_fused(X, t)
+    scaler, lr = model
+    z = ((X - scaler.mean_) / scaler.scale_) @ lr.coef_[0] + lr.intercept_[0]
+    assert np.allclose(fused.fused_score(model, X), 1 / (1 + np.exp(-z)))
+
+
+def test_ood_layout_vector_cells_histogram_and_chroma():
+    x = RNG.random((2, 3, 16, 16))
+    v = ood.layout(x, 8)
+    cells = x.reshape(2, 3, 8, 2, 8, 2).mean(axis=(3, 5)).reshape(2, -1)
+    assert np.allclose(v[:, :cells.shape[1]], cells)
+    hist = v[:, cells.shape[1]:cells.shape[1] + ood.BINS] ** 2
+    assert np.allclose(hist.sum(1), 1.0)
+    assert np.allclose(hist[0], np.histogram(x[0].ravel(), bins=ood.BINS, range=(0, 1))[0] / x[0].size)
+    assert v.shape[1] == cells.shape[1] + 2 * ood.BINS
