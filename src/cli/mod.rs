@@ -1,5 +1,6 @@
 //! cli: the `medsentry` command line: `serve`, `screen`, `models`, `bench`, `eval`, `quarantine`.
 
+pub mod audit;
 mod bench;
 mod eval;
 mod models;
@@ -31,6 +32,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// List or export what the quarantine store holds.
     Quarantine(quarantine::QuarantineArgs),
+    /// Red-team a running endpoint with black-box attacks through its API (loopback only
+    /// unless --allow-remote); report.json, REPORT.md and queries.jsonl in --out.
+    Audit(audit::AuditArgs),
 }
 
 /// Runs a parsed command; the process exit code follows the result.
@@ -44,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Screen(args) => screen::run(args).await,
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Eval(args) => eval::run(args).await,
         Command::Quarantine(args) => quarantine::run(args),
     }

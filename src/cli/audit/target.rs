@@ -1,0 +1,172 @@
+//! The endpoint under audit: medsentry.v1 Screen, one PNG per query, at a bounded rate and
+//! within a query budget and a deadline. Every query is recorded (queries.jsonl: what was
+//! sent, by sha256, and what came back) so that the audit is itself auditable.
+
+use std::io::Write;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+use super::image::Image;
+use crate::proto::{self, sentry_client::SentryClient};
+
+/// What one query returned, as an outside caller sees it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Class probabilities (empty when refused or failed).
+    pub probabilities: Vec<f32>,
+    pub top: Option<usize>,
+    pub verdict: Outcome,
+    /// The campaign monitor's alarm after this query, when the endpoint reports one.
+    pub campaign_alarm: bool,
+}
+
+/// How the endpoint treated one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Clean,
+    Suspicious,
+    Adversarial,
+    OutOfDistribution,
+    NotScreened,
+    /// PERMISSION_DENIED: the policy refused the input.
+    Refused,
+    /// Any other error (the query still counts against the budget).
+    Error,
+}
+
+impl Outcome {
+    /// Flagged as an attack: the verdict says so or the policy refused it.
+    pub fn flagged(self) -> bool {
+        matches!(self, Outcome::Suspicious | Outcome::Adversarial | Outcome::Refused)
+    }
+
+    /// Answered as an ordinary image: what an attacker needs.
+    pub fn passed(self) -> bool {
+        matches!(self, Outcome::Clean | Outcome::NotScreened)
+    }
+}
+
+/// Refuses a target that is not on this machine unless the operator allowed it: the
+/// audit sends attack traffic and must not become a way to attack someone else's endpoint.
+pub fn check_target(target: &str, allow_remote: bool) -> anyhow::Result<()> {
+    let addrs: Vec<IpAddr> = target.to_socket_addrs().map_err(|e| anyhow::anyhow!("--target {target}: {e}"))?.map(|a| a.ip()).collect();
+    anyhow::ensure!(!addrs.is_empty(), "--target {target} resolves to no address");
+    if !allow_remote && !addrs.iter().all(|ip| ip.is_loopback()) {
+        anyhow::bail!("--target {target} is not a loopback address ({addrs:?}); pass --allow-remote to audit an endpoint on another host");
+    }
+    Ok(())
+}
+
+pub struct Target {
+    client: SentryClient<Channel>,
+    model: String,
+    /// Smallest gap between two queries (from --rate).
+    gap: Duration,
+    last: Option<Instant>,
+    deadline: Instant,
+    log: std::io::BufWriter<std::fs::File>,
+    /// Queries sent so far, all attacks together.
+    pub sent: usize,
+    /// Query index (1-based) at which the campaign alarm was first seen.
+    pub first_alarm: Option<usize>,
+    /// Every answer so far by outcome: the test holds them against the server's counters.
+    pub outcomes: std::collections::BTreeMap<Outcome, usize>,
+}
+
+impl Target {
+    pub async fn connect(target: &str, model: &str, rate: f64, max_seconds: f64, log_path: &std::path::Path) -> anyhow::Result<Target> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{target}"))?.connect().await.map_err(|e| anyhow::anyhow!("connecting to {target}: {e}"))?;
+        let client = SentryClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(256 << 20);
+        let gap = if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO };
+        Ok(Target {
+            client,
+            model: model.to_string(),
+            gap,
+            last: None,
+            deadline: Instant::now() + Duration::from_secs_f64(max_seconds),
+            log: std::io::BufWriter::new(std::fs::File::create(log_path)?),
+            sent: 0,
+            first_alarm: None,
+            outcomes: Default::default(),
+        })
+    }
+
+    /// True once the run's time is up: attacks stop and the report says so.
+    pub fn out_of_time(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    pub async fn query(&mut self, img: &Image, attack: &str, image: &str) -> anyhow::Result<Answer> {
+        if let Some(last) = self.last {
+            let wait = self.gap.saturating_sub(last.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.last = Some(Instant::now());
+        let png = img.png();
+        let sha = hex(&Sha256::digest(&png));
+        self.sent += 1;
+        let req = proto::ScreenRequest {
+            request_id: format!("audit-{}", self.sent),
+            model: self.model.clone(),
+            input: Some(proto::screen_request::Input::Image(png)),
+        };
+        let answer = match self.client.screen(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let s = r.screening.unwrap_or_default();
+                let verdict = match proto::Verdict::try_from(s.verdict).unwrap_or(proto::Verdict::Unspecified) {
+                    proto::Verdict::Clean => Outcome::Clean,
+                    proto::Verdict::Suspicious => Outcome::Suspicious,
+                    proto::Verdict::Adversarial => Outcome::Adversarial,
+                    proto::Verdict::OutOfDistribution => Outcome::OutOfDistribution,
+                    _ => Outcome::NotScreened,
+                };
+                let campaign_alarm = s.campaign.map(|c| c.alarm).unwrap_or(false);
+                Answer { probabilities: r.probabilities.iter().map(|p| p.probability).collect(), top: Some(r.top_index as usize), verdict, campaign_alarm }
+            }
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                Answer { probabilities: vec![], top: None, verdict: Outcome::Refused, campaign_alarm: false }
+            }
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), message = status.message(), "audit query failed");
+                Answer { probabilities: vec![], top: None, verdict: Outcome::Error, campaign_alarm: false }
+            }
+        };
+        *self.outcomes.entry(answer.verdict).or_insert(0) += 1;
+        if answer.campaign_alarm && self.first_alarm.is_none() {
+            self.first_alarm = Some(self.sent);
+        }
+        let line = serde_json::json!({"query": self.sent, "attack": attack, "image": image, "sent_png_sha256": sha,
+            "outcome": answer.verdict, "top": answer.top, "campaign_alarm": answer.campaign_alarm});
+        writeln!(self.log, "{line}")?;
+        Ok(answer)
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.log.flush()?;
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_targets_without_allow_remote() {
+        assert!(super::check_target("127.0.0.1:50051", false).is_ok());
+        assert!(super::check_target("[::1]:50051", false).is_ok());
+        let err = super::check_target("192.0.2.7:50051", false).unwrap_err().to_string();
+        assert!(err.contains("--allow-remote"), "{err}");
+        assert!(super::check_target("192.0.2.7:50051", true).is_ok());
+    }
+}
