@@ -89,8 +89,10 @@ pub struct ServeArgs {
     /// grpc.health.v1, reflection).
     #[arg(long, env = "MEDSENTRY_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
-    /// Admin HTTP listen address: /metrics, /healthz, /readyz.
-    #[arg(long, env = "MEDSENTRY_ADMIN_LISTEN", default_value = "0.0.0.0:9464")]
+    /// Admin HTTP listen address: /metrics, /healthz, /readyz. Loopback by default: the
+    /// metrics name the models and show the traffic, so exposing them is an explicit choice
+    /// (the container image and the manifests set 0.0.0.0:9464 for the scraper and probes).
+    #[arg(long, env = "MEDSENTRY_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
     pub admin_listen: SocketAddr,
     /// Largest gRPC message accepted, in bytes (a DICOM file travels in one message).
     #[arg(long, env = "MEDSENTRY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -102,6 +104,45 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub upstream: UpstreamArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS on the gRPC port (README, "TLS"). Unset = plaintext, for a sidecar reached only over
+/// the pod's loopback.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain of the gRPC port (with --tls-key).
+    #[arg(long, env = "MEDSENTRY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MEDSENTRY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "MEDSENTRY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the certificate files are checked for changes, in seconds.
+    #[arg(long, env = "MEDSENTRY_TLS_RELOAD_SECS", default_value_t = 10)]
+    pub tls_reload_secs: u64,
+}
+
+impl TlsArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => return Err("--tls-cert and --tls-key go together".into()),
+            (None, None) if self.tls_client_ca.is_some() => return Err("--tls-client-ca needs --tls-cert and --tls-key".into()),
+            _ => {}
+        }
+        if !(1..=86_400).contains(&self.tls_reload_secs) {
+            return Err(format!("--tls-reload-secs must be 1..=86400, got {}", self.tls_reload_secs));
+        }
+        Ok(())
+    }
+
+    /// The files to serve TLS from; None = plaintext.
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles { cert: self.tls_cert.clone()?, key: self.tls_key.clone()?, client_ca: self.tls_client_ca.clone() })
+    }
 }
 
 /// Proxy mode: ModelInfer calls of the Open Inference Protocol are screened, then forwarded
@@ -212,6 +253,7 @@ impl ServeArgs {
             return Err("--max-message-bytes must be at least 1024".into());
         }
         self.upstream.validate()?;
+        self.tls.validate()?;
         self.model.validate()
     }
 

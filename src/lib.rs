@@ -23,6 +23,7 @@ pub mod preprocess;
 pub mod quarantine;
 pub mod server;
 pub mod serving;
+pub mod tls;
 pub mod upstream;
 
 /// Generated gRPC code of proto/medsentry/v1/sentry.proto.

@@ -42,6 +42,9 @@ pub const UPSTREAM_ERRORS: &str = "medsentry_upstream_errors_total";
 pub const UPSTREAM_RETRIES: &str = "medsentry_upstream_retries_total";
 pub const UPSTREAM_READY: &str = "medsentry_upstream_ready";
 pub const BLOCKED_BEFORE_FORWARD: &str = "medsentry_blocked_before_forward_total";
+/// TLS on the gRPC port (src/tls.rs): handshakes refused or timed out, certificate reloads.
+pub const TLS_HANDSHAKE_FAILURES: &str = "medsentry_tls_handshake_failures_total";
+pub const TLS_RELOADS: &str = "medsentry_tls_reloads_total";
 /// Decode memory budget (src/decode/budget.rs): bytes reserved by decodes in flight, and the limit.
 pub const DECODE_MEMORY: &str = "medsentry_decode_memory_bytes";
 
@@ -190,6 +193,16 @@ pub fn record_upstream(code: &'static str, seconds: f64) {
         counter!(UPSTREAM_ERRORS, "code" => code).increment(1);
     }
     histogram!(UPSTREAM_DURATION).record(seconds);
+}
+
+/// A TLS handshake on the gRPC port that did not complete; reason: refused | timeout.
+pub fn record_tls_handshake_failure(reason: &'static str) {
+    counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+}
+
+/// The certificate files changed and were re-read; result: ok | failed (old one kept).
+pub fn record_tls_reload(result: &'static str) {
+    counter!(TLS_RELOADS, "result" => result).increment(1);
 }
 
 /// A forwarded call tried again after its connection was refused.

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -90,15 +91,19 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
         }
     };
     let local = grpc.local_addr().ok();
-    let server = Server::builder()
+    let router = Server::builder()
         .layer(tower::util::MapResponseLayer::new(api::count_transport_refusals))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sentry)
-        .add_service(oip)
+        .add_service(oip);
+    let tls = args.tls.files().map(|files| crate::tls::start(files, Duration::from_secs(args.tls.tls_reload_secs))).transpose()?;
+    tracing::info!(grpc = ?local, admin = ?args.admin_listen, tls = tls.is_some(), mutual_tls = args.tls.tls_client_ca.is_some(), "medsentry listening");
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         // TCP_NODELAY: without it small answers wait for the peer's delayed ACK (~40 ms).
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), signal);
-    tracing::info!(grpc = ?local, "medsentry listening");
+        None => Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), signal)),
+        Some(config) => Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(grpc, config), signal)),
+    };
 
     let warm = {
         let (registry, health, draining) = (registry.clone(), health.clone(), draining.clone());

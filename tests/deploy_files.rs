@@ -134,6 +134,20 @@ fn the_kubernetes_manifests_match_the_kubernetes_and_prometheus_operator_schemas
     for p in find("Service")["spec"]["ports"].as_array().unwrap() {
         assert!(ports.contains_key(p["targetPort"].as_str().unwrap()), "Service port {p} targets a named port of the medsentry container");
     }
+    // The admin port binds loopback unless told: the pod must say so for its probes and scraper.
+    assert!(
+        sidecar["env"].as_array().unwrap().iter().any(|e| e["name"] == "MEDSENTRY_ADMIN_LISTEN" && e["value"] == "0.0.0.0:9464"),
+        "the Deployment exposes the admin port explicitly"
+    );
+    // Every port the NetworkPolicy opens is opened to a named set of peers, never to all.
+    let rules = find("NetworkPolicy")["spec"]["ingress"].as_array().unwrap().clone();
+    let mut opened = Vec::new();
+    for rule in &rules {
+        assert!(rule["from"].as_array().is_some_and(|f| !f.is_empty()), "ingress rule {rule} has no `from`: open to every pod");
+        opened.extend(rule["ports"].as_array().unwrap().iter().map(|p| p["port"].as_u64().unwrap()));
+    }
+    opened.sort();
+    assert_eq!(opened, [8002, 9464, 50051], "gRPC, admin and the inference server's metrics, nothing else");
 }
 
 #[test]

@@ -58,6 +58,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         shutdown_grace_secs: 5,
         model: args.models.clone(),
         upstream: Default::default(),
+        tls: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::run(serve, grpc, admin, async move {

@@ -110,7 +110,7 @@ impl Target {
         }
         self.last = Some(Instant::now());
         let png = img.png();
-        let sha = hex(&Sha256::digest(&png));
+        let sha = hex::encode(Sha256::digest(&png));
         self.sent += 1;
         let req = proto::ScreenRequest {
             request_id: format!("audit-{}", self.sent),
@@ -153,10 +153,6 @@ impl Target {
         self.log.flush()?;
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,178 @@
+//! TLS and mutual TLS on the gRPC port with certificates made here (rcgen): a TLS client
+//! is served, a plaintext one is refused and counted; with a client CA only clients holding
+//! a certificate it signed get in; replacing the certificate files switches new
+//! connections to the new certificate while an open connection keeps working, and a broken
+//! replacement keeps the old one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use medsentry::proto::sentry_client::SentryClient;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+/// A CA and what it signs, as PEM.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        Ca { cert: p.self_signed(&key).unwrap(), key }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// (certificate PEM, key PEM) for `names` (DNS names or IP addresses).
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        (p.signed_by(&key, &self.cert, &self.key).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p: PathBuf = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+async fn tls_channel(server: &TestServer, ca: &str, identity: Option<(&str, &str)>) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{}", server.grpc)).unwrap().tls_config(tls)?.connect().await
+}
+
+/// Health over TLS: true once the overall service is SERVING.
+async fn serving(channel: Channel) -> bool {
+    HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.map(|r| r.into_inner().status == 1).unwrap_or(false)
+}
+
+async fn wait_serving(server: &TestServer, ca: &str, identity: Option<(&str, &str)>) {
+    for _ in 0..200 {
+        if let Ok(c) = tls_channel(server, ca, identity).await {
+            if serving(c).await {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the TLS server never became ready");
+}
+
+async fn screen_ok(channel: Channel) -> bool {
+    let (_, refs) = references("chest-xray-pneumonia");
+    let mut req = tensor_request("tls", vec![1, 1, 64, 64], refs[0].pixels.clone());
+    req.model = "chest-xray-pneumonia".into();
+    SentryClient::new(channel).screen(req).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_tls_clients_and_refuses_plaintext() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("medsentry test CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let (c, k) = (write(dir.path(), "cert.pem", &cert), write(dir.path(), "key.pem", &key));
+    let server = TestServer::start(&["--tls-cert", &c, "--tls-key", &k]).await;
+    wait_serving(&server, &ca.pem(), None).await;
+    assert!(screen_ok(tls_channel(&server, &ca.pem(), None).await.unwrap()).await, "a TLS client is served");
+
+    let (_, before) = server.admin_get("/metrics");
+    let plain = Endpoint::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await;
+    let served = match plain {
+        Ok(ch) => screen_ok(ch).await,
+        Err(_) => false,
+    };
+    assert!(!served, "a plaintext client is not served");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, after) = server.admin_get("/metrics");
+    assert!(delta(&before, &after, "medsentry_tls_handshake_failures_total", &[("reason", "refused")]) >= 1.0, "the refused handshake is counted");
+    // A client that trusts another CA does not accept the server.
+    assert!(
+        tls_channel(&server, &Ca::new("other").pem(), None).await.is_err()
+            || !screen_ok(tls_channel(&server, &Ca::new("other").pem(), None).await.unwrap()).await
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_the_client_ca_signed() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca, stranger) = (Ca::new("server CA"), Ca::new("client CA"), Ca::new("stranger CA"));
+    let (cert, key) = server_ca.issue(&["localhost"]);
+    let args = [write(dir.path(), "cert.pem", &cert), write(dir.path(), "key.pem", &key), write(dir.path(), "clients.pem", &client_ca.pem())];
+    let server = TestServer::start(&["--tls-cert", &args[0], "--tls-key", &args[1], "--tls-client-ca", &args[2]]).await;
+    let (pacs_cert, pacs_key) = client_ca.issue(&["pacs-gateway"]);
+    wait_serving(&server, &server_ca.pem(), Some((&pacs_cert, &pacs_key))).await;
+    assert!(screen_ok(tls_channel(&server, &server_ca.pem(), Some((&pacs_cert, &pacs_key))).await.unwrap()).await, "a client of the client CA is served");
+
+    let refused = |identity: Option<(String, String)>| {
+        let ca = server_ca.pem();
+        let server = &server;
+        async move {
+            match tls_channel(server, &ca, identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()))).await {
+                Ok(ch) => !screen_ok(ch).await,
+                Err(_) => true,
+            }
+        }
+    };
+    assert!(refused(None).await, "no client certificate: refused");
+    assert!(refused(Some(stranger.issue(&["intruder"]))).await, "a certificate another CA signed: refused");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_certificates_take_effect_for_new_connections_without_dropping_open_ones() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let (cert, key) = old_ca.issue(&["localhost"]);
+    let (c, k) = (write(dir.path(), "cert.pem", &cert), write(dir.path(), "key.pem", &key));
+    let server = TestServer::start(&["--tls-cert", &c, "--tls-key", &k, "--tls-reload-secs", "1"]).await;
+    wait_serving(&server, &old_ca.pem(), None).await;
+    let open = tls_channel(&server, &old_ca.pem(), None).await.unwrap();
+    assert!(screen_ok(open.clone()).await);
+    let (_, before) = server.admin_get("/metrics");
+
+    // The files are replaced: key first, then certificate (a half-done rotation in between).
+    let (cert2, key2) = new_ca.issue(&["localhost"]);
+    write(dir.path(), "key.pem", &key2);
+    write(dir.path(), "cert.pem", &cert2);
+    let mut switched = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(ch) = tls_channel(&server, &new_ca.pem(), None).await {
+            if screen_ok(ch).await {
+                switched = true;
+                break;
+            }
+        }
+    }
+    assert!(switched, "new connections get the new certificate");
+    assert!(screen_ok(open.clone()).await, "the connection opened before the reload still works");
+    let (_, after) = server.admin_get("/metrics");
+    assert!(delta(&before, &after, "medsentry_tls_reloads_total", &[("result", "ok")]) >= 1.0);
+
+    // A broken key: the reload fails, is counted, and the new certificate stays in use.
+    write(dir.path(), "key.pem", "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, later) = server.admin_get("/metrics");
+    assert!(delta(&after, &later, "medsentry_tls_reloads_total", &[("result", "failed")]) >= 1.0, "the failed reload is counted");
+    assert!(screen_ok(tls_channel(&server, &new_ca.pem(), None).await.unwrap()).await, "the last good certificate keeps serving");
+    server.stop().await.unwrap();
+}
