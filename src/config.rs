@@ -162,11 +162,31 @@ pub struct UpstreamArgs {
     /// How often the upstream's ServerReady is polled, in ms (health follows it).
     #[arg(long, env = "MEDSENTRY_UPSTREAM_POLL_MS", default_value_t = 2_000)]
     pub upstream_poll_ms: u64,
+    /// PEM CA bundle the upstream's certificate must chain to: TLS to the upstream.
+    #[arg(long, env = "MEDSENTRY_UPSTREAM_TLS_CA")]
+    pub upstream_tls_ca: Option<PathBuf>,
+    /// PEM certificate and key medsentry presents to the upstream (mutual TLS).
+    #[arg(long, env = "MEDSENTRY_UPSTREAM_TLS_CERT")]
+    pub upstream_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "MEDSENTRY_UPSTREAM_TLS_KEY")]
+    pub upstream_tls_key: Option<PathBuf>,
+    /// Name the upstream's certificate must carry (default: the host of --upstream).
+    #[arg(long, env = "MEDSENTRY_UPSTREAM_TLS_DOMAIN")]
+    pub upstream_tls_domain: Option<String>,
 }
 
 impl Default for UpstreamArgs {
     fn default() -> Self {
-        UpstreamArgs { upstream: None, upstream_screen_model: None, upstream_timeout_ms: 30_000, upstream_poll_ms: 2_000 }
+        UpstreamArgs {
+            upstream: None,
+            upstream_screen_model: None,
+            upstream_timeout_ms: 30_000,
+            upstream_poll_ms: 2_000,
+            upstream_tls_ca: None,
+            upstream_tls_cert: None,
+            upstream_tls_key: None,
+            upstream_tls_domain: None,
+        }
     }
 }
 
@@ -186,7 +206,33 @@ impl UpstreamArgs {
         if !(50..=600_000).contains(&self.upstream_poll_ms) {
             return Err(format!("--upstream-poll-ms must be 50..=600000, got {}", self.upstream_poll_ms));
         }
+        let tls_flags = self.upstream_tls_cert.is_some() || self.upstream_tls_key.is_some() || self.upstream_tls_domain.is_some();
+        if tls_flags && self.upstream_tls_ca.is_none() {
+            return Err("--upstream-tls-cert/--upstream-tls-key/--upstream-tls-domain need --upstream-tls-ca".into());
+        }
+        if self.upstream_tls_cert.is_some() != self.upstream_tls_key.is_some() {
+            return Err("--upstream-tls-cert and --upstream-tls-key go together".into());
+        }
+        if self.upstream_tls_ca.is_some() && self.upstream.is_none() {
+            return Err("--upstream-tls-ca needs --upstream".into());
+        }
         Ok(())
+    }
+
+    /// TLS settings for the upstream channel, read from their files (a clear error at
+    /// start-up); None = plaintext.
+    pub fn tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let Some(ca) = &self.upstream_tls_ca else { return Ok(None) };
+        let read = |p: &PathBuf, flag: &str| std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()));
+        let host = self.upstream.as_deref().and_then(|a| a.rsplit_once(':')).map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca, "--upstream-tls-ca")?))
+            .domain_name(self.upstream_tls_domain.clone().unwrap_or(host));
+        if let (Some(c), Some(k)) = (&self.upstream_tls_cert, &self.upstream_tls_key) {
+            tls = tls.identity(Identity::from_pem(read(c, "--upstream-tls-cert")?, read(k, "--upstream-tls-key")?));
+        }
+        Ok(Some(tls))
     }
 
     pub fn timeout(&self) -> Duration {

@@ -156,8 +156,10 @@ fn start_proxy(args: &ServeArgs, registry: &Registry) -> anyhow::Result<Option<P
     if registry.get(&screen_model).is_none() {
         anyhow::bail!("--upstream-screen-model {screen_model:?} is not among the served bundles {:?}", registry.names());
     }
-    let upstream = Upstream::start(addr, args.upstream.timeout(), args.upstream.poll_interval(), args.max_message_bytes)?;
-    tracing::info!(upstream = addr, screen_model, "proxy mode: screened ModelInfer calls are forwarded upstream");
+    let tls = args.upstream.tls()?;
+    let upstream_tls = tls.is_some();
+    let upstream = Upstream::start(addr, args.upstream.timeout(), args.upstream.poll_interval(), args.max_message_bytes, tls)?;
+    tracing::info!(upstream = addr, screen_model, upstream_tls, "proxy mode: screened ModelInfer calls are forwarded upstream");
     Ok(Some(Proxy { upstream, screen_model }))
 }
 

@@ -39,17 +39,6 @@ fn upstream_models() -> tempfile::TempDir {
     dir
 }
 
-/// A ModelInfer of one [1, 1, 64, 64] FP32 tensor in raw_input_contents (tritonclient's way).
-fn infer_request(model: &str, id: &str, pixels: &[f32]) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: model.into(),
-        id: id.into(),
-        inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![1, 1, 64, 64], ..Default::default() }],
-        raw_input_contents: vec![pixels.iter().flat_map(|v| v.to_le_bytes()).collect()],
-        ..Default::default()
-    }
-}
-
 async fn oip(server: &TestServer) -> GrpcInferenceServiceClient<Channel> {
     GrpcInferenceServiceClient::new(server.channel().await)
 }

@@ -2,7 +2,7 @@
 //! is served, a plaintext one is refused and counted; with a client CA only clients holding
 //! a certificate it signed get in; replacing the certificate files switches new
 //! connections to the new certificate while an open connection keeps working, and a broken
-//! replacement keeps the old one.
+//! replacement keeps the old one. In proxy mode medsentry speaks mutual TLS to its upstream.
 
 mod common;
 
@@ -175,4 +175,43 @@ async fn new_certificates_take_effect_for_new_connections_without_dropping_open_
     assert!(delta(&after, &later, "medsentry_tls_reloads_total", &[("result", "failed")]) >= 1.0, "the failed reload is counted");
     assert!(screen_ok(tls_channel(&server, &new_ca.pem(), None).await.unwrap()).await, "the last good certificate keeps serving");
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_speaks_mutual_tls_to_its_upstream() {
+    use medsentry::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_ca, proxies_ca) = (Ca::new("upstream CA"), Ca::new("proxies CA"));
+    let (cert, key) = upstream_ca.issue(&["localhost"]);
+    let (proxy_cert, proxy_key) = proxies_ca.issue(&["medsentry-proxy"]);
+    let f = |n: &str, t: &str| write(dir.path(), n, t);
+    let (uc, uk, clients, ca, pc, pk) = (
+        f("u.pem", &cert),
+        f("u.key", &key),
+        f("clients.pem", &proxies_ca.pem()),
+        f("ca.pem", &upstream_ca.pem()),
+        f("p.pem", &proxy_cert),
+        f("p.key", &proxy_key),
+    );
+    let upstream = TestServer::start(&["--tls-cert", &uc, "--tls-key", &uk, "--tls-client-ca", &clients]).await;
+    wait_serving(&upstream, &upstream_ca.pem(), Some((&proxy_cert, &proxy_key))).await;
+    let addr = upstream.grpc.to_string();
+    let tls_flags = ["--upstream", &addr, "--upstream-tls-ca", &ca, "--upstream-tls-domain", "localhost", "--upstream-poll-ms", "100"];
+
+    let proxy = TestServer::ready(&[&tls_flags[..], &["--upstream-tls-cert", &pc, "--upstream-tls-key", &pk]].concat()).await;
+    let (_, refs) = references("chest-xray-pneumonia");
+    let req = infer_request("chest-xray-pneumonia", "tls-proxy", &refs[0].pixels);
+    let resp = GrpcInferenceServiceClient::new(proxy.channel().await).model_infer(req.clone()).await.expect("forwarded over mutual TLS").into_inner();
+    assert!(resp.outputs.iter().any(|o| o.name == "probabilities"), "the upstream's answer came back");
+
+    // Without a client certificate the upstream refuses the proxy: never ready, UNAVAILABLE.
+    let lonely = TestServer::start(&tls_flags).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(lonely.health_status("").await, 1, "not SERVING while the upstream refuses it");
+    let err = GrpcInferenceServiceClient::new(lonely.channel().await).model_infer(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    for s in [lonely, proxy, upstream] {
+        s.stop().await.unwrap();
+    }
 }

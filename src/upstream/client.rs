@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::{code_name, UpstreamError};
@@ -40,8 +40,14 @@ enum Failure {
 
 impl UpstreamClient {
     /// The channel connects on first use and reconnects by itself after a failure.
-    pub fn new(addr: &str, timeout: Duration, max_message_bytes: usize) -> anyhow::Result<UpstreamClient> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+    /// With `tls`, the channel speaks TLS (mutual when it carries an identity).
+    pub fn new(addr: &str, timeout: Duration, max_message_bytes: usize, tls: Option<ClientTlsConfig>) -> anyhow::Result<UpstreamClient> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("upstream TLS settings: {e}"))?;
+        }
+        let endpoint = endpoint
             .tcp_nodelay(true)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -256,7 +262,7 @@ mod tests {
     async fn a_refused_connection_is_recognised_and_named() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
-        let client = UpstreamClient::new(&addr, Duration::from_secs(5), 1 << 20).unwrap();
+        let client = UpstreamClient::new(&addr, Duration::from_secs(5), 1 << 20, None).unwrap();
         let status = client.inner.clone().server_ready(ServerReadyRequest {}).await.unwrap_err();
         assert!(never_reached(&status), "{status:?}");
         let err = client.server_ready(Duration::from_secs(2)).await.unwrap_err();

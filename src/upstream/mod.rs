@@ -72,8 +72,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// Creates the channel (no connection yet) and starts polling readiness.
-    pub fn start(addr: &str, timeout: Duration, poll: Duration, max_message_bytes: usize) -> anyhow::Result<Arc<Upstream>> {
-        let client = UpstreamClient::new(addr, timeout, max_message_bytes)?;
+    pub fn start(
+        addr: &str,
+        timeout: Duration,
+        poll: Duration,
+        max_message_bytes: usize,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<Arc<Upstream>> {
+        let client = UpstreamClient::new(addr, timeout, max_message_bytes, tls)?;
         let (ready, _) = watch::channel(false);
         metrics::set_upstream_ready(false);
         let upstream = Arc::new(Upstream { client, ready });

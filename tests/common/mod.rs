@@ -175,6 +175,18 @@ pub fn tensor_request(id: &str, shape: Vec<i64>, data: Vec<f32>) -> medsentry::p
     }
 }
 
+/// A ModelInfer of one [1, 1, 64, 64] FP32 tensor in raw_input_contents (tritonclient's way).
+pub fn infer_request(model: &str, id: &str, pixels: &[f32]) -> medsentry::inference::ModelInferRequest {
+    use medsentry::inference::model_infer_request::InferInputTensor;
+    medsentry::inference::ModelInferRequest {
+        model_name: model.into(),
+        id: id.into(),
+        inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![1, 1, 64, 64], ..Default::default() }],
+        raw_input_contents: vec![pixels.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
+}
+
 /// The pipeline's reference outputs for real test images (models/NAME/reference.json).
 pub struct Reference {
     pub file: String,
