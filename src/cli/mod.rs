@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar: gRPC (medsentry.v1.Sentry, health, reflection) + admin HTTP port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Classify and screen files without a server (DICOM, PNG or JPEG; detected by content).
     Screen(screen::ScreenArgs),
     /// List the model bundles and their figures.
@@ -43,7 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let grpc = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("binding gRPC {}: {e}", args.listen))?;
             let admin = tokio::net::TcpListener::bind(args.admin_listen).await.map_err(|e| anyhow::anyhow!("binding admin {}: {e}", args.admin_listen))?;
-            crate::server::run(args, grpc, admin, crate::server::termination_signal()).await
+            crate::server::run(*args, grpc, admin, crate::server::termination_signal()).await
         }
         Command::Screen(args) => screen::run(args).await,
         Command::Models(args) => models::run(args),
