@@ -30,10 +30,11 @@ pub enum CudaFallback {
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Folder of model bundles (one sub-folder with bundle.toml each). When it does not
-    /// exist, the default bundle compiled into the binary is served.
-    #[arg(long, env = "MEDSENTRY_MODELS_DIR", default_value = "models")]
-    pub models_dir: PathBuf,
+    /// Folder of model bundles (one sub-folder with bundle.toml each; default `models`).
+    /// Given explicitly, it must exist; the default may be absent, and then the bundle
+    /// compiled into the binary is served.
+    #[arg(long, env = "MEDSENTRY_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
     /// Bundle used when a request names no model (default: the first bundle by name).
     #[arg(long, env = "MEDSENTRY_DEFAULT_MODEL")]
     pub default_model: Option<String>,

@@ -1,15 +1,24 @@
 //! The `medsentry` binary: parses the command line and runs it.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("MEDSENTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_env("MEDSENTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    // One JSON object per line for log collectors; text otherwise, coloured only on a
+    // terminal (escape codes in a log file or a container log are noise).
+    match std::env::var("MEDSENTRY_LOG_FORMAT").as_deref() {
+        Ok("json") => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        Ok("text") | Err(_) => tracing_subscriber::fmt().with_ansi(std::io::stderr().is_terminal()).with_env_filter(filter).with_writer(std::io::stderr).init(),
+        Ok(other) => {
+            eprintln!("medsentry: MEDSENTRY_LOG_FORMAT={other:?}: use text or json");
+            return std::process::ExitCode::from(2);
+        }
+    }
     let cli = medsentry::cli::Cli::parse();
     match medsentry::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -30,7 +30,7 @@ use crate::{bundle, engine, inference, metrics};
 pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warmup>)> {
     args.validate().map_err(anyhow::Error::msg)?;
     metrics::install();
-    let bundles = bundle::load_all(&args.models_dir)?;
+    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?)?;
     let names: Vec<String> = bundles.iter().map(|b| b.name().to_string()).collect();
     let policy = match &args.policy {
         Some(path) => Policy::load(path, &names)?,
@@ -64,12 +64,16 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     let admin_task =
         tokio::spawn(admin::serve(admin_listener, AdminState { registry: registry.clone(), draining: draining.clone(), upstream: upstream.clone() }));
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(inference::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
+    // Reflection v1 and v1alpha: grpcurl speaks v1, grpcio-reflection and many older tools
+    // only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(inference::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().context("building the reflection service")?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha().context("building the reflection service (v1alpha)")?;
     // One decode budget for both APIs.
     let decoding = args.model.decoding();
     let sentry = SentryServer::new(SentryService::new(registry.clone(), decoding.clone()))
@@ -95,6 +99,7 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
         .layer(tower::util::MapResponseLayer::new(api::count_transport_refusals))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(sentry)
         .add_service(oip);
     let tls = args.tls.files().map(|files| crate::tls::start(files, Duration::from_secs(args.tls.tls_reload_secs))).transpose()?;

@@ -35,6 +35,13 @@ fn the_embedded_bundle_is_the_default_bundle_in_models() {
     assert!(served[0].dir.is_none(), "falls back to the embedded bundle");
 }
 
+#[tokio::test]
+async fn a_models_dir_that_does_not_exist_is_refused_not_replaced_by_the_embedded_bundle() {
+    let missing = tempfile::tempdir().unwrap().path().join("typo-in-the-path");
+    let err = start_error(&missing).await;
+    assert!(err.contains("does not exist") && err.contains("typo-in-the-path"), "{err}");
+}
+
 #[test]
 fn a_modified_classifier_is_refused_by_checksum() {
     let tmp = tempfile::tempdir().unwrap();

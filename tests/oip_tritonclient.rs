@@ -94,5 +94,14 @@ async fn reflection_lists_the_inference_service() {
     assert!(names.iter().any(|n| n == "inference.GRPCInferenceService"), "{names:?}");
     assert!(names.iter().any(|n| n == "medsentry.v1.Sentry"), "{names:?}");
     assert_eq!(server.health_status("inference.GRPCInferenceService").await, 1, "SERVING");
+    // The v1alpha service too (grpcio-reflection clients speak only that one).
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let request =
+        tonic_reflection::pb::v1alpha::ServerReflectionRequest { host: String::new(), message_request: Some(AlphaRequest::ListServices(String::new())) };
+    let mut alpha = AlphaClient::new(server.channel().await).server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let Some(AlphaResponse::ListServicesResponse(list)) = alpha.next().await.unwrap().unwrap().message_response else { panic!("no v1alpha service list") };
+    assert!(list.service.iter().any(|s| s.name == "medsentry.v1.Sentry"));
     server.stop().await.unwrap();
 }

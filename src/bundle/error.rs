@@ -16,6 +16,8 @@ pub enum BundleError {
     Invalid { bundle: String, message: String },
     #[error("no model bundle found in {0} (a bundle is a folder with bundle.toml), and this binary embeds none")]
     NoneFound(PathBuf),
+    #[error("--models-dir {0} does not exist or is not a folder (set by the flag or MEDSENTRY_MODELS_DIR)")]
+    MissingDir(PathBuf),
     #[error("two bundles are named {0}")]
     Duplicate(String),
 }

@@ -91,6 +91,17 @@ pub fn parse_manifest(text: &[u8], path: &Path) -> Result<Manifest, BundleError>
     Ok(manifest)
 }
 
+/// The bundle folder to serve: `given` (--models-dir / MEDSENTRY_MODELS_DIR), which must
+/// exist (a mistyped path must not silently serve the embedded bundle instead), or
+/// `models`, which may be absent.
+pub fn models_dir(given: Option<&Path>) -> Result<PathBuf, BundleError> {
+    match given {
+        Some(p) if !p.is_dir() => Err(BundleError::MissingDir(p.to_path_buf())),
+        Some(p) => Ok(p.to_path_buf()),
+        None => Ok(PathBuf::from("models")),
+    }
+}
+
 /// Loads every bundle under `models_dir` (each sub-folder holding a bundle.toml). When the
 /// folder does not exist, falls back to the bundle embedded in the binary.
 pub fn load_all(models_dir: &Path) -> Result<Vec<Bundle>, BundleError> {

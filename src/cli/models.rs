@@ -8,16 +8,17 @@ use crate::bundle;
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelsArgs {
-    /// Folder of model bundles (falls back to the embedded default bundle when absent).
-    #[arg(long, env = "MEDSENTRY_MODELS_DIR", default_value = "models")]
-    pub models_dir: PathBuf,
+    /// Folder of model bundles (default `models`, falling back to the embedded default
+    /// bundle when that is absent; a folder given explicitly must exist).
+    #[arg(long, env = "MEDSENTRY_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
-    let bundles = bundle::load_all(&args.models_dir)?;
+    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?)?;
     if args.json {
         let list: Vec<_> = bundles
             .iter()

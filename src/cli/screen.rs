@@ -1,4 +1,5 @@
-//! `medsentry screen FILE...`: the serving pipeline in-process, no server, one line per file.
+//! `medsentry screen FILE|DIR...`: the serving pipeline in-process, no server, one line per
+//! file; folders (a study, a series) are walked recursively in name order.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use crate::pipeline::{self, Input};
 
 #[derive(Debug, Clone, Args)]
 pub struct ScreenArgs {
-    /// DICOM, PNG or JPEG files.
+    /// DICOM, PNG or JPEG files, or folders of them (recursive, hidden entries skipped).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Bundle to use (default: the default model).
@@ -22,7 +23,30 @@ pub struct ScreenArgs {
     pub models: super::Models,
 }
 
-pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
+/// The files named, folders expanded (sorted, recursive, hidden entries skipped).
+fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|e| !e.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect();
+            entries.sort();
+            out.extend(expand(&entries)?);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(mut args: ScreenArgs) -> anyhow::Result<()> {
+    args.files = expand(&args.files)?;
+    anyhow::ensure!(!args.files.is_empty(), "no files to screen in the folders given");
+    // Drawn on stderr only when it is a terminal: the table or JSON on stdout stays clean.
+    let bar = indicatif::ProgressBar::new(args.files.len() as u64);
     let (registry, warmups) = crate::server::start_models(&args.models)?;
     registry.warm_up(warmups, args.models.device()).await?;
     let model = registry.get(&args.model).cloned().ok_or_else(|| anyhow::anyhow!("unknown model {:?}; available: {:?}", args.model, registry.names()))?;
@@ -33,6 +57,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
         println!("{:<48} {:<12} {:>8} {:<19} probabilities", "file", "label", "prob", "verdict");
     }
     for path in &args.files {
+        bar.inc(1);
         let result = match std::fs::read(path) {
             Ok(bytes) => {
                 let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes) } else { Input::Image(bytes) };
@@ -74,6 +99,7 @@ pub async fn run(args: ScreenArgs) -> anyhow::Result<()> {
             }
         }
     }
+    bar.finish_and_clear();
     if failures > 0 {
         anyhow::bail!("{failures} of {} files could not be screened", args.files.len());
     }
