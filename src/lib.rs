@@ -5,6 +5,7 @@
 //! line. [`api`] also serves the Open Inference Protocol ([`inference`]), whose ModelInfer
 //! calls [`upstream`] forwards to a real inference server in proxy mode.
 
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod batcher;

@@ -42,6 +42,9 @@ pub const UPSTREAM_ERRORS: &str = "medsentry_upstream_errors_total";
 pub const UPSTREAM_RETRIES: &str = "medsentry_upstream_retries_total";
 pub const UPSTREAM_READY: &str = "medsentry_upstream_ready";
 pub const BLOCKED_BEFORE_FORWARD: &str = "medsentry_blocked_before_forward_total";
+/// Callers ([access] in the policy): calls by caller name and RPC, and refusals.
+pub const CALLER_REQUESTS: &str = "medsentry_caller_requests_total";
+pub const ACCESS_REFUSED: &str = "medsentry_access_refusals_total";
 /// TLS on the gRPC port (src/tls.rs): handshakes refused or timed out, certificate reloads.
 pub const TLS_HANDSHAKE_FAILURES: &str = "medsentry_tls_handshake_failures_total";
 pub const TLS_RELOADS: &str = "medsentry_tls_reloads_total";
@@ -193,6 +196,16 @@ pub fn record_upstream(code: &'static str, seconds: f64) {
         counter!(UPSTREAM_ERRORS, "code" => code).increment(1);
     }
     histogram!(UPSTREAM_DURATION).record(seconds);
+}
+
+/// An admitted call; `caller` is a name from the policy or "anonymous" (a bounded set).
+pub fn record_caller(caller: &str, rpc: &'static str) {
+    counter!(CALLER_REQUESTS, "caller" => caller.to_string(), "rpc" => rpc).increment(1);
+}
+
+/// A call refused before any model ran; reason: unauthenticated | not_allowed.
+pub fn record_access_refused(reason: &'static str) {
+    counter!(ACCESS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// A TLS handshake on the gRPC port that did not complete; reason: refused | timeout.

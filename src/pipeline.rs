@@ -59,6 +59,9 @@ pub enum PipelineError {
     /// refused the forwarded call.
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    /// The caller is unknown, or its [access] rule does not allow this call.
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 /// A caller-supplied name as a refusal quotes it: at most 64 characters (a 100 kB name

@@ -52,6 +52,8 @@ pub struct Registry {
     default_model: String,
     /// Who sees raw detector scores in answers (the policy's [disclosure]).
     pub disclosure: Disclosure,
+    /// Who may call, and what (the policy's [access]).
+    pub access: crate::access::Access,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,7 +110,7 @@ impl Registry {
                 ServedModel { policy: model_policy, campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
             models.insert(name, Arc::new(served));
         }
-        Ok((Registry { models, default_model, disclosure: policy.disclosure.clone() }, warmups))
+        Ok((Registry { models, default_model, disclosure: policy.disclosure.clone(), access: policy.access.clone() }, warmups))
     }
 
     /// Awaits every model's warm-up and opens its readiness latch; the first failure wins.

@@ -9,38 +9,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::certs::Ca;
 use common::*;
 use medsentry::proto::sentry_client::SentryClient;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-
-/// A CA and what it signs, as PEM.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        Ca { cert: p.self_signed(&key).unwrap(), key }
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    /// (certificate PEM, key PEM) for `names` (DNS names or IP addresses).
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        (p.signed_by(&key, &self.cert, &self.key).unwrap().pem(), key.serialize_pem())
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p: PathBuf = dir.join(name);
@@ -49,11 +22,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 async fn tls_channel(server: &TestServer, ca: &str, identity: Option<(&str, &str)>) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Endpoint::from_shared(format!("https://{}", server.grpc)).unwrap().tls_config(tls)?.connect().await
+    common::certs::tls_channel(server.grpc, ca, identity).await
 }
 
 /// Health over TLS: true once the overall service is SERVING.

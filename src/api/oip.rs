@@ -167,18 +167,22 @@ fn worst(outcomes: &[Outcome]) -> Verdict {
 
 #[tonic::async_trait]
 impl GrpcInferenceService for OipService {
-    async fn server_live(&self, _request: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+    async fn server_live(&self, request: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        super::admit(&self.registry, &request, "ServerLive")?;
         Ok(Response::new(ServerLiveResponse { live: true }))
     }
 
-    async fn server_ready(&self, _request: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+    async fn server_ready(&self, request: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        super::admit(&self.registry, &request, "ServerReady")?;
         let upstream = self.proxy.as_ref().is_none_or(|p| p.upstream.is_ready());
         Ok(Response::new(ServerReadyResponse { ready: self.registry.all_ready() && upstream }))
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let (caller, _) = super::admit(&self.registry, &request, "ModelReady")?;
         let (md, _, req) = request.into_parts();
+        super::allow_model(&self.registry, &caller, &req.name)?;
         let ready = match &self.proxy {
             None => self.model(&req.name, &req.version).is_ok_and(|m| m.is_ready()),
             Some(p) => {
@@ -189,7 +193,8 @@ impl GrpcInferenceService for OipService {
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(&self, _request: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+    async fn server_metadata(&self, request: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        super::admit(&self.registry, &request, "ServerMetadata")?;
         let mut extensions = vec!["medsentry_screening".to_string()];
         if self.proxy.is_some() {
             extensions.push("medsentry_proxy".to_string());
@@ -199,7 +204,9 @@ impl GrpcInferenceService for OipService {
 
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let (caller, _) = super::admit(&self.registry, &request, "ModelMetadata")?;
         let (md, _, req) = request.into_parts();
+        super::allow_model(&self.registry, &caller, &req.name)?;
         match &self.proxy {
             None => Ok(Response::new(convert::model_metadata(&self.model(&req.name, &req.version)?.bundle))),
             Some(p) => {
@@ -215,8 +222,9 @@ impl GrpcInferenceService for OipService {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline::from_metadata(request.metadata(), started);
+        let (caller, shows) = super::admit(&self.registry, &request, "ModelInfer")?;
         let (md, _, req) = request.into_parts();
-        let shows = super::shows_scores(&self.registry, &md);
+        super::allow_model(&self.registry, &caller, &req.model_name)?;
         let id = req.id.clone();
         // Unknown names are caller-controlled: keep them out of metric labels.
         let mut label = "unknown".to_string();

@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, deadline, status::code_label};
+use crate::access::Caller;
 use crate::decode::DecodeConfig;
 use crate::pipeline::{self, PipelineError};
 use crate::proto::{self, sentry_server::Sentry};
@@ -34,9 +35,10 @@ impl SentryService {
         &self,
         mut req: proto::ScreenRequest,
         deadline: Option<Instant>,
-        shows_scores: bool,
+        (caller, shows_scores): &(Caller, bool),
         api: &'static str,
     ) -> Result<proto::ScreenResponse, PipelineError> {
+        let shows_scores = *shows_scores;
         let started = Instant::now();
         let request_id = std::mem::take(&mut req.request_id);
         let Some(model) = self.registry.get(&req.model).cloned() else {
@@ -46,7 +48,7 @@ impl SentryService {
             metrics::record_request("unknown", api, code_label(e.code()), "none", started.elapsed().as_secs_f64());
             return Err(e);
         };
-        let result = match convert::input_of(&mut req) {
+        let result = match super::allow_model(&self.registry, caller, model.name()).and_then(|()| convert::input_of(&mut req)) {
             Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, &request_id).await,
             Err(e) => Err(e),
         };
@@ -54,13 +56,13 @@ impl SentryService {
         match result {
             Ok(outcome) => {
                 metrics::record_request(model.name(), api, "ok", outcome.screening.verdict.as_str(), seconds);
-                tracing::debug!(request = %logging::request_ref(&request_id), model = model.name(), batch = outcome.batch_size, "screened");
+                tracing::debug!(request = %logging::request_ref(&request_id), caller = caller.name, model = model.name(), batch = outcome.batch_size, "screened");
                 Ok(convert::response(request_id, &model.bundle, outcome, shows_scores))
             }
             Err(e) => {
                 metrics::record_error(model.name(), api, e.reason());
                 metrics::record_request(model.name(), api, code_label(e.code()), e.verdict_label(), seconds);
-                tracing::info!(request = %logging::request_ref(&request_id), model = model.name(), reason = e.reason(), error = %logging::escaped(&e), "request refused");
+                tracing::info!(request = %logging::request_ref(&request_id), caller = caller.name, model = model.name(), reason = e.reason(), error = %logging::escaped(&e), "request refused");
                 Err(e.withhold_scores(!shows_scores))
             }
         }
@@ -73,8 +75,8 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::ScreenStreamRespon
 impl Sentry for SentryService {
     async fn screen(&self, request: Request<proto::ScreenRequest>) -> Result<Response<proto::ScreenResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let shows = super::shows_scores(&self.registry, request.metadata());
-        let resp = self.screen_one(request.into_inner(), deadline, shows, "screen").await?;
+        let who = super::admit(&self.registry, &request, "Screen")?;
+        let resp = self.screen_one(request.into_inner(), deadline, &who, "screen").await?;
         Ok(Response::new(resp))
     }
 
@@ -82,12 +84,12 @@ impl Sentry for SentryService {
 
     async fn screen_stream(&self, request: Request<Streaming<proto::ScreenRequest>>) -> Result<Response<ResponseStream>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let shows = super::shows_scores(&self.registry, request.metadata());
+        let who = Arc::new(super::admit(&self.registry, &request, "ScreenStream")?);
         let service = self.clone();
         let answers = request
             .into_inner()
             .map(move |item| {
-                let service = service.clone();
+                let (service, who) = (service.clone(), who.clone());
                 async move {
                     let req = match item {
                         Ok(r) => r,
@@ -95,7 +97,7 @@ impl Sentry for SentryService {
                         Err(status) => return Err(status),
                     };
                     let request_id = req.request_id.clone();
-                    let result = match service.screen_one(req, deadline, shows, "screen_stream").await {
+                    let result = match service.screen_one(req, deadline, &who, "screen_stream").await {
                         Ok(r) => proto::screen_stream_response::Result::Response(r),
                         Err(e) => {
                             proto::screen_stream_response::Result::Error(proto::StreamError { request_id, code: e.code() as i32, message: e.to_string() })
@@ -109,16 +111,25 @@ impl Sentry for SentryService {
     }
 
     async fn list_models(&self, request: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let shows = super::shows_scores(&self.registry, request.metadata());
-        let models = self.registry.models().map(|m| convert::model_info(&m.bundle, shows)).collect();
+        let (caller, shows) = super::admit(&self.registry, &request, "ListModels")?;
+        // A caller sees the models it may call.
+        let models = self
+            .registry
+            .models()
+            .filter(|m| self.registry.access.check_model(&caller, m.name()).is_ok())
+            .map(|m| convert::model_info(&m.bundle, shows))
+            .collect();
         Ok(Response::new(proto::ListModelsResponse { models, default_model: self.registry.default_model().to_string() }))
     }
 
     async fn get_model(&self, request: Request<proto::GetModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
-        let shows = super::shows_scores(&self.registry, request.metadata());
+        let (caller, shows) = super::admit(&self.registry, &request, "GetModel")?;
         let name = request.into_inner().name;
         match self.registry.get(&name) {
-            Some(m) => Ok(Response::new(convert::model_info(&m.bundle, shows))),
+            Some(m) => {
+                super::allow_model(&self.registry, &caller, m.name())?;
+                Ok(Response::new(convert::model_info(&m.bundle, shows)))
+            }
             None => Err(PipelineError::UnknownModel { name, available: self.registry.names() }.into()),
         }
     }

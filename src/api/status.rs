@@ -42,6 +42,8 @@ impl PipelineError {
             PipelineError::Internal(_) => Code::Internal,
             PipelineError::InvalidRequest { .. } => Code::InvalidArgument,
             PipelineError::Upstream(e) => e.code(),
+            PipelineError::Access(crate::access::AccessError::Unauthenticated(_)) => Code::Unauthenticated,
+            PipelineError::Access(_) => Code::PermissionDenied,
         }
     }
 
@@ -71,6 +73,7 @@ impl PipelineError {
             PipelineError::Internal(_) => "internal",
             PipelineError::InvalidRequest { reason, .. } => reason,
             PipelineError::Upstream(e) => e.reason(),
+            PipelineError::Access(e) => e.reason(),
         }
     }
 }

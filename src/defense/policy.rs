@@ -223,6 +223,8 @@ pub struct Policy {
     pub quarantine: Option<QuarantineConfig>,
     #[serde(default)]
     pub disclosure: Disclosure,
+    #[serde(default)]
+    pub access: crate::access::Access,
 }
 
 #[derive(Debug, Error)]
@@ -247,6 +249,7 @@ impl Policy {
     }
 
     pub fn validate(&self, served: &[String]) -> Result<(), String> {
+        self.access.validate()?;
         if let Some(name) = self.models.keys().find(|n| !served.contains(n)) {
             return Err(format!("[models.{name:?}] names a model this sidecar does not serve (serving {served:?})"));
         }

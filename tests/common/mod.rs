@@ -3,6 +3,7 @@
 
 pub mod bombs;
 pub mod capped;
+pub mod certs;
 pub mod deploy;
 
 use std::io::{Read, Write};

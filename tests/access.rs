@@ -1,0 +1,117 @@
+//! Callers and what they may do, over real gRPC: the policy's [access] names callers by
+//! bearer token or mTLS client certificate; unknown callers get UNAUTHENTICATED when the
+//! policy requires one; each caller is held to its models and RPCs (PERMISSION_DENIED
+//! naming what it may not call), sees scores only when its rule says so, and is counted
+//! by name.
+
+mod common;
+
+use common::certs::{tls_channel, Ca};
+use common::*;
+use medsentry::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use medsentry::proto::{self, sentry_client::SentryClient};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+const CHEST: &str = "chest-xray-pneumonia";
+const MNIST: &str = "pneumoniamnist-28";
+
+fn policy() -> String {
+    let d = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    format!(
+        "[disclosure]\nscores = \"hidden\"\n\n[access]\nrequire_caller = true\n\n\
+         [[access.callers]]\nname = \"pacs\"\ntoken_sha256 = [\"{}\"]\nmodels = [\"{CHEST}\"]\nrpcs = [\"Screen\", \"ListModels\"]\n\n\
+         [[access.callers]]\nname = \"research\"\ntoken_sha256 = [\"{}\"]\nscores = true\n\n\
+         [[access.callers]]\nname = \"gateway\"\nclient_cert_names = [\"pacs-gateway\"]\nmodels = [\"{MNIST}\"]\n",
+        d("pacs-token"),
+        d("research-token")
+    )
+}
+
+fn with_token<T>(mut req: tonic::Request<T>, token: &str) -> tonic::Request<T> {
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+fn screen(model: &str) -> proto::ScreenRequest {
+    let (_, refs) = references(CHEST);
+    let size = if model == MNIST { 28 } else { 64 };
+    let pixels = if size == 64 { refs[0].pixels.clone() } else { vec![0.5; 28 * 28] };
+    let mut r = tensor_request("access", vec![1, 1, size, size], pixels);
+    r.model = model.into();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_named_by_token_and_held_to_their_rules() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_policy(dir.path(), &policy());
+    let server = TestServer::start(&["--policy", &p]).await;
+    let mut client = SentryClient::new(server.channel().await);
+    // Health stays open for probes; wait on it.
+    server.wait_serving().await;
+    let (_, before) = server.admin_get("/metrics");
+
+    let err = client.screen(screen(CHEST)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.metadata().get("medsentry-reason").unwrap(), "unauthenticated");
+    let err = client.screen(with_token(tonic::Request::new(screen(CHEST)), "guess")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let ok = client.screen(with_token(tonic::Request::new(screen(CHEST)), "pacs-token")).await.unwrap().into_inner();
+    assert!(ok.screening.unwrap().scores_withheld, "pacs may not see scores");
+    let err = client.screen(with_token(tonic::Request::new(screen(MNIST)), "pacs-token")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("pacs") && err.message().contains(MNIST), "{}", err.message());
+    let err = client.get_model(with_token(tonic::Request::new(proto::GetModelRequest { name: CHEST.into() }), "pacs-token")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "GetModel is not among pacs's RPCs");
+    let list = client.list_models(with_token(tonic::Request::new(proto::ListModelsRequest {}), "pacs-token")).await.unwrap().into_inner();
+    assert_eq!(list.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), [CHEST], "a caller sees the models it may call");
+    let mut oip = GrpcInferenceServiceClient::new(server.channel().await);
+    let (_, refs) = references(CHEST);
+    let err = oip.model_infer(with_token(tonic::Request::new(infer_request(CHEST, "x", &refs[0].pixels)), "pacs-token")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "ModelInfer is not among pacs's RPCs");
+
+    let research = client.screen(with_token(tonic::Request::new(screen(MNIST)), "research-token")).await.unwrap().into_inner();
+    assert!(!research.screening.unwrap().scores_withheld, "research's rule opens scores");
+
+    let (_, after) = server.admin_get("/metrics");
+    assert_eq!(delta(&before, &after, "medsentry_access_refusals_total", &[("reason", "unauthenticated")]), 2.0);
+    assert_eq!(delta(&before, &after, "medsentry_access_refusals_total", &[("reason", "not_allowed")]), 3.0);
+    assert_eq!(delta(&before, &after, "medsentry_caller_requests_total", &[("caller", "pacs"), ("rpc", "Screen")]), 2.0);
+    assert_eq!(delta(&before, &after, "medsentry_caller_requests_total", &[("caller", "research"), ("rpc", "Screen")]), 1.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_the_caller() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let (cert, key) = server_ca.issue(&["localhost"]);
+    let w = |n: &str, t: &str| {
+        std::fs::write(dir.path().join(n), t).unwrap();
+        dir.path().join(n).display().to_string()
+    };
+    let (c, k, ca, p) = (w("c.pem", &cert), w("k.pem", &key), w("ca.pem", &client_ca.pem()), write_policy(dir.path(), &policy()));
+    let server = TestServer::start(&["--policy", &p, "--tls-cert", &c, "--tls-key", &k, "--tls-client-ca", &ca]).await;
+    let (gw_cert, gw_key) = client_ca.issue(&["pacs-gateway"]);
+    let (other_cert, other_key) = client_ca.issue(&["someone-else"]);
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(ch) = tls_channel(server.grpc, &server_ca.pem(), Some((&gw_cert, &gw_key))).await {
+            if SentryClient::new(ch).screen(screen(MNIST)).await.is_ok() {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the gateway's certificate names it, and it may screen {MNIST}");
+    let ch = tls_channel(server.grpc, &server_ca.pem(), Some((&gw_cert, &gw_key))).await.unwrap();
+    assert_eq!(SentryClient::new(ch).screen(screen(CHEST)).await.unwrap_err().code(), Code::PermissionDenied, "but not {CHEST}");
+    let ch = tls_channel(server.grpc, &server_ca.pem(), Some((&other_cert, &other_key))).await.unwrap();
+    assert_eq!(SentryClient::new(ch).screen(screen(MNIST)).await.unwrap_err().code(), Code::Unauthenticated, "a certificate no rule names");
+    server.stop().await.unwrap();
+}
