@@ -85,6 +85,6 @@ mod tests {
         assert_eq!(super::share(0, 1000), 0.1);
         assert_eq!(super::share(2, 1000), 0.05);
         assert_eq!(super::share(999, 1000), 0.1 / 512.0);
-        assert_eq!(super::share(30, 100), 0.1 / 32.0);
+        assert_eq!(super::share(30, 100), 0.1 / 64.0); // 300 thousandths: past 1, 5, 20, 50, 100, 200
     }
 }
