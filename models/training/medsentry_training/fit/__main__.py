@@ -185,10 +185,7 @@ def write_base(args, spec: graph.InputSpec, labels, bundle_dir: str, checks: dic
     z = np.load(os.path.join(args.work, "images_test.npz"), allow_pickle=False)
     x, y, files = z["x"], z["y"], list(z["files"])
     clean = clean_eval(model.net, ck, x, y)
-    clf_logits, clf_feats = C.forward_batches(model, x[: min(len(x), 4 * len(labels))])
     ref_idx = [int(np.flatnonzero(y == c)[0]) for c in range(len(labels)) if (y == c).any()][:8]
-    prob = np.exp(clf_logits - clf_logits.max(1, keepdims=True))
-    prob /= prob.sum(1, keepdims=True)
     import onnxruntime as ort
     sess = ort.InferenceSession(os.path.join(bundle_dir, "classifier.onnx"), providers=["CPUExecutionProvider"])
     out, fe = sess.run([spec.output, graph.FEATURES_OUTPUT], {spec.input: graph.to_graph_input(x[ref_idx], spec)})
