@@ -43,7 +43,7 @@ from .fused import Inputs, base_scores, fused_score
 from .ood import Classifier
 
 EPS_255 = (2, 4, 8)
-LAMBDAS = (1.0, 10.0)
+LAMBDAS = (0.0, 1.0, 10.0)  # 0: plain PGD, so the attack is never weaker than the non-adaptive one
 SOFT_WIDTH_255 = 0.25  # width of the soft bin edges of the residual histogram's backward pass
 
 
