@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::certs::{tls_channel, Ca};
+use common::certs::{tls_channel, write_pem, Ca};
 use common::*;
 use medsentry::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use medsentry::proto::{self, sentry_client::SentryClient};
@@ -90,10 +90,7 @@ async fn a_client_certificate_names_the_caller() {
     let dir = tempfile::tempdir().unwrap();
     let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
     let (cert, key) = server_ca.issue(&["localhost"]);
-    let w = |n: &str, t: &str| {
-        std::fs::write(dir.path().join(n), t).unwrap();
-        dir.path().join(n).display().to_string()
-    };
+    let w = |n: &str, t: &str| write_pem(dir.path(), n, t);
     let (c, k, ca, p) = (w("c.pem", &cert), w("k.pem", &key), w("ca.pem", &client_ca.pem()), write_policy(dir.path(), &policy()));
     let server = TestServer::start(&["--policy", &p, "--tls-cert", &c, "--tls-key", &k, "--tls-client-ca", &ca]).await;
     let (gw_cert, gw_key) = client_ca.issue(&["pacs-gateway"]);

@@ -6,20 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::certs::Ca;
+use common::certs::{write_pem, Ca};
 use common::*;
 use medsentry::proto::sentry_client::SentryClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p: PathBuf = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 async fn tls_channel(server: &TestServer, ca: &str, identity: Option<(&str, &str)>) -> Result<Channel, tonic::transport::Error> {
     common::certs::tls_channel(server.grpc, ca, identity).await
@@ -55,7 +48,7 @@ async fn tls_serves_tls_clients_and_refuses_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("medsentry test CA");
     let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
-    let (c, k) = (write(dir.path(), "cert.pem", &cert), write(dir.path(), "key.pem", &key));
+    let (c, k) = (write_pem(dir.path(), "cert.pem", &cert), write_pem(dir.path(), "key.pem", &key));
     let server = TestServer::start(&["--tls-cert", &c, "--tls-key", &k]).await;
     wait_serving(&server, &ca.pem(), None).await;
     assert!(screen_ok(tls_channel(&server, &ca.pem(), None).await.unwrap()).await, "a TLS client is served");
@@ -84,7 +77,7 @@ async fn mutual_tls_admits_only_clients_the_client_ca_signed() {
     let dir = tempfile::tempdir().unwrap();
     let (server_ca, client_ca, stranger) = (Ca::new("server CA"), Ca::new("client CA"), Ca::new("stranger CA"));
     let (cert, key) = server_ca.issue(&["localhost"]);
-    let args = [write(dir.path(), "cert.pem", &cert), write(dir.path(), "key.pem", &key), write(dir.path(), "clients.pem", &client_ca.pem())];
+    let args = [write_pem(dir.path(), "cert.pem", &cert), write_pem(dir.path(), "key.pem", &key), write_pem(dir.path(), "clients.pem", &client_ca.pem())];
     let server = TestServer::start(&["--tls-cert", &args[0], "--tls-key", &args[1], "--tls-client-ca", &args[2]]).await;
     let (pacs_cert, pacs_key) = client_ca.issue(&["pacs-gateway"]);
     wait_serving(&server, &server_ca.pem(), Some((&pacs_cert, &pacs_key))).await;
@@ -111,7 +104,7 @@ async fn new_certificates_take_effect_for_new_connections_without_dropping_open_
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
     let (cert, key) = old_ca.issue(&["localhost"]);
-    let (c, k) = (write(dir.path(), "cert.pem", &cert), write(dir.path(), "key.pem", &key));
+    let (c, k) = (write_pem(dir.path(), "cert.pem", &cert), write_pem(dir.path(), "key.pem", &key));
     let server = TestServer::start(&["--tls-cert", &c, "--tls-key", &k, "--tls-reload-secs", "1"]).await;
     wait_serving(&server, &old_ca.pem(), None).await;
     let open = tls_channel(&server, &old_ca.pem(), None).await.unwrap();
@@ -120,8 +113,8 @@ async fn new_certificates_take_effect_for_new_connections_without_dropping_open_
 
     // The files are replaced: key first, then certificate (a half-done rotation in between).
     let (cert2, key2) = new_ca.issue(&["localhost"]);
-    write(dir.path(), "key.pem", &key2);
-    write(dir.path(), "cert.pem", &cert2);
+    write_pem(dir.path(), "key.pem", &key2);
+    write_pem(dir.path(), "cert.pem", &cert2);
     let mut switched = false;
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -138,7 +131,7 @@ async fn new_certificates_take_effect_for_new_connections_without_dropping_open_
     assert!(delta(&before, &after, "medsentry_tls_reloads_total", &[("result", "ok")]) >= 1.0);
 
     // A broken key: the reload fails, is counted, and the new certificate stays in use.
-    write(dir.path(), "key.pem", "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n");
+    write_pem(dir.path(), "key.pem", "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, later) = server.admin_get("/metrics");
     assert!(delta(&after, &later, "medsentry_tls_reloads_total", &[("result", "failed")]) >= 1.0, "the failed reload is counted");
@@ -154,7 +147,7 @@ async fn the_proxy_speaks_mutual_tls_to_its_upstream() {
     let (upstream_ca, proxies_ca) = (Ca::new("upstream CA"), Ca::new("proxies CA"));
     let (cert, key) = upstream_ca.issue(&["localhost"]);
     let (proxy_cert, proxy_key) = proxies_ca.issue(&["medsentry-proxy"]);
-    let f = |n: &str, t: &str| write(dir.path(), n, t);
+    let f = |n: &str, t: &str| write_pem(dir.path(), n, t);
     let (uc, uk, clients, ca, pc, pk) = (
         f("u.pem", &cert),
         f("u.key", &key),

@@ -40,3 +40,10 @@ pub async fn tls_channel(addr: std::net::SocketAddr, ca: &str, identity: Option<
     }
     Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls)?.connect().await
 }
+
+/// Writes `text` to `dir/name` and returns the path as a flag value.
+pub fn write_pem(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}

@@ -133,8 +133,8 @@ def main(argv=None):
     clf = Classifier(out_dir)
     tf = TorchFused(out_dir)
     dets = detectors.load_detectors(out_dir)
-    resid_model = residual_model(tf.resid)
-    fz_model = fused_model(tf.fused)
+    resid_model = served_linear(tf.resid)
+    fz_model = served_linear(tf.fused)
     thr = tf.fused["thresholds"]
     x, y, _ = datasets.load_split(spec, "test")
     with open(os.path.join(out_dir, "adv_split.json")) as f:
@@ -177,12 +177,9 @@ def main(argv=None):
     print(f"[done] adaptive attacks on the fused verdict in {time.time() - t0:.0f}s", flush=True)
 
 
-def residual_model(d: dict):
-    """(scaler, lr)-like object from detector_residual.json for residual.score."""
-    return _Linear(d), _Linear(d)
-
-
-def fused_model(d: dict):
+def served_linear(d: dict):
+    """The (scaler, lr) pair residual.score and fused.fused_score take, read back from a
+    detector file (detector_residual.json, detector_fused.json)."""
     return _Linear(d), _Linear(d)
 
 
