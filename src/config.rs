@@ -82,6 +82,11 @@ pub struct ModelArgs {
     /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, else the library the build fetched).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,
+    /// PEM ed25519 public key trusted to sign bundles (repeatable; in the environment,
+    /// comma-separated). Set = every bundle must carry a bundle.toml.sig one of them
+    /// verifies, and the bundle compiled into the binary is not served.
+    #[arg(long = "trusted-key", env = "MEDSENTRY_TRUSTED_KEYS", value_delimiter = ',')]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -246,6 +251,11 @@ impl UpstreamArgs {
 }
 
 impl ModelArgs {
+    /// Reads --trusted-key files (an unreadable or non-ed25519 key stops start-up).
+    pub fn trusted_keys(&self) -> Result<Vec<crate::bundle::TrustedKey>, String> {
+        self.trusted_keys.iter().map(|p| crate::bundle::TrustedKey::load(p)).collect()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.workers == 0 || self.workers > 64 {
             return Err(format!("--workers must be 1..=64, got {}", self.workers));

@@ -30,7 +30,11 @@ use crate::{bundle, engine, inference, metrics};
 pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warmup>)> {
     args.validate().map_err(anyhow::Error::msg)?;
     metrics::install();
-    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?)?;
+    let trusted = args.trusted_keys().map_err(anyhow::Error::msg)?;
+    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?, &trusted)?;
+    for b in bundles.iter().filter(|b| b.signed_by.is_some()) {
+        tracing::info!(model = b.name(), key = b.signed_by.as_deref().unwrap_or_default(), "bundle signature verified");
+    }
     let names: Vec<String> = bundles.iter().map(|b| b.name().to_string()).collect();
     let policy = match &args.policy {
         Some(path) => Policy::load(path, &names)?,

@@ -26,11 +26,11 @@ async fn start_error(models_dir: &Path) -> String {
 
 #[test]
 fn the_embedded_bundle_is_the_default_bundle_in_models() {
-    let on_disk = Bundle::load_dir(&repo().join("models").join(MODEL)).unwrap();
+    let on_disk = Bundle::load_dir(&repo().join("models").join(MODEL), &[]).unwrap();
     let embedded = Bundle::embedded().expect("the build embeds the default bundle").unwrap();
     assert_eq!(embedded.classifier_sha256(), on_disk.classifier_sha256());
     let missing = tempfile::tempdir().unwrap().path().join("no-such-folder");
-    let served = bundle::load_all(&missing).unwrap();
+    let served = bundle::load_all(&missing, &[]).unwrap();
     assert_eq!(served.len(), 1);
     assert!(served[0].dir.is_none(), "falls back to the embedded bundle");
 }
@@ -50,7 +50,7 @@ fn a_modified_classifier_is_refused_by_checksum() {
     let last = onnx.len() - 1;
     onnx[last] ^= 0x01;
     std::fs::write(dir.join("classifier.onnx"), onnx).unwrap();
-    let err = Bundle::load_dir(&dir).unwrap_err();
+    let err = Bundle::load_dir(&dir, &[]).unwrap_err();
     assert!(matches!(err, BundleError::Checksum { .. }), "{err}");
     assert!(err.to_string().contains("classifier.onnx"), "{err}");
 }
@@ -63,7 +63,7 @@ fn a_detector_without_threshold_is_refused() {
     let with_detector =
         text.replacen("[files]", "[[detectors]]\nname = \"maha\"\nkind = \"mahalanobis\"\nfile = \"classifier.onnx\"\ncalibrated_fpr = 0.01\n\n[files]", 1);
     std::fs::write(dir.join("bundle.toml"), with_detector).unwrap();
-    let err = Bundle::load_dir(&dir).unwrap_err();
+    let err = Bundle::load_dir(&dir, &[]).unwrap_err();
     assert!(err.to_string().contains("threshold"), "{err}");
 }
 

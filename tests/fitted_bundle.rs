@@ -45,7 +45,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn fitted_manifests_declare_their_layout_and_scores() {
     for (model, layout, scores) in FITTED {
-        let b = Bundle::load_dir(&fitted_dir().join(model)).unwrap();
+        let b = Bundle::load_dir(&fitted_dir().join(model), &[]).unwrap();
         assert_eq!(b.manifest.input.layout, *layout, "{model}");
         assert_eq!(b.manifest.outputs.scores, *scores, "{model}");
         assert_eq!(b.manifest.outputs.features, "medsentry_features");

@@ -22,7 +22,7 @@ fn preprocessing_matches_the_pipeline_within_1e_5() {
 }
 
 fn preprocessing_matches(model: &str) {
-    let bundle = Bundle::load_dir(&repo().join("models").join(model)).unwrap();
+    let bundle = Bundle::load_dir(&repo().join("models").join(model), &[]).unwrap();
     let (root, refs) = references(model);
     assert!(refs.len() >= 4);
     for r in &refs {
@@ -51,7 +51,7 @@ async fn screen_gives_the_pipeline_probabilities_and_metrics_move() {
 async fn screen_matches(server: &TestServer, model_name: &str) {
     let mut client = server.client().await;
     let (root, refs) = references(model_name);
-    let bundle = Bundle::load_dir(&repo().join("models").join(model_name)).unwrap();
+    let bundle = Bundle::load_dir(&repo().join("models").join(model_name), &[]).unwrap();
     let declared: Vec<&str> = bundle.manifest.detectors.iter().map(|d| d.name.as_str()).collect();
     let (_, before) = server.admin_get("/metrics");
     for r in &refs {

@@ -20,4 +20,10 @@ pub enum BundleError {
     MissingDir(PathBuf),
     #[error("two bundles are named {0}")]
     Duplicate(String),
+    #[error("bundle {0} is not signed (no bundle.toml.sig) and trusted keys are set: sign it with `medsentry bundle sign`")]
+    Unsigned(String),
+    #[error("bundle {bundle}: signature refused: {reason}")]
+    BadSignature { bundle: String, reason: String },
+    #[error("trusted keys are set, and the bundle compiled into this binary carries no signature: serve signed bundles with --models-dir")]
+    EmbeddedUnsigned,
 }

@@ -5,6 +5,7 @@
 
 mod error;
 mod manifest;
+mod signature;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::BundleError;
 pub use manifest::{Accepts, CampaignSpec, ColorMode, DetectorSpec, Hardening, InputSpec, Layout, Manifest, OodSpec, OutputSpec, ScoreKind};
+pub use signature::{generate_key, sign, TrustedKey, SIGNATURE_FILE};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
 
@@ -24,6 +26,9 @@ pub struct Bundle {
     pub dir: Option<PathBuf>,
     /// File name -> contents, for every file listed in `[files]`.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// Fingerprint of the trusted key whose signature verified bundle.toml; None when no
+    /// trusted keys were given (signatures are then not read).
+    pub signed_by: Option<String>,
 }
 
 impl Bundle {
@@ -39,12 +44,27 @@ impl Bundle {
         &self.manifest.files["classifier.onnx"]
     }
 
-    /// Loads `dir/bundle.toml` and every file it lists, verifying their checksums.
-    pub fn load_dir(dir: &Path) -> Result<Bundle, BundleError> {
+    /// Loads `dir/bundle.toml` and every file it lists, verifying their checksums and,
+    /// when `trusted` is not empty, the manifest's signature before any file is read.
+    pub fn load_dir(dir: &Path, trusted: &[TrustedKey]) -> Result<Bundle, BundleError> {
         let toml_path = dir.join("bundle.toml");
         let text = read(&toml_path)?;
+        let signed_by = if trusted.is_empty() {
+            None
+        } else {
+            let name = parse_manifest(&text, &toml_path)?.name;
+            let sig_path = dir.join(SIGNATURE_FILE);
+            let sig = match std::fs::read(&sig_path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(BundleError::Io { path: sig_path, source: e }),
+            };
+            Some(signature::verify(&name, &text, sig.as_deref(), trusted)?.fingerprint())
+        };
         let files = |name: &str| read(&dir.join(name));
-        Self::from_parts(&text, Some(dir.to_path_buf()), &toml_path, files)
+        let mut bundle = Self::from_parts(&text, Some(dir.to_path_buf()), &toml_path, files)?;
+        bundle.signed_by = signed_by;
+        Ok(bundle)
     }
 
     /// The default bundle compiled into the binary, if the build found one.
@@ -77,7 +97,7 @@ impl Bundle {
             }
             files.insert(name.clone(), bytes);
         }
-        Ok(Bundle { manifest, dir, files })
+        Ok(Bundle { manifest, dir, files, signed_by: None })
     }
 }
 
@@ -103,21 +123,26 @@ pub fn models_dir(given: Option<&Path>) -> Result<PathBuf, BundleError> {
 }
 
 /// Loads every bundle under `models_dir` (each sub-folder holding a bundle.toml). When the
-/// folder does not exist, falls back to the bundle embedded in the binary.
-pub fn load_all(models_dir: &Path) -> Result<Vec<Bundle>, BundleError> {
+/// folder does not exist, falls back to the bundle embedded in the binary. With trusted
+/// keys, every bundle must carry a signature one of them verifies, and the embedded bundle
+/// (which has none) is refused.
+pub fn load_all(models_dir: &Path, trusted: &[TrustedKey]) -> Result<Vec<Bundle>, BundleError> {
     let mut bundles: Vec<Bundle> = Vec::new();
     if models_dir.is_dir() {
         let entries = std::fs::read_dir(models_dir).map_err(|e| BundleError::Io { path: models_dir.into(), source: e })?;
         let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("bundle.toml").is_file()).collect();
         dirs.sort();
         for dir in dirs {
-            let b = Bundle::load_dir(&dir)?;
+            let b = Bundle::load_dir(&dir, trusted)?;
             if bundles.iter().any(|o| o.name() == b.name()) {
                 return Err(BundleError::Duplicate(b.name().to_string()));
             }
             bundles.push(b);
         }
     } else if let Some(embedded) = Bundle::embedded() {
+        if !trusted.is_empty() {
+            return Err(BundleError::EmbeddedUnsigned);
+        }
         bundles.push(embedded?);
     }
     if bundles.is_empty() {

@@ -1,7 +1,9 @@
-//! cli: the `medsentry` command line: `serve`, `screen`, `models`, `bench`, `eval`, `quarantine`.
+//! cli: the `medsentry` command line: `serve`, `screen`, `models`, `bench`, `eval`, `quarantine`,
+//! `audit`, `bundle`.
 
 pub mod audit;
 mod bench;
+mod bundle;
 mod eval;
 mod models;
 mod quarantine;
@@ -30,6 +32,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Detector AUROC / TPR per attack on a folder of clean and adversarial inputs, with ROC plots.
     Eval(eval::EvalArgs),
+    /// Sign and verify bundles: keygen, sign, verify (serve --trusted-key checks them).
+    Bundle(bundle::BundleArgs),
     /// List or export what the quarantine store holds.
     Quarantine(quarantine::QuarantineArgs),
     /// Red-team a running endpoint with black-box attacks through its API (loopback only
@@ -51,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => audit::run(args).await,
         Command::Eval(args) => eval::run(args).await,
         Command::Quarantine(args) => quarantine::run(args),
+        Command::Bundle(args) => bundle::run(args),
     }
 }
 

@@ -12,13 +12,19 @@ pub struct ModelsArgs {
     /// bundle when that is absent; a folder given explicitly must exist).
     #[arg(long, env = "MEDSENTRY_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
+    /// PEM ed25519 public key trusted to sign bundles (repeatable): every bundle listed
+    /// must carry a signature one of them verifies.
+    #[arg(long = "trusted-key", env = "MEDSENTRY_TRUSTED_KEYS", value_delimiter = ',')]
+    pub trusted_keys: Vec<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
-    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?)?;
+    let trusted: Vec<bundle::TrustedKey> =
+        args.trusted_keys.iter().map(|p| bundle::TrustedKey::load(p)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?, &trusted)?;
     if args.json {
         let list: Vec<_> = bundles
             .iter()
@@ -26,6 +32,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 serde_json::json!({
                     "source": b.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
                     "classifier_sha256": b.classifier_sha256(),
+                    "signed_by": b.signed_by,
                     "manifest": b.manifest,
                 })
             })
@@ -59,6 +66,9 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
         );
         println!("  classifier  sha256 {}", b.classifier_sha256());
+        if let Some(key) = &b.signed_by {
+            println!("  signature   verified, key {key}");
+        }
         for (k, v) in &m.figures {
             println!("  {k:<28} {v:.4}");
         }

@@ -224,7 +224,7 @@ pub fn write_policy(dir: &std::path::Path, toml: &str) -> String {
 
 /// The chest X-ray bundle's input spec.
 pub fn chest_spec() -> medsentry::bundle::InputSpec {
-    let bundles = medsentry::bundle::load_all(&repo().join("models")).unwrap();
+    let bundles = medsentry::bundle::load_all(&repo().join("models"), &[]).unwrap();
     bundles.into_iter().find(|b| b.name() == "chest-xray-pneumonia").unwrap().manifest.input
 }
 
@@ -306,7 +306,7 @@ const SAMPLE_KEYS: &[(&str, &str)] = &[
 /// flagged one above an ADVERSARIAL threshold, both with a margin.
 pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(CHEST).join("advtest_sample.json")).unwrap()).unwrap();
-    let bundles = medsentry::bundle::load_all(&repo().join("models")).unwrap();
+    let bundles = medsentry::bundle::load_all(&repo().join("models"), &[]).unwrap();
     let manifest = &bundles.iter().find(|b| b.name() == CHEST).unwrap().manifest;
     let has_fused = manifest.detectors.iter().any(|d| d.kind == "fused");
     let thresholds: Vec<(&str, f64, f64)> = manifest

@@ -4,7 +4,7 @@ use crate::inference::model_infer_request::InferRequestedOutputTensor;
 
 fn bundle() -> Bundle {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    crate::bundle::load_all(&dir).unwrap().into_iter().find(|b| b.name() == "chest-xray-pneumonia").unwrap()
+    crate::bundle::load_all(&dir, &[]).unwrap().into_iter().find(|b| b.name() == "chest-xray-pneumonia").unwrap()
 }
 
 fn request(name: &str, datatype: &str, shape: Vec<i64>, raw: Option<Vec<u8>>, contents: Option<InferTensorContents>) -> ModelInferRequest {
