@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::defense::{Action, CampaignStatus, FailureMode, Screening};
 use crate::metrics;
-use crate::pipeline::{Input, PipelineError, Rejection};
+use crate::pipeline::{Input, Origin, PipelineError, Rejection};
 use crate::quarantine::{self, QuarantineError, Record, RecordedScore, Stored};
 use crate::serving::ServedModel;
 
@@ -29,7 +29,7 @@ pub async fn enforce(
     input: Input,
     screening: &mut Screening,
     campaign: Option<CampaignStatus>,
-    request_id: &str,
+    origin: Origin<'_>,
 ) -> Result<Enforced, PipelineError> {
     let policy = &model.policy;
     let name = model.name();
@@ -53,7 +53,7 @@ pub async fn enforce(
     let reject = policy.rejects(verdict_action);
     if verdict_action == Action::Quarantine {
         let decided = if reject { "reject" } else { "annotate" };
-        match keep(model, input, screening, campaign, request_id, decided).await {
+        match keep(model, input, screening, campaign, origin, decided).await {
             Ok(stored) => {
                 metrics::record_quarantine_write(name, if stored.duplicate { "duplicate" } else { "written" });
                 metrics::record_policy_action(name, "quarantine", policy.shadow);
@@ -108,7 +108,7 @@ async fn keep(
     input: Input,
     screening: &Screening,
     campaign: Option<CampaignStatus>,
-    request_id: &str,
+    origin: Origin<'_>,
     decided: &str,
 ) -> Result<Stored, QuarantineError> {
     let Some(store) = model.quarantine.clone() else {
@@ -131,7 +131,8 @@ async fn keep(
         detectors: screening.detectors.iter().map(|d| RecordedScore { name: d.name.clone(), score: d.score, threshold: d.threshold, fired: d.fired }).collect(),
         campaign_alarm: campaign.is_some_and(|c| c.alarm()),
         policy: format!("{}{decided}", if model.policy.shadow { "shadow:" } else { "" }),
-        request_id_sha256: hex::encode(Sha256::digest(request_id.as_bytes())),
+        request_id_sha256: hex::encode(Sha256::digest(origin.request_id.as_bytes())),
+        caller: origin.caller.to_string(),
     };
     tokio::task::spawn_blocking(move || {
         let form = quarantine::stored_form(&input, store.uid_salt())?;

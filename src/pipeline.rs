@@ -132,13 +132,23 @@ pub struct Outcome {
     pub enforced: enforce::Enforced,
 }
 
-/// Runs one input through the whole pipeline of `model`; `request_id` is the caller's.
+/// Who sent an input, for the quarantine record of a flagged one.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The caller's request id (records keep only its sha256).
+    pub request_id: &'a str,
+    /// The caller's name from the policy's `[access]` (`anonymous` when no rule names it;
+    /// the command line's own name for `screen` and `eval`).
+    pub caller: &'a str,
+}
+
+/// Runs one input through the whole pipeline of `model`.
 pub async fn run(
     model: &Arc<ServedModel>,
     input: Input,
     decoding: &DecodeConfig,
     deadline: Option<Instant>,
-    request_id: &str,
+    origin: Origin<'_>,
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
     if !model.is_ready() {
@@ -207,7 +217,7 @@ pub async fn run(
     };
     // The decode's reservation stays held until the policy is applied: quarantining decodes
     // (PNG/JPEG re-encoding) or parses (DICOM de-identification) the input once more.
-    let enforced = enforce::enforce(model, input, &mut screening, campaign, request_id).await;
+    let enforced = enforce::enforce(model, input, &mut screening, campaign, origin).await;
     drop(reservation);
     let enforced = enforced?;
     let timings = Timings {

@@ -112,3 +112,26 @@ async fn a_client_certificate_names_the_caller() {
     assert_eq!(SentryClient::new(ch).screen(screen(MNIST)).await.unwrap_err().code(), Code::Unauthenticated, "a certificate no rule names");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_records_name_the_caller_on_both_apis() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("quarantine");
+    let p = write_policy(dir.path(), &format!("{}\n[default]\naction = \"quarantine\"\n\n[quarantine]\ndir = \"{}\"\n", policy(), store.display()));
+    let server = TestServer::ready(&["--policy", &p]).await;
+    let (_, flagged) = sample_pair();
+    let mut client = SentryClient::new(server.channel().await);
+    let mut req = tensor_request("from-pacs", vec![1, 1, 64, 64], flagged.clone());
+    req.model = CHEST.into();
+    client.screen(with_token(tonic::Request::new(req), "pacs-token")).await.expect("quarantined and annotated");
+    // The store is content-addressed: a second copy needs other bytes (one pixel moved by 1e-3).
+    let mut other = flagged.clone();
+    other[0] = (other[0] + 1e-3).min(1.0) - if other[0] > 0.99 { 2e-3 } else { 0.0 };
+    let mut oip = GrpcInferenceServiceClient::new(server.channel().await);
+    oip.model_infer(with_token(tonic::Request::new(infer_request(CHEST, "from-research", &other)), "research-token")).await.expect("quarantined and annotated");
+    let mut callers: Vec<String> = medsentry::quarantine::list_records(&store).unwrap().into_iter().map(|r| r.caller).collect();
+    callers.sort();
+    assert_eq!(callers, ["pacs", "research"]);
+    server.stop().await.unwrap();
+}

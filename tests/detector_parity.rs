@@ -47,7 +47,7 @@ async fn fitted_bundles_detector_scores_match_the_pipeline() {
 }
 
 async fn check(model: &str) {
-    check_in(&repo().join("models"), model, true).await;
+    check_in(&models_dir(), model, true).await;
 }
 
 async fn check_in(models: &std::path::Path, model: &str, separates: bool) {

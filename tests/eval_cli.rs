@@ -37,7 +37,7 @@ fn eval_reproduces_the_python_auroc_and_draws_the_roc() {
         .arg("--out")
         .arg(&out)
         .arg("--models-dir")
-        .arg(repo().join("models"))
+        .arg(models_dir())
         .status()
         .unwrap();
     assert!(status.success());

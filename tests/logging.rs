@@ -11,7 +11,7 @@ use common::*;
 fn screen(format: Option<&str>) -> std::process::Output {
     let file = data("chest_xray_kermany").join("images/test/NORMAL/IM-0001-0001.jpeg");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_medsentry"));
-    cmd.args(["screen", "--json", "--models-dir"]).arg(repo().join("models")).arg(file).env("MEDSENTRY_LOG", "info");
+    cmd.args(["screen", "--json", "--models-dir"]).arg(models_dir()).arg(file).env("MEDSENTRY_LOG", "info");
     if let Some(f) = format {
         cmd.env("MEDSENTRY_LOG_FORMAT", f);
     }

@@ -52,7 +52,7 @@ async fn the_out_of_distribution_score_matches_the_pipeline() {
     for bundle in BUNDLES {
         let fixture: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(repo().join(format!("tests/fixtures/ood/{bundle}.json"))).unwrap()).unwrap();
-        let b = medsentry::bundle::load_all(&repo().join("models"), &[]).unwrap().into_iter().find(|b| b.name() == *bundle).unwrap();
+        let b = repo_bundle(bundle);
         let i = &b.manifest.input;
         for case in fixture["cases"].as_array().unwrap() {
             let tensor: Vec<f32> = case["tensor"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();

@@ -18,7 +18,7 @@ fn screen_walks_folders_in_name_order() {
     std::fs::copy(src.join("NORMAL/IM-0003-0001.jpeg"), study.join("series-1/z.jpeg")).unwrap();
     std::fs::copy(src.join("PNEUMONIA/person100_bacteria_475.jpeg"), study.join("series-1/a.jpeg")).unwrap();
     std::fs::write(study.join(".DS_Store"), b"finder metadata").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_medsentry")).args(["screen", "--json", "--models-dir"]).arg(repo().join("models")).arg(&study).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_medsentry")).args(["screen", "--json", "--models-dir"]).arg(models_dir()).arg(&study).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let files: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()

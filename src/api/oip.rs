@@ -22,7 +22,7 @@ use crate::decode::DecodeConfig;
 use crate::defense::Verdict;
 use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
-use crate::pipeline::{self, Input, Outcome, PipelineError};
+use crate::pipeline::{self, Input, Origin, Outcome, PipelineError};
 use crate::serving::{Registry, ServedModel};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::{logging, metrics};
@@ -77,13 +77,13 @@ impl OipService {
     /// Runs the items through the pipeline, up to [`ITEM_CONCURRENCY`] at once so that they
     /// meet in the batcher without one call filling the queue; the first failure (by
     /// index) wins and drops the items still running.
-    async fn screen(&self, model: &Arc<ServedModel>, items: Vec<Input>, deadline: Option<Instant>, id: &str) -> Result<Vec<Outcome>, Failed> {
+    async fn screen(&self, model: &Arc<ServedModel>, items: Vec<Input>, deadline: Option<Instant>, id: &str, caller: &str) -> Result<Vec<Outcome>, Failed> {
         use futures::StreamExt;
         let n = items.len();
         let decoding = &self.decoding;
         let runs = items.into_iter().enumerate().map(|(i, input)| {
             let request_id = if n == 1 { id.to_string() } else { format!("{id}#{i}") };
-            async move { pipeline::run(model, input, decoding, deadline, &request_id).await }
+            async move { pipeline::run(model, input, decoding, deadline, Origin { request_id: &request_id, caller }).await }
         });
         let mut results = futures::stream::iter(runs).buffered(ITEM_CONCURRENCY);
         let mut outcomes = Vec::with_capacity(n);
@@ -100,7 +100,7 @@ impl OipService {
         &self,
         req: ModelInferRequest,
         deadline: Option<Instant>,
-        shows: bool,
+        (caller, shows): (&str, bool),
         label: &mut String,
     ) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&req.model_name, &req.model_version)?;
@@ -108,7 +108,7 @@ impl OipService {
         let bundle = &model.bundle;
         let Parsed { items, raw, .. } = convert::parse_request(&req, bundle, false)?;
         convert::check_requested_outputs(&req)?;
-        let outcomes = self.screen(&model, items, deadline, &req.id).await?;
+        let outcomes = self.screen(&model, items, deadline, &req.id, caller).await?;
         let tensors = convert::select_outputs(&req, convert::model_outputs(bundle, &outcomes, shows))?;
         let mut resp = ModelInferResponse {
             model_name: bundle.name().to_string(),
@@ -127,14 +127,14 @@ impl OipService {
         md: MetadataMap,
         req: ModelInferRequest,
         deadline: Option<Instant>,
-        shows: bool,
+        (caller, shows): (&str, bool),
         label: &mut String,
     ) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&proxy.screen_model, "")?;
         *label = model.name().to_string();
         let bundle = &model.bundle;
         let Parsed { items, raw, layout } = convert::parse_request(&req, bundle, true)?;
-        let outcomes = match self.screen(&model, items, deadline, &req.id).await {
+        let outcomes = match self.screen(&model, items, deadline, &req.id, caller).await {
             Ok(o) => o,
             Err(f) => {
                 if matches!(f.error, PipelineError::Rejected(_) | PipelineError::DetectorFailed { .. } | PipelineError::QuarantineFailed { .. }) {
@@ -229,8 +229,8 @@ impl GrpcInferenceService for OipService {
         // Unknown names are caller-controlled: keep them out of metric labels.
         let mut label = "unknown".to_string();
         let result = match &self.proxy {
-            None => self.infer_local(req, deadline, shows, &mut label).await,
-            Some(p) => self.infer_proxy(p, md, req, deadline, shows, &mut label).await,
+            None => self.infer_local(req, deadline, (&caller.name, shows), &mut label).await,
+            Some(p) => self.infer_proxy(p, md, req, deadline, (&caller.name, shows), &mut label).await,
         };
         let seconds = started.elapsed().as_secs_f64();
         match result {

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{convert, deadline, status::code_label};
 use crate::access::Caller;
 use crate::decode::DecodeConfig;
-use crate::pipeline::{self, PipelineError};
+use crate::pipeline::{self, Origin, PipelineError};
 use crate::proto::{self, sentry_server::Sentry};
 use crate::serving::Registry;
 use crate::{logging, metrics};
@@ -49,7 +49,7 @@ impl SentryService {
             return Err(e);
         };
         let result = match super::allow_model(&self.registry, caller, model.name()).and_then(|()| convert::input_of(&mut req)) {
-            Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, &request_id).await,
+            Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, Origin { request_id: &request_id, caller: &caller.name }).await,
             Err(e) => Err(e),
         };
         let seconds = started.elapsed().as_secs_f64();

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::decode::looks_like_dicom;
 use crate::eval::{npy, plot, roc};
-use crate::pipeline::{self, Input};
+use crate::pipeline::{self, Input, Origin};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -60,7 +60,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         let results: Vec<_> = futures::stream::iter(inputs.iter().cloned())
             .map(|input| {
                 let (model, decoding) = (model.clone(), decoding.clone());
-                async move { pipeline::run(&model, input, &decoding, None, "eval").await }
+                async move { pipeline::run(&model, input, &decoding, None, Origin { request_id: "eval", caller: "medsentry-eval" }).await }
             })
             .buffered(args.concurrency.max(1))
             .inspect(|_| bar.inc(1))

@@ -42,20 +42,24 @@ pub fn run(args: QuarantineArgs) -> anyhow::Result<()> {
         QuarantineCommand::List { json, model } => {
             let shown = records.iter().filter(|r| model.as_ref().is_none_or(|m| &r.model == m));
             if !json {
-                println!("{:<16} {:<24} {:<10} {:<12} {:>7} {:>9}  model / policy", "id", "received (UTC ms)", "kind", "verdict", "fused", "bytes");
+                println!(
+                    "{:<16} {:<24} {:<10} {:<12} {:>7} {:>9} {:<16}  model / policy",
+                    "id", "received (UTC ms)", "kind", "verdict", "fused", "bytes", "caller"
+                );
             }
             for r in shown {
                 if json {
                     println!("{}", serde_json::to_string(r)?);
                 } else {
                     println!(
-                        "{:<16} {:<24} {:<10} {:<12} {:>7.3} {:>9}  {} {} / {}",
+                        "{:<16} {:<24} {:<10} {:<12} {:>7.3} {:>9} {:<16}  {} {} / {}",
                         &r.id[..16],
                         r.received_unix_ms,
                         r.input_kind,
                         r.verdict,
                         r.fused_score,
                         r.bytes,
+                        if r.caller.is_empty() { "-" } else { &r.caller },
                         r.model,
                         r.model_version,
                         r.policy

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::decode::looks_like_dicom;
-use crate::pipeline::{self, Input};
+use crate::pipeline::{self, Input, Origin};
 
 #[derive(Debug, Clone, Args)]
 pub struct ScreenArgs {
@@ -61,7 +61,9 @@ pub async fn run(mut args: ScreenArgs) -> anyhow::Result<()> {
         let result = match std::fs::read(path) {
             Ok(bytes) => {
                 let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes) } else { Input::Image(bytes) };
-                pipeline::run(&model, input, &decoding, None, &path.display().to_string()).await.map_err(|e| e.to_string())
+                pipeline::run(&model, input, &decoding, None, Origin { request_id: &path.display().to_string(), caller: "medsentry-screen" })
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Err(e) => Err(format!("reading: {e}")),
         };

@@ -47,6 +47,10 @@ pub struct Record {
     /// sha256 of the caller's request id: links logs to entries without storing the id,
     /// which PACS integrations often fill with a SOP Instance UID.
     pub request_id_sha256: String,
+    /// Who sent it: the caller's name from the policy's `[access]` (empty in records
+    /// written before callers were recorded).
+    #[serde(default)]
+    pub caller: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +261,7 @@ mod tests {
             campaign_alarm: false,
             policy: "annotate".into(),
             request_id_sha256: String::new(),
+            caller: String::new(),
         }
     }
 

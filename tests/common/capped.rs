@@ -25,7 +25,7 @@ impl CappedServer {
         let (grpc, admin) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_medsentry"));
         cmd.args(["serve", "--intra-threads", "2", "--listen", &grpc.to_string(), "--admin-listen", &admin.to_string()]);
-        cmd.args(["--models-dir", &super::repo().join("models").display().to_string()]);
+        cmd.args(["--models-dir", &super::models_dir().display().to_string()]);
         cmd.args(extra).env("MEDSENTRY_LOG", "error").stdout(Stdio::null()).stderr(Stdio::inherit());
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.

@@ -34,6 +34,37 @@ pub fn data(rel: &str) -> PathBuf {
     repo().join("..").join("shared").join("data").join(rel)
 }
 
+/// Bundles larger than this are left out of [`models_dir`].
+const LARGE_CLASSIFIER_BYTES: u64 = 16 << 20;
+
+/// The repository's bundles that every test server loads: those under models/ whose
+/// classifier.onnx is at most 16 MB, linked into a folder under the test target's tmp dir.
+/// The 224 px bundle (a 45 MB ResNet-18) would add its ONNX Runtime session and warm-up to
+/// each of the suite's ~100 servers on 2 cores; tests/resnet224.rs serves it on its own.
+pub fn models_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models-small");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        let onnx = path.join("classifier.onnx");
+        let small = std::fs::metadata(&onnx).is_ok_and(|m| m.len() <= LARGE_CLASSIFIER_BYTES);
+        let link = dir.join(path.file_name().unwrap());
+        if small && path.join("bundle.toml").is_file() && std::fs::symlink_metadata(&link).is_err() {
+            // Test binaries run in parallel: another may have made the link first.
+            match std::os::unix::fs::symlink(&path, &link) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => panic!("linking {}: {e}", link.display()),
+                _ => {}
+            }
+        }
+    }
+    dir
+}
+
+/// One bundle of the repository, loaded and verified.
+pub fn repo_bundle(name: &str) -> medsentry::bundle::Bundle {
+    medsentry::bundle::Bundle::load_dir(&repo().join("models").join(name), &[]).unwrap()
+}
+
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
@@ -54,7 +85,7 @@ impl TestServer {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (g, a) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
-        let models = repo().join("models");
+        let models = models_dir();
         let mut argv = vec!["medsentry".to_string(), "--intra-threads".into(), "2".into()];
         if !extra.contains(&"--models-dir") {
             argv.extend(["--models-dir".to_string(), models.display().to_string()]);
@@ -224,8 +255,7 @@ pub fn write_policy(dir: &std::path::Path, toml: &str) -> String {
 
 /// The chest X-ray bundle's input spec.
 pub fn chest_spec() -> medsentry::bundle::InputSpec {
-    let bundles = medsentry::bundle::load_all(&repo().join("models"), &[]).unwrap();
-    bundles.into_iter().find(|b| b.name() == "chest-xray-pneumonia").unwrap().manifest.input
+    repo_bundle("chest-xray-pneumonia").manifest.input
 }
 
 /// A shared-data image as the model sees it before mean/std: [0, 1], model size.
@@ -306,8 +336,8 @@ const SAMPLE_KEYS: &[(&str, &str)] = &[
 /// flagged one above an ADVERSARIAL threshold, both with a margin.
 pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(CHEST).join("advtest_sample.json")).unwrap()).unwrap();
-    let bundles = medsentry::bundle::load_all(&repo().join("models"), &[]).unwrap();
-    let manifest = &bundles.iter().find(|b| b.name() == CHEST).unwrap().manifest;
+    let bundle = repo_bundle(CHEST);
+    let manifest = &bundle.manifest;
     let has_fused = manifest.detectors.iter().any(|d| d.kind == "fused");
     let thresholds: Vec<(&str, f64, f64)> = manifest
         .detectors
