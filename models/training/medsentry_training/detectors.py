@@ -354,7 +354,9 @@ def main(argv=None):
         C.write_json(os.path.join(out_dir, f"detector_{name}.json"), det)
         print(f"[detector] {name}: thresholds {det['thresholds']}", flush=True)
     with C.timed(times, "sample"):
-        write_sample(out_dir, spec, dets, model, recs, split, x, y, files)
+        # A 224 px RGB tensor is 150,528 values, about 1.5 MB of JSON: one item per kind
+        # (and class, for clean images) keeps a full-size bundle's sample a few MB.
+        write_sample(out_dir, spec, dets, model, recs, split, x, y, files, per_kind=7 if x[0].size <= 3 * 64 * 64 else 1)
     C.copy_if_exists(os.path.join(adir, "split.json"), os.path.join(out_dir, "adv_split.json"))
     C.write_json(os.path.join(out_dir, "detectors_fit_log.json"), {"seconds": times, "limit": args.limit, **provenance})
     print(f"[done] detectors in {time.time() - t0:.0f}s -> {os.path.relpath(out_dir, datasets.REPO)}", flush=True)

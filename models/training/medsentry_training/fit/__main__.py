@@ -43,6 +43,7 @@ import onnx
 from .. import bundle_toml, datasets
 from .. import advcommon as C
 from ..export import evaluate as clean_eval
+from ..detectors import fmt32
 from . import graph, images, torch_graph
 
 PKG = "medsentry_training"
@@ -196,7 +197,7 @@ def write_base(args, spec: graph.InputSpec, labels, bundle_dir: str, checks: dic
                  "and ONNX Runtime's outputs of the original graph's class output on them (logits = log of the "
                  "probabilities for a graph that answers probabilities).",
         "data_root": shared_relpath(args.images), "shape": [spec.channels, spec.height, spec.width],
-        "items": [{"file": files[i], "label": int(y[i]), "pixels": [float(v) for v in x[i].ravel()],
+        "items": [{"file": files[i], "label": int(y[i]), "pixels": fmt32(x[i]),
                    "logits": logits[k].tolist(), "probabilities": (e[k] / e[k].sum()).tolist(),
                    "raw_output": out[k].tolist(), "features_head": fe[k][:8].tolist()} for k, i in enumerate(ref_idx)]})
     inputs = {"channels": spec.channels, "height": spec.height, "width": spec.width, "color": spec.color,
@@ -254,6 +255,11 @@ def main(argv=None):
                         "adv_per_half": per_half, "bundle_dir": bundle_dir}}
         C.write_json(fit_path, fit)
         write_base(args, spec, labels, bundle_dir, checks)
+    elif fit.get("command") != command_line(sys.argv[1:] if argv is None else argv):
+        # A resumed run with other stage flags (e.g. fewer attacks): the report names the
+        # command that finished the bundle.
+        fit["command"] = command_line(sys.argv[1:] if argv is None else argv)
+        C.write_json(fit_path, fit)
     log = []
     ds = ["--dataset", relative(args.work)]
     run_stage("attacks", ds + ["--only", args.attacks, "--eps", args.eps], log)
