@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use medsentry::cli::audit::{audit, AuditArgs};
+use medsentry::cli::audit::{audit, AuditArgs, Protocol};
 
 const MODEL: &str = "chest-xray-pneumonia";
 
@@ -29,6 +29,7 @@ fn images(dir: &Path) -> PathBuf {
 fn args(target: String, dir: &Path, eps: u8) -> AuditArgs {
     AuditArgs {
         target,
+        protocol: Protocol::Sentry,
         model: MODEL.into(),
         images: images(dir),
         out: dir.join("out"),
@@ -81,7 +82,7 @@ async fn audit_counts_are_the_servers_own() {
     let log = std::fs::read_to_string(dir.path().join("out/queries.jsonl")).unwrap();
     assert_eq!(log.lines().count(), report.total_queries, "every query is recorded");
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    assert_eq!(first["sent_png_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(first["sent_sha256"].as_str().unwrap().len(), 64);
     let md = std::fs::read_to_string(dir.path().join("out/REPORT.md")).unwrap();
     assert!(md.contains("| square | linf_8 | 20 | 4 |"), "{md}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/report.json")).unwrap()).unwrap();
@@ -110,6 +111,38 @@ async fn a_reject_endpoint_shows_up_as_refused_not_fooled() {
             }
         }
         assert!(a.fooled_and_passed <= a.images - a.refused, "{}", a.attack);
+    }
+    server.stop().await.unwrap();
+}
+
+/// The same audit over the Open Inference Protocol, with PNG bytes and with FP32 tensors
+/// at the model's size (a Triton model's input; what medsentry's proxy mode screens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_inference_protocol_is_audited_with_bytes_and_tensors() {
+    let _serial = serial().await;
+    let server = TestServer::ready(&[]).await;
+    for protocol in [Protocol::OipBytes, Protocol::OipFp32] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, before) = server.admin_get("/metrics");
+        let mut a = args(server.grpc.to_string(), dir.path(), 8);
+        a.protocol = protocol;
+        a.attacks = vec!["square".into()];
+        let report = audit(&a).await.unwrap();
+        let (_, after) = server.admin_get("/metrics");
+        let sent = delta(&before, &after, "medsentry_requests_total", &[("model", MODEL), ("api", "oip")]);
+        assert_eq!(sent, report.total_queries as f64, "{protocol:?}: every query reached ModelInfer");
+        for verdict in ["clean", "suspicious", "adversarial"] {
+            let server = delta(&before, &after, "medsentry_requests_total", &[("model", MODEL), ("api", "oip"), ("verdict", verdict)]);
+            assert_eq!(server, outcome(&report, verdict), "{protocol:?} {verdict}: read from medsentry.verdict");
+        }
+        assert_eq!(outcome(&report, "error"), 0.0, "{protocol:?}: {:?}", report.outcomes);
+        assert!(report.attacks.iter().all(|a| a.images == 4), "{protocol:?}: a top label for every clean image");
+        if protocol == Protocol::OipFp32 {
+            let square = &report.attacks[0];
+            assert!(square.per_image.iter().all(|r| r.linf <= 8), "Square stays within its budget at the model's size");
+            let md = std::fs::read_to_string(dir.path().join("out/REPORT.md")).unwrap();
+            assert!(md.contains("(oip-fp32)"), "{md}");
+        }
     }
     server.stop().await.unwrap();
 }

@@ -46,6 +46,14 @@ async fn fitted_bundles_detector_scores_match_the_pipeline() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_224_px_bundle_detector_scores_match_the_pipeline() {
+    // One clean image per class and one PGD-20 example (a 224 px sample item is 1.5 MB of
+    // JSON): score parity, not separation.
+    let dir = only_bundle(RESNET224);
+    check_in(dir.path(), RESNET224, false).await;
+}
+
 async fn check(model: &str) {
     check_in(&models_dir(), model, true).await;
 }

@@ -60,6 +60,13 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// A models folder holding only the repository's bundle `name` (linked, not copied).
+pub fn only_bundle(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("models").join(name), dir.path().join(name)).unwrap();
+    dir
+}
+
 /// One bundle of the repository, loaded and verified.
 pub fn repo_bundle(name: &str) -> medsentry::bundle::Bundle {
     medsentry::bundle::Bundle::load_dir(&repo().join("models").join(name), &[]).unwrap()
@@ -320,6 +327,10 @@ pub fn copy_bundle(to: &std::path::Path, model: &str) -> PathBuf {
 
 /// The default bundle, whose AdvTest sample the policy tests use.
 pub const CHEST: &str = "chest-xray-pneumonia";
+
+/// The bundle `fit` made from a ResNet-18 at 224 px trained the ordinary way (README,
+/// "Protect your own classifier").
+pub const RESNET224: &str = "chest-xray-resnet18-224";
 
 /// Served detector name -> key of the pipeline's scores in advtest_sample.json.
 const SAMPLE_KEYS: &[(&str, &str)] = &[

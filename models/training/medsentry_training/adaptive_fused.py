@@ -129,6 +129,8 @@ def attack(model, tf: TorchFused, x, y, eps, steps, kind, lam, t_logit, seed):
 def main(argv=None):
     args, spec, out_dir = C.stage_args(__doc__, argv, lambda ap: ap.add_argument("--steps", type=int, default=40))
     t0 = time.time()
+    # A fitted bundle's budgets are fit's --adaptive-eps (a 224 px graph costs ~30x a 64 px one per step).
+    budgets = tuple(datasets.fit_config(spec).get("adaptive_eps") or EPS_255)
     model, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     clf = Classifier(out_dir)
     tf = TorchFused(out_dir)
@@ -145,7 +147,7 @@ def main(argv=None):
     print(f"[adaptive-fused] {len(base)} clean-correct AdvTest images, thresholds {thr}", flush=True)
     rows = []
     for kind in ("fused-aware", "feature-hiding"):
-        for e in EPS_255:
+        for e in budgets:
             t1 = time.time()
             passed1 = np.zeros(len(base), bool)
             passed5 = np.zeros(len(base), bool)

@@ -45,6 +45,43 @@ impl Image {
         out.into_inner()
     }
 
+    /// The image at `height` x `width` with `channels` planes, resized by the sidecar's own
+    /// area filter and colour conversion and quantised to 8 bits: what a client that
+    /// prepares tensors at the model's size sends (`--protocol oip-fp32`).
+    pub fn resized(&self, channels: usize, height: usize, width: usize) -> Image {
+        use crate::bundle::{ColorMode, InputSpec, Layout};
+        let decoded = crate::decode::DecodedImage {
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            data: self.data.iter().map(|v| *v as f32 / 255.0).collect(),
+            dicom: None,
+        };
+        let spec = InputSpec {
+            channels: channels as u32,
+            height: height as u32,
+            width: width as u32,
+            color: if channels == 1 { ColorMode::Gray } else { ColorMode::Rgb },
+            resize: "area".into(),
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+            layout: Layout::Nchw,
+            dicom: None,
+        };
+        let data = crate::preprocess::to_model_space(&decoded, &spec).iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+        Image { width, height, channels, data }
+    }
+
+    /// The planes as `channels` planes: grey repeated to three, or kept (the audit only asks
+    /// for the count the image was resized to, or three from one).
+    pub fn planes(&self, channels: usize) -> std::borrow::Cow<'_, [u8]> {
+        if channels == self.channels {
+            std::borrow::Cow::Borrowed(&self.data)
+        } else {
+            std::borrow::Cow::Owned(self.data.iter().cycle().take(channels * self.width * self.height).copied().collect())
+        }
+    }
+
     /// `self + delta` clipped to 0..=255 (delta in grey levels, same layout).
     pub fn add(&self, delta: &[i16]) -> Image {
         let data = self.data.iter().zip(delta).map(|(&v, &d)| (v as i16 + d).clamp(0, 255) as u8).collect();

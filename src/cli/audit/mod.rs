@@ -6,6 +6,7 @@
 
 mod boundary;
 mod image;
+mod oip;
 mod report;
 mod square;
 mod target;
@@ -17,14 +18,19 @@ use clap::Args;
 
 use image::{Image, Rng};
 pub use report::{AttackSummary, AuditReport};
-pub use target::Outcome;
 use target::{Answer, Target};
+pub use target::{Outcome, Protocol};
 
 #[derive(Debug, Clone, Args)]
 pub struct AuditArgs {
-    /// Endpoint HOST:PORT (medsentry.v1). Loopback only unless --allow-remote.
+    /// Endpoint HOST:PORT. Loopback only unless --allow-remote.
     #[arg(long)]
     pub target: String,
+    /// API of the endpoint: medsentry.v1 Screen (sentry), or the Open Inference Protocol
+    /// with PNG bytes (oip-bytes) or FP32 tensors at the model's size (oip-fp32: what a
+    /// Triton model takes, so it audits medsentry in proxy mode too; needs --model).
+    #[arg(long, value_enum, default_value_t = Protocol::Sentry)]
+    pub protocol: Protocol,
     /// Model to audit (default: the endpoint's default model).
     #[arg(long, default_value = "")]
     pub model: String,
@@ -135,7 +141,7 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     }
     anyhow::ensure!(args.eps > 0 && args.queries > 0, "--eps and --queries must be positive");
     std::fs::create_dir_all(&args.out)?;
-    let images = load_images(&args.images, args.max_images)?;
+    let mut images = load_images(&args.images, args.max_images)?;
     let uaps: Vec<(String, crate::eval::npy::NpyArray)> = args
         .uap
         .iter()
@@ -148,7 +154,11 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
         })
         .collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
-    let mut t = Target::connect(&args.target, &args.model, args.rate, args.max_seconds, &args.out.join("queries.jsonl")).await?;
+    let mut t = Target::connect(&args.target, args.protocol, &args.model, args.rate, args.max_seconds, &args.out.join("queries.jsonl")).await?;
+    if let Some((c, h, w)) = t.model_size() {
+        // Tensors go at the model's size: the attacks perturb those pixels.
+        images = images.into_iter().map(|(n, img)| (n, img.resized(c, h, w))).collect();
+    }
     let total = images.len() * (1 + args.attacks.len() + uaps.len());
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("static template"));

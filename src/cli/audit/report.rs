@@ -55,6 +55,8 @@ impl AttackSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
     pub target: String,
+    /// The API the queries went through.
+    pub protocol: super::Protocol,
     pub model: String,
     pub eps_255: u8,
     pub seed: u64,
@@ -85,6 +87,7 @@ impl AuditReport {
         let flagged = clean.iter().filter(|a| a.verdict.flagged()).count();
         AuditReport {
             target: args.target.clone(),
+            protocol: args.protocol,
             model: if args.model.is_empty() { "(default)".into() } else { args.model.clone() },
             eps_255: args.eps,
             seed: args.seed,
@@ -109,8 +112,9 @@ impl AuditReport {
     pub fn markdown(&self) -> String {
         let pct = |n: usize, d: usize| if d == 0 { "–".to_string() } else { format!("{:.1}", 100.0 * n as f64 / d as f64) };
         let mut s = format!(
-            "# medsentry audit: {} model {}\n\n{} images, Linf budget {}/255, seed {}; {} queries in {:.0} s{}.\n\n",
+            "# medsentry audit: {} ({}) model {}\n\n{} images, Linf budget {}/255, seed {}; {} queries in {:.0} s{}.\n\n",
             self.target,
+            serde_json::to_value(self.protocol).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
             self.model,
             self.images.len(),
             self.eps_255,
