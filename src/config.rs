@@ -11,6 +11,9 @@ use crate::decode::{DecodeBudget, DecodeConfig, DecodeLimits, DEFAULT_MAX_PIXELS
 use crate::engine::{Device, WorkerConfig};
 use crate::serving::ServingConfig;
 
+/// How often certificate files are checked for changes, in seconds.
+const DEFAULT_TLS_RELOAD_SECS: u64 = 10;
+
 /// Longest a decode waits for others to release decode memory before it is refused.
 const DECODE_WAIT: Duration = Duration::from_secs(2);
 
@@ -116,7 +119,7 @@ pub struct ServeArgs {
 
 /// TLS on the gRPC port (README, "TLS"). Unset = plaintext, for a sidecar reached only over
 /// the pod's loopback.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TlsArgs {
     /// PEM certificate chain of the gRPC port (with --tls-key).
     #[arg(long, env = "MEDSENTRY_TLS_CERT")]
@@ -128,8 +131,15 @@ pub struct TlsArgs {
     #[arg(long, env = "MEDSENTRY_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
     /// How often the certificate files are checked for changes, in seconds.
-    #[arg(long, env = "MEDSENTRY_TLS_RELOAD_SECS", default_value_t = 10)]
+    #[arg(long, env = "MEDSENTRY_TLS_RELOAD_SECS", default_value_t = DEFAULT_TLS_RELOAD_SECS)]
     pub tls_reload_secs: u64,
+}
+
+/// Plaintext, with the flags' defaults (what `bench` starts its in-process server with).
+impl Default for TlsArgs {
+    fn default() -> Self {
+        TlsArgs { tls_cert: None, tls_key: None, tls_client_ca: None, tls_reload_secs: DEFAULT_TLS_RELOAD_SECS }
+    }
 }
 
 impl TlsArgs {

@@ -64,7 +64,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(crate::server::run(serve, grpc, admin, async move {
         let _ = stop_rx.await;
     }));
-    let mut client = connect_when_ready(&format!("http://{addr}")).await?;
+    let mut client = match connect_when_ready(&format!("http://{addr}")).await {
+        Ok(c) => c,
+        // A server that stopped during start-up says why; the connection error does not.
+        Err(e) if server.is_finished() => return Err(server.await?.err().unwrap_or(e)),
+        Err(e) => return Err(e),
+    };
     let info = client.get_model(proto::GetModelRequest { name: args.model.clone() }).await?.into_inner();
     let spec = info.input.clone().unwrap_or_default();
     let len = (spec.channels * spec.height * spec.width) as usize;

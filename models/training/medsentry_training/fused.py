@@ -281,11 +281,13 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
         base = detectors.score_all(dets, ci.logits, ci.feats)
         base["residual"] = residual.score(resid_model, ci.residual_features)
         fs = fused_score(model, ci.matrix(base["mahalanobis"], base["logreg"], base["residual"]))
+        # One example for a full-size input (a 224 px item is about 1.5 MB of JSON).
+        per_kind = per_kind if xc[0].size <= 3 * 64 * 64 else 1
         for j in [j for j in np.argsort(-fs) if fs[j] > threshold + 0.25 * (1 - threshold)][:per_kind]:
             _, index, label, file = cw[j]
             sample["items"].append({
                 "kind": "cw", "attack": "cw", "budget": "l2_c1", "index": index, "file": file, "label": label,
-                "pixels": [float(v) for v in xc[j].ravel()], "logits": ci.logits[j].tolist(), "features": ci.feats[j].tolist(),
+                "pixels": detectors.fmt32(xc[j]), "logits": ci.logits[j].tolist(), "features": ci.feats[j].tolist(),
                 "scores": {**{k: float(v[j]) for k, v in base.items()}, "squeeze": float(ci.squeeze[j]), "fused": float(fs[j])}})
     C.write_json(path, sample)
 

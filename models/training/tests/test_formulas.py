@@ -60,6 +60,9 @@ def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
     assert np.allclose(np.linalg.norm(r, axis=1), 1.0) and np.allclose(r.mean(1), 0.0)
     corr = np.corrcoef(naive_laplacian(x).reshape(8, -1))
     assert np.isclose(campaign.window_score(r), corr[~np.eye(8, dtype=bool)].mean())
+    # The Gram-matrix lookup the calibration uses scores the same window.
+    g = r @ r.T
+    assert np.isclose(campaign.window_score_at(g, [1, 4, 6]), campaign.window_score(r[[1, 4, 6]]))
 
 
 def test_squeeze_bits_round_half_even_and_median_replicates_edges():

@@ -1,0 +1,21 @@
+//! `medsentry bench` end to end: it starts the real server in-process with the flags'
+//! defaults, screens through gRPC, runs the bare ONNX Runtime baseline and prints the
+//! ratios. (A default that failed the server's own validation once made it exit with a
+//! bare "connection reset".)
+
+mod common;
+
+use common::*;
+
+#[test]
+fn bench_runs_the_server_and_the_baseline_and_prints_ratios() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medsentry"))
+        .args(["bench", "--model", "pneumoniamnist-28", "--requests", "16", "--concurrency", "1,2", "--intra-threads", "2", "--models-dir"])
+        .arg(models_dir())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("pneumoniamnist-28"), "{text}");
+    assert!(text.to_lowercase().contains("ratio"), "the comparison with bare ONNX Runtime is printed: {text}");
+}
