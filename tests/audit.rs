@@ -43,6 +43,7 @@ fn args(target: String, dir: &Path, eps: u8) -> AuditArgs {
         allow_remote: false,
         fail_above: None,
         seed: 1,
+        pixels: 3,
     }
 }
 
@@ -111,6 +112,32 @@ async fn a_reject_endpoint_shows_up_as_refused_not_fooled() {
             }
         }
         assert!(a.fooled_and_passed <= a.images - a.refused, "{}", a.attack);
+    }
+    server.stop().await.unwrap();
+}
+
+/// The few-pixel attack on tensors at the model's size (where single pixels are not
+/// averaged away): every candidate changes at most 3 pixels, within the query budget, and
+/// each query is one ModelInfer the server counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_few_pixel_attack_changes_at_most_its_pixels() {
+    let _serial = serial().await;
+    let server = TestServer::ready(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(server.grpc.to_string(), dir.path(), 8);
+    a.protocol = Protocol::OipFp32;
+    a.attacks = vec!["pixels".into()];
+    a.uap.clear();
+    let (_, before) = server.admin_get("/metrics");
+    let report = audit(&a).await.unwrap();
+    let (_, after) = server.admin_get("/metrics");
+    assert_eq!(delta(&before, &after, "medsentry_requests_total", &[("model", MODEL), ("api", "oip")]), report.total_queries as f64);
+    let pixels = &report.attacks[0];
+    assert_eq!((pixels.attack.as_str(), pixels.setting.as_str(), pixels.images), ("pixels", "l0_3", 4));
+    for r in &pixels.per_image {
+        assert!(r.queries <= 20, "{}: {} queries", r.image, r.queries);
+        // RMS over 64x64 grey pixels with at most 3 changed by at most 255 each.
+        assert!(r.rms <= (3.0f64 * 255.0 * 255.0 / 4096.0).sqrt() + 1e-9, "{}: rms {}", r.image, r.rms);
     }
     server.stop().await.unwrap();
 }

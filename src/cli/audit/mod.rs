@@ -7,6 +7,7 @@
 mod boundary;
 mod image;
 mod oip;
+mod pixels;
 mod report;
 mod square;
 mod target;
@@ -40,7 +41,7 @@ pub struct AuditArgs {
     /// Folder for report.json, REPORT.md and queries.jsonl.
     #[arg(long)]
     pub out: PathBuf,
-    /// Attacks to run: square, boundary (replay runs when --uap is given).
+    /// Attacks to run: square, boundary, pixels (replay runs when --uap is given).
     #[arg(long, value_delimiter = ',', default_value = "square,boundary")]
     pub attacks: Vec<String>,
     /// Linf budget in 1/255 (grey levels).
@@ -68,6 +69,9 @@ pub struct AuditArgs {
     pub fail_above: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Pixels the few-pixel attack (`pixels`) may change.
+    #[arg(long, default_value_t = 3)]
+    pub pixels: usize,
 }
 
 /// One image under one attack.
@@ -137,7 +141,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
 pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     target::check_target(&args.target, args.allow_remote)?;
     for a in &args.attacks {
-        anyhow::ensure!(["square", "boundary"].contains(&a.as_str()), "unknown attack {a:?} (square, boundary; replay runs with --uap)");
+        anyhow::ensure!(["square", "boundary", "pixels"].contains(&a.as_str()), "unknown attack {a:?} (square, boundary, pixels; replay runs with --uap)");
     }
     anyhow::ensure!(args.eps > 0 && args.queries > 0, "--eps and --queries must be positive");
     std::fs::create_dir_all(&args.out)?;
@@ -185,6 +189,7 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
             }
             let r = match attack.as_str() {
                 "square" => square::Square { eps: args.eps, queries: args.queries }.run(&mut t, img, y, name, &mut rng).await?,
+                "pixels" => pixels::Pixels { pixels: args.pixels, queries: args.queries }.run(&mut t, img, y, name, &mut rng).await?,
                 _ => {
                     let starts: Vec<&Image> = images.iter().zip(&clean).filter(|(_, a)| a.top.is_some_and(|top| top != y)).map(|((_, im), _)| im).collect();
                     boundary::Boundary { eps: args.eps, queries: args.queries }.run(&mut t, img, y, name, &starts, &mut rng).await?
@@ -193,7 +198,8 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
             results.push(r);
             bar.inc(1);
         }
-        attacks.push(AttackSummary::new(attack, &format!("linf_{}", args.eps), args.queries, results));
+        let setting = if attack == "pixels" { format!("l0_{}", args.pixels) } else { format!("linf_{}", args.eps) };
+        attacks.push(AttackSummary::new(attack, &setting, args.queries, results));
     }
     for (file, uap) in &uaps {
         let mut results = Vec::new();

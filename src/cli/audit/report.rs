@@ -144,7 +144,7 @@ impl AuditReport {
         s += &format!(
             "\nfooled = the top label moved from the clean answer (Boundary: within the Linf budget); flagged = the attack's final input \
              was answered ADVERSARIAL or SUSPICIOUS or refused; fooled and passed = fooled and answered CLEAN. Campaign alarm: {}. \
-             Every query is listed in queries.jsonl (sha256 of the PNG sent, the answer).\n",
+             Every query is listed in queries.jsonl (sha256 of what was sent, the answer).\n",
             self.campaign_alarm_at_query.map(|q| format!("first reported at query {q}")).unwrap_or_else(|| "never reported".into())
         );
         s
