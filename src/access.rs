@@ -129,6 +129,15 @@ impl Access {
         }
     }
 
+    /// May `c` call `rpc`, an RPC that a rule must name (`*` does not open it)? Anonymous
+    /// callers may, as for [`Access::check_rpc`].
+    pub fn check_named_rpc(&self, c: &Caller, rpc: &str) -> Result<(), AccessError> {
+        match self.rule(c) {
+            Some(r) if !r.rpcs.iter().any(|x| x == rpc) => Err(AccessError::Denied { caller: c.name.clone(), what: format!("RPC {rpc}") }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn check_model(&self, c: &Caller, model: &str) -> Result<(), AccessError> {
         match self.rule(c) {
             Some(r) if !r.models.iter().any(|x| x == "*" || x == model) => Err(AccessError::Denied { caller: c.name.clone(), what: format!("model {model}") }),

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quarantine;
+pub mod reload;
 pub mod server;
 pub mod serving;
 pub mod tls;

@@ -48,6 +48,10 @@ pub const ACCESS_REFUSED: &str = "medsentry_access_refusals_total";
 /// TLS on the gRPC port (src/tls.rs): handshakes refused or timed out, certificate reloads.
 pub const TLS_HANDSHAKE_FAILURES: &str = "medsentry_tls_handshake_failures_total";
 pub const TLS_RELOADS: &str = "medsentry_tls_reloads_total";
+/// Reloads of bundles and policy (SIGHUP, POST /reload): attempts by result, and whether the
+/// last one took effect (0 = what is on disk is not what is served).
+pub const RELOADS: &str = "medsentry_reloads_total";
+pub const LAST_RELOAD_OK: &str = "medsentry_last_reload_successful";
 /// Decode memory budget (src/decode/budget.rs): bytes reserved by decodes in flight, and the limit.
 pub const DECODE_MEMORY: &str = "medsentry_decode_memory_bytes";
 
@@ -218,6 +222,27 @@ pub fn record_tls_reload(result: &'static str) {
     counter!(TLS_RELOADS, "result" => result).increment(1);
 }
 
+/// A reload of bundles and policy; result: ok | failed (the served set is unchanged).
+pub fn record_reload(result: &'static str) {
+    counter!(RELOADS, "result" => result).increment(1);
+    gauge!(LAST_RELOAD_OK).set(if result == "ok" { 1.0 } else { 0.0 });
+}
+
+/// Zeroes the reload series at start-up, so that alerts see them before the first reload.
+pub fn init_reloads() {
+    for result in ["ok", "failed"] {
+        counter!(RELOADS, "result" => result).increment(0);
+    }
+    gauge!(LAST_RELOAD_OK).set(1.0);
+}
+
+/// A model version no longer served (a reload replaced or removed it).
+pub fn clear_model_info(model: &str, version: &str, sha256: &str, hardened: bool) {
+    gauge!(MODEL_INFO, "model" => model.to_string(), "version" => version.to_string(),
+        "sha256" => sha256.to_string(), "hardened" => if hardened { "true" } else { "false" })
+    .set(0.0);
+}
+
 /// A forwarded call tried again after its connection was refused.
 pub fn record_upstream_retry() {
     counter!(UPSTREAM_RETRIES).increment(1);
@@ -247,19 +272,19 @@ pub fn init_model(model: &str, detectors: &[crate::bundle::DetectorSpec], campai
         if let Some(t) = d.suspicious_threshold {
             gauge!(DETECTOR_THRESHOLD, "model" => model.to_string(), "detector" => name.clone(), "level" => "suspicious").set(t as f64);
         }
-        counter!(DETECTOR_FIRED, "model" => model.to_string(), "detector" => name.clone()).absolute(0);
-        counter!(DETECTOR_FAILED, "model" => model.to_string(), "detector" => name).absolute(0);
+        counter!(DETECTOR_FIRED, "model" => model.to_string(), "detector" => name.clone()).increment(0);
+        counter!(DETECTOR_FAILED, "model" => model.to_string(), "detector" => name).increment(0);
     }
     for verdict in ["suspicious", "adversarial"] {
-        counter!(FLAGGED, "model" => model.to_string(), "verdict" => verdict).absolute(0);
+        counter!(FLAGGED, "model" => model.to_string(), "verdict" => verdict).increment(0);
     }
     for reason in ["io", "too_large", "deidentify"] {
-        counter!(QUARANTINE_FAILURES, "model" => model.to_string(), "reason" => reason).absolute(0);
+        counter!(QUARANTINE_FAILURES, "model" => model.to_string(), "reason" => reason).increment(0);
     }
     if let Some(c) = campaign {
         for (signal, t) in [("shared_perturbation", c.residual_threshold), ("class_mix_drift", c.class_mix_threshold)] {
             gauge!(CAMPAIGN_THRESHOLD, "model" => model.to_string(), "signal" => signal).set(t as f64);
-            counter!(CAMPAIGN_ALARMS, "model" => model.to_string(), "signal" => signal).absolute(0);
+            counter!(CAMPAIGN_ALARMS, "model" => model.to_string(), "signal" => signal).increment(0);
         }
     }
 }

@@ -21,15 +21,15 @@ use crate::defense::Policy;
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::{self, sentry_server::SentryServer};
 use crate::quarantine::QuarantineStore;
-use crate::serving::{Registry, Warmup};
+use crate::reload::Reloader;
+use crate::serving::{Registry, Served, Warmup};
 use crate::upstream::Upstream;
 use crate::{bundle, engine, inference, metrics};
 
-/// Loads and verifies the bundles, loads ONNX Runtime and starts every model's batcher
-/// and workers (warm-up continues in the background: await the returned warm-ups).
-pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warmup>)> {
+/// Reads and verifies the bundles (checksums; signatures when keys are trusted) and the
+/// policy file, validated against them. Start-up and every reload go through here.
+pub fn load_models(args: &ModelArgs) -> anyhow::Result<(Vec<bundle::Bundle>, Policy)> {
     args.validate().map_err(anyhow::Error::msg)?;
-    metrics::install();
     let trusted = args.trusted_keys().map_err(anyhow::Error::msg)?;
     let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?, &trusted)?;
     for b in bundles.iter().filter(|b| b.signed_by.is_some()) {
@@ -40,6 +40,14 @@ pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warm
         Some(path) => Policy::load(path, &names)?,
         None => Policy::default(),
     };
+    Ok((bundles, policy))
+}
+
+/// Loads and verifies the bundles, loads ONNX Runtime and starts every model's batcher
+/// and workers (warm-up continues in the background: await the returned warm-ups).
+pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warmup>)> {
+    metrics::install();
+    let (bundles, policy) = load_models(args)?;
     let quarantine = match &policy.quarantine {
         Some(q) => Some(Arc::new(QuarantineStore::open(&q.dir, q.max_bytes, q.uid_salt_file.as_deref()).context("opening the quarantine store")?)),
         None => None,
@@ -56,6 +64,7 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     let (registry, warmups) = start_models(&args.model)?;
     let proxy = start_proxy(&args, &registry)?;
     let upstream = proxy.as_ref().map(|p| p.upstream.clone());
+    let served = Served::new(registry.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     // Health of what this process serves on its own, and of what depends on the upstream in
     // proxy mode (overall and the OIP service): the latter follows the upstream's readiness.
@@ -63,10 +72,13 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     let proxied_services: Vec<String> = vec![String::new(), oip::SERVICE_NAME.to_string()];
     let services: Vec<String> = proxied_services.iter().chain(&local_services).cloned().collect();
     set_health(&health, &services, ServingStatus::NotServing).await;
+    let tls = args.tls.files().map(|files| crate::tls::start(files, Duration::from_secs(args.tls.tls_reload_secs))).transpose()?;
+    let reloader = Arc::new(Reloader::new(args.model.clone(), served.clone(), health.clone(), proxy.as_ref().map(|p| p.screen_model.clone()), tls.clone()));
+    let hangups = tokio::spawn(reload_on_hangup(reloader.clone()));
 
     let draining = Arc::new(AtomicBool::new(false));
-    let admin_task =
-        tokio::spawn(admin::serve(admin_listener, AdminState { registry: registry.clone(), draining: draining.clone(), upstream: upstream.clone() }));
+    let admin_state = AdminState { served: served.clone(), draining: draining.clone(), upstream: upstream.clone(), reloader: Some(reloader) };
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state));
 
     // Reflection v1 and v1alpha: grpcurl speaks v1, grpcio-reflection and many older tools
     // only v1alpha.
@@ -80,20 +92,22 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     let reflection_v1alpha = reflection_builder().build_v1alpha().context("building the reflection service (v1alpha)")?;
     // One decode budget for both APIs.
     let decoding = args.model.decoding();
-    let sentry = SentryServer::new(SentryService::new(registry.clone(), decoding.clone()))
+    let sentry = SentryServer::new(SentryService::new(served.clone(), decoding.clone()))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
-    let oip = GrpcInferenceServiceServer::new(OipService::new(registry.clone(), decoding, proxy))
+    let oip = GrpcInferenceServiceServer::new(OipService::new(served.clone(), decoding, proxy))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
-        let (health, services, draining) = (health.clone(), services.clone(), draining.clone());
+        let (health, mut services, draining, served) = (health.clone(), services.clone(), draining.clone(), served.clone());
         async move {
             shutdown.await;
             tracing::info!("shutdown requested: refusing new calls, draining those in flight");
             draining.store(true, Ordering::Release);
+            // Models a reload added since start-up go NOT_SERVING too.
+            services.extend(served.current().names());
             set_health(&health, &services, ServingStatus::NotServing).await;
             let _ = drain_tx.send(());
         }
@@ -106,7 +120,6 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
         .add_service(reflection_v1alpha)
         .add_service(sentry)
         .add_service(oip);
-    let tls = args.tls.files().map(|files| crate::tls::start(files, Duration::from_secs(args.tls.tls_reload_secs))).transpose()?;
     tracing::info!(grpc = ?local, admin = ?args.admin_listen, tls = tls.is_some(), mutual_tls = args.tls.tls_client_ca.is_some(), "medsentry listening");
     let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         // TCP_NODELAY: without it small answers wait for the peer's delayed ACK (~40 ms).
@@ -154,7 +167,25 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
         }
     };
     admin_task.abort();
+    hangups.abort();
     result
+}
+
+/// SIGHUP reloads the bundles, the policy and the certificates (a failed reload is logged
+/// and counted; the sidecar keeps serving what it served).
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler: reload through POST /reload on the admin port");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            let _ = reloader.reload("sighup").await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// Proxy mode (`--upstream`): the upstream's client and readiness poll, and the local

@@ -1,15 +1,16 @@
 //! serving: the set of models this process serves, each with its batcher, workers,
-//! screener and readiness latch.
+//! screener and readiness latch, and the handle a reload swaps it behind.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::oneshot;
 
 use crate::batcher::BatcherHandle;
 use crate::bundle::Bundle;
 use crate::defense::policy::Disclosure;
+use crate::defense::policy::QuarantineConfig;
 use crate::defense::{CampaignMonitor, DefenseError, ModelPolicy, Policy, Screener};
 use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, WorkerConfig};
 use crate::metrics;
@@ -21,8 +22,9 @@ pub struct ServedModel {
     pub screener: Screener,
     /// What happens to flagged inputs (from the policy file, or the defaults).
     pub policy: ModelPolicy,
-    /// Signals across requests; None when the bundle has no [campaign] calibration.
-    pub campaign: Option<CampaignMonitor>,
+    /// Signals across requests; None when the bundle has no [campaign] calibration. Shared
+    /// so that a reload of the same classifier keeps its windows.
+    pub campaign: Option<Arc<CampaignMonitor>>,
     /// Shared by every model; None when no policy quarantines.
     pub quarantine: Option<Arc<QuarantineStore>>,
     /// Opens once every worker has run its warm-up batch; Screen refuses before that.
@@ -42,6 +44,77 @@ impl ServedModel {
         self.ready.store(true, Ordering::Release);
         metrics::set_model_ready(self.name(), true);
     }
+
+    /// Starts the batcher and workers of one bundle (warming up in the background). Sets
+    /// no metric: the caller publishes the model once it is going to serve it.
+    pub(crate) fn start(
+        mut bundle: Bundle,
+        cfg: ServingConfig,
+        policy: ModelPolicy,
+        quarantine: Option<Arc<QuarantineStore>>,
+        campaign: Option<Arc<CampaignMonitor>>,
+    ) -> Result<(ServedModel, Warmup), StartError> {
+        if cfg.max_batch > 0 {
+            bundle.manifest.max_batch = bundle.manifest.max_batch.min(cfg.max_batch);
+        }
+        let screener = Screener::for_bundle(&bundle, &policy.disable_detectors)?;
+        let bundle = Arc::new(bundle);
+        let name = bundle.name().to_string();
+        let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, bundle.manifest.max_batch, cfg.max_batch_delay);
+        let warm = spawn_workers(bundle.clone(), cfg.workers, batches);
+        let campaign = campaign.or_else(|| bundle.manifest.campaign.clone().map(|spec| Arc::new(CampaignMonitor::new(&name, spec))));
+        Ok((ServedModel { policy, campaign, quarantine, bundle, batcher, screener, ready: AtomicBool::new(false) }, (name, warm)))
+    }
+
+    /// The same bundle, workers, queue and campaign windows under another policy (no
+    /// warm-up: the workers are the running ones).
+    pub(crate) fn with_policy(&self, policy: ModelPolicy, quarantine: Option<Arc<QuarantineStore>>) -> Result<ServedModel, StartError> {
+        let screener = Screener::for_bundle(&self.bundle, &policy.disable_detectors)?;
+        Ok(ServedModel {
+            bundle: self.bundle.clone(),
+            batcher: self.batcher.clone(),
+            screener,
+            policy,
+            campaign: self.campaign.clone(),
+            quarantine,
+            ready: AtomicBool::new(self.is_ready()),
+        })
+    }
+
+    /// Exports what the dashboards show about the model (info, thresholds, zeroed
+    /// counters; counters that exist keep their values).
+    pub(crate) fn publish(&self) {
+        let (name, m) = (self.name(), &self.bundle.manifest);
+        metrics::set_model_info(name, &m.version, self.bundle.classifier_sha256(), m.hardening.is_some());
+        let enabled: Vec<_> = m.detectors.iter().filter(|d| !self.policy.disable_detectors.contains(&d.name)).cloned().collect();
+        metrics::init_model(name, &enabled, m.campaign.as_ref());
+        if !self.policy.disable_detectors.is_empty() {
+            tracing::warn!(model = name, disabled = ?self.policy.disable_detectors, "detectors disabled by policy");
+        }
+        if self.campaign.is_none() {
+            tracing::warn!(model = name, "bundle has no [campaign] calibration: the campaign monitor is off for it");
+        }
+    }
+}
+
+/// The registry in force. A reload builds a new one and swaps it in whole; a call takes a
+/// snapshot when it starts, so it finishes on the models it began with (their workers stop
+/// once the last such call has dropped them).
+pub struct Served(RwLock<Arc<Registry>>);
+
+impl Served {
+    pub fn new(registry: Arc<Registry>) -> Arc<Served> {
+        Arc::new(Served(RwLock::new(registry)))
+    }
+
+    pub fn current(&self) -> Arc<Registry> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `next` in force; returns the registry it replaces.
+    pub fn replace(&self, next: Arc<Registry>) -> Arc<Registry> {
+        std::mem::replace(&mut *self.0.write().unwrap_or_else(|e| e.into_inner()), next)
+    }
 }
 
 /// Start-up of one model: resolves when its workers are warm (or failed).
@@ -54,6 +127,18 @@ pub struct Registry {
     pub disclosure: Disclosure,
     /// Who may call, and what (the policy's [access]).
     pub access: crate::access::Access,
+    /// The quarantine store and the [quarantine] table it was opened from (a reload with
+    /// the same table keeps the store).
+    pub quarantine: Option<(QuarantineConfig, Arc<QuarantineStore>)>,
+}
+
+/// `wanted` when it is among `bundles`, else the first bundle.
+pub(crate) fn pick_default(bundles: &[Bundle], wanted: Option<&str>) -> Result<String, StartError> {
+    match wanted {
+        Some(name) if bundles.iter().any(|b| b.name() == name) => Ok(name.to_string()),
+        Some(name) => Err(StartError::UnknownDefault(name.into(), bundles.iter().map(|b| b.name().to_string()).collect())),
+        None => bundles.first().map(|b| b.name().to_string()).ok_or(StartError::NoModels),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -76,41 +161,34 @@ impl Registry {
         policy: &Policy,
         quarantine: Option<Arc<QuarantineStore>>,
     ) -> Result<(Registry, Vec<Warmup>), StartError> {
-        let default_model = match default_model {
-            Some(name) if bundles.iter().any(|b| b.name() == name) => name.to_string(),
-            Some(name) => return Err(StartError::UnknownDefault(name.into(), bundles.iter().map(|b| b.name().to_string()).collect())),
-            None => bundles.first().map(|b| b.name().to_string()).ok_or(StartError::NoModels)?,
-        };
+        let default_model = pick_default(&bundles, default_model)?;
         let mut models = BTreeMap::new();
         let mut warmups = Vec::new();
-        for mut bundle in bundles {
-            if cfg.max_batch > 0 {
-                bundle.manifest.max_batch = bundle.manifest.max_batch.min(cfg.max_batch);
-            }
+        for bundle in bundles {
             let model_policy = policy.for_model(bundle.name());
-            if !model_policy.disable_detectors.is_empty() {
-                tracing::warn!(model = bundle.name(), disabled = ?model_policy.disable_detectors, "detectors disabled by policy");
-            }
-            let screener = Screener::for_bundle(&bundle, &model_policy.disable_detectors)?;
-            let bundle = Arc::new(bundle);
-            let name = bundle.name().to_string();
-            let m = &bundle.manifest;
-            metrics::set_model_info(&name, &m.version, bundle.classifier_sha256(), m.hardening.is_some());
-            metrics::set_model_ready(&name, false);
-            let enabled: Vec<_> = m.detectors.iter().filter(|d| !model_policy.disable_detectors.contains(&d.name)).cloned().collect();
-            metrics::init_model(&name, &enabled, m.campaign.as_ref());
-            let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, m.max_batch, cfg.max_batch_delay);
-            let warm = spawn_workers(bundle.clone(), cfg.workers, batches);
-            warmups.push((name.clone(), warm));
-            let campaign = m.campaign.clone().map(|spec| CampaignMonitor::new(&name, spec));
-            if campaign.is_none() {
-                tracing::warn!(model = %name, "bundle has no [campaign] calibration: the campaign monitor is off for it");
-            }
-            let served =
-                ServedModel { policy: model_policy, campaign, quarantine: quarantine.clone(), bundle, batcher, screener, ready: AtomicBool::new(false) };
-            models.insert(name, Arc::new(served));
+            let (served, warm) = ServedModel::start(bundle, cfg, model_policy, quarantine.clone(), None)?;
+            metrics::set_model_ready(served.name(), false);
+            served.publish();
+            warmups.push(warm);
+            models.insert(served.name().to_string(), Arc::new(served));
         }
-        Ok((Registry { models, default_model, disclosure: policy.disclosure.clone(), access: policy.access.clone() }, warmups))
+        Ok((Registry::assemble(models, default_model, policy, quarantine), warmups))
+    }
+
+    /// A registry from models already started (a reload builds one this way).
+    pub(crate) fn assemble(
+        models: BTreeMap<String, Arc<ServedModel>>,
+        default_model: String,
+        policy: &Policy,
+        quarantine: Option<Arc<QuarantineStore>>,
+    ) -> Registry {
+        Registry {
+            models,
+            default_model,
+            disclosure: policy.disclosure.clone(),
+            access: policy.access.clone(),
+            quarantine: policy.quarantine.clone().zip(quarantine),
+        }
     }
 
     /// Awaits every model's warm-up and opens its readiness latch; the first failure wins.
@@ -140,6 +218,10 @@ impl Registry {
 
     pub fn models(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
         self.models.values()
+    }
+
+    pub fn get_exact(&self, name: &str) -> Option<&Arc<ServedModel>> {
+        self.models.get(name)
     }
 
     pub fn all_ready(&self) -> bool {

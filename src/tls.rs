@@ -75,11 +75,20 @@ impl TlsFiles {
 
 /// The configuration new connections get; swapped by the reloader.
 #[derive(Clone)]
-pub struct CurrentConfig(Arc<RwLock<Arc<ServerConfig>>>);
+pub struct CurrentConfig {
+    config: Arc<RwLock<Arc<ServerConfig>>>,
+    /// Wakes the reloader before its next poll (SIGHUP, POST /reload).
+    reread: Arc<tokio::sync::Notify>,
+}
 
 impl CurrentConfig {
     fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+        TlsAcceptor::from(self.config.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Re-reads the files now, whether or not their modification times changed.
+    pub fn reload_now(&self) {
+        self.reread.notify_one();
     }
 }
 
@@ -87,22 +96,25 @@ impl CurrentConfig {
 /// files' modification times every `every`.
 pub fn start(files: TlsFiles, every: Duration) -> anyhow::Result<CurrentConfig> {
     let config = files.load().map_err(anyhow::Error::msg)?;
-    let current = CurrentConfig(Arc::new(RwLock::new(Arc::new(config))));
+    let current = CurrentConfig { config: Arc::new(RwLock::new(Arc::new(config))), reread: Arc::new(tokio::sync::Notify::new()) };
     let handle = current.clone();
     tokio::spawn(async move {
         let mut seen = files.modified();
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
-            tick.tick().await;
+            let asked = tokio::select! {
+                _ = tick.tick() => false,
+                _ = handle.reread.notified() => true,
+            };
             let now = files.modified();
-            if now == seen {
+            if now == seen && !asked {
                 continue;
             }
             seen = now;
             match files.load() {
                 Ok(c) => {
-                    *handle.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+                    *handle.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
                     metrics::record_tls_reload("ok");
                     tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded; new connections use it");
                 }

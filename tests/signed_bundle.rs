@@ -1,7 +1,7 @@
 //! Signed bundles: with --trusted-key the real server serves a bundle signed by
 //! `medsentry bundle sign` (or by OpenSSL alone), and refuses at start-up, naming why, an
 //! unsigned bundle, a bundle whose model and checksum were edited together after signing,
-//! one signed with another key, and the embedded bundle.
+//! one signed with another key, and the embedded bundle; a reload refuses the same.
 
 mod common;
 
@@ -154,4 +154,33 @@ fn the_embedded_bundle_is_refused_when_keys_are_trusted() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_an_unsigned_bundle_and_keeps_serving() {
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = keygen(keys.path(), "release");
+    let models = tempfile::tempdir().unwrap();
+    sign(&private, &copy_bundle(models.path(), MODEL));
+    let server = TestServer::ready(&["--models-dir", models.path().to_str().unwrap(), "--trusted-key", public.to_str().unwrap()]).await;
+
+    // Added unsigned, then signed: refused, then served.
+    let derm = copy_bundle(models.path(), "dermoscopy-isic2018");
+    let admin = server.admin;
+    let post = move || tokio::task::spawn_blocking(move || http_post(admin, "/reload", ""));
+    let (code, body) = post().await.unwrap();
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("dermoscopy-isic2018") && body.contains("not signed"), "{body}");
+    let mut client = server.client().await;
+    let listed = client.list_models(medsentry::proto::ListModelsRequest {}).await.unwrap().into_inner().models;
+    assert_eq!(listed.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), [MODEL], "the refused reload changed nothing");
+    sign(&private, &derm);
+    let (code, body) = post().await.unwrap();
+    assert!(code == 200 && body.contains("dermoscopy-isic2018"), "{code} {body}");
+    // Edited after signing: refused at reload too.
+    let toml = derm.join("bundle.toml");
+    std::fs::write(&toml, std::fs::read_to_string(&toml).unwrap().replacen("version = ", "# edited\nversion = ", 1)).unwrap();
+    let (code, body) = post().await.unwrap();
+    assert!(code == 500 && body.contains("signature"), "{code} {body}");
+    server.stop().await.unwrap();
 }

@@ -23,7 +23,7 @@ use crate::defense::Verdict;
 use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
 use crate::pipeline::{self, Input, Origin, Outcome, PipelineError};
-use crate::serving::{Registry, ServedModel};
+use crate::serving::{Served, ServedModel};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::{logging, metrics};
 
@@ -43,7 +43,8 @@ pub struct Proxy {
 
 #[derive(Clone)]
 pub struct OipService {
-    registry: Arc<Registry>,
+    /// The models in force; each call takes a snapshot (a reload swaps it).
+    served: Arc<Served>,
     decoding: DecodeConfig,
     proxy: Option<Proxy>,
 }
@@ -61,16 +62,17 @@ impl From<PipelineError> for Failed {
 }
 
 impl OipService {
-    pub fn new(registry: Arc<Registry>, decoding: DecodeConfig, proxy: Option<Proxy>) -> Self {
-        OipService { registry, decoding, proxy }
+    pub fn new(served: Arc<Served>, decoding: DecodeConfig, proxy: Option<Proxy>) -> Self {
+        OipService { served, decoding, proxy }
     }
 
     /// The named local model (empty name: the default); a version, when given, must match.
     fn model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, PipelineError> {
-        match self.registry.get(name) {
+        let registry = self.served.current();
+        match registry.get(name) {
             Some(m) if version.is_empty() || version == m.bundle.manifest.version => Ok(m.clone()),
-            Some(m) => Err(PipelineError::UnknownModel { name: format!("{} version {version}", m.name()), available: self.registry.names() }),
-            None => Err(PipelineError::UnknownModel { name: name.to_string(), available: self.registry.names() }),
+            Some(m) => Err(PipelineError::UnknownModel { name: format!("{} version {version}", m.name()), available: registry.names() }),
+            None => Err(PipelineError::UnknownModel { name: name.to_string(), available: registry.names() }),
         }
     }
 
@@ -168,21 +170,21 @@ fn worst(outcomes: &[Outcome]) -> Verdict {
 #[tonic::async_trait]
 impl GrpcInferenceService for OipService {
     async fn server_live(&self, request: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
-        super::admit(&self.registry, &request, "ServerLive")?;
+        super::admit(&self.served.current(), &request, "ServerLive")?;
         Ok(Response::new(ServerLiveResponse { live: true }))
     }
 
     async fn server_ready(&self, request: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
-        super::admit(&self.registry, &request, "ServerReady")?;
+        super::admit(&self.served.current(), &request, "ServerReady")?;
         let upstream = self.proxy.as_ref().is_none_or(|p| p.upstream.is_ready());
-        Ok(Response::new(ServerReadyResponse { ready: self.registry.all_ready() && upstream }))
+        Ok(Response::new(ServerReadyResponse { ready: self.served.current().all_ready() && upstream }))
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let (caller, _) = super::admit(&self.registry, &request, "ModelReady")?;
+        let (caller, _) = super::admit(&self.served.current(), &request, "ModelReady")?;
         let (md, _, req) = request.into_parts();
-        super::allow_model(&self.registry, &caller, &req.name)?;
+        super::allow_model(&self.served.current(), &caller, &req.name)?;
         let ready = match &self.proxy {
             None => self.model(&req.name, &req.version).is_ok_and(|m| m.is_ready()),
             Some(p) => {
@@ -194,7 +196,7 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn server_metadata(&self, request: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
-        super::admit(&self.registry, &request, "ServerMetadata")?;
+        super::admit(&self.served.current(), &request, "ServerMetadata")?;
         let mut extensions = vec!["medsentry_screening".to_string()];
         if self.proxy.is_some() {
             extensions.push("medsentry_proxy".to_string());
@@ -204,9 +206,9 @@ impl GrpcInferenceService for OipService {
 
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let (caller, _) = super::admit(&self.registry, &request, "ModelMetadata")?;
+        let (caller, _) = super::admit(&self.served.current(), &request, "ModelMetadata")?;
         let (md, _, req) = request.into_parts();
-        super::allow_model(&self.registry, &caller, &req.name)?;
+        super::allow_model(&self.served.current(), &caller, &req.name)?;
         match &self.proxy {
             None => Ok(Response::new(convert::model_metadata(&self.model(&req.name, &req.version)?.bundle))),
             Some(p) => {
@@ -222,9 +224,9 @@ impl GrpcInferenceService for OipService {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline::from_metadata(request.metadata(), started);
-        let (caller, shows) = super::admit(&self.registry, &request, "ModelInfer")?;
+        let (caller, shows) = super::admit(&self.served.current(), &request, "ModelInfer")?;
         let (md, _, req) = request.into_parts();
-        super::allow_model(&self.registry, &caller, &req.model_name)?;
+        super::allow_model(&self.served.current(), &caller, &req.model_name)?;
         let id = req.id.clone();
         // Unknown names are caller-controlled: keep them out of metric labels.
         let mut label = "unknown".to_string();

@@ -12,7 +12,7 @@ use crate::access::Caller;
 use crate::decode::DecodeConfig;
 use crate::pipeline::{self, Origin, PipelineError};
 use crate::proto::{self, sentry_server::Sentry};
-use crate::serving::Registry;
+use crate::serving::Served;
 use crate::{logging, metrics};
 
 /// Requests of one ScreenStream that may be in flight at once (they batch together; the
@@ -21,13 +21,14 @@ const STREAM_CONCURRENCY: usize = 32;
 
 #[derive(Clone)]
 pub struct SentryService {
-    registry: Arc<Registry>,
+    /// The models in force; each call takes a snapshot (a reload swaps it).
+    served: Arc<Served>,
     decoding: DecodeConfig,
 }
 
 impl SentryService {
-    pub fn new(registry: Arc<Registry>, decoding: DecodeConfig) -> Self {
-        SentryService { registry, decoding }
+    pub fn new(served: Arc<Served>, decoding: DecodeConfig) -> Self {
+        SentryService { served, decoding }
     }
 
     /// One request end to end, with its metrics; `api` labels the metrics.
@@ -41,14 +42,15 @@ impl SentryService {
         let shows_scores = *shows_scores;
         let started = Instant::now();
         let request_id = std::mem::take(&mut req.request_id);
-        let Some(model) = self.registry.get(&req.model).cloned() else {
-            let e = PipelineError::UnknownModel { name: req.model.clone(), available: self.registry.names() };
+        let registry = self.served.current();
+        let Some(model) = registry.get(&req.model).cloned() else {
+            let e = PipelineError::UnknownModel { name: req.model.clone(), available: registry.names() };
             // Unknown names are caller-controlled: keep them out of metric labels.
             metrics::record_error("unknown", api, e.reason());
             metrics::record_request("unknown", api, code_label(e.code()), "none", started.elapsed().as_secs_f64());
             return Err(e);
         };
-        let result = match super::allow_model(&self.registry, caller, model.name()).and_then(|()| convert::input_of(&mut req)) {
+        let result = match super::allow_model(&registry, caller, model.name()).and_then(|()| convert::input_of(&mut req)) {
             Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, Origin { request_id: &request_id, caller: &caller.name }).await,
             Err(e) => Err(e),
         };
@@ -75,7 +77,7 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::ScreenStreamRespon
 impl Sentry for SentryService {
     async fn screen(&self, request: Request<proto::ScreenRequest>) -> Result<Response<proto::ScreenResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let who = super::admit(&self.registry, &request, "Screen")?;
+        let who = super::admit(&self.served.current(), &request, "Screen")?;
         let resp = self.screen_one(request.into_inner(), deadline, &who, "screen").await?;
         Ok(Response::new(resp))
     }
@@ -84,7 +86,7 @@ impl Sentry for SentryService {
 
     async fn screen_stream(&self, request: Request<Streaming<proto::ScreenRequest>>) -> Result<Response<ResponseStream>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let who = Arc::new(super::admit(&self.registry, &request, "ScreenStream")?);
+        let who = Arc::new(super::admit(&self.served.current(), &request, "ScreenStream")?);
         let service = self.clone();
         let answers = request
             .into_inner()
@@ -111,26 +113,24 @@ impl Sentry for SentryService {
     }
 
     async fn list_models(&self, request: Request<proto::ListModelsRequest>) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let (caller, shows) = super::admit(&self.registry, &request, "ListModels")?;
+        let registry = self.served.current();
+        let (caller, shows) = super::admit(&registry, &request, "ListModels")?;
         // A caller sees the models it may call.
-        let models = self
-            .registry
-            .models()
-            .filter(|m| self.registry.access.check_model(&caller, m.name()).is_ok())
-            .map(|m| convert::model_info(&m.bundle, shows))
-            .collect();
-        Ok(Response::new(proto::ListModelsResponse { models, default_model: self.registry.default_model().to_string() }))
+        let models =
+            registry.models().filter(|m| registry.access.check_model(&caller, m.name()).is_ok()).map(|m| convert::model_info(&m.bundle, shows)).collect();
+        Ok(Response::new(proto::ListModelsResponse { models, default_model: registry.default_model().to_string() }))
     }
 
     async fn get_model(&self, request: Request<proto::GetModelRequest>) -> Result<Response<proto::ModelInfo>, Status> {
-        let (caller, shows) = super::admit(&self.registry, &request, "GetModel")?;
+        let registry = self.served.current();
+        let (caller, shows) = super::admit(&registry, &request, "GetModel")?;
         let name = request.into_inner().name;
-        match self.registry.get(&name) {
+        match registry.get(&name) {
             Some(m) => {
-                super::allow_model(&self.registry, &caller, m.name())?;
+                super::allow_model(&registry, &caller, m.name())?;
                 Ok(Response::new(convert::model_info(&m.bundle, shows)))
             }
-            None => Err(PipelineError::UnknownModel { name, available: self.registry.names() }.into()),
+            None => Err(PipelineError::UnknownModel { name, available: registry.names() }.into()),
         }
     }
 }

@@ -151,7 +151,7 @@ pub struct DetectorSpec {
 }
 
 /// Written by the pipeline's `campaign` stage (models/training/medsentry_training/campaign.py).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
     /// Recent inputs whose high-pass residuals are correlated pairwise.

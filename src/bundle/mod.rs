@@ -29,6 +29,9 @@ pub struct Bundle {
     /// Fingerprint of the trusted key whose signature verified bundle.toml; None when no
     /// trusted keys were given (signatures are then not read).
     pub signed_by: Option<String>,
+    /// SHA-256 of bundle.toml's bytes: it lists every file's digest, so equal digests mean
+    /// the same bundle (a reload keeps such a model's workers and queue).
+    pub manifest_sha256: String,
 }
 
 impl Bundle {
@@ -97,7 +100,7 @@ impl Bundle {
             }
             files.insert(name.clone(), bytes);
         }
-        Ok(Bundle { manifest, dir, files, signed_by: None })
+        Ok(Bundle { manifest, dir, files, signed_by: None, manifest_sha256: hex::encode(Sha256::digest(text)) })
     }
 }
 

@@ -52,6 +52,7 @@ pub struct CampaignMonitor {
     state: Mutex<State>,
 }
 
+#[derive(Clone)]
 struct State {
     residuals: ResidualWindow,
     classes: VecDeque<usize>,
@@ -70,6 +71,25 @@ impl CampaignMonitor {
         };
         metrics::set_campaign(model, &CampaignStatus::default());
         CampaignMonitor { model: model.to_string(), spec, state: Mutex::new(state) }
+    }
+
+    /// A monitor for `spec` that goes on from `previous`'s windows (the same classifier
+    /// reloaded with a new calibration) when the window sizes and the class count are
+    /// unchanged; otherwise one that starts empty.
+    pub fn continuing(previous: &CampaignMonitor, spec: CampaignSpec) -> CampaignMonitor {
+        let old = &previous.spec;
+        if old.residual_window != spec.residual_window
+            || old.class_mix_window != spec.class_mix_window
+            || old.reference_class_mix.len() != spec.reference_class_mix.len()
+        {
+            return CampaignMonitor::new(&previous.model, spec);
+        }
+        let state = previous.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        CampaignMonitor { model: previous.model.clone(), spec, state: Mutex::new(state) }
+    }
+
+    pub fn spec(&self) -> &CampaignSpec {
+        &self.spec
     }
 
     /// Adds one screened input (its residual from [`residual`], its predicted class).
@@ -142,6 +162,7 @@ pub fn normalized(mut r: Vec<f64>) -> Vec<f32> {
 
 /// The last `capacity` residuals and the sum of their pairwise correlations, updated in
 /// O(capacity * len) per input.
+#[derive(Clone)]
 struct ResidualWindow {
     slots: Vec<Option<Vec<f32>>>,
     /// corr[i * capacity + j]: correlation of the residuals in slots i and j.

@@ -160,7 +160,7 @@ impl ModelOverride {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantineConfig {
     /// Folder of the store (created if missing).

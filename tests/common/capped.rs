@@ -22,10 +22,15 @@ impl CappedServer {
     /// Starts `medsentry serve` on the repository's models with `extra` flags, its data
     /// segment capped at `cap_bytes`, and waits until its health says SERVING.
     pub async fn start(cap_bytes: u64, extra: &[&str]) -> CappedServer {
+        CappedServer::start_in(&super::models_dir(), cap_bytes, extra).await
+    }
+
+    /// [`CappedServer::start`] on the bundles in `models_dir`.
+    pub async fn start_in(models_dir: &std::path::Path, cap_bytes: u64, extra: &[&str]) -> CappedServer {
         let (grpc, admin) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_medsentry"));
         cmd.args(["serve", "--intra-threads", "2", "--listen", &grpc.to_string(), "--admin-listen", &admin.to_string()]);
-        cmd.args(["--models-dir", &super::models_dir().display().to_string()]);
+        cmd.args(["--models-dir", &models_dir.display().to_string()]);
         cmd.args(extra).env("MEDSENTRY_LOG", "error").stdout(Stdio::null()).stderr(Stdio::inherit());
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.

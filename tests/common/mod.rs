@@ -177,10 +177,20 @@ pub fn http10_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_get_as(addr, path, "HTTP/1.0", "")
 }
 
+/// POST with an empty body and extra header lines (each ending in \r\n): (status, body).
+/// Waits up to 5 minutes (a reload warms up new bundles before it answers).
+pub fn http_post(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    http_request(addr, "POST", path, "HTTP/1.0", &format!("{headers}Content-Length: 0\r\n"), Duration::from_secs(300))
+}
+
 fn http_get_as(addr: SocketAddr, path: &str, version: &str, headers: &str) -> (u16, String) {
+    http_request(addr, "GET", path, version, headers, Duration::from_secs(10))
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str, version: &str, headers: &str, timeout: Duration) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} {version}\r\nHost: {addr}\r\n{headers}\r\n").unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    write!(s, "{method} {path} {version}\r\nHost: {addr}\r\n{headers}\r\n").unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
     let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
