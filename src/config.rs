@@ -92,6 +92,8 @@ pub struct ModelArgs {
     pub trusted_keys: Vec<PathBuf>,
 }
 
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// gRPC listen address (medsentry.v1.Sentry, inference.GRPCInferenceService,
@@ -109,6 +111,10 @@ pub struct ServeArgs {
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT before the process exits.
     #[arg(long, env = "MEDSENTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Concurrent calls (HTTP/2 streams) one connection may have open; more wait in the
+    /// client. Keeps one connection from taking every queue slot.
+    #[arg(long, env = "MEDSENTRY_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: u32,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -318,6 +324,9 @@ impl ServeArgs {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_message_bytes < 1024 {
             return Err("--max-message-bytes must be at least 1024".into());
+        }
+        if !(1..=65_536).contains(&self.max_streams_per_connection) {
+            return Err(format!("--max-streams-per-connection must be 1..=65536, got {}", self.max_streams_per_connection));
         }
         self.upstream.validate()?;
         self.tls.validate()?;

@@ -114,6 +114,14 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     };
     let local = grpc.local_addr().ok();
     let router = Server::builder()
+        .max_concurrent_streams(args.max_streams_per_connection)
+        // HTTP/2 rapid reset (CVE-2023-44487): a connection that opens and cancels streams
+        // faster than they are accepted is closed with GOAWAY.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        // Finds peers that vanished without closing (a killed PACS gateway, a dropped NAT
+        // entry), so their streams do not stay open.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(tower::util::MapResponseLayer::new(api::count_transport_refusals))
         .add_service(health_service)
         .add_service(reflection)
@@ -220,6 +228,9 @@ async fn follow_upstream(mut ready: tokio::sync::watch::Receiver<bool>, health: 
         }
     }
 }
+
+/// Streams a peer may reset before the server has accepted them (h2's own default).
+const MAX_PENDING_RESETS: usize = 20;
 
 /// The fully-qualified name health checks use for the Sentry service.
 pub const SERVICE_NAME: &str = "medsentry.v1.Sentry";

@@ -196,8 +196,7 @@ async fn sighup_reloads_the_binary() {
     let server = common::capped::CappedServer::start_in(&models, 8 << 30, &[]).await;
     let mut client = server.client().await;
     copy_bundle(&models, DERM);
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) }, 0);
+    server.signal(libc::SIGHUP);
     let mut listed = 0;
     for _ in 0..600 {
         listed = client.list_models(ListModelsRequest {}).await.expect("the server keeps serving through SIGHUP").into_inner().models.len();

@@ -56,6 +56,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         admin_listen: admin.local_addr()?,
         max_message_bytes: 64 << 20,
         shutdown_grace_secs: 5,
+        max_streams_per_connection: crate::config::DEFAULT_MAX_STREAMS_PER_CONNECTION,
         model: args.models.clone(),
         upstream: Default::default(),
         tls: Default::default(),

@@ -27,7 +27,12 @@ impl CappedServer {
 
     /// [`CappedServer::start`] on the bundles in `models_dir`.
     pub async fn start_in(models_dir: &std::path::Path, cap_bytes: u64, extra: &[&str]) -> CappedServer {
-        let (grpc, admin) = (free_port(), free_port());
+        CappedServer::start_at(models_dir, free_port(), cap_bytes, extra).await
+    }
+
+    /// [`CappedServer::start_in`] on a given gRPC address (a restart on the same port).
+    pub async fn start_at(models_dir: &std::path::Path, grpc: SocketAddr, cap_bytes: u64, extra: &[&str]) -> CappedServer {
+        let admin = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_medsentry"));
         cmd.args(["serve", "--intra-threads", "2", "--listen", &grpc.to_string(), "--admin-listen", &admin.to_string()]);
         cmd.args(["--models-dir", &models_dir.display().to_string()]);
@@ -89,6 +94,24 @@ impl CappedServer {
     /// Whether the process is still running (not killed by the cap).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits up to `within` for the process to exit; its status, or None if still running.
+    pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 }
 
