@@ -243,7 +243,8 @@ impl Policy {
 
     /// Parses and validates a policy file's text for a sidecar serving `served`.
     pub fn parse(text: &str, served: &[String]) -> Result<Policy, String> {
-        let policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        policy.access.load_keys()?;
         policy.validate(served)?;
         Ok(policy)
     }

@@ -1,11 +1,16 @@
 //! access: who is calling, and what they may do. A caller is named by a bearer token
-//! (`authorization: Bearer TOKEN`, matched by its SHA-256 so the policy file holds no
-//! secret) or by the mutual-TLS client certificate (a DNS name in its subjectAltName);
-//! each caller has an allow-list of models and RPCs and may or may not see raw scores.
-//! The rules live in the policy file's `[access]` (README, "Callers").
+//! (`authorization: Bearer TOKEN`: a static token matched by its SHA-256 so the policy file
+//! holds no secret, or a JWT verified against a local JWKS file, [`jwt`]) or by the
+//! mutual-TLS client certificate (a DNS name in its subjectAltName); each caller has an
+//! allow-list of models and RPCs and may or may not see raw scores. The rules live in the
+//! policy file's `[access]` (README, "Callers").
+
+pub mod jwt;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+pub use jwt::JwtConfig;
 
 /// `[access]` of the policy file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -14,6 +19,8 @@ pub struct Access {
     /// Refuse calls from callers that no rule names (UNAUTHENTICATED). Off = such calls are
     /// served as `anonymous`, with the defaults of the rest of the policy.
     pub require_caller: bool,
+    /// Bearer JWTs from the hospital's identity provider, checked against a local JWKS.
+    pub jwt: Option<JwtConfig>,
     pub callers: Vec<CallerRule>,
 }
 
@@ -28,6 +35,10 @@ pub struct CallerRule {
     /// DNS names (subjectAltName) of the caller's client certificates.
     #[serde(default)]
     pub client_cert_names: Vec<String>,
+    /// Values of the JWT caller claim (`[access.jwt] caller_claim`, default `sub`) that
+    /// name this caller.
+    #[serde(default)]
+    pub jwt_subjects: Vec<String>,
     /// Models it may call; `*` = all.
     #[serde(default = "everything")]
     pub models: Vec<String>,
@@ -78,8 +89,11 @@ impl Access {
             if r.name.is_empty() || r.name == ANONYMOUS || !names.insert(r.name.as_str()) {
                 return Err(format!("[access] caller name {:?} is empty, reserved or repeated", r.name));
             }
-            if r.token_sha256.is_empty() && r.client_cert_names.is_empty() {
-                return Err(format!("[access] caller {:?} has neither token_sha256 nor client_cert_names", r.name));
+            if r.token_sha256.is_empty() && r.client_cert_names.is_empty() && r.jwt_subjects.is_empty() {
+                return Err(format!("[access] caller {:?} has none of token_sha256, client_cert_names, jwt_subjects", r.name));
+            }
+            if !r.jwt_subjects.is_empty() && self.jwt.is_none() {
+                return Err(format!("[access] caller {:?} lists jwt_subjects but the policy has no [access.jwt]", r.name));
             }
             if let Some(d) = r.token_sha256.iter().find(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
                 return Err(format!("[access] caller {:?}: token_sha256 entry {d:?} is not a hex SHA-256 digest", r.name));
@@ -88,11 +102,23 @@ impl Access {
         Ok(())
     }
 
+    /// Reads the JWKS file of `[access.jwt]`, when there is one (start-up and reloads).
+    pub fn load_keys(&mut self) -> Result<(), String> {
+        self.jwt.as_mut().map_or(Ok(()), JwtConfig::load_keys)
+    }
+
     /// Names the caller from its bearer token, else its client certificate (DER), else
     /// anonymous. A token that matches no rule is refused: it was meant to identify.
     pub fn identify(&self, authorization: Option<&[u8]>, peer_cert: Option<&[u8]>) -> Result<Caller, AccessError> {
         if let Some(value) = authorization {
             let token = value.strip_prefix(b"Bearer ").ok_or(AccessError::Unauthenticated("the authorization header is not `Bearer TOKEN`"))?;
+            if let Some(jwt) = self.jwt.as_ref().filter(|_| jwt::looks_like_jwt(token)) {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let text = std::str::from_utf8(token).map_err(|_| AccessError::Unauthenticated("the JWT is not ASCII"))?;
+                let subject = jwt.verify(text, now).map_err(AccessError::Unauthenticated)?;
+                let i = self.callers.iter().position(|r| r.jwt_subjects.contains(&subject));
+                return i.map(|i| self.caller(i)).ok_or(AccessError::Unauthenticated("the JWT's caller claim names no caller of the policy"));
+            }
             let digest = hex::encode(Sha256::digest(token));
             let i = self.callers.iter().position(|r| r.token_sha256.iter().any(|d| d.eq_ignore_ascii_case(&digest)));
             return i.map(|i| self.caller(i)).ok_or(AccessError::Unauthenticated("the bearer token is not one of the policy's"));
