@@ -1,6 +1,7 @@
 //! The Open Inference Protocol service through NVIDIA's own Python client (tritonclient):
 //! metadata, liveness/readiness, ModelInfer with raw and typed contents, FP32, UINT8, JPEG
-//! and DICOM files as BYTES, requested outputs and refusals (tests/oip/tritonclient_checks.py).
+//! and DICOM files as BYTES, requested outputs and refusals (tests/oip/tritonclient_checks.py);
+//! and the same client over TLS and mutual TLS with a bearer token (tritonclient_tls.py).
 //! `scripts/test.sh` installs tritonclient into target/pyenv and exports its interpreter as
 //! MEDSENTRY_TEST_PYTHON.
 
@@ -31,15 +32,19 @@ fn python() -> PathBuf {
 
 /// Runs the checks script against `addr`; (exit code, stdout + stderr).
 fn run_checks(addr: std::net::SocketAddr) -> (Option<i32>, String) {
-    let out_path = std::env::temp_dir().join(format!("medsentry-tritonclient-{}.log", std::process::id()));
+    let reference = repo().join("models/chest-xray-pneumonia/reference.json");
+    let args: Vec<std::ffi::OsString> = vec!["--url".into(), addr.to_string().into(), "--reference".into(), reference.into(), "--data".into(), data("").into()];
+    run_python("tests/oip/tritonclient_checks.py", &args)
+}
+
+/// Runs a script of tests/oip with `args` under the test interpreter, for at most 5 minutes;
+/// (exit code, stdout + stderr).
+fn run_python(script: &str, args: &[std::ffi::OsString]) -> (Option<i32>, String) {
+    let out_path = std::env::temp_dir().join(format!("medsentry-tritonclient-{}-{}.log", std::process::id(), script.len() + args.len()));
     let log = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(python())
-        .arg(repo().join("tests/oip/tritonclient_checks.py"))
-        .args(["--url", &addr.to_string()])
-        .arg("--reference")
-        .arg(repo().join("models/chest-xray-pneumonia/reference.json"))
-        .arg("--data")
-        .arg(data(""))
+        .arg(repo().join(script))
+        .args(args)
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
@@ -103,5 +108,52 @@ async fn reflection_lists_the_inference_service() {
     let mut alpha = AlphaClient::new(server.channel().await).server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
     let Some(AlphaResponse::ListServicesResponse(list)) = alpha.next().await.unwrap().unwrap().message_response else { panic!("no v1alpha service list") };
     assert!(list.service.iter().any(|s| s.name == "medsentry.v1.Sentry"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_speaks_tls_and_mutual_tls_with_a_token() {
+    use common::certs::{write_pem, Ca};
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca, stranger_ca) = (Ca::new("server CA"), Ca::new("client CA"), Ca::new("another CA"));
+    let (cert, key) = server_ca.issue(&["localhost"]);
+    let (client_cert, client_key) = client_ca.issue(&["inference-gateway"]);
+    let (other_cert, other_key) = stranger_ca.issue(&["inference-gateway"]);
+    let w = |n: &str, t: &str| write_pem(dir.path(), n, t);
+    let (c, k, ca, server_ca_pem) = (w("c.pem", &cert), w("k.pem", &key), w("client-ca.pem", &client_ca.pem()), w("server-ca.pem", &server_ca.pem()));
+    let (cc, ck, oc, ok) = (w("cc.pem", &client_cert), w("ck.pem", &client_key), w("oc.pem", &other_cert), w("ok.pem", &other_key));
+    let digest = hex::encode(Sha256::digest(b"gateway-token"));
+    let policy = write_policy(
+        dir.path(),
+        &format!("[access]\nrequire_caller = true\n[[access.callers]]\nname = \"gateway\"\ntoken_sha256 = [\"{digest}\"]\nmodels = [\"{CHEST}\"]\n"),
+    );
+    let server = TestServer::start(&["--tls-cert", &c, "--tls-key", &k, "--tls-client-ca", &ca, "--policy", &policy]).await;
+    let url = format!("localhost:{}", server.grpc.port());
+    let reference = repo().join("models/chest-xray-pneumonia/reference.json").display().to_string();
+    let run = |extra: Vec<&str>| {
+        let mut args: Vec<std::ffi::OsString> = ["--url", &url, "--ca", &server_ca_pem, "--reference", &reference].iter().map(Into::into).collect();
+        args.extend(extra.iter().map(Into::into));
+        run_python("tests/oip/tritonclient_tls.py", &args)
+    };
+    // Warm-up: mutual TLS with the token succeeds once the models are ready.
+    let mut last = (None, String::new());
+    for _ in 0..60 {
+        last = tokio::task::block_in_place(|| run(vec!["--cert", &cc, "--key", &ck, "--token", "gateway-token"]));
+        if last.0 == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(last.0, Some(0), "{}", last.1);
+    assert!(last.1.contains("all checks passed"), "{}", last.1);
+    for (refused, why) in
+        [(vec!["--expect-refused"], "no client certificate"), (vec!["--cert", &oc, "--key", &ok, "--expect-refused"], "a certificate another CA signed")]
+    {
+        let (code, output) = tokio::task::block_in_place(|| run(refused));
+        assert_eq!(code, Some(0), "{why}: {output}");
+    }
+    let (code, output) = tokio::task::block_in_place(|| run(vec!["--cert", &cc, "--key", &ck, "--expect-refused"]));
+    assert!(code == Some(0) && output.contains("UNAUTHENTICATED"), "mutual TLS without the token the policy requires: {output}");
     server.stop().await.unwrap();
 }
