@@ -209,3 +209,35 @@ async fn sighup_reloads_the_binary() {
     assert_eq!(metric(&http_get(server.admin, "/metrics").1, "medsentry_reloads_total", &[("result", "ok")]), 1.0);
     client.screen(request("after-hup")).await.expect("screens after the reload");
 }
+
+/// Reloads under load for MEDSENTRY_RELOAD_SOAK_SECS (15 in the suite; the README runs it
+/// for 10 minutes on the release build): every second the bundle is replaced (a new version:
+/// new workers, warmed, swapped) or the policy flipped, while 8 callers screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_soak_answers_every_call() {
+    let _serial = serial().await;
+    let secs: u64 = std::env::var("MEDSENTRY_RELOAD_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let mnist = copy_bundle(&models, MNIST);
+    let policy = write_policy(dir.path(), "");
+    let server = TestServer::ready(&["--models-dir", models.to_str().unwrap(), "--policy", &policy]).await;
+    let load = Load::start(&server.client().await, 8);
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut reloads = 0;
+    while std::time::Instant::now() < until {
+        if reloads % 2 == 0 {
+            set_version(&mnist, &format!("2.0.{reloads}"));
+        } else {
+            write_policy(dir.path(), if reloads % 4 == 1 { "[default]\nflag_on = \"suspicious\"\n" } else { "" });
+        }
+        let (code, _, body) = reload(server.admin, "").await;
+        assert_eq!(code, 200, "{body}");
+        reloads += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (answered, failures) = load.finish().await;
+    eprintln!("reload soak: {secs} s, {reloads} reloads, {answered} calls answered, {} failed", failures.len());
+    assert!(failures.is_empty() && answered > 0, "{answered} answered, failures: {:?}", &failures[..failures.len().min(5)]);
+    server.stop().await.unwrap();
+}

@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on the gRPC port with certificates made here (rcgen): a TLS client
 //! is served, a plaintext one is refused and counted; with a client CA only clients holding
 //! a certificate it signed get in; replacing the certificate files switches new
-//! connections to the new certificate while an open connection keeps working, and a broken
+//! connections to the new certificate while an open connection and its open ScreenStream
+//! keep working (an expired client certificate is refused), and a broken
 //! replacement keeps the old one. In proxy mode medsentry speaks mutual TLS to its upstream.
 
 mod common;
@@ -13,6 +14,11 @@ use common::*;
 use medsentry::proto::sentry_client::SentryClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+/// The receiving half of a channel as the request stream of a streaming call.
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
 
 async fn tls_channel(server: &TestServer, ca: &str, identity: Option<(&str, &str)>) -> Result<Channel, tonic::transport::Error> {
     common::certs::tls_channel(server.grpc, ca, identity).await
@@ -95,6 +101,7 @@ async fn mutual_tls_admits_only_clients_the_client_ca_signed() {
     };
     assert!(refused(None).await, "no client certificate: refused");
     assert!(refused(Some(stranger.issue(&["intruder"]))).await, "a certificate another CA signed: refused");
+    assert!(refused(Some(client_ca.issue_expired(&["pacs-gateway"]))).await, "an expired certificate of the client CA: refused");
     server.stop().await.unwrap();
 }
 
@@ -109,6 +116,13 @@ async fn new_certificates_take_effect_for_new_connections_without_dropping_open_
     wait_serving(&server, &old_ca.pem(), None).await;
     let open = tls_channel(&server, &old_ca.pem(), None).await.unwrap();
     assert!(screen_ok(open.clone()).await);
+    // A ScreenStream open across the rotation.
+    let (stream_tx, stream_rx) = tokio::sync::mpsc::channel(4);
+    let (_, refs) = references(CHEST);
+    let item = |id: &str| tensor_request(id, vec![1, 1, 64, 64], refs[0].pixels.clone());
+    stream_tx.send(item("before-rotation")).await.unwrap();
+    let mut answers = SentryClient::new(open.clone()).screen_stream(tokio_stream_from(stream_rx)).await.unwrap().into_inner();
+    assert!(answers.message().await.unwrap().is_some(), "the stream answers before the rotation");
     let (_, before) = server.admin_get("/metrics");
 
     // The files are replaced: key first, then certificate (a half-done rotation in between).
@@ -127,6 +141,9 @@ async fn new_certificates_take_effect_for_new_connections_without_dropping_open_
     }
     assert!(switched, "new connections get the new certificate");
     assert!(screen_ok(open.clone()).await, "the connection opened before the reload still works");
+    stream_tx.send(item("after-rotation")).await.unwrap();
+    assert!(answers.message().await.unwrap().is_some(), "the stream opened before the rotation still answers");
+    drop(stream_tx);
     let (_, after) = server.admin_get("/metrics");
     assert!(delta(&before, &after, "medsentry_tls_reloads_total", &[("result", "ok")]) >= 1.0);
 
