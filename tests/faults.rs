@@ -30,7 +30,10 @@ async fn connect(addr: std::net::SocketAddr) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_500_calls_in_flight_answers_every_call_then_exits() {
     let models = only_bundle(CHEST);
-    let mut server = CappedServer::start_in(models.path(), 8 << 30, &["--shutdown-grace-secs", "120", "--queue-capacity", "1024"]).await;
+    // One worker running one image at a time, so that the 500 calls are still queued when
+    // the signal comes.
+    let flags = ["--shutdown-grace-secs", "120", "--queue-capacity", "1024", "--workers", "1", "--max-batch", "1"];
+    let mut server = CappedServer::start_in(models.path(), 8 << 30, &flags).await;
     let answered = Arc::new(AtomicUsize::new(0));
     let mut calls = Vec::new();
     // Four connections of 125 calls each (under the 128-stream cap), all sent at once.
@@ -45,7 +48,10 @@ async fn sigterm_with_500_calls_in_flight_answers_every_call_then_exits() {
             }));
         }
     }
-    while answered.load(Ordering::Relaxed) < 50 {
+    // SIGTERM once the server holds all 500 (each has passed its decode stage), so that
+    // every call counts as admitted.
+    let decoded = |text: &str| metric(text, "medsentry_stage_duration_seconds_count", &[("model", CHEST), ("stage", "decode")]);
+    while decoded(&http_get(server.admin, "/metrics").1) < 500.0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let at_signal = answered.load(Ordering::Relaxed);
@@ -62,7 +68,7 @@ async fn sigterm_with_500_calls_in_flight_answers_every_call_then_exits() {
     }
     eprintln!("answered before SIGTERM: {at_signal}; outcomes: {outcomes:?}");
     assert!(at_signal < 500, "calls were still in flight at SIGTERM");
-    assert_eq!(outcomes.get("ok"), Some(&500), "every call sent before SIGTERM reached the server and was answered: {outcomes:?}");
+    assert_eq!(outcomes.get("ok"), Some(&500), "every call the server held at SIGTERM was answered: {outcomes:?}");
     let status = server.exit_status(Duration::from_secs(30)).await.expect("the server exits after draining");
     assert!(status.success(), "{status:?}");
 }
@@ -125,7 +131,15 @@ async fn an_upstream_killed_mid_load_gives_unavailable_and_the_proxy_recovers() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "forwarding resumes once the upstream is back");
-    assert_eq!(proxy.admin_get("/readyz").0, 200);
+    let mut ready = proxy.admin_get("/readyz").0;
+    for _ in 0..100 {
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = proxy.admin_get("/readyz").0;
+    }
+    assert_eq!(ready, 200, "readiness follows the upstream's next poll");
     proxy.stop().await.unwrap();
 }
 

@@ -1,0 +1,95 @@
+"""Experiment (not a stage): does a second, differently trained classifier help the fused
+detector? The bundle's standard (not adversarially trained) checkpoint scores every input
+beside the served hardened one; its disagreement, -log p_standard(class the hardened model
+predicts), is added as a sixth input of the fused logistic regression, fitted exactly as
+fused.py fits it (AdvTrain only, base scores out-of-fold, thresholds at 1 % and 5 % of the
+combiner's own out-of-fold clean AdvTrain scores). Prints, on AdvTest, the clean flag rate
+and per attack AUROC / TPR at 1 % for the fused detector as served and with agreement.
+
+    cd models/training && .venv/bin/python experiments/agreement.py chest_xray
+
+Needs work/fused_<bundle>.npz (written by `python -m medsentry_training.fused`). Not
+adaptive: an attacker who knows both models attacks both (see the note in the README).
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from medsentry_training import advcommon as C, datasets, detectors, residual, squeeze  # noqa: E402
+from medsentry_training.fused import Inputs, base_scores, fit_fused, fused_score, oof_base, successful  # noqa: E402
+from medsentry_training.ood import Classifier  # noqa: E402
+
+name = sys.argv[1] if len(sys.argv) > 1 else "chest_xray"
+spec = datasets.SPECS[name]
+out_dir = C.default_bundle_dir(spec)
+clf = Classifier(out_dir)
+standard, _ = C.load_ckpt(C.ckpt_path(spec, "standard"))
+standard.eval()
+x, y, _ = datasets.load_split(spec, "test")
+split = json.load(open(os.path.join(out_dir, "adv_split.json")))
+tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+z = np.load(os.path.join(datasets.WORK, f"fused_{spec.name}.npz"), allow_pickle=True)
+att_tr, att_te = list(z["train"]), list(z["test"])
+
+
+def disagreement(inp: Inputs, xs: np.ndarray) -> np.ndarray:
+    p = squeeze.softmax(C.forward_batches(standard, xs)[0])
+    return -np.log(p[np.arange(len(xs)), inp.pred] + 1e-6)
+
+
+y_tr = y[tr]
+clean = Inputs(clf, x[tr])
+adv_x, src = [], []
+for _, _, xa in att_tr:
+    m = successful(Inputs(clf, xa), y_tr, clean.pred)
+    adv_x.append(xa[m])
+    src.append(np.flatnonzero(m))
+adv_all = np.concatenate(adv_x)
+adv = Inputs(clf, adv_all)
+src = np.concatenate(src)
+fold = detectors.folds(y_tr)
+oc, oa = oof_base(clean, y_tr, adv, fold[src], fold, len(spec.labels))
+rc, ra = residual.out_of_fold(clean.residual_features, adv.residual_features, fold, fold[src], detectors.N_FOLDS)
+resid_model = residual.fit(clean.residual_features, adv.residual_features)
+base_c, base_a = clean.matrix(oc[:, 0], oc[:, 1], rc), adv.matrix(oa[:, 0], oa[:, 1], ra)
+agree_c, agree_a = disagreement(clean, x[tr]), disagreement(adv, adv_all)
+
+
+def fit(Xc, Xa):
+    oof = np.zeros(len(Xc))
+    for f in range(detectors.N_FOLDS):
+        a = fold[src] != f
+        m = fit_fused(np.vstack([Xc[fold != f], Xa[a]]), np.r_[np.zeros((fold != f).sum()), np.ones(a.sum())])
+        oof[fold == f] = fused_score(m, Xc[fold == f])
+    t = {p: detectors.threshold_at(oof, p) for p in (0.01, 0.05)}
+    return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))]), t
+
+
+served, t_served = fit(base_c, base_a)
+both, t_both = fit(np.column_stack([base_c, agree_c]), np.column_stack([base_a, agree_a]))
+print(f"{spec.name}: agreement weight {both[1].coef_[0][-1]:.2f} (standardised); AdvTrain {len(base_c)} clean, {len(base_a)} adversarial")
+dets = detectors.load_detectors(out_dir)
+
+
+def scores(xs):
+    inp = Inputs(clf, xs)
+    X = inp.matrix(*base_scores(dets, resid_model, inp))
+    return inp, fused_score(served, X), fused_score(both, np.column_stack([X, disagreement(inp, xs)]))
+
+
+y_te = y[te]
+ct, neg_s, neg_b = scores(x[te])
+print(f"  clean AdvTest flagged at 1 % / 5 %: served {np.mean(neg_s > t_served[0.01]):.3f} / {np.mean(neg_s > t_served[0.05]):.3f}, "
+      f"with agreement {np.mean(neg_b > t_both[0.01]):.3f} / {np.mean(neg_b > t_both[0.05]):.3f}")
+for fam, budget, xa in att_te:
+    inp, pos_s, pos_b = scores(xa)
+    m = successful(inp, y_te, ct.pred)
+    if m.sum() < 5:
+        continue
+    au = lambda neg, pos: C.auroc(neg, pos[m])  # noqa: E731
+    print(f"  {fam} {budget}: n={m.sum()} AUROC {au(neg_s, pos_s):.3f} -> {au(neg_b, pos_b):.3f}; TPR@1% "
+          f"{np.mean(pos_s[m] > t_served[0.01]):.3f} -> {np.mean(pos_b[m] > t_both[0.01]):.3f}; TPR@5% "
+          f"{np.mean(pos_s[m] > t_served[0.05]):.3f} -> {np.mean(pos_b[m] > t_both[0.05]):.3f}")
