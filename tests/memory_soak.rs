@@ -1,6 +1,6 @@
 //! Memory under ordinary load: 64 callers send real chest X-rays (JPEG), radiographs as
 //! DICOM (uncompressed and JPEG 2000) and tensors to the real binary for a bounded time;
-//! resident memory after warm-up must stay flat within 10 %.
+//! resident memory after warm-up must stay flat: the median within 10 %, the peak within 25 %.
 //!
 //! The suite runs it for 120 s (debug build). `scripts/soak.sh` runs the same test for 10
 //! minutes on the release build (MEDSENTRY_SOAK_SECS, MEDSENTRY_SOAK_CALLERS).
@@ -64,8 +64,10 @@ async fn resident_memory_stays_flat_under_64_callers() {
         }));
     }
     // Resident memory once a second. Warm-up is the first quarter of the run; what is in
-    // flight moves resident memory up and down (within the decode budget), so growth is
-    // the peak of the last half of the rest against the peak of its first half.
+    // flight moves resident memory up and down (within the decode budget: one more 7 MB
+    // DICOM decode in flight at the sampling instant is +20 MiB), so a leak is judged on
+    // the median of the last half of the rest against the median of its first half, and
+    // the peaks are held to a looser bound.
     let rss = || {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = s.lines().find(|l| l.starts_with("VmRSS")).unwrap().to_string();
@@ -84,21 +86,30 @@ async fn resident_memory_stays_flat_under_64_callers() {
     let warm = samples.len() / 4;
     let mid = warm + (samples.len() - warm) / 2;
     let peak = |s: &[(f64, u64)]| s.iter().map(|x| x.1).max().unwrap();
+    let median = |s: &[(f64, u64)]| {
+        let mut v: Vec<u64> = s.iter().map(|x| x.1).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
     let (first, second) = (peak(&samples[warm..mid]), peak(&samples[mid..]));
+    let (first_median, second_median) = (median(&samples[warm..mid]), median(&samples[mid..]));
     let (n, shed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("{callers} callers, {secs} s: {n} calls answered ({:.0}/s), {shed} shed", n as f64 / secs as f64);
     eprintln!(
-        "resident peak {:.0}-{:.0} s: {} MiB; {:.0}-{:.0} s: {} MiB",
+        "resident median / peak {:.0}-{:.0} s: {} / {} MiB; {:.0}-{:.0} s: {} / {} MiB",
         samples[warm].0,
         samples[mid].0,
+        first_median >> 20,
         first >> 20,
         samples[mid].0,
         samples.last().unwrap().0,
+        second_median >> 20,
         second >> 20
     );
     let curve: Vec<String> = samples.iter().step_by((samples.len() / 12).max(1)).map(|(t, r)| format!("{t:.0}s:{}", r >> 20)).collect();
     eprintln!("curve (MiB): {}", curve.join(" "));
     assert!(n > 0, "no call answered");
-    assert!(second as f64 <= first as f64 * 1.10, "resident memory grew: peak {} MiB, then {} MiB", first >> 20, second >> 20);
+    assert!(second_median as f64 <= first_median as f64 * 1.10, "resident memory grew: median {} MiB, then {} MiB", first_median >> 20, second_median >> 20);
+    assert!(second as f64 <= first as f64 * 1.25, "resident peaks grew: {} MiB, then {} MiB", first >> 20, second >> 20);
     assert!(second < 1 << 30, "peak resident memory {} MiB is over the Deployment's 1 GiB", second >> 20);
 }
