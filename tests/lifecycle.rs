@@ -76,3 +76,26 @@ async fn cuda_without_cuda_refuses_or_falls_back_as_configured() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_explains_itself_and_process_metrics_are_exported() {
+    let server = TestServer::ready(&[]).await;
+    let mut client = server.client().await;
+    let (_, refs) = references(CHEST);
+    client.screen(tensor_request("help", vec![1, 1, 64, 64], refs[0].pixels.clone())).await.unwrap();
+    let (code, text) = server.admin_get("/metrics");
+    assert_eq!(code, 200);
+    let families: std::collections::BTreeSet<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).filter_map(|l| l.split_whitespace().nth(2)).collect();
+    assert!(families.len() > 20, "{families:?}");
+    for family in &families {
+        let help = text.lines().find(|l| l.starts_with(&format!("# HELP {family} ")));
+        assert!(help.is_some_and(|h| h.len() > format!("# HELP {family} ").len() + 10), "{family} has no HELP text");
+    }
+    for name in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds", "process_threads"] {
+        assert!(metric(&text, name, &[]) > 0.0, "{name} missing or zero");
+    }
+    let start = metric(&text, "process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(start <= now + 1.0 && start > now - 86_400.0 * 365.0, "start time {start} vs now {now}");
+    server.stop().await.unwrap();
+}

@@ -1,5 +1,9 @@
 //! metrics: the Prometheus names the sidecar exports (DESIGN.md, "Observability") and one
-//! function per event, so that the names live in one place. Rendered on the admin port.
+//! function per event, so that the names live in one place ([`help`] holds their HELP
+//! text). Rendered on the admin port, with the process metrics ([`process`]).
+
+mod help;
+mod process;
 
 use std::sync::OnceLock;
 
@@ -73,6 +77,10 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DETECTOR_SCORE.into()), SCORE_BUCKETS))
                 .expect("static buckets are valid")
                 .install_recorder()
+                .map(|handle| {
+                    help::describe();
+                    handle
+                })
                 .expect("the metrics recorder is installed once")
         })
         .clone()
@@ -82,7 +90,7 @@ pub fn install() -> PrometheusHandle {
 pub fn render() -> String {
     let handle = install();
     handle.run_upkeep();
-    handle.render()
+    handle.render() + &process::render()
 }
 
 pub fn record_request(model: &str, api: &'static str, outcome: &'static str, verdict: &'static str, seconds: f64) {
