@@ -77,10 +77,7 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DETECTOR_SCORE.into()), SCORE_BUCKETS))
                 .expect("static buckets are valid")
                 .install_recorder()
-                .map(|handle| {
-                    help::describe();
-                    handle
-                })
+                .inspect(|_| help::describe())
                 .expect("the metrics recorder is installed once")
         })
         .clone()
