@@ -15,6 +15,7 @@ use crate::defense::residual::{self, ResidualStatistics};
 use crate::defense::squeeze::Squeeze;
 use crate::defense::{campaign, CampaignStatus, DetectorScore, Evidence, Screening, Verdict};
 use crate::enforce;
+use crate::engine::stats::StageSeconds;
 use crate::metrics;
 use crate::preprocess;
 use crate::serving::ServedModel;
@@ -142,8 +143,30 @@ pub struct Origin<'a> {
     pub caller: &'a str,
 }
 
-/// Runs one input through the whole pipeline of `model`.
+/// Runs one input through the whole pipeline of `model`, and counts it in the model's
+/// statistics.
 pub async fn run(
+    model: &Arc<ServedModel>,
+    input: Input,
+    decoding: &DecodeConfig,
+    deadline: Option<Instant>,
+    origin: Origin<'_>,
+) -> Result<Outcome, PipelineError> {
+    let started = Instant::now();
+    let result = screen(model, input, decoding, deadline, origin).await;
+    match &result {
+        Ok(o) => {
+            let t = &o.timings;
+            let input = t.decode + t.preprocess;
+            let stages = StageSeconds { input, queue: t.queue, infer: t.infer, output: (t.total - input - t.queue - t.infer).max(0.0) };
+            model.stats.record_success(t.total, stages);
+        }
+        Err(_) => model.stats.record_failure(started.elapsed().as_secs_f64()),
+    }
+    result
+}
+
+async fn screen(
     model: &Arc<ServedModel>,
     input: Input,
     decoding: &DecodeConfig,

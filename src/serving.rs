@@ -12,7 +12,7 @@ use crate::bundle::Bundle;
 use crate::defense::policy::Disclosure;
 use crate::defense::policy::QuarantineConfig;
 use crate::defense::{CampaignMonitor, DefenseError, ModelPolicy, Policy, Screener};
-use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, WorkerConfig};
+use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, InferenceStats, WorkerConfig};
 use crate::metrics;
 use crate::quarantine::QuarantineStore;
 
@@ -27,6 +27,8 @@ pub struct ServedModel {
     pub campaign: Option<Arc<CampaignMonitor>>,
     /// Shared by every model; None when no policy quarantines.
     pub quarantine: Option<Arc<QuarantineStore>>,
+    /// Counts and durations for the Open Inference Protocol's ModelStatistics (Triton's).
+    pub stats: Arc<InferenceStats>,
     /// Opens once every worker has run its warm-up batch; Screen refuses before that.
     ready: AtomicBool,
 }
@@ -61,9 +63,10 @@ impl ServedModel {
         let bundle = Arc::new(bundle);
         let name = bundle.name().to_string();
         let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, bundle.manifest.max_batch, cfg.max_batch_delay);
-        let warm = spawn_workers(bundle.clone(), cfg.workers, batches);
+        let stats = Arc::new(InferenceStats::default());
+        let warm = spawn_workers(bundle.clone(), cfg.workers, batches, stats.clone());
         let campaign = campaign.or_else(|| bundle.manifest.campaign.clone().map(|spec| Arc::new(CampaignMonitor::new(&name, spec))));
-        Ok((ServedModel { policy, campaign, quarantine, bundle, batcher, screener, ready: AtomicBool::new(false) }, (name, warm)))
+        Ok((ServedModel { policy, campaign, quarantine, bundle, batcher, screener, stats, ready: AtomicBool::new(false) }, (name, warm)))
     }
 
     /// The same bundle, workers, queue and campaign windows under another policy (no
@@ -77,6 +80,7 @@ impl ServedModel {
             policy,
             campaign: self.campaign.clone(),
             quarantine,
+            stats: self.stats.clone(),
             ready: AtomicBool::new(self.is_ready()),
         })
     }

@@ -5,6 +5,7 @@ mod convert;
 pub mod deadline;
 pub mod oip;
 pub mod oip_convert;
+mod oip_repository;
 mod sentry;
 pub mod status;
 

@@ -1,6 +1,7 @@
 //! The Open Inference Protocol service (`inference.GRPCInferenceService`, KServe V2 /
 //! Triton gRPC): ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and
-//! ModelInfer, on the same port as medsentry.v1.
+//! ModelInfer, on the same port as medsentry.v1, and Triton's ModelConfig, ModelStatistics
+//! and RepositoryIndex ([`oip_repository`]; forwarded upstream in proxy mode).
 //!
 //! ModelInfer screens every batch item through [`pipeline::run`] (concurrently, so the
 //! items meet in the batcher) and answers with the probabilities and the screening
@@ -17,6 +18,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::oip_convert::{self as convert, Parsed};
+use super::oip_repository;
 use super::{deadline, status::code_label};
 use crate::decode::DecodeConfig;
 use crate::defense::Verdict;
@@ -217,6 +219,51 @@ impl GrpcInferenceService for OipService {
                 meta.outputs.retain(|o| !convert::SCREENING_OUTPUTS.contains(&o.name.as_str()));
                 meta.outputs.extend(convert::screening_metadata(&screen.bundle));
                 Ok(Response::new(meta))
+            }
+        }
+    }
+
+    async fn model_config(&self, request: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let (caller, _) = super::admit(&self.served.current(), &request, "ModelConfig")?;
+        let (md, _, req) = request.into_parts();
+        super::allow_model(&self.served.current(), &caller, &req.name)?;
+        match &self.proxy {
+            None => Ok(Response::new(ModelConfigResponse { config: Some(oip_repository::model_config(&self.model(&req.name, &req.version)?.bundle)) })),
+            Some(p) => Ok(Response::new(p.upstream.client.model_config(req, &md, deadline).await.map_err(PipelineError::from)?)),
+        }
+    }
+
+    async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let registry = self.served.current();
+        let (caller, _) = super::admit(&registry, &request, "ModelStatistics")?;
+        let (md, _, req) = request.into_parts();
+        if let Some(p) = &self.proxy {
+            super::allow_model(&registry, &caller, &req.name)?;
+            return Ok(Response::new(p.upstream.client.model_statistics(req, &md, deadline).await.map_err(PipelineError::from)?));
+        }
+        let model_stats = if req.name.is_empty() {
+            // Every model the caller may call.
+            registry.models().filter(|m| registry.access.check_model(&caller, m.name()).is_ok()).map(|m| oip_repository::model_statistics(m)).collect()
+        } else {
+            super::allow_model(&registry, &caller, &req.name)?;
+            vec![oip_repository::model_statistics(&*self.model(&req.name, &req.version)?)]
+        };
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(&self, request: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        let registry = self.served.current();
+        let (caller, _) = super::admit(&registry, &request, "RepositoryIndex")?;
+        let (md, _, req) = request.into_parts();
+        match &self.proxy {
+            None => Ok(Response::new(oip_repository::repository_index(&registry, req.ready, |m| registry.access.check_model(&caller, m).is_ok()))),
+            Some(p) => {
+                let mut index = p.upstream.client.repository_index(req, &md, deadline).await.map_err(PipelineError::from)?;
+                index.models.retain(|m| registry.access.check_model(&caller, &m.name).is_ok());
+                Ok(Response::new(index))
             }
         }
     }

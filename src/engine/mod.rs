@@ -7,12 +7,14 @@
 mod provider;
 pub mod runtime;
 mod session;
+pub mod stats;
 mod workers;
 
 use thiserror::Error;
 
 pub use provider::{Device, ExecutionProvider};
 pub use session::{BatchOutput, ModelSession};
+pub use stats::InferenceStats;
 pub use workers::{spawn_workers, WorkerConfig};
 
 #[derive(Debug, Error, Clone)]

@@ -10,7 +10,7 @@ use crate::batcher::{Batch, InferResult};
 use crate::bundle::Bundle;
 use crate::metrics;
 
-use super::{Device, EngineError, ExecutionProvider, ModelSession};
+use super::{Device, EngineError, ExecutionProvider, InferenceStats, ModelSession};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -25,15 +25,20 @@ pub struct WorkerConfig {
 
 /// Starts `cfg.workers` threads for `bundle`. The returned receiver yields once every
 /// worker has opened its session and run its warm-up, or with the first error.
-pub fn spawn_workers(bundle: Arc<Bundle>, cfg: WorkerConfig, batches: mpsc::Receiver<Batch>) -> oneshot::Receiver<Result<ExecutionProvider, EngineError>> {
+pub fn spawn_workers(
+    bundle: Arc<Bundle>,
+    cfg: WorkerConfig,
+    batches: mpsc::Receiver<Batch>,
+    stats: Arc<InferenceStats>,
+) -> oneshot::Receiver<Result<ExecutionProvider, EngineError>> {
     let batches = Arc::new(Mutex::new(batches));
     let (ready_tx, ready_rx) = oneshot::channel();
     let (each_tx, mut each_rx) = mpsc::channel(cfg.workers.max(1));
     for i in 0..cfg.workers.max(1) {
-        let (bundle, batches, each_tx) = (bundle.clone(), batches.clone(), each_tx.clone());
+        let (bundle, batches, each_tx, stats) = (bundle.clone(), batches.clone(), each_tx.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("infer-{}-{i}", bundle.name()))
-            .spawn(move || worker_main(bundle, cfg, batches, each_tx))
+            .spawn(move || worker_main(bundle, cfg, batches, each_tx, stats))
             .expect("spawning an inference thread");
     }
     drop(each_tx);
@@ -57,6 +62,7 @@ fn worker_main(
     cfg: WorkerConfig,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     ready: mpsc::Sender<Result<ExecutionProvider, EngineError>>,
+    stats: Arc<InferenceStats>,
 ) {
     let model = bundle.name().to_string();
     let mut session = match open_and_warm(&bundle, cfg) {
@@ -72,7 +78,7 @@ fn worker_main(
         // One worker at a time waits on the channel; the others wait on the lock.
         let next = batches.lock().map(|mut rx| rx.blocking_recv());
         let Ok(Some(batch)) = next else { break };
-        run_batch(&mut session, &model, batch);
+        run_batch(&mut session, &model, batch, &stats);
     }
     tracing::debug!(model, "inference worker stopped");
 }
@@ -87,12 +93,13 @@ fn open_and_warm(bundle: &Bundle, cfg: WorkerConfig) -> Result<ModelSession, Eng
     Ok(session)
 }
 
-fn run_batch(session: &mut ModelSession, model: &str, batch: Batch) {
+fn run_batch(session: &mut ModelSession, model: &str, batch: Batch, stats: &InferenceStats) {
     let n = batch.rows;
     let started = Instant::now();
     let result = session.run(batch.input, n);
     let infer_seconds = started.elapsed().as_secs_f64();
     metrics::record_batch(model, n, infer_seconds);
+    stats.record_execution(n, infer_seconds);
     match result {
         Ok(out) => {
             let labels = out.logits.len() / n;

@@ -13,7 +13,10 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{code_name, UpstreamError};
 use crate::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use crate::inference::{ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ServerReadyRequest};
+use crate::inference::{
+    ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
+    ModelStatisticsRequest, ModelStatisticsResponse, RepositoryIndexRequest, RepositoryIndexResponse, ServerReadyRequest,
+};
 use crate::metrics;
 
 /// Pause before the one retry after a refused connection.
@@ -76,6 +79,28 @@ impl UpstreamClient {
 
     pub async fn model_metadata(&self, req: ModelMetadataRequest, md: &MetadataMap, deadline: Option<Instant>) -> Result<ModelMetadataResponse, UpstreamError> {
         self.call(req, md, deadline, true, |mut c, r| async move { c.model_metadata(r).await }).await
+    }
+
+    pub async fn model_config(&self, req: ModelConfigRequest, md: &MetadataMap, deadline: Option<Instant>) -> Result<ModelConfigResponse, UpstreamError> {
+        self.call(req, md, deadline, true, |mut c, r| async move { c.model_config(r).await }).await
+    }
+
+    pub async fn model_statistics(
+        &self,
+        req: ModelStatisticsRequest,
+        md: &MetadataMap,
+        deadline: Option<Instant>,
+    ) -> Result<ModelStatisticsResponse, UpstreamError> {
+        self.call(req, md, deadline, true, |mut c, r| async move { c.model_statistics(r).await }).await
+    }
+
+    pub async fn repository_index(
+        &self,
+        req: RepositoryIndexRequest,
+        md: &MetadataMap,
+        deadline: Option<Instant>,
+    ) -> Result<RepositoryIndexResponse, UpstreamError> {
+        self.call(req, md, deadline, true, |mut c, r| async move { c.repository_index(r).await }).await
     }
 
     pub async fn model_ready(&self, req: ModelReadyRequest, md: &MetadataMap, deadline: Option<Instant>) -> Result<bool, UpstreamError> {

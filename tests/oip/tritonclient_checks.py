@@ -19,7 +19,7 @@ import traceback
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 MODEL = "chest-xray-pneumonia"
@@ -225,6 +225,35 @@ def main():
         assert "no-such-model" in e.message()
         # Still serving after all that.
         expect_close(infer(pixels[:1]).as_numpy("probabilities"), expected[:1], 1e-4, "after the errors")
+
+    @check("model_config_repository_index_and_statistics")
+    def _():
+        cfg = client.get_model_config(MODEL).config
+        assert cfg.name == MODEL and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size >= 1, cfg
+        assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("input", model_config_pb2.TYPE_FP32, [1, 64, 64])], cfg.input
+        outs = {o.name: (o.data_type, list(o.dims)) for o in cfg.output}
+        assert outs["probabilities"] == (model_config_pb2.TYPE_FP32, [2]) and outs["verdict"] == (model_config_pb2.TYPE_STRING, [1]), outs
+        expect_code(lambda: client.get_model_config("no-such-model"), grpc.StatusCode.NOT_FOUND)
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index[MODEL].state == "READY" and index[MODEL].version, index
+        def stats():
+            s = client.get_inference_statistics(MODEL).model_stats
+            assert len(s) == 1 and s[0].name == MODEL, s
+            return s[0]
+        before = stats()
+        infer(pixels)
+        after = stats()
+        got = after.inference_count - before.inference_count
+        assert got == n, f"inference_count moved by {got}, {n} images were sent"
+        st = after.inference_stats
+        for part in ("queue", "compute_input", "compute_infer", "compute_output"):
+            c = getattr(st, part).count - getattr(before.inference_stats, part).count
+            assert c == n, f"{part}.count moved by {c}"
+        assert st.success.count == after.inference_count and st.success.ns > st.compute_infer.ns > 0, st
+        assert after.execution_count > before.execution_count and after.last_inference > 0, after
+        assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count, after.batch_stats
+        everyone = client.get_inference_statistics().model_stats
+        assert MODEL in {m.name for m in everyone} and len(everyone) >= 2, [m.name for m in everyone]
 
     print(f"{len(failures)} failed: {failures}" if failures else "all checks passed", flush=True)
     return len(failures)
