@@ -253,3 +253,21 @@ async fn a_refused_connection_is_retried_once_and_a_hung_upstream_times_out_with
     proxy.stop().await.unwrap();
     holder.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritons_repository_calls_are_answered_by_the_upstream() {
+    let models = upstream_models();
+    let upstream = TestServer::ready(&["--models-dir", models.path().to_str().unwrap()]).await;
+    let proxy = TestServer::ready(&["--upstream", &upstream.grpc.to_string(), "--upstream-poll-ms", "200"]).await;
+    let mut via = oip(&proxy).await;
+    let config = via.model_config(ModelConfigRequest { name: UPSTREAM.into(), version: String::new() }).await.unwrap().into_inner().config.unwrap();
+    assert_eq!(config.name, UPSTREAM, "the upstream's model, not a local one");
+    let index = via.repository_index(RepositoryIndexRequest { repository_name: String::new(), ready: false }).await.unwrap().into_inner();
+    assert_eq!(index.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), [UPSTREAM]);
+    let (clean, _) = sample_pair();
+    via.model_infer(infer_request(UPSTREAM, "counted", &clean)).await.unwrap();
+    let stats = via.model_statistics(ModelStatisticsRequest { name: UPSTREAM.into(), version: String::new() }).await.unwrap().into_inner();
+    assert_eq!(stats.model_stats[0].inference_count, 1, "the upstream counted the forwarded call");
+    proxy.stop().await.unwrap();
+    upstream.stop().await.unwrap();
+}
