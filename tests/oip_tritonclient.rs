@@ -18,18 +18,6 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("MEDSENTRY_TEST_PYTHON") {
-        return p.into();
-    }
-    let venv = repo().join("target/pyenv/bin/python");
-    assert!(
-        venv.exists(),
-        "tritonclient is not installed: run scripts/test.sh (it creates target/pyenv with tritonclient[grpc] and sets MEDSENTRY_TEST_PYTHON)"
-    );
-    venv
-}
-
 /// Runs the checks script against `addr`; (exit code, stdout + stderr).
 fn run_checks(addr: std::net::SocketAddr) -> (Option<i32>, String) {
     let reference = repo().join("models/chest-xray-pneumonia/reference.json");
@@ -42,7 +30,7 @@ fn run_checks(addr: std::net::SocketAddr) -> (Option<i32>, String) {
 fn run_python(script: &str, args: &[std::ffi::OsString]) -> (Option<i32>, String) {
     let out_path = std::env::temp_dir().join(format!("medsentry-tritonclient-{}-{}.log", std::process::id(), script.len() + args.len()));
     let log = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(python())
+    let mut child = Command::new(test_python())
         .arg(repo().join(script))
         .args(args)
         .stdout(Stdio::from(log.try_clone().unwrap()))

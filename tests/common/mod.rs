@@ -383,3 +383,14 @@ pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
         .expect("an adversarial sample over a threshold");
     (pixels(clean), pixels(flagged))
 }
+
+/// The Python interpreter with tritonclient and grpcio-tools that scripts/test.sh installs
+/// (MEDSENTRY_TEST_PYTHON, else target/pyenv).
+pub fn test_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MEDSENTRY_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = repo().join("target/pyenv/bin/python");
+    assert!(venv.exists(), "the test Python is not installed: run scripts/test.sh (it creates target/pyenv and sets MEDSENTRY_TEST_PYTHON)");
+    venv
+}
