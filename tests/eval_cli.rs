@@ -55,3 +55,45 @@ fn eval_reproduces_the_python_auroc_and_draws_the_roc() {
     let img = image::load_from_memory(&png).unwrap();
     assert_eq!((img.width(), img.height()), (800, 600));
 }
+
+#[test]
+fn eval_names_and_skips_bad_files_refuses_an_empty_clean_set_and_writes_beside_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (clean, attack) = (data_dir.join("clean"), data_dir.join("pgd20__linf_8"));
+    std::fs::create_dir_all(&clean).unwrap();
+    std::fs::create_dir_all(&attack).unwrap();
+    let eval = |cwd: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_medsentry"))
+            .args(["eval", "--model", "chest-xray-pneumonia", "--intra-threads", "2", "--models-dir"])
+            .arg(models_dir())
+            .arg("--data")
+            .arg(&data_dir)
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    let empty = eval(dir.path());
+    assert!(!empty.status.success(), "an empty clean/ is an error");
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("clean/ holds no readable inputs"), "{}", String::from_utf8_lossy(&empty.stderr));
+
+    let test = data("chest_xray_kermany/images/test/NORMAL");
+    let mut jpegs: Vec<_> = std::fs::read_dir(&test).unwrap().map(|e| e.unwrap().path()).collect();
+    jpegs.sort();
+    for (i, f) in jpegs.iter().take(6).enumerate() {
+        std::fs::copy(f, if i < 4 { clean.join(format!("{i}.jpeg")) } else { attack.join(format!("{i}.jpeg")) }).unwrap();
+    }
+    std::fs::write(clean.join("README.txt"), b"notes about this set").unwrap();
+    let half = std::fs::read(&jpegs[0]).unwrap();
+    std::fs::write(attack.join("cut.jpeg"), &half[..half.len() / 2]).unwrap();
+    let out = eval(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("README.txt") && stderr.contains("cut.jpeg"), "each skipped file is named: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("medsentry-eval-chest-xray-pneumonia/eval.json")).unwrap()).unwrap();
+    let skipped: Vec<&str> = report["skipped"].as_array().unwrap().iter().map(|s| s["file"].as_str().unwrap()).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped.iter().any(|f| f.ends_with("README.txt")) && skipped.iter().any(|f| f.ends_with("cut.jpeg")), "{skipped:?}");
+    assert_eq!(report["n_clean"], 4);
+    assert!(!data_dir.join("eval-rust").exists(), "nothing is written into the data folder");
+}

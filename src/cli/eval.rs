@@ -6,7 +6,9 @@
 //! (named `attack__budget` by the training pipeline). Files: .npy ([C,H,W], [1,C,H,W] or a
 //! batch [N,C,H,W] of [0, 1] intensities at the model's input size), PNG, JPEG or DICOM.
 //! When DIR/manifest.json (written by the pipeline's `export_eval` stage) carries the
-//! Python report's AUROC per set and detector, each row shows the difference.
+//! Python report's AUROC per set and detector, each row shows the difference. A file that
+//! cannot be read or that the pipeline refuses is named, skipped and listed in eval.json;
+//! an empty clean/ stops the run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +30,8 @@ pub struct EvalArgs {
     /// Folder with clean/ and one sub-folder per attack set.
     #[arg(long)]
     pub data: PathBuf,
-    /// Where eval.json and the ROC plots go (default DATA/eval-rust).
+    /// Where eval.json and the ROC plots go (default ./medsentry-eval-MODEL, never inside
+    /// the data folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Inputs in flight at once (they batch together).
@@ -45,9 +48,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (registry, warmups) = crate::server::start_models(&args.models)?;
     registry.warm_up(warmups, args.models.device()).await?;
     let model = registry.get(&args.model).cloned().ok_or_else(|| anyhow::anyhow!("unknown model {:?}; available: {:?}", args.model, registry.names()))?;
-    let sets = read_sets(&args.data)?;
-    if !sets.contains_key("clean") {
-        anyhow::bail!("{}: no clean/ sub-folder (the negatives)", args.data.display());
+    let (sets, mut skipped) = read_sets(&args.data)?;
+    match sets.get("clean") {
+        None => anyhow::bail!("{}: no clean/ sub-folder (the negatives)", args.data.display()),
+        Some(c) if c.is_empty() => anyhow::bail!("{}: clean/ holds no readable inputs (the negatives)", args.data.display()),
+        Some(_) => {}
     }
     let total: usize = sets.values().map(Vec::len).sum();
     let bar = ProgressBar::new(total as u64);
@@ -58,17 +63,24 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     for (name, inputs) in &sets {
         bar.set_message(name.clone());
         let results: Vec<_> = futures::stream::iter(inputs.iter().cloned())
-            .map(|input| {
+            .map(|(file, input)| {
                 let (model, decoding) = (model.clone(), decoding.clone());
-                async move { pipeline::run(&model, input, &decoding, None, Origin { request_id: "eval", caller: "medsentry-eval" }).await }
+                async move { (file, pipeline::run(&model, input, &decoding, None, Origin { request_id: "eval", caller: "medsentry-eval" }).await) }
             })
             .buffered(args.concurrency.max(1))
             .inspect(|_| bar.inc(1))
             .collect()
             .await;
         let entry = scores.entry(name.clone()).or_default();
-        for r in results {
-            let o = r.map_err(|e| anyhow::anyhow!("set {name}: {e}"))?;
+        for (file, r) in results {
+            let o = match r {
+                Ok(o) => o,
+                Err(e) => {
+                    bar.suspend(|| eprintln!("skipped {}: {e}", file.display()));
+                    skipped.push((file, e.to_string()));
+                    continue;
+                }
+            };
             for d in &o.screening.detectors {
                 entry.entry(d.name.clone()).or_default().push(d.score as f64);
             }
@@ -76,37 +88,54 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
+    anyhow::ensure!(scores.get("clean").is_some_and(|c| !c.is_empty()), "every clean input was refused (see the skipped files above)");
 
-    let out = args.out.clone().unwrap_or_else(|| args.data.join("eval-rust"));
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("medsentry-eval-{}", model.name())));
     std::fs::create_dir_all(&out)?;
     let manifest = read_manifest(&args.data);
     let thresholds: BTreeMap<String, f64> = model.bundle.manifest.detectors.iter().map(|d| (d.name.clone(), d.threshold as f64)).collect();
-    let report = summarise(&scores, &thresholds, manifest.as_ref());
+    let mut report = summarise(&scores, &thresholds, manifest.as_ref());
+    report["skipped"] = skipped.iter().map(|(f, why)| json!({"file": f.display().to_string(), "reason": why})).collect();
     std::fs::write(out.join("eval.json"), serde_json::to_vec_pretty(&report)?)?;
     write_plots(&out, &scores)?;
     print_table(&report);
+    if !skipped.is_empty() {
+        println!("skipped {} file(s) that could not be screened (listed in eval.json)", skipped.len());
+    }
     println!("wrote {} and ROC plots to {}", out.join("eval.json").display(), out.display());
     Ok(())
 }
 
-/// Every sub-folder of `dir` as a set of inputs, by name.
-fn read_sets(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<Input>>> {
-    let mut sets = BTreeMap::new();
+/// An input and the file it came from.
+type Named = (PathBuf, Input);
+
+/// Every sub-folder of `dir` as a set of inputs, by name; files that cannot be read, with
+/// the reason.
+#[allow(clippy::type_complexity)]
+fn read_sets(dir: &Path) -> anyhow::Result<(BTreeMap<String, Vec<Named>>, Vec<(PathBuf, String)>)> {
+    let (mut sets, mut skipped) = (BTreeMap::new(), Vec::new());
     for entry in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if !path.is_dir() || name == "eval-rust" {
+        // Hidden folders, and an earlier run's output written inside the data folder.
+        if !path.is_dir() || name.starts_with('.') || path.join("eval.json").exists() {
             continue;
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
         files.sort();
         let mut inputs = Vec::new();
         for f in files {
-            inputs.extend(read_inputs(&f)?);
+            match read_inputs(&f) {
+                Ok(list) => inputs.extend(list.into_iter().map(|i| (f.clone(), i))),
+                Err(e) => {
+                    eprintln!("skipped {}: {e:#}", f.display());
+                    skipped.push((f, format!("{e:#}")));
+                }
+            }
         }
         sets.insert(name, inputs);
     }
-    Ok(sets)
+    Ok((sets, skipped))
 }
 
 fn read_inputs(path: &Path) -> anyhow::Result<Vec<Input>> {
