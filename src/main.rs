@@ -3,23 +3,23 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
+use medsentry::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tune_allocator();
+    // Parsed first, so that --log-format applies from the first line (a bad flag or value is
+    // clap's own message and exit status 2).
+    let cli = medsentry::cli::Cli::parse();
     let filter = EnvFilter::try_from_env("MEDSENTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     // One JSON object per line for log collectors; text otherwise, coloured only on a
-    // terminal (escape codes in a log file or a container log are noise).
-    match std::env::var("MEDSENTRY_LOG_FORMAT").as_deref() {
-        Ok("json") => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
-        Ok("text") | Err(_) => tracing_subscriber::fmt().with_ansi(std::io::stderr().is_terminal()).with_env_filter(filter).with_writer(std::io::stderr).init(),
-        Ok(other) => {
-            eprintln!("medsentry: MEDSENTRY_LOG_FORMAT={other:?}: use text or json");
-            return std::process::ExitCode::from(2);
-        }
+    // terminal and without NO_COLOR (escape codes in a log file or a container log are noise).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    match cli.log_format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_ansi(colour).with_env_filter(filter).with_writer(std::io::stderr).init(),
     }
-    let cli = medsentry::cli::Cli::parse();
     match medsentry::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,6 +1,6 @@
 //! The binary's logs as a log collector sees them (stderr piped, not a terminal): plain text
-//! without colour escape codes by default, one JSON object per line with
-//! MEDSENTRY_LOG_FORMAT=json, and an unknown format refused.
+//! without colour escape codes by default, one JSON object per line with --log-format json
+//! or MEDSENTRY_LOG_FORMAT=json, and an unknown format refused.
 
 mod common;
 
@@ -38,5 +38,18 @@ fn logs_are_plain_text_off_a_terminal_and_json_on_request() {
 
     let bad = screen(Some("xml"));
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("MEDSENTRY_LOG_FORMAT"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--log-format"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    // The flag does what the variable does.
+    let file = data("chest_xray_kermany").join("images/test/NORMAL/IM-0001-0001.jpeg");
+    let flag = Command::new(env!("CARGO_BIN_EXE_medsentry"))
+        .args(["--log-format", "json", "screen", "--json", "--models-dir"])
+        .arg(models_dir())
+        .arg(file)
+        .env("MEDSENTRY_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(flag.status.success());
+    let err = String::from_utf8(flag.stderr).unwrap();
+    assert!(err.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{err}");
 }

@@ -16,8 +16,18 @@ use crate::config::{ModelArgs, ServeArgs};
 #[derive(Debug, Parser)]
 #[command(name = "medsentry", version, about = "Adversarial-input screening sidecar for medical image classifiers")]
 pub struct Cli {
+    /// Log lines on stderr: text (coloured only on a terminal, and never with NO_COLOR set)
+    /// or json (one object per line, for log collectors).
+    #[arg(long, global = true, value_enum, env = "MEDSENTRY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
