@@ -38,6 +38,7 @@ fn args(target: String, dir: &Path, eps: u8) -> AuditArgs {
         queries: 20,
         max_images: 4,
         uap: vec![repo().join("tests/fixtures/campaign").join(format!("{MODEL}__uap__linf_z4.npy"))],
+        transfer: vec![],
         rate: 0.0,
         max_seconds: 600.0,
         allow_remote: false,
@@ -180,4 +181,39 @@ async fn a_remote_target_needs_allow_remote() {
     let err = audit(&args("192.0.2.7:50051".into(), dir.path(), 8)).await.unwrap_err().to_string();
     assert!(err.contains("--allow-remote"), "{err}");
     assert!(!dir.path().join("out/queries.jsonl").exists(), "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_set_is_replayed_once_per_matching_image() {
+    let _serial = serial().await;
+    let server = TestServer::ready(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(server.grpc.to_string(), dir.path(), 8);
+    a.attacks = vec![];
+    a.uap = vec![];
+    // A "surrogate" set for three of the four images: one unchanged copy, two inverted
+    // (a change no budget allows, so the accounting is what is checked, not the attack).
+    let set = dir.path().join("surrogate-pgd");
+    std::fs::create_dir_all(&set).unwrap();
+    let clean = images(dir.path());
+    for (i, n) in ["IM-0001-0001.jpeg", "IM-0003-0001.jpeg", "person100_bacteria_475.jpeg"].iter().enumerate() {
+        let mut img = image::open(clean.join(n)).unwrap().to_luma8();
+        if i > 0 {
+            image::imageops::invert(&mut img);
+        }
+        img.save_with_format(set.join(n), image::ImageFormat::Png).unwrap();
+    }
+    a.transfer = vec![set];
+    let (_, before) = server.admin_get("/metrics");
+    let report = audit(&a).await.unwrap();
+    let (_, after) = server.admin_get("/metrics");
+    assert_eq!(delta(&before, &after, "medsentry_requests_total", &[("model", MODEL), ("api", "screen")]), report.total_queries as f64);
+    assert_eq!(report.total_queries, 4 + 3, "the clean pass, then one query per matching file");
+    let t = &report.attacks[0];
+    assert_eq!((t.attack.as_str(), t.images, t.queries), ("transfer", 3, 3));
+    assert!(!t.per_image[0].fooled, "the unchanged copy moves nothing");
+    assert!(t.fooled_and_passed <= t.fooled && t.flagged <= t.images);
+    let md = std::fs::read_to_string(dir.path().join("out/REPORT.md")).unwrap();
+    assert!(md.contains("| transfer | surrogate-pgd | 1 | 3 | 3 |"), "{md}");
+    server.stop().await.unwrap();
 }

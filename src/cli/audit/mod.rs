@@ -55,6 +55,11 @@ pub struct AuditArgs {
     /// Perturbations to replay (.npy, C x H x W in [0, 1] units, e.g. a bundle's UAP).
     #[arg(long)]
     pub uap: Vec<PathBuf>,
+    /// Transfer sets to replay: folders of adversarial images made offline against a
+    /// stolen or surrogate model, each named like its clean image in --images and of the
+    /// same size; each is sent once.
+    #[arg(long)]
+    pub transfer: Vec<PathBuf>,
     /// Queries per second at most (0: unbounded).
     #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
@@ -126,6 +131,41 @@ fn load_images(dir: &std::path::Path, max: usize) -> anyhow::Result<Vec<(String,
     paths.into_iter().map(|p| Ok((p.file_name().unwrap_or_default().to_string_lossy().into_owned(), Image::load(&p)?))).collect()
 }
 
+/// A transfer set: each clean image's same-named adversarial copy from `dir`, sent once.
+async fn transfer(t: &mut Target, dir: &std::path::Path, images: &[(String, Image)], clean: &[Answer]) -> anyhow::Result<AttackSummary> {
+    let mut results = Vec::new();
+    for ((name, img), answer) in images.iter().zip(clean) {
+        let path = dir.join(name);
+        let Some(y) = answer.top.filter(|_| path.is_file()) else { continue };
+        if t.out_of_time() {
+            break;
+        }
+        let mut adv = Image::load(&path).map_err(|e| anyhow::anyhow!("--transfer: {e}"))?;
+        if let Some((c, h, w)) = t.model_size() {
+            adv = adv.resized(c, h, w);
+        }
+        anyhow::ensure!(
+            (adv.width, adv.height, adv.channels) == (img.width, img.height, img.channels),
+            "--transfer {}: {name} is {}x{}x{}, its clean image {}x{}x{}",
+            path.display(),
+            adv.channels,
+            adv.height,
+            adv.width,
+            img.channels,
+            img.height,
+            img.width
+        );
+        let a = t.query(&adv, "transfer", name).await?;
+        let mut r = ImageResult::new(name);
+        r.queries = 1;
+        r.record(&a, y, &adv, img);
+        results.push(r);
+    }
+    anyhow::ensure!(!results.is_empty(), "--transfer {}: no file named like an image of --images", dir.display());
+    let set = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    Ok(AttackSummary::new("transfer", &set, 1, results))
+}
+
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     let report = audit(&args).await?;
     if let Some(limit) = args.fail_above {
@@ -163,7 +203,7 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
         // Tensors go at the model's size: the attacks perturb those pixels.
         images = images.into_iter().map(|(n, img)| (n, img.resized(c, h, w))).collect();
     }
-    let total = images.len() * (1 + args.attacks.len() + uaps.len());
+    let total = images.len() * (1 + args.attacks.len() + uaps.len() + args.transfer.len());
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("static template"));
 
@@ -217,6 +257,11 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
             bar.inc(1);
         }
         attacks.push(AttackSummary::new("replay", file, 1, results));
+    }
+    for dir in &args.transfer {
+        bar.set_message(format!("transfer {}", dir.display()));
+        attacks.push(transfer(&mut t, dir, &images, &clean).await?);
+        bar.inc(images.len() as u64);
     }
     bar.finish_and_clear();
     let report = AuditReport::new(args, &images.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), &clean, attacks, &t, started.elapsed().as_secs_f64());
