@@ -22,6 +22,10 @@ pub struct BenchArgs {
     /// Concurrent gRPC callers (and bare ONNX Runtime batch sizes) to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub concurrency: Vec<usize>,
+    /// Times each level is measured (sidecar and bare alike); the run with the median
+    /// images/s is reported, with the lowest and highest beside it.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
     /// Bundle to measure (default: the default model).
     #[arg(long, default_value = "")]
     pub model: String,
@@ -34,6 +38,8 @@ pub struct BenchArgs {
 
 struct Stats {
     images_per_s: f64,
+    /// Lowest and highest images/s over the repeats of this level.
+    range: (f64, f64),
     p50_ms: f64,
     p99_ms: f64,
     /// Median over answers of detect_seconds / (infer_seconds / batch share): the
@@ -44,7 +50,17 @@ struct Stats {
 fn stats(mut latencies: Vec<Duration>, images: usize, wall: Duration) -> Stats {
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
-    Stats { images_per_s: images as f64 / wall.as_secs_f64(), p50_ms: pick(0.5), p99_ms: pick(0.99), detect_over_infer: None }
+    let ips = images as f64 / wall.as_secs_f64();
+    Stats { images_per_s: ips, range: (ips, ips), p50_ms: pick(0.5), p99_ms: pick(0.99), detect_over_infer: None }
+}
+
+/// The repeat with the median images/s, carrying the range of all repeats.
+fn median_run(mut runs: Vec<Stats>) -> Stats {
+    runs.sort_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s));
+    let range = (runs[0].images_per_s, runs[runs.len() - 1].images_per_s);
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m.range = range;
+    m
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -79,10 +95,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         info.name, info.version, spec.channels, spec.height, spec.width, info.max_batch, args.requests
     );
 
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
     let mut sidecar = Vec::new();
     for &c in &args.concurrency {
-        let s = grpc_run(&client, &info.name, len, &spec, c, args.requests).await?;
-        sidecar.push(s);
+        let mut runs = Vec::new();
+        for _ in 0..args.repeats {
+            runs.push(grpc_run(&client, &info.name, len, &spec, c, args.requests).await?);
+        }
+        sidecar.push(median_run(runs));
     }
     let _ = stop_tx.send(());
     server.await??;
@@ -91,7 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(warmups);
     let bundle = registry.get(&info.name).ok_or_else(|| anyhow::anyhow!("model vanished"))?.bundle.clone();
     let cfg = args.models.serving().workers;
-    let requests = args.requests;
+    let (requests, repeats) = (args.requests, args.repeats);
     let concurrency = args.concurrency.clone();
     // Feature squeezing adds its squeezed copies to every input's batch entry.
     let rows = 1 + registry.get(&info.name).and_then(|m| m.screener.squeeze()).map_or(0, |_| crate::defense::squeeze::COPIES);
@@ -103,16 +123,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let mut pair = Vec::new();
             for r in [1, rows] {
                 session.run(vec![0.5; b * r * len], b * r)?;
-                let mut latencies = Vec::new();
-                let started = Instant::now();
-                let mut done = 0;
-                while done < requests {
-                    let t = Instant::now();
-                    session.run(random_pixels(b * r * len, done as u64), b * r)?;
-                    latencies.push(t.elapsed());
-                    done += b;
+                let mut runs = Vec::new();
+                for _ in 0..repeats {
+                    let mut latencies = Vec::new();
+                    let started = Instant::now();
+                    let mut done = 0;
+                    while done < requests {
+                        let t = Instant::now();
+                        session.run(random_pixels(b * r * len, done as u64), b * r)?;
+                        latencies.push(t.elapsed());
+                        done += b;
+                    }
+                    runs.push(stats(latencies, done, started.elapsed()));
                 }
-                pair.push(stats(latencies, done, started.elapsed()));
+                pair.push(median_run(runs));
             }
             let same_work = pair.pop().expect("two runs");
             out.push((pair.pop().expect("two runs"), same_work));
@@ -122,17 +146,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await??;
 
     println!("\nrows per input: {rows} (1 = the input{})", if rows > 1 { ", + feature squeezing's copies, run in the same batch" } else { "" });
+    println!("\nmedian of {} repeat(s) per level, [lowest-highest images/s] beside it", args.repeats);
     println!(
-        "\n{:>11} | {:>26} | {:>26} | {:>11} | {:>15}",
-        "concurrency", "Screen via gRPC img/s p50 p99", "bare ORT (batch=c) img/s p50 p99", "ratio", "ratio same work"
+        "\n{:>11} | {:>40} | {:>40} | {:>11} | {:>15}",
+        "concurrency", "Screen via gRPC img/s [range] p50 p99", "bare ORT (batch=c) img/s [range] p50 p99", "ratio", "ratio same work"
     );
+    let range = |s: &Stats| format!("[{:.0}-{:.0}]", s.range.0, s.range.1);
     for ((c, s), (b, w)) in args.concurrency.iter().zip(&sidecar).zip(&bare) {
         println!(
-            "{c:>11} | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>9.1} {:>7.2}ms {:>7.2}ms | {:>11.3} | {:>15.3}",
+            "{c:>11} | {:>9.1} {:>13} {:>7.2}ms {:>7.2}ms | {:>9.1} {:>13} {:>7.2}ms {:>7.2}ms | {:>11.3} | {:>15.3}",
             s.images_per_s,
+            range(s),
             s.p50_ms,
             s.p99_ms,
             b.images_per_s,
+            range(b),
             b.p50_ms,
             b.p99_ms,
             s.images_per_s / b.images_per_s,
