@@ -20,7 +20,7 @@ pub struct ScreenArgs {
     /// Bundle to use (default: the default model).
     #[arg(long, default_value = "")]
     pub model: String,
-    /// One JSON object per file instead of a table (the summary then goes to stderr).
+    /// One JSON object per file instead of a table (the summary then goes to the log).
     #[arg(long)]
     pub json: bool,
     /// Files in the pipeline at once.
@@ -132,7 +132,8 @@ pub async fn run(mut args: ScreenArgs) -> anyhow::Result<()> {
     );
     bar.finish_and_clear();
     if args.json {
-        eprintln!("{summary}");
+        // Off stdout (JSON lines only), in the log format chosen (a JSON object with --log-format json).
+        tracing::info!(files = args.files.len(), failures, "{summary}");
     } else {
         println!("{summary}");
     }
