@@ -57,12 +57,12 @@ fi
 
 # NVIDIA's Python client for tests/oip_tritonclient.rs, in a git-ignored virtual environment.
 pyenv=target/pyenv
-if ! "$pyenv/bin/python" -c "import tritonclient.grpc, grpc_tools" 2>/dev/null; then
-    echo "scripts/test.sh: installing tritonclient[grpc] and grpcio-tools into $pyenv" >&2
+if ! "$pyenv/bin/python" -c "import tritonclient.grpc, tritonclient.http, grpc_tools" 2>/dev/null; then
+    echo "scripts/test.sh: installing tritonclient[grpc,http] and grpcio-tools into $pyenv" >&2
     [ -x "$pyenv/bin/python" ] || python3 -m venv "$pyenv" || { apt_install python3-venv && python3 -m venv "$pyenv"; }
     # Pinned (with the numpy it was tested with) so a new release cannot change the test;
     # grpcio-tools generates the Python example's stubs (tests/clients/screen.py).
-    "$pyenv/bin/python" -m pip install --quiet --disable-pip-version-check "tritonclient[grpc]==2.73.0" "numpy==2.4.6" "grpcio-tools==1.78.0"
+    "$pyenv/bin/python" -m pip install --quiet --disable-pip-version-check "tritonclient[grpc,http]==2.73.0" "numpy==2.4.6" "grpcio-tools==1.78.0"
 fi
 MEDSENTRY_TEST_PYTHON="$(pwd)/$pyenv/bin/python"
 export MEDSENTRY_TEST_PYTHON

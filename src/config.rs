@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// (the container image and the manifests set 0.0.0.0:9464 for the scraper and probes).
     #[arg(long, env = "MEDSENTRY_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
     pub admin_listen: SocketAddr,
+    /// KServe V2 REST (HTTP/1.1) listen address, e.g. 0.0.0.0:8000; unset = no REST port.
+    /// The same service as the Open Inference Protocol's gRPC binding. Plain HTTP: put it
+    /// behind the pod's loopback or a TLS-terminating proxy.
+    #[arg(long, env = "MEDSENTRY_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Largest gRPC message accepted, in bytes (a DICOM file travels in one message).
     #[arg(long, env = "MEDSENTRY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,

@@ -95,9 +95,17 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     let sentry = SentryServer::new(SentryService::new(served.clone(), decoding.clone()))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
-    let oip = GrpcInferenceServiceServer::new(OipService::new(served.clone(), decoding, proxy))
-        .max_decoding_message_size(args.max_message_bytes)
-        .max_encoding_message_size(args.max_message_bytes);
+    let oip_service = OipService::new(served.clone(), decoding, proxy);
+    // KServe V2 REST: the same service behind HTTP routes.
+    let rest_task = match args.http_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding --http-listen {addr}"))?;
+            tracing::info!(http = ?listener.local_addr().ok(), "KServe V2 REST listening");
+            Some(tokio::spawn(api::rest::serve(listener, oip_service.clone())))
+        }
+        None => None,
+    };
+    let oip = GrpcInferenceServiceServer::new(oip_service).max_decoding_message_size(args.max_message_bytes).max_encoding_message_size(args.max_message_bytes);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
@@ -176,6 +184,9 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     };
     admin_task.abort();
     hangups.abort();
+    if let Some(t) = rest_task {
+        t.abort();
+    }
     result
 }
 

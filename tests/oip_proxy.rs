@@ -271,3 +271,28 @@ async fn tritons_repository_calls_are_answered_by_the_upstream() {
     proxy.stop().await.unwrap();
     upstream.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_calls_are_screened_and_forwarded_in_proxy_mode() {
+    let _serial = serial().await;
+    let models = upstream_models();
+    let upstream = TestServer::ready(&["--models-dir", models.path().to_str().unwrap()]).await;
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let proxy = TestServer::ready(&["--upstream", &upstream.grpc.to_string(), "--upstream-poll-ms", "200", "--http-listen", &http.to_string()]).await;
+    let (clean, _) = sample_pair();
+    let body = serde_json::json!({"id": "rest-1", "inputs": [{"name": "input", "shape": [1, 1, 64, 64], "datatype": "FP32", "data": clean}]});
+    let (_, before) = upstream.admin_get("/metrics");
+    let (code, text) = tokio::task::spawn_blocking(move || http_post_json(http, &format!("/v2/models/{UPSTREAM}/infer"), &body)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["model_name"], UPSTREAM, "the upstream answered");
+    assert!(answer["parameters"]["medsentry.verdict"].is_string(), "screened by the proxy: {answer}");
+    let probs = answer["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "probabilities").unwrap()["data"].as_array().unwrap().len();
+    assert_eq!(probs, 2);
+    let (_, after) = upstream.admin_get("/metrics");
+    assert_eq!(upstream_calls(&after) - upstream_calls(&before), 1.0, "forwarded once");
+    let (code, _) = tokio::task::spawn_blocking(move || http_post_json(http, "/v2/models/x/infer", &serde_json::json!({"inputs": 3}))).await.unwrap();
+    assert_eq!(code, 400, "a body that is not a V2 request");
+    proxy.stop().await.unwrap();
+    upstream.stop().await.unwrap();
+}

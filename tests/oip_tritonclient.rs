@@ -144,3 +144,22 @@ async fn tritonclient_speaks_tls_and_mutual_tls_with_a_token() {
     assert!(code == Some(0) && output.contains("UNAUTHENTICATED"), "mutual TLS without the token the policy requires: {output}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_http_checks_pass_against_the_rest_port() {
+    let _serial = serial().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = TestServer::ready(&["--http-listen", &port.to_string()]).await;
+    let (_, before) = server.admin_get("/metrics");
+    let reference = repo().join("models/chest-xray-pneumonia/reference.json");
+    let args: Vec<std::ffi::OsString> = vec!["--url".into(), port.to_string().into(), "--reference".into(), reference.into(), "--data".into(), data("").into()];
+    let (code, output) = tokio::task::spawn_blocking(move || run_python("tests/oip/tritonclient_http.py", &args)).await.unwrap();
+    eprintln!("{output}");
+    assert_eq!(code, Some(0), "tritonclient.http checks failed:\n{output}");
+    assert!(output.contains("all checks passed"), "{output}");
+    // REST calls are the Open Inference Protocol service's: counted as api="oip".
+    let (_, after) = server.admin_get("/metrics");
+    assert_eq!(delta(&before, &after, "medsentry_requests_total", &[("api", "oip"), ("outcome", "ok")]), 4.0, "the four ModelInfer calls that were answered");
+    assert!(delta(&before, &after, "medsentry_errors_total", &[("api", "oip"), ("reason", "bad_shape")]) >= 1.0);
+    server.stop().await.unwrap();
+}

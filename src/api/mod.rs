@@ -6,6 +6,8 @@ pub mod deadline;
 pub mod oip;
 pub mod oip_convert;
 mod oip_repository;
+pub mod rest;
+mod rest_convert;
 mod sentry;
 pub mod status;
 

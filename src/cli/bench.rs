@@ -70,6 +70,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let serve = ServeArgs {
         listen: addr,
         admin_listen: admin.local_addr()?,
+        http_listen: None,
         max_message_bytes: 64 << 20,
         shutdown_grace_secs: 5,
         max_streams_per_connection: crate::config::DEFAULT_MAX_STREAMS_PER_CONNECTION,

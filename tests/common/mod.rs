@@ -183,6 +183,18 @@ pub fn http_post(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     http_request(addr, "POST", path, "HTTP/1.0", &format!("{headers}Content-Length: 0\r\n"), Duration::from_secs(300))
 }
 
+/// POST of a JSON body (HTTP/1.0, so the answer is not chunked): (status, body).
+pub fn http_post_json(addr: SocketAddr, path: &str, json: &serde_json::Value) -> (u16, String) {
+    let body = json.to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
 fn http_get_as(addr: SocketAddr, path: &str, version: &str, headers: &str) -> (u16, String) {
     http_request(addr, "GET", path, version, headers, Duration::from_secs(10))
 }
