@@ -97,11 +97,17 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
         .max_encoding_message_size(args.max_message_bytes);
     let oip_service = OipService::new(served.clone(), decoding, proxy);
     // KServe V2 REST: the same service behind HTTP routes.
+    // Shutdown reaches the REST port through this watch (the gRPC server consumes `signal`).
+    let (rest_stop_tx, mut rest_stop_rx) = tokio::sync::watch::channel(false);
+    let rest_stop_tx = Arc::new(rest_stop_tx);
     let rest_task = match args.http_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding --http-listen {addr}"))?;
             tracing::info!(http = ?listener.local_addr().ok(), "KServe V2 REST listening");
-            Some(tokio::spawn(api::rest::serve(listener, oip_service.clone())))
+            let stopped = async move {
+                let _ = rest_stop_rx.wait_for(|stop| *stop).await;
+            };
+            Some(tokio::spawn(api::rest::serve(listener, oip_service.clone(), stopped)))
         }
         None => None,
     };
@@ -109,7 +115,7 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
-        let (health, mut services, draining, served) = (health.clone(), services.clone(), draining.clone(), served.clone());
+        let (health, mut services, draining, served, rest_stop_tx) = (health.clone(), services.clone(), draining.clone(), served.clone(), rest_stop_tx.clone());
         async move {
             shutdown.await;
             tracing::info!("shutdown requested: refusing new calls, draining those in flight");
@@ -117,6 +123,7 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
             // Models a reload added since start-up go NOT_SERVING too.
             services.extend(served.current().names());
             set_health(&health, &services, ServingStatus::NotServing).await;
+            let _ = rest_stop_tx.send(true);
             let _ = drain_tx.send(());
         }
     };
@@ -184,8 +191,13 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     };
     admin_task.abort();
     hangups.abort();
-    if let Some(t) = rest_task {
-        t.abort();
+    if let Some(mut t) = rest_task {
+        // REST calls in flight finish too, within the grace period (at once when the server
+        // stopped for another reason).
+        let _ = rest_stop_tx.send(true);
+        if tokio::time::timeout(grace, &mut t).await.is_err() {
+            t.abort();
+        }
     }
     result
 }

@@ -27,7 +27,10 @@ fn run_checks(addr: std::net::SocketAddr) -> (Option<i32>, String) {
 /// Runs a script of tests/oip with `args` under the test interpreter, for at most 5 minutes;
 /// (exit code, stdout + stderr).
 fn run_python(script: &str, args: &[std::ffi::OsString]) -> (Option<i32>, String) {
-    let out_path = std::env::temp_dir().join(format!("medsentry-tritonclient-{}-{}.log", std::process::id(), script.len() + args.len()));
+    // One log per run: the tests of this file run scripts concurrently.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_path = std::env::temp_dir().join(format!("medsentry-tritonclient-{}-{run}.log", std::process::id()));
     let log = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(test_python())
         .arg(repo().join(script))

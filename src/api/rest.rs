@@ -38,9 +38,10 @@ pub fn router(service: OipService) -> Router {
         .with_state(service)
 }
 
-/// Serves REST until the task is dropped.
-pub async fn serve(listener: TcpListener, service: OipService) -> std::io::Result<()> {
-    axum::serve(listener, router(service)).await
+/// Serves REST until `shutdown` resolves, then stops accepting and lets the calls in
+/// flight finish (the caller bounds the wait with the grace period).
+pub async fn serve(listener: TcpListener, service: OipService, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(service)).with_graceful_shutdown(shutdown).await
 }
 
 fn request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
