@@ -256,6 +256,8 @@ async fn a_refused_connection_is_retried_once_and_a_hung_upstream_times_out_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritons_repository_calls_are_answered_by_the_upstream() {
+    // Its forwarded call moves the upstream counters other tests of this file compare.
+    let _serial = serial().await;
     let models = upstream_models();
     let upstream = TestServer::ready(&["--models-dir", models.path().to_str().unwrap()]).await;
     let proxy = TestServer::ready(&["--upstream", &upstream.grpc.to_string(), "--upstream-poll-ms", "200"]).await;
