@@ -184,9 +184,11 @@ impl GrpcInferenceService for OipService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let (caller, _) = super::admit(&self.served.current(), &request, "ModelReady")?;
+        // One snapshot of the served models for admission and the model check.
+        let registry = self.served.current();
+        let (caller, _) = super::admit(&registry, &request, "ModelReady")?;
         let (md, _, req) = request.into_parts();
-        super::allow_model(&self.served.current(), &caller, &req.name)?;
+        super::allow_model(&registry, &caller, &req.name)?;
         let ready = match &self.proxy {
             None => self.model(&req.name, &req.version).is_ok_and(|m| m.is_ready()),
             Some(p) => {
@@ -208,9 +210,10 @@ impl GrpcInferenceService for OipService {
 
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let (caller, _) = super::admit(&self.served.current(), &request, "ModelMetadata")?;
+        let registry = self.served.current();
+        let (caller, _) = super::admit(&registry, &request, "ModelMetadata")?;
         let (md, _, req) = request.into_parts();
-        super::allow_model(&self.served.current(), &caller, &req.name)?;
+        super::allow_model(&registry, &caller, &req.name)?;
         match &self.proxy {
             None => Ok(Response::new(convert::model_metadata(&self.model(&req.name, &req.version)?.bundle))),
             Some(p) => {
@@ -225,9 +228,10 @@ impl GrpcInferenceService for OipService {
 
     async fn model_config(&self, request: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let (caller, _) = super::admit(&self.served.current(), &request, "ModelConfig")?;
+        let registry = self.served.current();
+        let (caller, _) = super::admit(&registry, &request, "ModelConfig")?;
         let (md, _, req) = request.into_parts();
-        super::allow_model(&self.served.current(), &caller, &req.name)?;
+        super::allow_model(&registry, &caller, &req.name)?;
         match &self.proxy {
             None => Ok(Response::new(ModelConfigResponse { config: Some(oip_repository::model_config(&self.model(&req.name, &req.version)?.bundle)) })),
             Some(p) => Ok(Response::new(p.upstream.client.model_config(req, &md, deadline).await.map_err(PipelineError::from)?)),
@@ -271,9 +275,10 @@ impl GrpcInferenceService for OipService {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline::from_metadata(request.metadata(), started);
-        let (caller, shows) = super::admit(&self.served.current(), &request, "ModelInfer")?;
+        let registry = self.served.current();
+        let (caller, shows) = super::admit(&registry, &request, "ModelInfer")?;
         let (md, _, req) = request.into_parts();
-        super::allow_model(&self.served.current(), &caller, &req.model_name)?;
+        super::allow_model(&registry, &caller, &req.model_name)?;
         let id = req.id.clone();
         // Unknown names are caller-controlled: keep them out of metric labels.
         let mut label = "unknown".to_string();
