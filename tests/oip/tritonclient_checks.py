@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import tomllib
-import traceback
 
 import grpc
 import numpy as np
@@ -22,27 +21,14 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from checklist import check, summary
+
 MODEL = "chest-xray-pneumonia"
 SHAPE = (1, 64, 64)
 VERDICTS = {b"CLEAN", b"SUSPICIOUS", b"ADVERSARIAL", b"NOT_SCREENED"}
 # The bundle's detectors, in bundle.toml's order (the order of detector_scores' columns).
 with open(os.path.join(os.path.dirname(__file__), "..", "..", "models", MODEL, "bundle.toml"), "rb") as _f:
     DETECTORS = [d["name"] for d in tomllib.load(_f)["detectors"]]
-failures = []
-
-
-def check(name):
-    def run(fn):
-        try:
-            fn()
-            print(f"ok {name}", flush=True)
-        except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
-            failures.append(name)
-            print(f"FAIL {name}: {e!r}", flush=True)
-            traceback.print_exc()
-        return fn
-
-    return run
 
 
 def expect_close(got, want, tol, what):
@@ -255,8 +241,7 @@ def main():
         everyone = client.get_inference_statistics().model_stats
         assert MODEL in {m.name for m in everyone} and len(everyone) >= 2, [m.name for m in everyone]
 
-    print(f"{len(failures)} failed: {failures}" if failures else "all checks passed", flush=True)
-    return len(failures)
+    return summary()
 
 
 if __name__ == "__main__":

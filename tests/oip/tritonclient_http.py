@@ -11,29 +11,15 @@ of failures (0: all passed).
 import argparse
 import json
 import sys
-import traceback
 
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from checklist import check, summary
+
 MODEL = "chest-xray-pneumonia"
 VERDICTS = {b"CLEAN", b"SUSPICIOUS", b"ADVERSARIAL", b"NOT_SCREENED", b"OUT_OF_DISTRIBUTION"}
-failures = []
-
-
-def check(name):
-    def run(fn):
-        try:
-            fn()
-            print(f"ok {name}", flush=True)
-        except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
-            failures.append(name)
-            print(f"FAIL {name}: {e!r}", flush=True)
-            traceback.print_exc()
-        return fn
-
-    return run
 
 
 def expect_status(fn, status, text=None):
@@ -107,8 +93,7 @@ def main():
         # Still serving.
         assert np.max(np.abs(infer(pixels[:1]).as_numpy("probabilities") - expected[:1])) <= 1e-4
 
-    print(f"{len(failures)} failed: {failures}" if failures else "all checks passed", flush=True)
-    return len(failures)
+    return summary()
 
 
 if __name__ == "__main__":
