@@ -18,8 +18,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from medsentry_training import advcommon as C, datasets, detectors, residual, squeeze  # noqa: E402
-from medsentry_training.fused import Inputs, base_scores, fit_fused, fused_score, oof_base, successful  # noqa: E402
+from medsentry_training import advcommon as C, datasets, detectors, squeeze  # noqa: E402
+from medsentry_training.fused import Inputs, advtrain_base, base_scores, fit_calibrated, fused_score, successful  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
 
 name = sys.argv[1] if len(sys.argv) > 1 else "chest_xray"
@@ -41,35 +41,12 @@ def disagreement(inp: Inputs, xs: np.ndarray) -> np.ndarray:
 
 
 y_tr = y[tr]
-clean = Inputs(clf, x[tr])
-adv_x, src = [], []
-for _, _, xa in att_tr:
-    m = successful(Inputs(clf, xa), y_tr, clean.pred)
-    adv_x.append(xa[m])
-    src.append(np.flatnonzero(m))
-adv_all = np.concatenate(adv_x)
-adv = Inputs(clf, adv_all)
-src = np.concatenate(src)
-fold = detectors.folds(y_tr)
-oc, oa = oof_base(clean, y_tr, adv, fold[src], fold, len(spec.labels))
-rc, ra = residual.out_of_fold(clean.residual_features, adv.residual_features, fold, fold[src], detectors.N_FOLDS)
-resid_model = residual.fit(clean.residual_features, adv.residual_features)
-base_c, base_a = clean.matrix(oc[:, 0], oc[:, 1], rc), adv.matrix(oa[:, 0], oa[:, 1], ra)
-agree_c, agree_a = disagreement(clean, x[tr]), disagreement(adv, adv_all)
-
-
-def fit(Xc, Xa):
-    oof = np.zeros(len(Xc))
-    for f in range(detectors.N_FOLDS):
-        a = fold[src] != f
-        m = fit_fused(np.vstack([Xc[fold != f], Xa[a]]), np.r_[np.zeros((fold != f).sum()), np.ones(a.sum())])
-        oof[fold == f] = fused_score(m, Xc[fold == f])
-    t = {p: detectors.threshold_at(oof, p) for p in (0.01, 0.05)}
-    return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))]), t
-
-
-served, t_served = fit(base_c, base_a)
-both, t_both = fit(np.column_stack([base_c, agree_c]), np.column_stack([base_a, agree_a]))
+base = advtrain_base(clf, x[tr], y_tr, att_tr, len(spec.labels))
+base_c, base_a = base.matrices()
+agree_c, agree_a = disagreement(base.clean, x[tr]), disagreement(base.adv, base.adv_x)
+served, t_served = fit_calibrated(base_c, base_a, base.fold, base.src)
+both, t_both = fit_calibrated(np.column_stack([base_c, agree_c]), np.column_stack([base_a, agree_a]), base.fold, base.src)
+resid_model = base.resid_model
 print(f"{spec.name}: agreement weight {both[1].coef_[0][-1]:.2f} (standardised); AdvTrain {len(base_c)} clean, {len(base_a)} adversarial")
 dets = detectors.load_detectors(out_dir)
 
@@ -82,8 +59,8 @@ def scores(xs):
 
 y_te = y[te]
 ct, neg_s, neg_b = scores(x[te])
-print(f"  clean AdvTest flagged at 1 % / 5 %: served {np.mean(neg_s > t_served[0.01]):.3f} / {np.mean(neg_s > t_served[0.05]):.3f}, "
-      f"with agreement {np.mean(neg_b > t_both[0.01]):.3f} / {np.mean(neg_b > t_both[0.05]):.3f}")
+print(f"  clean AdvTest flagged at 1 % / 5 %: served {np.mean(neg_s > t_served['fpr_0.01']):.3f} / {np.mean(neg_s > t_served['fpr_0.05']):.3f}, "
+      f"with agreement {np.mean(neg_b > t_both['fpr_0.01']):.3f} / {np.mean(neg_b > t_both['fpr_0.05']):.3f}")
 for fam, budget, xa in att_te:
     inp, pos_s, pos_b = scores(xa)
     m = successful(inp, y_te, ct.pred)
@@ -91,5 +68,5 @@ for fam, budget, xa in att_te:
         continue
     au = lambda neg, pos: C.auroc(neg, pos[m])  # noqa: E731
     print(f"  {fam} {budget}: n={m.sum()} AUROC {au(neg_s, pos_s):.3f} -> {au(neg_b, pos_b):.3f}; TPR@1% "
-          f"{np.mean(pos_s[m] > t_served[0.01]):.3f} -> {np.mean(pos_b[m] > t_both[0.01]):.3f}; TPR@5% "
-          f"{np.mean(pos_s[m] > t_served[0.05]):.3f} -> {np.mean(pos_b[m] > t_both[0.05]):.3f}")
+          f"{np.mean(pos_s[m] > t_served['fpr_0.01']):.3f} -> {np.mean(pos_b[m] > t_both['fpr_0.01']):.3f}; TPR@5% "
+          f"{np.mean(pos_s[m] > t_served['fpr_0.05']):.3f} -> {np.mean(pos_b[m] > t_both['fpr_0.05']):.3f}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -119,6 +120,56 @@ def successful(inp: Inputs, y: np.ndarray, clean_pred: np.ndarray) -> np.ndarray
     return (clean_pred == y) & (inp.pred != y)
 
 
+@dataclass
+class AdvTrainBase:
+    """AdvTrain as the combiner sees it: clean images and their successful attacks, each
+    example in its clean image's fold, the base detectors' out-of-fold scores and the
+    residual-statistics detector."""
+    clean: Inputs
+    adv: Inputs
+    adv_x: np.ndarray  # the successful examples' pixels
+    src: np.ndarray  # index of each example's clean image
+    fold: np.ndarray  # fold of each clean image
+    oc: np.ndarray  # out-of-fold (Mahalanobis, logistic) of the clean images
+    oa: np.ndarray  # ... and of the examples
+    rc: np.ndarray  # out-of-fold residual-statistics scores, clean
+    ra: np.ndarray  # ... and examples
+    resid_model: object  # the residual-statistics detector fitted on all of AdvTrain
+
+    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """The combiner's inputs (INPUTS order) for the clean images and the examples."""
+        return (self.clean.matrix(self.oc[:, 0], self.oc[:, 1], self.rc), self.adv.matrix(self.oa[:, 0], self.oa[:, 1], self.ra))
+
+
+def advtrain_base(clf: Classifier, x_tr: np.ndarray, y_tr: np.ndarray, att_tr: list, n_labels: int) -> AdvTrainBase:
+    clean = Inputs(clf, x_tr)
+    adv_x, src = [], []
+    for _, _, xa in att_tr:
+        m = successful(Inputs(clf, xa), y_tr, clean.pred)
+        adv_x.append(xa[m])
+        src.append(np.flatnonzero(m))
+    adv_x = np.concatenate(adv_x)
+    adv = Inputs(clf, adv_x)
+    src = np.concatenate(src)
+    fold = detectors.folds(y_tr)
+    oc, oa = oof_base(clean, y_tr, adv, fold[src], fold, n_labels)
+    rc, ra = residual.out_of_fold(clean.residual_features, adv.residual_features, fold, fold[src], detectors.N_FOLDS)
+    resid_model = residual.fit(clean.residual_features, adv.residual_features)
+    return AdvTrainBase(clean, adv, adv_x, src, fold, oc, oa, rc, ra, resid_model)
+
+
+def fit_calibrated(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray):
+    """The combiner fitted on all of AdvTrain, and its thresholds at FPRS from its own
+    out-of-fold scores of the clean images."""
+    oof = np.zeros(len(Xc))
+    for f in range(detectors.N_FOLDS):
+        a = fold[src] != f
+        m = fit_fused(np.vstack([Xc[fold != f], Xa[a]]), np.r_[np.zeros((fold != f).sum()), np.ones(a.sum())])
+        oof[fold == f] = fused_score(m, Xc[fold == f])
+    thresholds = {f"fpr_{p}": detectors.threshold_at(oof, p) for p in FPRS}
+    return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))]), thresholds
+
+
 def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
     """make_attacks' lists from the attack stage's records (a fitted bundle's attacks are
     expensive at full size, and attacks.py made the same ones): (family, budget, x_adv)
@@ -166,30 +217,14 @@ def main(argv=None):
 
     # AdvTrain: out-of-fold base scores, the combiner, its out-of-fold thresholds.
     y_tr = y[tr]
-    clean = Inputs(clf, x[tr])
-    adv_x, src = [], []
-    for _, _, xa in att_tr:
-        m = successful(Inputs(clf, xa), y_tr, clean.pred)
-        adv_x.append(xa[m])
-        src.append(np.flatnonzero(m))
-    adv = Inputs(clf, np.concatenate(adv_x))
-    src = np.concatenate(src)
-    fold = detectors.folds(y_tr)
-    oc, oa = oof_base(clean, y_tr, adv, fold[src], fold, len(spec.labels))
-    rc, ra = residual.out_of_fold(clean.residual_features, adv.residual_features, fold, fold[src], detectors.N_FOLDS)
-    resid_model = residual.fit(clean.residual_features, adv.residual_features)
+    base = advtrain_base(clf, x[tr], y_tr, att_tr, len(spec.labels))
+    rc, ra, resid_model = base.rc, base.ra, base.resid_model
     resid_thresholds = {f"fpr_{p}": detectors.threshold_at(rc, p) for p in FPRS}
     C.write_json(os.path.join(out_dir, "detector_residual.json"), residual.to_json(
         resid_model, resid_thresholds, f"AdvTrain: {len(rc)} clean, {len(ra)} successful FGSM/BIM/PGD-20/C&W examples; "
         "thresholds from out-of-fold clean scores"))
-    Xc, Xa = clean.matrix(oc[:, 0], oc[:, 1], rc), adv.matrix(oa[:, 0], oa[:, 1], ra)
-    oof = np.zeros(len(Xc))
-    for f in range(detectors.N_FOLDS):
-        a = fold[src] != f
-        m = fit_fused(np.vstack([Xc[fold != f], Xa[a]]), np.r_[np.zeros((fold != f).sum()), np.ones(a.sum())])
-        oof[fold == f] = fused_score(m, Xc[fold == f])
-    thresholds = {f"fpr_{p}": detectors.threshold_at(oof, p) for p in FPRS}
-    model = fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
+    Xc, Xa = base.matrices()
+    model, thresholds = fit_calibrated(Xc, Xa, base.fold, base.src)
     scaler, lr = model
     print(f"[fused] fitted on {len(Xc)} clean and {len(Xa)} adversarial AdvTrain inputs; thresholds {thresholds}; "
           f"weights {dict(zip(INPUTS, np.round(lr.coef_[0], 3)))}", flush=True)
