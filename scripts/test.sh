@@ -67,6 +67,10 @@ fi
 MEDSENTRY_TEST_PYTHON="$(pwd)/$pyenv/bin/python"
 export MEDSENTRY_TEST_PYTHON
 
+# One-shot builds gain nothing from incremental compilation, and its cache is the largest
+# thing a clone's target/ holds after the test binaries; a caller may still turn it on.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 # The full suite starts with the style gate: rustfmt (rustfmt.toml) and clippy with every
 # warning an error, so that a lint can only land with its reason written beside it.
 if [ $# -eq 0 ]; then
