@@ -1,5 +1,5 @@
-//! Build script: generates the gRPC code from proto/ (medsentry.v1 and the Open Inference
-//! Protocol), fetches the ONNX Runtime library the sidecar loads at run time, and embeds
+//! Build script: generates the gRPC code from proto/ (medsentry.v1, the Open Inference
+//! Protocol and OTLP traces), fetches the ONNX Runtime library the sidecar loads at run time, and embeds
 //! the default model bundle into the binary.
 //!
 //! ONNX Runtime: `ort` is used with `load-dynamic`, so the library is opened at start-up.
@@ -38,6 +38,12 @@ fn compile_protos() {
         .file_descriptor_set_path(out.join("inference_descriptor.bin"))
         .compile_protos(&["proto/inference/grpc_predict_v2.proto"], &["proto"])
         .expect("compiling proto/inference/grpc_predict_v2.proto");
+    // OpenTelemetry's OTLP trace service (proto/opentelemetry, the project's official
+    // protobufs, unchanged): the client exports spans (trace::export); tests run the server
+    // as their receiver.
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/opentelemetry/proto/collector/trace/v1/trace_service.proto"], &["proto"])
+        .expect("compiling the OTLP trace service protos");
     println!("cargo:rerun-if-changed=proto");
 }
 

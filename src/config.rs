@@ -126,6 +126,46 @@ pub struct ServeArgs {
     pub upstream: UpstreamArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// OpenTelemetry traces (README, "Traces"): off unless an OTLP endpoint is given.
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// OTLP/gRPC collector address (e.g. http://127.0.0.1:4317, an OpenTelemetry Collector on
+    /// the node or in the pod): each screened call's span and its stages are exported there.
+    #[arg(long, env = "MEDSENTRY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of calls that bring no sampling decision (no `traceparent`) that are traced;
+    /// a caller's `traceparent` decides for its own calls.
+    #[arg(long, env = "MEDSENTRY_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub otlp_sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "MEDSENTRY_OTLP_SERVICE_NAME", default_value = "medsentry")]
+    pub otlp_service_name: String,
+    /// Milliseconds one export request may take before its spans are counted as dropped.
+    #[arg(long, env = "MEDSENTRY_OTLP_TIMEOUT_MS", default_value_t = 5_000)]
+    pub otlp_timeout_ms: u64,
+}
+
+/// Tracing off, with the flags' defaults.
+impl Default for TraceArgs {
+    fn default() -> Self {
+        TraceArgs { otlp_endpoint: None, otlp_sample_ratio: 1.0, otlp_service_name: "medsentry".into(), otlp_timeout_ms: 5_000 }
+    }
+}
+
+impl TraceArgs {
+    /// The exporter's settings, when an endpoint was given.
+    pub fn export(&self) -> Option<crate::trace::ExportConfig> {
+        self.otlp_endpoint.as_ref().map(|endpoint| crate::trace::ExportConfig {
+            endpoint: endpoint.clone(),
+            sample_ratio: self.otlp_sample_ratio,
+            service_name: self.otlp_service_name.clone(),
+            timeout: Duration::from_millis(self.otlp_timeout_ms.max(1)),
+        })
+    }
 }
 
 /// TLS on the gRPC port (README, "TLS"). Unset = plaintext, for a sidecar reached only over
@@ -335,6 +375,9 @@ impl ServeArgs {
         }
         self.upstream.validate()?;
         self.tls.validate()?;
+        if let Some(export) = self.trace.export() {
+            export.validate()?;
+        }
         self.model.validate()
     }
 

@@ -3,7 +3,7 @@
 //! and the `screen` command.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -19,6 +19,7 @@ use crate::engine::stats::StageSeconds;
 use crate::metrics;
 use crate::preprocess;
 use crate::serving::ServedModel;
+use crate::trace::{CallTrace, Value};
 
 /// What a caller sends.
 #[derive(Debug, Clone)]
@@ -141,6 +142,8 @@ pub struct Origin<'a> {
     /// The caller's name from the policy's `[access]` (`anonymous` when no rule names it;
     /// the command line's own name for `screen` and `eval`).
     pub caller: &'a str,
+    /// The call's trace, which gets a span per stage (an empty one when not traced).
+    pub trace: &'a CallTrace,
 }
 
 /// Runs one input through the whole pipeline of `model`, and counts it in the model's
@@ -199,7 +202,8 @@ async fn screen(
     let cancel_guard = cancel.guard();
     let mut reservation = decoding.budget.reserve(cancel, deadline);
     let limits = decoding.limits;
-    let (input, prepared, reservation) = tokio::task::spawn_blocking(move || {
+    let (input, prepared, reservation, decode_started) = tokio::task::spawn_blocking(move || {
+        let decode_started = Instant::now();
         let prepared = prepare_within(
             &input,
             &spec,
@@ -208,25 +212,43 @@ async fn screen(
             Extras { residual: want_residual, squeeze: squeeze.as_ref(), ood: ood.as_ref(), residual_stats: residual_stats.as_ref(), chroma },
         );
         drop(slot);
-        (input, prepared, reservation)
+        (input, prepared, reservation, decode_started)
     })
     .await
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
     cancel_guard.disarm();
-    let Prepared { tensor, rows, residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s } = prepared?;
+    let trace = origin.trace;
+    let prepared = prepared.inspect_err(|e| trace.stage("decode", decode_started, Instant::now(), Vec::new(), Some(e.to_string())))?;
+    let Prepared { tensor, rows, residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s } = prepared;
     let name = model.name();
     metrics::record_stage(name, "decode", decode_s);
     metrics::record_stage(name, "preprocess", preprocess_s);
+    let decoded = decode_started + Duration::from_secs_f64(decode_s);
+    trace.stage("decode", decode_started, decoded, Vec::new(), None);
+    trace.stage("preprocess", decoded, decoded + Duration::from_secs_f64(preprocess_s), vec![("medsentry.rows", Value::Int(rows as i64))], None);
 
-    let result = model.batcher.infer_rows(tensor, rows, deadline).await?;
+    let queued = Instant::now();
+    let result = model
+        .batcher
+        .infer_rows(tensor, rows, deadline)
+        .await
+        .inspect_err(|e| trace.stage("queue", queued, Instant::now(), Vec::new(), Some(e.to_string())))?;
     metrics::record_stage(name, "queue", result.queue_seconds);
     metrics::record_stage(name, "infer", result.infer_seconds);
+    let ran = queued + Duration::from_secs_f64(result.queue_seconds);
+    trace.stage("queue", queued, ran, Vec::new(), None);
+    trace.stage("infer", ran, ran + Duration::from_secs_f64(result.infer_seconds), vec![("medsentry.batch_size", Value::Int(result.batch_size as i64))], None);
 
     let detect_start = Instant::now();
     let evidence = Evidence { residual_features: residual_features.as_deref(), statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
     let mut screening = model.screener.screen(&result, &evidence);
     let detect_s = detect_start.elapsed().as_secs_f64();
     metrics::record_stage(name, "detect", detect_s);
+    let verdict = vec![
+        ("medsentry.verdict", Value::Str(screening.verdict.as_str().to_uppercase())),
+        ("medsentry.fused_score", Value::Float(screening.fused_score as f64)),
+    ];
+    trace.stage("detect", detect_start, detect_start + Duration::from_secs_f64(detect_s), verdict, None);
     for d in &screening.detectors {
         metrics::record_detector(name, &d.name, d.score as f64, d.fired);
     }
@@ -240,8 +262,10 @@ async fn screen(
     };
     // The decode's reservation stays held until the policy is applied: quarantining decodes
     // (PNG/JPEG re-encoding) or parses (DICOM de-identification) the input once more.
+    let policy_start = Instant::now();
     let enforced = enforce::enforce(model, input, &mut screening, campaign, origin).await;
     drop(reservation);
+    trace.stage("policy", policy_start, Instant::now(), Vec::new(), enforced.as_ref().err().map(|e| e.to_string()));
     let enforced = enforced?;
     let timings = Timings {
         decode: decode_s,

@@ -61,6 +61,9 @@ pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warm
 /// grace period.
 pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
+    if let Some(export) = args.trace.export() {
+        crate::trace::start(export)?;
+    }
     let (registry, warmups) = start_models(&args.model)?;
     let proxy = start_proxy(&args, &registry)?;
     let upstream = proxy.as_ref().map(|p| p.upstream.clone());
@@ -199,6 +202,8 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
             t.abort();
         }
     }
+    // The last calls' spans, within a bound: a collector that is down must not hold the exit.
+    crate::trace::flush(Duration::from_secs(2)).await;
     result
 }
 

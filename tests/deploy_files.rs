@@ -131,6 +131,15 @@ fn the_kubernetes_manifests_match_the_kubernetes_and_prometheus_operator_schemas
         sidecar["ports"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap())).collect();
     assert_eq!(ports.get("grpc"), Some(&50051));
     assert_eq!(ports.get("metrics"), Some(&9464));
+    assert_eq!(ports.get("http"), Some(&8080));
+    assert!(
+        sidecar["env"].as_array().unwrap().iter().any(|e| e["name"] == "MEDSENTRY_HTTP_LISTEN" && e["value"] == "0.0.0.0:8080"),
+        "the REST port the container declares is the one the sidecar listens on"
+    );
+    // The REST port must not collide with the inference container's ports (one network
+    // namespace per Pod).
+    let inference = pod["containers"].as_array().unwrap().iter().find(|c| c["name"] != "medsentry").expect("the inference container");
+    assert!(inference["ports"].as_array().unwrap().iter().all(|p| p["containerPort"].as_u64() != Some(8080)));
     for p in find("Service")["spec"]["ports"].as_array().unwrap() {
         assert!(ports.contains_key(p["targetPort"].as_str().unwrap()), "Service port {p} targets a named port of the medsentry container");
     }
@@ -147,7 +156,7 @@ fn the_kubernetes_manifests_match_the_kubernetes_and_prometheus_operator_schemas
         opened.extend(rule["ports"].as_array().unwrap().iter().map(|p| p["port"].as_u64().unwrap()));
     }
     opened.sort();
-    assert_eq!(opened, [8002, 9464, 50051], "gRPC, admin and the inference server's metrics, nothing else");
+    assert_eq!(opened, [8002, 8080, 9464, 50051], "gRPC, REST, admin and the inference server's metrics, nothing else");
 }
 
 #[test]

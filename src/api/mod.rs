@@ -54,6 +54,11 @@ pub fn allow_model(registry: &Registry, caller: &Caller, model: &str) -> Result<
     })
 }
 
+/// The caller's W3C `traceparent`, which parents the call's span.
+pub fn traceparent(md: &MetadataMap) -> Option<&str> {
+    md.get("traceparent").and_then(|v| v.to_str().ok())
+}
+
 /// Whether the caller of a request with `metadata` sees raw detector scores by the
 /// [disclosure] rules.
 fn shows_scores(registry: &Registry, metadata: &MetadataMap) -> bool {

@@ -26,6 +26,7 @@ use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
 use crate::pipeline::{self, Input, Origin, Outcome, PipelineError};
 use crate::serving::{Served, ServedModel};
+use crate::trace::{CallTrace, SpanKind, Value};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::{logging, metrics};
 
@@ -81,13 +82,20 @@ impl OipService {
     /// Runs the items through the pipeline, up to [`ITEM_CONCURRENCY`] at once so that they
     /// meet in the batcher without one call filling the queue; the first failure (by
     /// index) wins and drops the items still running.
-    async fn screen(&self, model: &Arc<ServedModel>, items: Vec<Input>, deadline: Option<Instant>, id: &str, caller: &str) -> Result<Vec<Outcome>, Failed> {
+    async fn screen(
+        &self,
+        model: &Arc<ServedModel>,
+        items: Vec<Input>,
+        deadline: Option<Instant>,
+        (id, caller): (&str, &str),
+        trace: &CallTrace,
+    ) -> Result<Vec<Outcome>, Failed> {
         use futures::StreamExt;
         let n = items.len();
         let decoding = &self.decoding;
         let runs = items.into_iter().enumerate().map(|(i, input)| {
             let request_id = if n == 1 { id.to_string() } else { format!("{id}#{i}") };
-            async move { pipeline::run(model, input, decoding, deadline, Origin { request_id: &request_id, caller }).await }
+            async move { pipeline::run(model, input, decoding, deadline, Origin { request_id: &request_id, caller, trace }).await }
         });
         let mut results = futures::stream::iter(runs).buffered(ITEM_CONCURRENCY);
         let mut outcomes = Vec::with_capacity(n);
@@ -104,7 +112,7 @@ impl OipService {
         &self,
         req: ModelInferRequest,
         deadline: Option<Instant>,
-        (caller, shows): (&str, bool),
+        Call { caller, shows, trace }: Call<'_>,
         label: &mut String,
     ) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&req.model_name, &req.model_version)?;
@@ -112,7 +120,7 @@ impl OipService {
         let bundle = &model.bundle;
         let Parsed { items, raw, .. } = convert::parse_request(&req, bundle, false)?;
         convert::check_requested_outputs(&req)?;
-        let outcomes = self.screen(&model, items, deadline, &req.id, caller).await?;
+        let outcomes = self.screen(&model, items, deadline, (&req.id, caller), trace).await?;
         let tensors = convert::select_outputs(&req, convert::model_outputs(bundle, &outcomes, shows))?;
         let mut resp = ModelInferResponse {
             model_name: bundle.name().to_string(),
@@ -128,17 +136,17 @@ impl OipService {
     async fn infer_proxy(
         &self,
         proxy: &Proxy,
-        md: MetadataMap,
+        mut md: MetadataMap,
         req: ModelInferRequest,
         deadline: Option<Instant>,
-        (caller, shows): (&str, bool),
+        Call { caller, shows, trace }: Call<'_>,
         label: &mut String,
     ) -> Result<(ModelInferResponse, Verdict), Failed> {
         let model = self.model(&proxy.screen_model, "")?;
         *label = model.name().to_string();
         let bundle = &model.bundle;
         let Parsed { items, raw, layout } = convert::parse_request(&req, bundle, true)?;
-        let outcomes = match self.screen(&model, items, deadline, &req.id, caller).await {
+        let outcomes = match self.screen(&model, items, deadline, (&req.id, caller), trace).await {
             Ok(o) => o,
             Err(f) => {
                 if matches!(f.error, PipelineError::Rejected(_) | PipelineError::DetectorFailed { .. } | PipelineError::QuarantineFailed { .. }) {
@@ -148,7 +156,16 @@ impl OipService {
             }
         };
         let upstream = &proxy.upstream;
-        let mut resp = upstream.client.model_infer(req, &md, deadline).await.map_err(|e| {
+        // The upstream's own spans go under this call's upstream span.
+        let span = trace.new_child();
+        if let Some(parent) = span.and_then(|c| c.traceparent().parse().ok()) {
+            md.insert("traceparent", parent);
+        }
+        let forwarded = Instant::now();
+        let answer = upstream.client.model_infer(req, &md, deadline).await;
+        let target = vec![("server.address", Value::Str(upstream.client.address().to_string()))];
+        trace.child(span, "upstream", SpanKind::Client, forwarded, Instant::now(), target, answer.as_ref().err().map(|e| e.to_string()));
+        let mut resp = answer.map_err(|e| {
             if matches!(e, UpstreamError::Unavailable { .. }) {
                 upstream.set_ready(false);
             }
@@ -162,6 +179,17 @@ impl OipService {
         convert::append_outputs(&mut resp, convert::screening_outputs(bundle, &outcomes, shows), raw);
         Ok((resp, worst(&outcomes)))
     }
+}
+
+/// Who is calling and how the answer is made, for one ModelInfer.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    /// The caller's name from [access] (quarantine records, logs).
+    caller: &'a str,
+    /// Whether the caller sees raw detector scores.
+    shows: bool,
+    /// The call's trace, which gets the stage and upstream spans.
+    trace: &'a CallTrace,
 }
 
 /// The most severe verdict of a batch (the `verdict` label of medsentry_requests_total).
@@ -273,6 +301,15 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let trace = CallTrace::start("inference.GRPCInferenceService/ModelInfer", super::traceparent(request.metadata()));
+        let answer = self.model_infer_traced(request, &trace).await;
+        trace.finish(answer.as_ref().err().map(|s| s.message().to_string()));
+        answer
+    }
+}
+
+impl OipService {
+    async fn model_infer_traced(&self, request: Request<ModelInferRequest>, trace: &CallTrace) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline::from_metadata(request.metadata(), started);
         let registry = self.served.current();
@@ -280,16 +317,19 @@ impl GrpcInferenceService for OipService {
         let (md, _, req) = request.into_parts();
         super::allow_model(&registry, &caller, &req.model_name)?;
         let id = req.id.clone();
+        trace.attribute("medsentry.caller", Value::Str(caller.name.clone()));
         // Unknown names are caller-controlled: keep them out of metric labels.
         let mut label = "unknown".to_string();
         let result = match &self.proxy {
-            None => self.infer_local(req, deadline, (&caller.name, shows), &mut label).await,
-            Some(p) => self.infer_proxy(p, md, req, deadline, (&caller.name, shows), &mut label).await,
+            None => self.infer_local(req, deadline, Call { caller: &caller.name, shows, trace }, &mut label).await,
+            Some(p) => self.infer_proxy(p, md, req, deadline, Call { caller: &caller.name, shows, trace }, &mut label).await,
         };
+        trace.attribute("medsentry.model", Value::Str(label.clone()));
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok((resp, verdict)) => {
                 metrics::record_request(&label, API, "ok", verdict.as_str(), seconds);
+                trace.attribute("medsentry.verdict", Value::Str(verdict.as_str().to_uppercase()));
                 tracing::debug!(request = %logging::request_ref(&id), model = label, items = resp.outputs.first().and_then(|o| o.shape.first()).copied().unwrap_or(0), "ModelInfer answered");
                 Ok(Response::new(resp))
             }

@@ -13,6 +13,7 @@ use crate::decode::DecodeConfig;
 use crate::pipeline::{self, Origin, PipelineError};
 use crate::proto::{self, sentry_server::Sentry};
 use crate::serving::Served;
+use crate::trace::{CallTrace, Value};
 use crate::{logging, metrics};
 
 /// Requests of one ScreenStream that may be in flight at once (they batch together; the
@@ -38,6 +39,7 @@ impl SentryService {
         deadline: Option<Instant>,
         (caller, shows_scores): &(Caller, bool),
         api: &'static str,
+        trace: &CallTrace,
     ) -> Result<proto::ScreenResponse, PipelineError> {
         let shows_scores = *shows_scores;
         let started = Instant::now();
@@ -50,14 +52,17 @@ impl SentryService {
             metrics::record_request("unknown", api, code_label(e.code()), "none", started.elapsed().as_secs_f64());
             return Err(e);
         };
+        trace.attribute("medsentry.model", Value::Str(model.name().to_string()));
+        trace.attribute("medsentry.caller", Value::Str(caller.name.clone()));
         let result = match super::allow_model(&registry, caller, model.name()).and_then(|()| convert::input_of(&mut req)) {
-            Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, Origin { request_id: &request_id, caller: &caller.name }).await,
+            Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, Origin { request_id: &request_id, caller: &caller.name, trace }).await,
             Err(e) => Err(e),
         };
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(outcome) => {
                 metrics::record_request(model.name(), api, "ok", outcome.screening.verdict.as_str(), seconds);
+                trace.attribute("medsentry.verdict", Value::Str(outcome.screening.verdict.as_str().to_uppercase()));
                 tracing::debug!(request = %logging::request_ref(&request_id), caller = caller.name, model = model.name(), batch = outcome.batch_size, "screened");
                 Ok(convert::response(request_id, &model.bundle, outcome, shows_scores))
             }
@@ -77,21 +82,27 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::ScreenStreamRespon
 impl Sentry for SentryService {
     async fn screen(&self, request: Request<proto::ScreenRequest>) -> Result<Response<proto::ScreenResponse>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
-        let who = super::admit(&self.served.current(), &request, "Screen")?;
-        let resp = self.screen_one(request.into_inner(), deadline, &who, "screen").await?;
-        Ok(Response::new(resp))
+        let trace = CallTrace::start("medsentry.v1.Sentry/Screen", super::traceparent(request.metadata()));
+        let answer = match super::admit(&self.served.current(), &request, "Screen") {
+            Ok(who) => self.screen_one(request.into_inner(), deadline, &who, "screen", &trace).await.map_err(Status::from),
+            Err(status) => Err(status),
+        };
+        trace.finish(answer.as_ref().err().map(|s| s.message().to_string()));
+        Ok(Response::new(answer?))
     }
 
     type ScreenStreamStream = ResponseStream;
 
     async fn screen_stream(&self, request: Request<Streaming<proto::ScreenRequest>>) -> Result<Response<ResponseStream>, Status> {
         let deadline = deadline::from_metadata(request.metadata(), Instant::now());
+        // Each item of the stream gets a span of its own under the caller's parent.
+        let traceparent = super::traceparent(request.metadata()).map(str::to_string);
         let who = Arc::new(super::admit(&self.served.current(), &request, "ScreenStream")?);
         let service = self.clone();
         let answers = request
             .into_inner()
             .map(move |item| {
-                let (service, who) = (service.clone(), who.clone());
+                let (service, who, traceparent) = (service.clone(), who.clone(), traceparent.clone());
                 async move {
                     let req = match item {
                         Ok(r) => r,
@@ -99,9 +110,14 @@ impl Sentry for SentryService {
                         Err(status) => return Err(status),
                     };
                     let request_id = req.request_id.clone();
-                    let result = match service.screen_one(req, deadline, &who, "screen_stream").await {
-                        Ok(r) => proto::screen_stream_response::Result::Response(r),
+                    let trace = CallTrace::start("medsentry.v1.Sentry/ScreenStream", traceparent.as_deref());
+                    let result = match service.screen_one(req, deadline, &who, "screen_stream", &trace).await {
+                        Ok(r) => {
+                            trace.finish(None);
+                            proto::screen_stream_response::Result::Response(r)
+                        }
                         Err(e) => {
+                            trace.finish(Some(e.to_string()));
                             proto::screen_stream_response::Result::Error(proto::StreamError { request_id, code: e.code() as i32, message: e.to_string() })
                         }
                     };

@@ -77,6 +77,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         model: args.models.clone(),
         upstream: Default::default(),
         tls: Default::default(),
+        trace: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::run(serve, grpc, admin, async move {

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::decode::looks_like_dicom;
 use crate::eval::{npy, plot, roc};
 use crate::pipeline::{self, Input, Origin};
+use crate::trace::CallTrace;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -65,7 +66,13 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         let results: Vec<_> = futures::stream::iter(inputs.iter().cloned())
             .map(|(file, input)| {
                 let (model, decoding) = (model.clone(), decoding.clone());
-                async move { (file, pipeline::run(&model, input, &decoding, None, Origin { request_id: "eval", caller: "medsentry-eval" }).await) }
+                async move {
+                    (
+                        file,
+                        pipeline::run(&model, input, &decoding, None, Origin { request_id: "eval", caller: "medsentry-eval", trace: &CallTrace::default() })
+                            .await,
+                    )
+                }
             })
             .buffered(args.concurrency.max(1))
             .inspect(|_| bar.inc(1))

@@ -11,6 +11,7 @@ use futures::StreamExt;
 
 use crate::decode::looks_like_dicom;
 use crate::pipeline::{self, Input, Origin};
+use crate::trace::CallTrace;
 
 #[derive(Debug, Clone, Args)]
 pub struct ScreenArgs {
@@ -71,7 +72,9 @@ pub async fn run(mut args: ScreenArgs) -> anyhow::Result<()> {
                     Ok(bytes) => {
                         let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes) } else { Input::Image(bytes) };
                         let id = path.display().to_string();
-                        pipeline::run(&model, input, &decoding, None, Origin { request_id: &id, caller: "medsentry-screen" }).await.map_err(|e| e.to_string())
+                        pipeline::run(&model, input, &decoding, None, Origin { request_id: &id, caller: "medsentry-screen", trace: &CallTrace::default() })
+                            .await
+                            .map_err(|e| e.to_string())
                     }
                     Err(e) => Err(format!("reading: {e}")),
                 };

@@ -48,4 +48,6 @@ pub(super) fn describe() {
     describe_counter!(RELOADS, "Reloads of bundles and policy (SIGHUP, POST /reload): ok, or failed (nothing changed).");
     describe_gauge!(LAST_RELOAD_OK, "0 while the last reload was refused: the models folder or policy on disk is not what is served.");
     describe_gauge!(DECODE_MEMORY, Unit::Bytes, "Decode memory: in_use by decodes in flight, and the --decode-memory-mib limit.");
+    describe_counter!(TRACE_SPANS_EXPORTED, "Trace spans the OTLP collector accepted (--otlp-endpoint).");
+    describe_counter!(TRACE_SPANS_DROPPED, "Trace spans lost, by reason (queue_full, export_failed, rejected by the collector).");
 }

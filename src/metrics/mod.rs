@@ -56,6 +56,10 @@ pub const TLS_RELOADS: &str = "medsentry_tls_reloads_total";
 /// last one took effect (0 = what is on disk is not what is served).
 pub const RELOADS: &str = "medsentry_reloads_total";
 pub const LAST_RELOAD_OK: &str = "medsentry_last_reload_successful";
+/// OTLP trace export (src/trace/): spans the collector accepted, and spans lost (queue full,
+/// export failed, rejected by the collector).
+pub const TRACE_SPANS_EXPORTED: &str = "medsentry_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED: &str = "medsentry_trace_spans_dropped_total";
 /// Decode memory budget (src/decode/budget.rs): bytes reserved by decodes in flight, and the limit.
 pub const DECODE_MEMORY: &str = "medsentry_decode_memory_bytes";
 
@@ -225,6 +229,24 @@ pub fn record_tls_handshake_failure(reason: &'static str) {
 /// The certificate files changed and were re-read; result: ok | failed (old one kept).
 pub fn record_tls_reload(result: &'static str) {
     counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+/// Spans the OTLP collector accepted.
+pub fn record_spans_exported(spans: usize) {
+    counter!(TRACE_SPANS_EXPORTED).increment(spans as u64);
+}
+
+/// Spans lost; reason: queue_full | export_failed | rejected.
+pub fn record_spans_dropped(reason: &'static str, spans: usize) {
+    counter!(TRACE_SPANS_DROPPED, "reason" => reason).increment(spans as u64);
+}
+
+/// Zeroes the trace export series when export starts, so that a dashboard sees them at once.
+pub fn init_trace_export() {
+    counter!(TRACE_SPANS_EXPORTED).increment(0);
+    for reason in ["queue_full", "export_failed", "rejected"] {
+        counter!(TRACE_SPANS_DROPPED, "reason" => reason).increment(0);
+    }
 }
 
 /// A reload of bundles and policy; result: ok | failed (the served set is unchanged).

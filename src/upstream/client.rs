@@ -42,6 +42,11 @@ enum Failure {
 }
 
 impl UpstreamClient {
+    /// The upstream's address as configured (`--upstream`).
+    pub fn address(&self) -> &str {
+        &self.addr
+    }
+
     /// The channel connects on first use and reconnects by itself after a failure.
     /// With `tls`, the channel speaks TLS (mutual when it carries an identity).
     pub fn new(addr: &str, timeout: Duration, max_message_bytes: usize, tls: Option<ClientTlsConfig>) -> anyhow::Result<UpstreamClient> {
