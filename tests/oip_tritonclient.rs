@@ -164,7 +164,7 @@ async fn tritonclient_http_checks_pass_against_the_rest_port() {
     assert!(output.contains("all checks passed"), "{output}");
     // REST calls are the Open Inference Protocol service's: counted as api="oip".
     let (_, after) = server.admin_get("/metrics");
-    assert_eq!(delta(&before, &after, "medsentry_requests_total", &[("api", "oip"), ("outcome", "ok")]), 4.0, "the four ModelInfer calls that were answered");
+    assert_eq!(delta(&before, &after, "medsentry_requests_total", &[("api", "oip"), ("outcome", "ok")]), 5.0, "the five ModelInfer calls that were answered");
     assert!(delta(&before, &after, "medsentry_errors_total", &[("api", "oip"), ("reason", "bad_shape")]) >= 1.0);
     server.stop().await.unwrap();
 }

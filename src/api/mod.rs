@@ -8,6 +8,7 @@ pub mod oip_convert;
 mod oip_repository;
 pub mod rest;
 mod rest_convert;
+mod rest_repository;
 mod sentry;
 pub mod status;
 

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
 use super::rest_convert::{self, BadBody};
+use super::rest_repository;
 use super::OipService;
 use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
@@ -33,6 +34,12 @@ pub fn router(service: OipService) -> Router {
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
         .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{model}/stats", get(model_statistics))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_statistics_version))
+        .route("/v2/repository/index", post(repository_index))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
         .with_state(service)
@@ -134,6 +141,43 @@ async fn metadata(s: OipService, name: String, version: String, headers: HeaderM
         json!({"name": r.name, "versions": r.versions, "platform": r.platform,
                "inputs": r.inputs.iter().map(tensor).collect::<Vec<_>>(), "outputs": r.outputs.iter().map(tensor).collect::<Vec<_>>()})
     })
+}
+
+async fn model_config(State(s): State<OipService>, Path(model): Path<String>, headers: HeaderMap) -> Response {
+    answer(s.model_config(request(ModelConfigRequest { name: model, version: String::new() }, &headers)).await, rest_repository::model_config)
+}
+
+async fn model_config_version(State(s): State<OipService>, Path((name, version)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    answer(s.model_config(request(ModelConfigRequest { name, version }, &headers)).await, rest_repository::model_config)
+}
+
+async fn all_statistics(State(s): State<OipService>, headers: HeaderMap) -> Response {
+    statistics(s, String::new(), String::new(), headers).await
+}
+
+async fn model_statistics(State(s): State<OipService>, Path(model): Path<String>, headers: HeaderMap) -> Response {
+    statistics(s, model, String::new(), headers).await
+}
+
+async fn model_statistics_version(State(s): State<OipService>, Path((model, version)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    statistics(s, model, version, headers).await
+}
+
+async fn statistics(s: OipService, name: String, version: String, headers: HeaderMap) -> Response {
+    answer(s.model_statistics(request(ModelStatisticsRequest { name, version }, &headers)).await, rest_repository::model_statistics)
+}
+
+/// The body is empty (tritonclient) or `{"ready": true}` to list ready models only.
+async fn repository_index(State(s): State<OipService>, headers: HeaderMap, body: Bytes) -> Response {
+    let ready = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => v.get("ready").and_then(Value::as_bool).unwrap_or(false),
+            Err(e) => return bad_body(BadBody(format!("repository index body is not JSON: {e}"))),
+        }
+    };
+    answer(s.repository_index(request(RepositoryIndexRequest { repository_name: String::new(), ready }, &headers)).await, rest_repository::repository_index)
 }
 
 async fn infer(State(s): State<OipService>, Path(model): Path<String>, headers: HeaderMap, body: Bytes) -> Response {

@@ -85,6 +85,29 @@ def main():
         assert got.shape == (n, 2), got.shape
         assert np.max(np.abs(got - expected)) <= 0.05, np.max(np.abs(got - expected))
 
+    @check("repository_config_and_statistics")
+    def _():
+        index = client.get_model_repository_index()
+        assert {"name": MODEL, "version": index[0]["version"], "state": "READY", "reason": ""} in index, index
+        config = client.get_model_config(MODEL)
+        assert config["name"] == MODEL and config["backend"] == "onnxruntime" and config["max_batch_size"] > 0, config
+        assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [("input", "TYPE_FP32", [1, 64, 64])], config
+        assert "probabilities" in [o["name"] for o in config["output"]], config
+
+        def counts():
+            stats = client.get_inference_statistics(MODEL)["model_stats"]
+            assert [s["name"] for s in stats] == [MODEL], stats
+            s = stats[0]
+            return s["inference_count"], s["inference_stats"]["success"]["count"], s["execution_count"]
+
+        before = counts()
+        infer(pixels)
+        after = counts()
+        assert after[0] - before[0] == n and after[1] - before[1] == n, (before, after)
+        assert after[2] > before[2], (before, after)
+        assert MODEL in [s["name"] for s in client.get_inference_statistics()["model_stats"]]
+        expect_status(lambda: client.get_model_config("no-such-model"), 404)
+
     @check("errors_map_to_http_codes")
     def _():
         expect_status(lambda: infer(np.zeros((1, 1, 32, 32), np.float32)), 400, "[N, 1, 64, 64]")
