@@ -13,8 +13,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::metrics;
+use crate::registry::Served;
 use crate::reload::Reloader;
-use crate::serving::Served;
 use crate::upstream::Upstream;
 
 #[derive(Clone)]

@@ -9,7 +9,6 @@ use clap::{Args, ValueEnum};
 
 use crate::decode::{DecodeBudget, DecodeConfig, DecodeLimits, DEFAULT_MAX_PIXELS};
 use crate::engine::{Device, WorkerConfig};
-use crate::serving::ServingConfig;
 
 /// How often certificate files are checked for changes, in seconds.
 const DEFAULT_TLS_RELOAD_SECS: u64 = 10;
@@ -93,6 +92,17 @@ pub struct ModelArgs {
 }
 
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// How every model is served (from the model flags): workers, queue, batching.
+#[derive(Debug, Clone, Copy)]
+pub struct ServingConfig {
+    pub workers: WorkerConfig,
+    pub queue_capacity: usize,
+    /// Caps every bundle's max_batch (0 = use the bundle's).
+    pub max_batch: usize,
+    /// How long a short batch may wait for more requests (0 = never wait).
+    pub max_batch_delay: std::time::Duration,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {

@@ -1,10 +1,28 @@
 //! medsentry: an adversarial-input screening sidecar for medical image classifiers.
 //!
-//! Data flow: [`api`] -> [`decode`] -> [`preprocess`] -> [`batcher`] -> [`engine`] ->
-//! [`defense`] (+ [`enforce`], [`quarantine`]) -> [`metrics`]; [`server::run`] wires them together, [`cli`] is the command
-//! line. [`api`] also serves the Open Inference Protocol ([`inference`]), whose ModelInfer
-//! calls [`upstream`] forwards to a real inference server in proxy mode. [`trace`] turns each
-//! call and its stages into OpenTelemetry spans ([`otlp`]).
+//! Data flow of one call: [`api`] (medsentry.v1 in `api::sentry`, the Open Inference
+//! Protocol over gRPC and REST in `api::oip`) -> [`pipeline`] -> [`decode`] ->
+//! [`preprocess`] -> [`batcher`] -> [`engine`] -> [`defense`] (detectors, out of
+//! distribution, campaign monitor) -> [`policy`] (reject, quarantine into [`quarantine`]) ->
+//! the answer; [`metrics`] and [`trace`] record every step, [`upstream`] forwards screened
+//! ModelInfer calls to a real inference server in proxy mode.
+//!
+//! Module map, top layer first; a module uses only modules in rows below it, or to its
+//! right in its own row (`tests/layering.rs` checks that src/ has no import cycle):
+//!
+//! | layer | modules | for |
+//! |---|---|---|
+//! | commands | [`cli`], [`server`] | the command line; `run(config, listeners, shutdown)` wiring everything |
+//! | surfaces | [`api`], [`admin`], [`reload`] | gRPC and REST services; /metrics, /readyz, POST /reload; SIGHUP reloads |
+//! | one input | [`pipeline`] | decode -> preprocess -> batch -> detect -> policy, with each stage's time |
+//! | served set | [`registry`] | the served models (batcher, workers, screener, policy, readiness); loading and verifying bundles |
+//! | decisions | [`policy`], [`defense`], [`quarantine`] | what to do with a flagged input; the verdict and its evidence; the evidence store |
+//! | preparation | [`config`], [`preprocess`], [`batcher`] | flags and their validation; model-space tensors; dynamic batches |
+//! | runtime | [`engine`], [`decode`], [`tls`], [`upstream`], [`trace`] | ONNX Runtime sessions; bytes to pixels; certificates; the upstream client; spans |
+//! | foundations | [`metrics`], [`bundle`], [`access`], [`logging`], [`eval`] | Prometheus names; the bundle contract; callers; log hygiene; ROC and npy |
+//!
+//! Generated protocol code: [`proto`] (medsentry.v1), [`inference`] (Open Inference
+//! Protocol), [`otlp`] (OpenTelemetry traces).
 
 pub mod access;
 pub mod admin;
@@ -15,17 +33,18 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod defense;
-pub mod enforce;
 pub mod engine;
 pub mod eval;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod preprocess;
 pub mod quarantine;
+pub mod registry;
 pub mod reload;
 pub mod server;
-pub mod serving;
+
 pub mod tls;
 pub mod trace;
 pub mod upstream;

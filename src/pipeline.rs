@@ -7,31 +7,20 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::batcher::BatchError;
 use crate::bundle::InputSpec;
-use crate::decode::{self, CancelFlag, DecodeConfig, DecodeError, DecodeLimits, Reservation};
+use crate::decode::{self, CancelFlag, DecodeConfig, DecodeError, DecodeLimits, Input, Reservation};
+use crate::defense::numeric::{argmax, softmax};
 use crate::defense::ood::OodModel;
 use crate::defense::residual::{self, ResidualStatistics};
 use crate::defense::squeeze::Squeeze;
-use crate::defense::{campaign, CampaignStatus, DetectorScore, Evidence, Screening, Verdict};
-use crate::enforce;
+use crate::defense::{campaign, CampaignStatus, Evidence, Screening};
 use crate::engine::stats::StageSeconds;
+use crate::engine::BatchError;
 use crate::metrics;
+use crate::policy::{self, Enforced, Origin, Refusal, Subject};
 use crate::preprocess;
-use crate::serving::ServedModel;
+use crate::registry::ServedModel;
 use crate::trace::{CallTrace, Value};
-
-/// What a caller sends.
-#[derive(Debug, Clone)]
-pub enum Input {
-    Dicom(Vec<u8>),
-    Image(Vec<u8>),
-    /// [0, 1] pixels at the model's input size, shape [C, H, W] or [1, C, H, W].
-    Tensor {
-        shape: Vec<i64>,
-        data: Vec<f32>,
-    },
-}
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
@@ -45,12 +34,9 @@ pub enum PipelineError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Batch(#[from] BatchError),
-    #[error("{}", .0.message())]
-    Rejected(Box<Rejection>),
-    #[error("model {model}: detector(s) {} could not score this input and the policy is fail_closed", .detectors.join(", "))]
-    DetectorFailed { model: String, detectors: Vec<String> },
-    #[error("model {model}: the flagged input could not be quarantined ({message}) and the policy is fail_closed")]
-    QuarantineFailed { model: String, message: String },
+    /// The model's policy refused the input (rejected it, or fail_closed on a failure).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("internal error: {0}")]
     Internal(String),
     /// A request the API layer refuses before any input reaches the pipeline (an Open
@@ -75,43 +61,6 @@ fn shown_name(name: &str) -> String {
     }
 }
 
-/// A flagged input refused by a `reject` policy: what fired and by how much.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub model: String,
-    pub verdict: Verdict,
-    pub fused_score: f32,
-    pub detectors: Vec<DetectorScore>,
-    /// Set when the input was also quarantined.
-    pub quarantine_id: Option<String>,
-    /// Set by the API layer for a caller who may not see scores (the policy's
-    /// [disclosure]): the message and error details then name the detectors that fired only.
-    pub scores_withheld: bool,
-    /// Why the input is OUT_OF_DISTRIBUTION, when that is the verdict refused.
-    pub out_of_distribution: Option<String>,
-}
-
-impl Rejection {
-    pub fn message(&self) -> String {
-        let kept = self.quarantine_id.as_ref().map(|id| format!("; quarantined as {id}")).unwrap_or_default();
-        if let Some(reason) = &self.out_of_distribution {
-            return format!("input rejected by policy of model {}: verdict OUT_OF_DISTRIBUTION: {reason}{kept}", self.model);
-        }
-        let over = self.detectors.iter().filter(|d| d.fired || d.score > d.threshold);
-        let fired: Vec<String> = if self.scores_withheld {
-            over.map(|d| format!("{} fired", d.name)).collect()
-        } else {
-            over.map(|d| format!("{} scored {:.4} > threshold {:.4} ({:.2}x)", d.name, d.score, d.threshold, d.score / d.threshold)).collect()
-        };
-        let fired = if fired.is_empty() { "no detector over its ADVERSARIAL threshold (flagged at SUSPICIOUS)".to_string() } else { fired.join("; ") };
-        let verdict = self.verdict.as_str().to_uppercase();
-        if self.scores_withheld {
-            return format!("input rejected by policy of model {}: verdict {verdict}: {fired}{kept}", self.model);
-        }
-        format!("input rejected by policy of model {}: verdict {verdict}, fused score {:.3}: {fired}{kept}", self.model, self.fused_score)
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Timings {
     pub decode: f64,
@@ -131,32 +80,21 @@ pub struct Outcome {
     pub batch_size: usize,
     /// The campaign monitor after this input (None: the bundle has no [campaign]).
     pub campaign: Option<CampaignStatus>,
-    pub enforced: enforce::Enforced,
-}
-
-/// Who sent an input, for the quarantine record of a flagged one.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin<'a> {
-    /// The caller's request id (records keep only its sha256).
-    pub request_id: &'a str,
-    /// The caller's name from the policy's `[access]` (`anonymous` when no rule names it;
-    /// the command line's own name for `screen` and `eval`).
-    pub caller: &'a str,
-    /// The call's trace, which gets a span per stage (an empty one when not traced).
-    pub trace: &'a CallTrace,
+    pub enforced: Enforced,
 }
 
 /// Runs one input through the whole pipeline of `model`, and counts it in the model's
-/// statistics.
+/// statistics; `trace` gets a span per stage (an empty one when the call is not traced).
 pub async fn run(
     model: &Arc<ServedModel>,
     input: Input,
     decoding: &DecodeConfig,
     deadline: Option<Instant>,
     origin: Origin<'_>,
+    trace: &CallTrace,
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
-    let result = screen(model, input, decoding, deadline, origin).await;
+    let result = screen(model, input, decoding, deadline, origin, trace).await;
     match &result {
         Ok(o) => {
             let t = &o.timings;
@@ -175,6 +113,7 @@ async fn screen(
     decoding: &DecodeConfig,
     deadline: Option<Instant>,
     origin: Origin<'_>,
+    trace: &CallTrace,
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
     if !model.is_ready() {
@@ -217,7 +156,6 @@ async fn screen(
     .await
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
     cancel_guard.disarm();
-    let trace = origin.trace;
     let prepared = prepared.inspect_err(|e| trace.stage("decode", decode_started, Instant::now(), Vec::new(), Some(e.to_string())))?;
     let Prepared { tensor, rows, residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s } = prepared;
     let name = model.name();
@@ -263,7 +201,8 @@ async fn screen(
     // The decode's reservation stays held until the policy is applied: quarantining decodes
     // (PNG/JPEG re-encoding) or parses (DICOM de-identification) the input once more.
     let policy_start = Instant::now();
-    let enforced = enforce::enforce(model, input, &mut screening, campaign, origin).await;
+    let subject = Subject { bundle: &model.bundle, policy: &model.policy, quarantine: model.quarantine.as_ref() };
+    let enforced = policy::enforce(subject, input, &mut screening, campaign, origin).await;
     drop(reservation);
     trace.stage("policy", policy_start, Instant::now(), Vec::new(), enforced.as_ref().err().map(|e| e.to_string()));
     let enforced = enforced?;
@@ -396,15 +335,4 @@ fn check_tensor(shape: &[i64], data: &[f32], spec: &InputSpec) -> Result<Vec<f32
         return Err(DecodeError::BadTensor(format!("value {} at index {i} is outside [0, 1] (tensors carry intensities before mean/std)", data[i])));
     }
     Ok(data.to_vec())
-}
-
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    exp.iter().map(|e| (e / sum) as f32).collect()
-}
-
-fn argmax(p: &[f32]) -> usize {
-    p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
 }

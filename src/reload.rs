@@ -23,7 +23,7 @@ use tonic_health::ServingStatus;
 use crate::config::ModelArgs;
 use crate::defense::CampaignMonitor;
 use crate::quarantine::QuarantineStore;
-use crate::serving::{pick_default, Registry, Served, ServedModel};
+use crate::registry::{pick_default, Registry, Served, ServedModel};
 use crate::{bundle, metrics};
 
 pub struct Reloader {
@@ -88,7 +88,7 @@ impl Reloader {
     async fn apply(&self) -> anyhow::Result<Changes> {
         let args = self.args.clone();
         // Verifying reads and hashes every file (tens of MB): off the async threads.
-        let (bundles, policy) = tokio::task::spawn_blocking(move || crate::server::load_models(&args)).await.context("loading the bundles")??;
+        let (bundles, policy) = tokio::task::spawn_blocking(move || crate::registry::load_models(&args)).await.context("loading the bundles")??;
         if let Some(name) = self.required.as_deref().filter(|n| !bundles.iter().any(|b| b.name() == *n)) {
             anyhow::bail!("the proxy screens with {name:?}, which is no longer in the models folder");
         }

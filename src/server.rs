@@ -16,46 +16,13 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
 use crate::api::{self, oip, OipService, Proxy, SentryService};
-use crate::config::{ModelArgs, ServeArgs};
-use crate::defense::Policy;
+use crate::config::ServeArgs;
+use crate::inference;
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::{self, sentry_server::SentryServer};
-use crate::quarantine::QuarantineStore;
+use crate::registry::{Registry, Served};
 use crate::reload::Reloader;
-use crate::serving::{Registry, Served, Warmup};
 use crate::upstream::Upstream;
-use crate::{bundle, engine, inference, metrics};
-
-/// Reads and verifies the bundles (checksums; signatures when keys are trusted) and the
-/// policy file, validated against them. Start-up and every reload go through here.
-pub fn load_models(args: &ModelArgs) -> anyhow::Result<(Vec<bundle::Bundle>, Policy)> {
-    args.validate().map_err(anyhow::Error::msg)?;
-    let trusted = args.trusted_keys().map_err(anyhow::Error::msg)?;
-    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?, &trusted)?;
-    for b in bundles.iter().filter(|b| b.signed_by.is_some()) {
-        tracing::info!(model = b.name(), key = b.signed_by.as_deref().unwrap_or_default(), "bundle signature verified");
-    }
-    let names: Vec<String> = bundles.iter().map(|b| b.name().to_string()).collect();
-    let policy = match &args.policy {
-        Some(path) => Policy::load(path, &names)?,
-        None => Policy::default(),
-    };
-    Ok((bundles, policy))
-}
-
-/// Loads and verifies the bundles, loads ONNX Runtime and starts every model's batcher
-/// and workers (warm-up continues in the background: await the returned warm-ups).
-pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warmup>)> {
-    metrics::install();
-    let (bundles, policy) = load_models(args)?;
-    let quarantine = match &policy.quarantine {
-        Some(q) => Some(Arc::new(QuarantineStore::open(&q.dir, q.max_bytes, q.uid_salt_file.as_deref()).context("opening the quarantine store")?)),
-        None => None,
-    };
-    engine::runtime::environment(args.ort_dylib.clone())?;
-    let (registry, warmups) = Registry::start(bundles, args.default_model.as_deref(), args.serving(), &policy, quarantine)?;
-    Ok((Arc::new(registry), warmups))
-}
 
 /// Runs the sidecar until `shutdown` resolves, then drains in-flight calls for at most the
 /// grace period.
@@ -64,7 +31,7 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     if let Some(export) = args.trace.export() {
         crate::trace::start(export)?;
     }
-    let (registry, warmups) = start_models(&args.model)?;
+    let (registry, warmups) = crate::registry::start_models(&args.model)?;
     let proxy = start_proxy(&args, &registry)?;
     let upstream = proxy.as_ref().map(|p| p.upstream.clone());
     let served = Served::new(registry.clone());
@@ -110,7 +77,7 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
             let stopped = async move {
                 let _ = rest_stop_rx.wait_for(|stop| *stop).await;
             };
-            Some(tokio::spawn(api::rest::serve(listener, oip_service.clone(), stopped)))
+            Some(tokio::spawn(oip::rest::serve(listener, oip_service.clone(), stopped)))
         }
         None => None,
     };

@@ -104,7 +104,7 @@ fn the_kubernetes_manifests_match_the_kubernetes_and_prometheus_operator_schemas
     let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes"));
     let policy_text = find("ConfigMap")["data"]["policy.toml"].as_str().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
-    let policy = medsentry::defense::Policy::load(Path::new(&write_policy(tmp.path(), &policy_text)), &[MODEL.to_string()])
+    let policy = medsentry::policy::Policy::load(Path::new(&write_policy(tmp.path(), &policy_text)), &[MODEL.to_string()])
         .expect("the ConfigMap's policy is valid for the served bundle");
     let compose_policy = std::fs::read_to_string(deploy("compose/policy.toml")).unwrap();
     assert_eq!(

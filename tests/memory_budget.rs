@@ -99,7 +99,7 @@ async fn large_allowed_images_in_parallel_are_shed_not_fatal() {
     // One Open Inference Protocol call carrying 8 of them as BYTES: its items share the
     // same budget; the call is answered or shed as a whole, and the server stays up.
     {
-        use medsentry::api::oip_convert::join_bytes_tensor;
+        use medsentry::api::oip::convert::join_bytes_tensor;
         use medsentry::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
         use medsentry::inference::model_infer_request::InferInputTensor;
         use medsentry::inference::ModelInferRequest;

@@ -1,14 +1,8 @@
 //! api: the gRPC surface: `medsentry.v1.Sentry`, the Open Inference Protocol
 //! (`inference.GRPCInferenceService`, [`oip`]), grpc.health.v1 and server reflection.
 
-mod convert;
 pub mod deadline;
 pub mod oip;
-pub mod oip_convert;
-mod oip_repository;
-pub mod rest;
-mod rest_convert;
-mod rest_repository;
 mod sentry;
 pub mod status;
 
@@ -21,7 +15,7 @@ use tonic::{Code, Status};
 use crate::access::Caller;
 
 use crate::metrics;
-use crate::serving::Registry;
+use crate::registry::Registry;
 
 /// The header a caller sends a score token in (see the policy's [disclosure]).
 pub const SCORE_TOKEN_HEADER: &str = "medsentry-score-token";

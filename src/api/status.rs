@@ -7,16 +7,17 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::batcher::BatchError;
 use crate::decode::DecodeError;
+use crate::engine::BatchError;
 use crate::engine::EngineError;
 use crate::pipeline::PipelineError;
+use crate::policy::Refusal;
 
 impl PipelineError {
     /// For a caller who may not see scores: a rejection's message and details name the
     /// detectors that fired, without their scores and thresholds.
     pub fn withhold_scores(mut self, withhold: bool) -> Self {
-        if let PipelineError::Rejected(r) = &mut self {
+        if let PipelineError::Refused(Refusal::Rejected(r)) = &mut self {
             r.scores_withheld = withhold;
         }
         self
@@ -36,9 +37,9 @@ impl PipelineError {
             PipelineError::Batch(BatchError::Closed(_)) => Code::Unavailable,
             PipelineError::Batch(BatchError::Engine(EngineError::WorkerGone)) => Code::Unavailable,
             PipelineError::Batch(BatchError::Engine(_)) => Code::Internal,
-            PipelineError::Rejected(_) => Code::PermissionDenied,
-            PipelineError::DetectorFailed { .. } => Code::Internal,
-            PipelineError::QuarantineFailed { .. } => Code::Unavailable,
+            PipelineError::Refused(Refusal::Rejected(_)) => Code::PermissionDenied,
+            PipelineError::Refused(Refusal::DetectorFailed { .. }) => Code::Internal,
+            PipelineError::Refused(Refusal::QuarantineFailed { .. }) => Code::Unavailable,
             PipelineError::Internal(_) => Code::Internal,
             PipelineError::InvalidRequest { .. } => Code::InvalidArgument,
             PipelineError::Upstream(e) => e.code(),
@@ -51,7 +52,7 @@ impl PipelineError {
     /// (so that dashboards counting verdicts see rejected attacks), other refusals "none".
     pub fn verdict_label(&self) -> &'static str {
         match self {
-            PipelineError::Rejected(r) => r.verdict.as_str(),
+            PipelineError::Refused(Refusal::Rejected(r)) => r.verdict.as_str(),
             _ => "none",
         }
     }
@@ -66,10 +67,10 @@ impl PipelineError {
             PipelineError::Batch(BatchError::DeadlineExceeded { .. }) => "deadline_exceeded",
             PipelineError::Batch(BatchError::Closed(_)) => "shutting_down",
             PipelineError::Batch(BatchError::Engine(_)) => "inference_failed",
-            PipelineError::Rejected(r) if r.out_of_distribution.is_some() => "out_of_distribution_rejected",
-            PipelineError::Rejected(_) => "rejected_by_policy",
-            PipelineError::DetectorFailed { .. } => "detector_failed",
-            PipelineError::QuarantineFailed { .. } => "quarantine_failed",
+            PipelineError::Refused(Refusal::Rejected(r)) if r.out_of_distribution.is_some() => "out_of_distribution_rejected",
+            PipelineError::Refused(Refusal::Rejected(_)) => "rejected_by_policy",
+            PipelineError::Refused(Refusal::DetectorFailed { .. }) => "detector_failed",
+            PipelineError::Refused(Refusal::QuarantineFailed { .. }) => "quarantine_failed",
             PipelineError::Internal(_) => "internal",
             PipelineError::InvalidRequest { reason, .. } => reason,
             PipelineError::Upstream(e) => e.reason(),
@@ -88,7 +89,7 @@ impl From<PipelineError> for Status {
         // google.rpc.ErrorInfo (richer error model): the reason and, for a rejection, what
         // fired and by how much, as key/value pairs a client can read without parsing text.
         let mut info = HashMap::new();
-        if let PipelineError::Rejected(r) = &e {
+        if let PipelineError::Refused(Refusal::Rejected(r)) = &e {
             info.insert("model".to_string(), r.model.clone());
             info.insert("verdict".to_string(), r.verdict.as_str().to_string());
             if !r.scores_withheld {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Batch, BatchError, Entry};
+use crate::engine::{Batch, BatchError, Entry};
 use crate::metrics;
 
 pub(super) async fn run(

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::config::ServeArgs;
+use crate::decode::Input;
 use crate::decode::{looks_like_dicom, DecodeLimits};
 use crate::engine::ModelSession;
-use crate::pipeline::{self, Input};
+use crate::pipeline;
 use crate::proto::{self, sentry_client::SentryClient};
 
 #[derive(Debug, Clone, Args)]
@@ -109,7 +110,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     server.await??;
 
-    let (registry, warmups) = crate::server::start_models(&args.models)?;
+    let (registry, warmups) = crate::registry::start_models(&args.models)?;
     drop(warmups);
     let bundle = registry.get(&info.name).ok_or_else(|| anyhow::anyhow!("model vanished"))?.bundle.clone();
     let cfg = args.models.serving().workers;

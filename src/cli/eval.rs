@@ -19,8 +19,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::decode::looks_like_dicom;
+use crate::decode::Input;
 use crate::eval::{npy, plot, roc};
-use crate::pipeline::{self, Input, Origin};
+use crate::pipeline;
+use crate::policy::Origin;
 use crate::trace::CallTrace;
 
 #[derive(Debug, Args)]
@@ -46,7 +48,7 @@ pub struct EvalArgs {
 type Scores = BTreeMap<String, Vec<f64>>;
 
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let (registry, warmups) = crate::server::start_models(&args.models)?;
+    let (registry, warmups) = crate::registry::start_models(&args.models)?;
     registry.warm_up(warmups, args.models.device()).await?;
     let model = registry.get(&args.model).cloned().ok_or_else(|| anyhow::anyhow!("unknown model {:?}; available: {:?}", args.model, registry.names()))?;
     let (sets, mut skipped) = read_sets(&args.data)?;
@@ -67,11 +69,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             .map(|(file, input)| {
                 let (model, decoding) = (model.clone(), decoding.clone());
                 async move {
-                    (
-                        file,
-                        pipeline::run(&model, input, &decoding, None, Origin { request_id: "eval", caller: "medsentry-eval", trace: &CallTrace::default() })
-                            .await,
-                    )
+                    (file, pipeline::run(&model, input, &decoding, None, Origin { request_id: "eval", caller: "medsentry-eval" }, &CallTrace::default()).await)
                 }
             })
             .buffered(args.concurrency.max(1))

@@ -10,7 +10,9 @@ use clap::Args;
 use futures::StreamExt;
 
 use crate::decode::looks_like_dicom;
-use crate::pipeline::{self, Input, Origin};
+use crate::decode::Input;
+use crate::pipeline;
+use crate::policy::Origin;
 use crate::trace::CallTrace;
 
 #[derive(Debug, Clone, Args)]
@@ -55,7 +57,7 @@ pub async fn run(mut args: ScreenArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.files.is_empty(), "no files to screen in the folders given");
     // Drawn on stderr only when it is a terminal: the table or JSON on stdout stays clean.
     let bar = indicatif::ProgressBar::new(args.files.len() as u64);
-    let (registry, warmups) = crate::server::start_models(&args.models)?;
+    let (registry, warmups) = crate::registry::start_models(&args.models)?;
     registry.warm_up(warmups, args.models.device()).await?;
     let model = registry.get(&args.model).cloned().ok_or_else(|| anyhow::anyhow!("unknown model {:?}; available: {:?}", args.model, registry.names()))?;
     let labels = &model.bundle.manifest.labels;
@@ -72,7 +74,7 @@ pub async fn run(mut args: ScreenArgs) -> anyhow::Result<()> {
                     Ok(bytes) => {
                         let input = if looks_like_dicom(&bytes) { Input::Dicom(bytes) } else { Input::Image(bytes) };
                         let id = path.display().to_string();
-                        pipeline::run(&model, input, &decoding, None, Origin { request_id: &id, caller: "medsentry-screen", trace: &CallTrace::default() })
+                        pipeline::run(&model, input, &decoding, None, Origin { request_id: &id, caller: "medsentry-screen" }, &CallTrace::default())
                             .await
                             .map_err(|e| e.to_string())
                     }

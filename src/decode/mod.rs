@@ -19,6 +19,18 @@ pub use dicom::{decode_dicom, decode_dicom_within};
 pub use error::DecodeError;
 pub use raster::{decode_raster, decode_raster_within};
 
+/// What a caller sends: the input every API and command hands to the pipeline.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Dicom(Vec<u8>),
+    Image(Vec<u8>),
+    /// [0, 1] pixels at the model's input size, shape [C, H, W] or [1, C, H, W].
+    Tensor {
+        shape: Vec<i64>,
+        data: Vec<f32>,
+    },
+}
+
 /// An image with intensities in [0, 1], planar (channel-major), row-major within a plane.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedImage {

@@ -69,7 +69,7 @@ impl CampaignMonitor {
             counts: vec![0; spec.reference_class_mix.len()],
             was_alarmed: (false, false),
         };
-        metrics::set_campaign(model, &CampaignStatus::default());
+        metrics::set_campaign(model, (0.0, false), (0.0, false));
         CampaignMonitor { model: model.to_string(), spec, state: Mutex::new(state) }
     }
 
@@ -122,7 +122,7 @@ impl CampaignMonitor {
         }
         st.was_alarmed = (status.residual_alarm, status.class_mix_alarm);
         drop(st);
-        metrics::set_campaign(&self.model, &status);
+        metrics::set_campaign(&self.model, (status.residual_score, status.residual_alarm), (status.class_mix_score, status.class_mix_alarm));
         status
     }
 }

@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::residual::ResidualStatistics;
 use super::squeeze::Squeeze;
-use crate::batcher::InferResult;
+use crate::engine::InferResult;
 
 /// A loaded detector, ready to score one input.
 #[derive(Debug, Clone)]

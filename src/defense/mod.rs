@@ -14,8 +14,8 @@
 
 pub mod campaign;
 mod detectors;
+pub mod numeric;
 pub mod ood;
-pub mod policy;
 pub mod residual;
 pub mod squeeze;
 
@@ -23,10 +23,9 @@ use thiserror::Error;
 
 pub use campaign::{CampaignMonitor, CampaignStatus};
 pub use detectors::Detector;
-pub use policy::{Action, FailureMode, ModelPolicy, Policy, PolicyError};
 
-use crate::batcher::InferResult;
 use crate::bundle::{Accepts, Bundle, DetectorSpec};
+use crate::engine::InferResult;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 
-use crate::pipeline::softmax;
+use super::numeric::softmax;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Squeeze {

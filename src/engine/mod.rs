@@ -4,6 +4,7 @@
 //! forward pass yields logits and penultimate features together, so the detectors need no
 //! second pass.
 
+mod batch;
 mod provider;
 pub mod runtime;
 mod session;
@@ -12,6 +13,7 @@ mod workers;
 
 use thiserror::Error;
 
+pub use batch::{Batch, BatchError, Entry, InferResult};
 pub use provider::{Device, ExecutionProvider};
 pub use session::{BatchOutput, ModelSession};
 pub use stats::InferenceStats;

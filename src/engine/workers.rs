@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batcher::{Batch, InferResult};
+use super::{Batch, InferResult};
 use crate::bundle::Bundle;
 use crate::metrics;
 

@@ -189,9 +189,9 @@ pub fn set_quarantine_usage(bytes: u64, items: usize, capacity: u64) {
     gauge!(QUARANTINE_CAPACITY).set(capacity as f64);
 }
 
-/// The campaign monitor's current scores and alarm states (gauges, one per signal).
-pub fn set_campaign(model: &str, s: &crate::defense::CampaignStatus) {
-    for (signal, score, alarm) in [("shared_perturbation", s.residual_score, s.residual_alarm), ("class_mix_drift", s.class_mix_score, s.class_mix_alarm)] {
+/// The campaign monitor's current score and alarm state of each signal (gauges).
+pub fn set_campaign(model: &str, shared_perturbation: (f32, bool), class_mix_drift: (f32, bool)) {
+    for (signal, (score, alarm)) in [("shared_perturbation", shared_perturbation), ("class_mix_drift", class_mix_drift)] {
         gauge!(CAMPAIGN_SCORE, "model" => model.to_string(), "signal" => signal).set(score as f64);
         gauge!(CAMPAIGN_ALARM, "model" => model.to_string(), "signal" => signal).set(if alarm { 1.0 } else { 0.0 });
     }

@@ -12,7 +12,7 @@ mod store;
 pub use store::{list_records, QuarantineError, QuarantineStore, Record, RecordedScore, Stored};
 
 use crate::decode::looks_like_dicom;
-use crate::pipeline::Input;
+use crate::decode::Input;
 
 /// The bytes of an input as the quarantine keeps them.
 pub struct StoredForm {

@@ -5,7 +5,7 @@
 #[path = "common.rs"]
 mod common;
 
-use medsentry::api::oip_convert::{join_bytes_tensor, parse_request};
+use medsentry::api::oip::convert::{join_bytes_tensor, parse_request};
 use medsentry::inference::model_infer_request::InferInputTensor;
 use medsentry::inference::{InferTensorContents, ModelInferRequest};
 use prost::Message;

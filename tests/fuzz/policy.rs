@@ -30,7 +30,7 @@ fn main() {
     let served = vec!["chest-xray-pneumonia".to_string(), "dermoscopy-isic2018".to_string()];
     afl::fuzz!(|data: &[u8]| {
         if let Ok(text) = std::str::from_utf8(data) {
-            if let Ok(policy) = medsentry::defense::Policy::parse(text, &served) {
+            if let Ok(policy) = medsentry::policy::Policy::parse(text, &served) {
                 let _ = policy.for_model("chest-xray-pneumonia");
             }
         }

@@ -5,7 +5,7 @@
 #[path = "common.rs"]
 mod common;
 
-use medsentry::pipeline::Input;
+use medsentry::decode::Input;
 
 fn png(width: u32, height: u32, colour: image::ExtendedColorType, samples: &[u8]) -> Vec<u8> {
     use image::ImageEncoder;

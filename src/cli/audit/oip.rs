@@ -110,6 +110,6 @@ fn read_answer(resp: &ModelInferResponse) -> OipAnswer {
     let named = resp.outputs.iter().position(|o| o.name == "probabilities").and_then(fp32);
     let scores = named.or_else(|| (0..resp.outputs.len()).find_map(fp32)).unwrap_or_default();
     let sums_to_one = scores.iter().all(|p| (0.0..=1.0).contains(p)) && (scores.iter().sum::<f32>() - 1.0).abs() < 1e-3;
-    let probabilities = if scores.is_empty() || sums_to_one { scores } else { crate::pipeline::softmax(&scores) };
+    let probabilities = if scores.is_empty() || sums_to_one { scores } else { crate::defense::numeric::softmax(&scores) };
     OipAnswer { probabilities, verdict: text("medsentry.verdict"), campaign_alarm }
 }

@@ -9,11 +9,32 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::defense::{Action, CampaignStatus, FailureMode, Screening};
+use super::{Action, FailureMode, ModelPolicy, Refusal, Rejection};
+use crate::bundle::Bundle;
+use crate::decode::Input;
+use crate::defense::{CampaignStatus, Screening};
 use crate::metrics;
-use crate::pipeline::{Input, Origin, PipelineError, Rejection};
-use crate::quarantine::{self, QuarantineError, Record, RecordedScore, Stored};
-use crate::serving::ServedModel;
+use crate::quarantine::{self, QuarantineError, QuarantineStore, Record, RecordedScore, Stored};
+
+/// Who sent an input, for the quarantine record of a flagged one.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The caller's request id (records keep only its sha256).
+    pub request_id: &'a str,
+    /// The caller's name from the policy's `[access]` (`anonymous` when no rule names it;
+    /// the command line's own name for `screen` and `eval`).
+    pub caller: &'a str,
+}
+
+/// The served model whose policy is applied: what a quarantine record names, the policy,
+/// and where flagged inputs are kept.
+#[derive(Clone, Copy)]
+pub struct Subject<'a> {
+    pub bundle: &'a Bundle,
+    pub policy: &'a ModelPolicy,
+    /// None when no policy quarantines.
+    pub quarantine: Option<&'a Arc<QuarantineStore>>,
+}
 
 /// What the policy did, for the answer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -25,20 +46,20 @@ pub struct Enforced {
 }
 
 pub async fn enforce(
-    model: &Arc<ServedModel>,
+    model: Subject<'_>,
     input: Input,
     screening: &mut Screening,
     campaign: Option<CampaignStatus>,
     origin: Origin<'_>,
-) -> Result<Enforced, PipelineError> {
-    let policy = &model.policy;
-    let name = model.name();
+) -> Result<Enforced, Refusal> {
+    let policy = model.policy;
+    let name = model.bundle.name();
     let fail_closed = policy.on_failure == FailureMode::FailClosed;
     if !screening.failed.is_empty() {
         screening.failed.iter().for_each(|d| metrics::record_detector_failure(name, d));
         metrics::record_policy_action(name, if fail_closed { "fail_closed" } else { "fail_open" }, policy.shadow);
         if fail_closed && !policy.shadow {
-            return Err(PipelineError::DetectorFailed { model: name.to_string(), detectors: screening.failed.clone() });
+            return Err(Refusal::DetectorFailed { model: name.to_string(), detectors: screening.failed.clone() });
         }
     }
     if let Some(evidence) = screening.ood.as_ref().and_then(|o| o.evidence) {
@@ -65,7 +86,7 @@ pub async fn enforce(
                 metrics::record_policy_action(name, if fail_closed { "fail_closed" } else { "fail_open" }, policy.shadow);
                 tracing::error!(model = name, error = %crate::logging::escaped(&e), "quarantine write failed");
                 if fail_closed && !policy.shadow {
-                    return Err(PipelineError::QuarantineFailed { model: name.to_string(), message: e.to_string() });
+                    return Err(Refusal::QuarantineFailed { model: name.to_string(), message: e.to_string() });
                 }
                 push_note(screening, &format!("quarantine failed ({e}); answered under fail_open"));
             }
@@ -75,7 +96,7 @@ pub async fn enforce(
     actions.push(if reject { "reject" } else { "annotate" });
     let action = format!("{}{}", if policy.shadow { "shadow:" } else { "" }, actions.join(","));
     if reject && !policy.shadow {
-        return Err(PipelineError::Rejected(Box::new(Rejection {
+        return Err(Refusal::Rejected(Box::new(Rejection {
             model: name.to_string(),
             verdict: screening.verdict,
             fused_score: screening.fused_score,
@@ -104,14 +125,14 @@ fn push_note(screening: &mut Screening, note: &str) {
 
 /// De-identifies (DICOM) and writes the input with its record, off the async workers.
 async fn keep(
-    model: &Arc<ServedModel>,
+    model: Subject<'_>,
     input: Input,
     screening: &Screening,
     campaign: Option<CampaignStatus>,
     origin: Origin<'_>,
     decided: &str,
 ) -> Result<Stored, QuarantineError> {
-    let Some(store) = model.quarantine.clone() else {
+    let Some(store) = model.quarantine.cloned() else {
         return Err(QuarantineError::Io { path: "<none>".into(), source: std::io::Error::other("no quarantine store configured") });
     };
     let m = &model.bundle.manifest;

@@ -1,5 +1,7 @@
 //! The `medsentry.v1.Sentry` service: Screen, ScreenStream, ListModels, GetModel.
 
+mod convert;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,12 +9,13 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, deadline, status::code_label};
+use super::{deadline, status::code_label};
 use crate::access::Caller;
 use crate::decode::DecodeConfig;
-use crate::pipeline::{self, Origin, PipelineError};
+use crate::pipeline::{self, PipelineError};
+use crate::policy::Origin;
 use crate::proto::{self, sentry_server::Sentry};
-use crate::serving::Served;
+use crate::registry::Served;
 use crate::trace::{CallTrace, Value};
 use crate::{logging, metrics};
 
@@ -55,7 +58,7 @@ impl SentryService {
         trace.attribute("medsentry.model", Value::Str(model.name().to_string()));
         trace.attribute("medsentry.caller", Value::Str(caller.name.clone()));
         let result = match super::allow_model(&registry, caller, model.name()).and_then(|()| convert::input_of(&mut req)) {
-            Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, Origin { request_id: &request_id, caller: &caller.name, trace }).await,
+            Ok(input) => pipeline::run(&model, input, &self.decoding, deadline, Origin { request_id: &request_id, caller: &caller.name }, trace).await,
             Err(e) => Err(e),
         };
         let seconds = started.elapsed().as_secs_f64();

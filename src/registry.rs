@@ -1,5 +1,7 @@
-//! serving: the set of models this process serves, each with its batcher, workers,
-//! screener and readiness latch, and the handle a reload swaps it behind.
+//! registry: the set of models this process serves, each with its batcher, workers,
+//! screener and readiness latch, and the handle a reload swaps it behind; loading and
+//! verifying the bundles and the policy ([`load_models`], [`start_models`]) for start-up,
+//! reloads and the commands.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,13 +10,46 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 
 use crate::batcher::BatcherHandle;
-use crate::bundle::Bundle;
-use crate::defense::policy::Disclosure;
-use crate::defense::policy::QuarantineConfig;
-use crate::defense::{CampaignMonitor, DefenseError, ModelPolicy, Policy, Screener};
-use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, InferenceStats, WorkerConfig};
+use anyhow::Context;
+
+use crate::bundle::{self, Bundle};
+use crate::config::{ModelArgs, ServingConfig};
+use crate::defense::{CampaignMonitor, DefenseError, Screener};
+use crate::engine::{spawn_workers, Device, EngineError, ExecutionProvider, InferenceStats};
 use crate::metrics;
+use crate::policy::{Disclosure, ModelPolicy, Policy, QuarantineConfig};
 use crate::quarantine::QuarantineStore;
+
+/// Reads and verifies the bundles (checksums; signatures when keys are trusted) and the
+/// policy file, validated against them. Start-up and every reload go through here.
+pub fn load_models(args: &ModelArgs) -> anyhow::Result<(Vec<bundle::Bundle>, Policy)> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let trusted = args.trusted_keys().map_err(anyhow::Error::msg)?;
+    let bundles = bundle::load_all(&bundle::models_dir(args.models_dir.as_deref())?, &trusted)?;
+    for b in bundles.iter().filter(|b| b.signed_by.is_some()) {
+        tracing::info!(model = b.name(), key = b.signed_by.as_deref().unwrap_or_default(), "bundle signature verified");
+    }
+    let names: Vec<String> = bundles.iter().map(|b| b.name().to_string()).collect();
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path, &names)?,
+        None => Policy::default(),
+    };
+    Ok((bundles, policy))
+}
+
+/// Loads and verifies the bundles, loads ONNX Runtime and starts every model's batcher
+/// and workers (warm-up continues in the background: await the returned warm-ups).
+pub fn start_models(args: &ModelArgs) -> anyhow::Result<(Arc<Registry>, Vec<Warmup>)> {
+    metrics::install();
+    let (bundles, policy) = load_models(args)?;
+    let quarantine = match &policy.quarantine {
+        Some(q) => Some(Arc::new(QuarantineStore::open(&q.dir, q.max_bytes, q.uid_salt_file.as_deref()).context("opening the quarantine store")?)),
+        None => None,
+    };
+    crate::engine::runtime::environment(args.ort_dylib.clone())?;
+    let (registry, warmups) = Registry::start(bundles, args.default_model.as_deref(), args.serving(), &policy, quarantine)?;
+    Ok((Arc::new(registry), warmups))
+}
 
 pub struct ServedModel {
     pub bundle: Arc<Bundle>,
@@ -143,16 +178,6 @@ pub(crate) fn pick_default(bundles: &[Bundle], wanted: Option<&str>) -> Result<S
         Some(name) => Err(StartError::UnknownDefault(name.into(), bundles.iter().map(|b| b.name().to_string()).collect())),
         None => bundles.first().map(|b| b.name().to_string()).ok_or(StartError::NoModels),
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct ServingConfig {
-    pub workers: WorkerConfig,
-    pub queue_capacity: usize,
-    /// Caps every bundle's max_batch (0 = use the bundle's).
-    pub max_batch: usize,
-    /// How long a short batch may wait for more requests (0 = never wait).
-    pub max_batch_delay: std::time::Duration,
 }
 
 impl Registry {

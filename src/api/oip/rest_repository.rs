@@ -1,4 +1,4 @@
-//! rest_repository: Triton's model-repository and statistics calls in their REST form
+//! oip::rest_repository: Triton's model-repository and statistics calls in their REST form
 //! (`GET /v2/models/{m}/config`, `GET /v2/models[/{m}]/stats`, `POST /v2/repository/index`),
 //! as JSON shaped like Triton's, made from the same messages the gRPC calls answer with.
 

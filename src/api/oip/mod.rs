@@ -1,15 +1,21 @@
 //! The Open Inference Protocol service (`inference.GRPCInferenceService`, KServe V2 /
 //! Triton gRPC): ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and
 //! ModelInfer, on the same port as medsentry.v1, and Triton's ModelConfig, ModelStatistics
-//! and RepositoryIndex ([`oip_repository`]; forwarded upstream in proxy mode).
+//! and RepositoryIndex ([`repository`]; forwarded upstream in proxy mode).
 //!
 //! ModelInfer screens every batch item through [`pipeline::run`] (concurrently, so the
 //! items meet in the batcher) and answers with the probabilities and the screening
-//! ([`oip_convert`] has the tensors and parameters). In proxy mode (`--upstream`) the
+//! ([`convert`] has the tensors and parameters). In proxy mode (`--upstream`) the
 //! request is screened with the `--upstream-screen-model` bundle, then forwarded as it came
 //! to the upstream server, whose answer comes back with the screening outputs and
 //! parameters added (an upstream output of the same name is replaced); a request the
 //! policy refuses is never forwarded.
+
+pub mod convert;
+mod repository;
+pub mod rest;
+mod rest_convert;
+mod rest_repository;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,18 +23,19 @@ use std::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use super::oip_convert::{self as convert, Parsed};
-use super::oip_repository;
 use super::{deadline, status::code_label};
 use crate::decode::DecodeConfig;
+use crate::decode::Input;
 use crate::defense::Verdict;
 use crate::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::inference::*;
-use crate::pipeline::{self, Input, Origin, Outcome, PipelineError};
-use crate::serving::{Served, ServedModel};
+use crate::pipeline::{self, Outcome, PipelineError};
+use crate::policy::Origin;
+use crate::registry::{Served, ServedModel};
 use crate::trace::{CallTrace, SpanKind, Value};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::{logging, metrics};
+use convert::Parsed;
 
 /// The `api` label of this service's metrics.
 const API: &str = "oip";
@@ -95,7 +102,7 @@ impl OipService {
         let decoding = &self.decoding;
         let runs = items.into_iter().enumerate().map(|(i, input)| {
             let request_id = if n == 1 { id.to_string() } else { format!("{id}#{i}") };
-            async move { pipeline::run(model, input, decoding, deadline, Origin { request_id: &request_id, caller, trace }).await }
+            async move { pipeline::run(model, input, decoding, deadline, Origin { request_id: &request_id, caller }, trace).await }
         });
         let mut results = futures::stream::iter(runs).buffered(ITEM_CONCURRENCY);
         let mut outcomes = Vec::with_capacity(n);
@@ -149,7 +156,7 @@ impl OipService {
         let outcomes = match self.screen(&model, items, deadline, (&req.id, caller), trace).await {
             Ok(o) => o,
             Err(f) => {
-                if matches!(f.error, PipelineError::Rejected(_) | PipelineError::DetectorFailed { .. } | PipelineError::QuarantineFailed { .. }) {
+                if matches!(f.error, PipelineError::Refused(_)) {
                     metrics::record_blocked_before_forward(model.name());
                 }
                 return Err(f);
@@ -261,7 +268,7 @@ impl GrpcInferenceService for OipService {
         let (md, _, req) = request.into_parts();
         super::allow_model(&registry, &caller, &req.name)?;
         match &self.proxy {
-            None => Ok(Response::new(ModelConfigResponse { config: Some(oip_repository::model_config(&self.model(&req.name, &req.version)?.bundle)) })),
+            None => Ok(Response::new(ModelConfigResponse { config: Some(repository::model_config(&self.model(&req.name, &req.version)?.bundle)) })),
             Some(p) => Ok(Response::new(p.upstream.client.model_config(req, &md, deadline).await.map_err(PipelineError::from)?)),
         }
     }
@@ -277,10 +284,10 @@ impl GrpcInferenceService for OipService {
         }
         let model_stats = if req.name.is_empty() {
             // Every model the caller may call.
-            registry.models().filter(|m| registry.access.check_model(&caller, m.name()).is_ok()).map(|m| oip_repository::model_statistics(m)).collect()
+            registry.models().filter(|m| registry.access.check_model(&caller, m.name()).is_ok()).map(|m| repository::model_statistics(m)).collect()
         } else {
             super::allow_model(&registry, &caller, &req.name)?;
-            vec![oip_repository::model_statistics(&*self.model(&req.name, &req.version)?)]
+            vec![repository::model_statistics(&*self.model(&req.name, &req.version)?)]
         };
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
@@ -291,7 +298,7 @@ impl GrpcInferenceService for OipService {
         let (caller, _) = super::admit(&registry, &request, "RepositoryIndex")?;
         let (md, _, req) = request.into_parts();
         match &self.proxy {
-            None => Ok(Response::new(oip_repository::repository_index(&registry, req.ready, |m| registry.access.check_model(&caller, m).is_ok()))),
+            None => Ok(Response::new(repository::repository_index(&registry, req.ready, |m| registry.access.check_model(&caller, m).is_ok()))),
             Some(p) => {
                 let mut index = p.upstream.client.repository_index(req, &md, deadline).await.map_err(PipelineError::from)?;
                 index.models.retain(|m| registry.access.check_model(&caller, &m.name).is_ok());

@@ -1,4 +1,4 @@
-//! rest_convert: KServe V2 REST bodies to and from the Open Inference Protocol's protobuf
+//! oip::rest_convert: KServe V2 REST bodies to and from the Open Inference Protocol's protobuf
 //! messages, so that REST calls run through the very same service as gRPC ones.
 //!
 //! A request body is JSON, or JSON followed by binary tensor data (the binary-data

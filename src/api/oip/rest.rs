@@ -1,4 +1,4 @@
-//! rest: KServe's V2 inference protocol over HTTP/REST (`--http-listen`), the binding half
+//! oip::rest: KServe's V2 inference protocol over HTTP/REST (`--http-listen`), the binding half
 //! of Triton's and KServe's users call. Every route runs through the same Open Inference
 //! Protocol service as gRPC ([`OipService`]: pipeline, policy, access, proxy mode), with
 //! the caller's `authorization` and score-token headers passed as gRPC metadata, and a
@@ -24,7 +24,7 @@ use crate::inference::*;
 /// The header that gives the JSON part's length in a body with binary data.
 const HEADER_LENGTH: &str = "inference-header-content-length";
 /// Headers passed to the service as gRPC metadata.
-const FORWARDED: [&str; 3] = ["authorization", super::SCORE_TOKEN_HEADER, "traceparent"];
+const FORWARDED: [&str; 3] = ["authorization", crate::api::SCORE_TOKEN_HEADER, "traceparent"];
 
 pub fn router(service: OipService) -> Router {
     Router::new()

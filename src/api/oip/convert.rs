@@ -18,12 +18,13 @@ use std::collections::HashMap;
 
 use crate::bundle::Bundle;
 use crate::decode;
+use crate::decode::Input;
 use crate::inference::infer_parameter::ParameterChoice;
 use crate::inference::model_infer_request::InferInputTensor;
 use crate::inference::model_infer_response::InferOutputTensor;
 use crate::inference::model_metadata_response::TensorMetadata;
 use crate::inference::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataResponse};
-use crate::pipeline::{Input, Outcome, PipelineError};
+use crate::pipeline::{Outcome, PipelineError};
 
 pub const PROBABILITIES: &str = "probabilities";
 pub const VERDICT: &str = "verdict";

@@ -1,4 +1,4 @@
-//! oip_repository: Triton's model-repository and statistics calls answered from the served
+//! oip::repository: Triton's model-repository and statistics calls answered from the served
 //! models: ModelConfig (the model as Triton would describe an ONNX model of the same
 //! shape), ModelStatistics (the pipeline's own counts and durations, engine/stats.rs) and
 //! RepositoryIndex. perf_analyzer and model navigators call them before they load a model.
@@ -9,7 +9,7 @@ use crate::inference::repository_index_response::ModelIndex;
 use crate::inference::{
     DataType, InferBatchStatistics, InferStatistics, ModelConfig, ModelInput, ModelOutput, ModelStatistics, RepositoryIndexResponse, StatisticDuration,
 };
-use crate::serving::{Registry, ServedModel};
+use crate::registry::{Registry, ServedModel};
 
 fn data_type(oip: &str) -> DataType {
     match oip {
@@ -33,7 +33,7 @@ fn item_dims(shape: &[i64]) -> Vec<i64> {
 
 /// The model's configuration, from the same description as ModelMetadata.
 pub fn model_config(bundle: &Bundle) -> ModelConfig {
-    let meta = super::oip_convert::model_metadata(bundle);
+    let meta = super::convert::model_metadata(bundle);
     ModelConfig {
         name: meta.name,
         platform: meta.platform,

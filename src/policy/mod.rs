@@ -1,6 +1,7 @@
 //! policy: what happens to a flagged input, per model, from the `--policy` TOML file,
 //! validated at start-up (unknown keys, unknown models and a quarantine action without a
-//! quarantine folder all stop the process with a message).
+//! quarantine folder all stop the process with a message), and its enforcement on each
+//! screened input ([`enforce`]), whose refusals are a [`Refusal`].
 //!
 //! ```toml
 //! [default]                       # every model not listed below
@@ -32,7 +33,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::Verdict;
+use crate::defense::Verdict;
+
+pub mod enforce;
+mod refusal;
+
+pub use enforce::{enforce, Enforced, Origin, Subject};
+pub use refusal::{Refusal, Rejection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,9 +1,10 @@
-//! Conversions between the pipeline's types and the protobuf messages.
+//! sentry::convert: conversions between the pipeline's types and the medsentry.v1 messages.
 
 use crate::bundle::Bundle;
+use crate::decode::Input;
 use crate::defense::{CampaignStatus, Screening, Verdict};
-use crate::enforce::Enforced;
-use crate::pipeline::{Input, Outcome, PipelineError};
+use crate::pipeline::{Outcome, PipelineError};
+use crate::policy::Enforced;
 use crate::proto;
 
 pub fn input_of(req: &mut proto::ScreenRequest) -> Result<Input, PipelineError> {
