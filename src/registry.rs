@@ -94,7 +94,10 @@ impl ServedModel {
         if cfg.max_batch > 0 {
             bundle.manifest.max_batch = bundle.manifest.max_batch.min(cfg.max_batch);
         }
-        let screener = Screener::for_bundle(&bundle, &policy.disable_detectors)?;
+        let screener = Screener::for_bundle(&bundle, &policy.disable_detectors, policy.cascade)?;
+        if policy.cascade {
+            metrics::init_cascade(bundle.name());
+        }
         let bundle = Arc::new(bundle);
         let name = bundle.name().to_string();
         let (batcher, batches) = BatcherHandle::start(&name, cfg.queue_capacity, bundle.manifest.max_batch, cfg.max_batch_delay);
@@ -107,7 +110,10 @@ impl ServedModel {
     /// The same bundle, workers, queue and campaign windows under another policy (no
     /// warm-up: the workers are the running ones).
     pub(crate) fn with_policy(&self, policy: ModelPolicy, quarantine: Option<Arc<QuarantineStore>>) -> Result<ServedModel, StartError> {
-        let screener = Screener::for_bundle(&self.bundle, &policy.disable_detectors)?;
+        let screener = Screener::for_bundle(&self.bundle, &policy.disable_detectors, policy.cascade)?;
+        if policy.cascade {
+            metrics::init_cascade(self.bundle.name());
+        }
         Ok(ServedModel {
             bundle: self.bundle.clone(),
             batcher: self.batcher.clone(),

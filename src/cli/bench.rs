@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// Files whose decode + preprocess cost is reported (JPEG/PNG/DICOM).
     #[arg(long)]
     pub decode_file: Vec<PathBuf>,
+    /// Send these images (PNG/JPEG/DICOM files in the folder, at the model's size) as the
+    /// tensors, in turn, instead of pseudo-random pixels: with `cascade = true` in the
+    /// policy the cost depends on what the images are.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
     #[command(flatten)]
     pub models: super::Models,
 }
@@ -99,14 +104,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let images = match &args.images {
+        Some(dir) => Some(std::sync::Arc::new(model_space_images(dir, &args.models, &info.name)?)),
+        None => None,
+    };
+    let cascade_before = cascade_counts(&info.name);
     let mut sidecar = Vec::new();
     for &c in &args.concurrency {
         let mut runs = Vec::new();
         for _ in 0..args.repeats {
-            runs.push(grpc_run(&client, &info.name, len, &spec, c, args.requests).await?);
+            runs.push(grpc_run(&client, &info.name, len, &spec, c, args.requests, images.clone()).await?);
         }
         sidecar.push(median_run(runs));
     }
+    let cascade = cascade_counts(&info.name).zip(cascade_before).map(|((s, f), (s0, f0))| (s - s0, f - f0));
     let _ = stop_tx.send(());
     server.await??;
 
@@ -149,6 +160,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await??;
 
     println!("\nrows per input: {rows} (1 = the input{})", if rows > 1 { ", + feature squeezing's copies, run in the same batch" } else { "" });
+    if let Some((skipped, full)) = cascade {
+        let n = (skipped + full).max(1.0);
+        println!(
+            "cascade: {skipped} inputs answered from the first pass, {full} given feature squeezing: {:.2} rows per input on average (the \"same rows\" ratio below assumes {rows})",
+            1.0 + (rows as f64 - 1.0) * full / n
+        );
+    }
     println!("\nmedian of {} repeat(s) per level, [lowest-highest images/s] beside it", args.repeats);
     println!(
         "\n{:>11} | {:>40} | {:>40} | {:>11} | {:>15}",
@@ -201,18 +219,24 @@ async fn grpc_run(
     spec: &proto::InputSpec,
     concurrency: usize,
     requests: usize,
+    images: Option<std::sync::Arc<Vec<Vec<f32>>>>,
 ) -> anyhow::Result<Stats> {
     let shape = vec![1, spec.channels as i64, spec.height as i64, spec.width as i64];
     let per_caller = requests.div_ceil(concurrency);
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|k| {
-            let (mut client, model, shape) = (client.clone(), model.to_string(), shape.clone());
+            let (mut client, model, shape, images) = (client.clone(), model.to_string(), shape.clone(), images.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_caller);
                 let mut ratios = Vec::with_capacity(per_caller);
                 for i in 0..per_caller {
-                    let tensor = proto::Tensor { shape: shape.clone(), data: random_pixels(len, (k * per_caller + i) as u64) };
+                    let n = k * per_caller + i;
+                    let data = match &images {
+                        Some(set) => set[n % set.len()].clone(),
+                        None => random_pixels(len, n as u64),
+                    };
+                    let tensor = proto::Tensor { shape: shape.clone(), data };
                     let req = proto::ScreenRequest {
                         request_id: format!("{k}-{i}"),
                         model: model.clone(),
@@ -242,7 +266,39 @@ async fn grpc_run(
     Ok(s)
 }
 
-/// Deterministic pseudo-random pixels in [0, 1] (content does not change the cost).
+/// The images of `dir` (files that decode; others skipped) in [0, 1] at the size of bundle
+/// `model`, as a Screen tensor carries them.
+fn model_space_images(dir: &std::path::Path, models: &super::Models, model: &str) -> anyhow::Result<Vec<Vec<f32>>> {
+    let (bundles, _) = crate::registry::load_models(models)?;
+    let spec = bundles.iter().find(|b| b.name() == model).map(|b| b.manifest.input.clone()).ok_or_else(|| anyhow::anyhow!("no bundle {model}"))?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    let limits = DecodeLimits::default();
+    let mut out = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f)?;
+        let image = if looks_like_dicom(&bytes) { crate::decode::decode_dicom(&bytes, &limits) } else { crate::decode::decode_raster(&bytes, &limits) };
+        if let Ok(image) = image {
+            out.push(crate::preprocess::to_model_space(&image, &spec));
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "--images {}: no file there decodes as an image", dir.display());
+    println!("{} images from {} sent in turn", out.len(), dir.display());
+    Ok(out)
+}
+
+/// (skipped, full) of `medsentry_cascade_total` for `model` in this process, when it cascades.
+fn cascade_counts(model: &str) -> Option<(f64, f64)> {
+    let text = crate::metrics::render();
+    let count = |decision: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(crate::metrics::CASCADE) && l.contains(&format!("model=\"{model}\"")) && l.contains(&format!("decision=\"{decision}\"")))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    Some((count("skipped")?, count("full")?))
+}
+
+/// Deterministic pseudo-random pixels in [0, 1].
 fn random_pixels(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..n)

@@ -45,9 +45,26 @@ pub enum Detector {
     Fused(Fused),
 }
 
-/// The fused detector's combiner; scored by the screener from the other detectors' scores.
+/// The fused detector: a combiner scored by the screener from the other detectors' scores,
+/// and optionally its cascade.
 #[derive(Debug, Clone)]
 pub struct Fused {
+    pub combiner: Combiner,
+    /// A cheaper combiner over inputs that need no extra forward pass, and the score under
+    /// which an input is answered CLEAN without the others (served when the policy sets
+    /// `cascade = true`).
+    pub cascade: Option<Cascade>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cascade {
+    pub combiner: Combiner,
+    pub skip_below: f64,
+}
+
+/// A logistic regression over named detector scores (and "margin").
+#[derive(Debug, Clone, Deserialize)]
+pub struct Combiner {
     /// Detector names (and "margin"), in the order of the weights.
     pub inputs: Vec<String>,
     mean: Vec<f64>,
@@ -56,7 +73,19 @@ pub struct Fused {
     bias: f64,
 }
 
-impl Fused {
+impl Combiner {
+    fn check(&self) -> Result<(), String> {
+        let n = self.inputs.len();
+        if n == 0 || self.mean.len() != n || self.scale.len() != n || self.weights.len() != n {
+            return Err(format!("mean, scale and weights must have one value per input ({n})"));
+        }
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        if !(finite(&self.mean) && finite(&self.weights) && self.bias.is_finite() && self.scale.iter().all(|s| s.is_finite() && *s > 0.0)) {
+            return Err("values must be finite and scales positive".into());
+        }
+        Ok(())
+    }
+
     /// `scores`: the other detectors' scores of this input, by name; NaN when an input is
     /// missing or not finite.
     pub fn score(&self, scores: &[(String, f64)], logits: &[f32]) -> f64 {
@@ -90,11 +119,17 @@ fn margin(logits: &[f32]) -> f64 {
 #[derive(Deserialize)]
 struct FusedFile {
     kind: String,
-    inputs: Vec<String>,
-    mean: Vec<f64>,
-    scale: Vec<f64>,
-    weights: Vec<f64>,
-    bias: f64,
+    #[serde(flatten)]
+    combiner: Combiner,
+    #[serde(default)]
+    cascade: Option<CascadeFile>,
+}
+
+#[derive(Deserialize)]
+struct CascadeFile {
+    #[serde(flatten)]
+    combiner: Combiner,
+    skip_below: f64,
 }
 
 #[derive(Deserialize)]
@@ -153,14 +188,18 @@ impl Detector {
                 if f.kind != kind {
                     return Err(format!("file says kind {:?}", f.kind));
                 }
-                let n = f.inputs.len();
-                if n == 0 || f.mean.len() != n || f.scale.len() != n || f.weights.len() != n {
-                    return Err(format!("mean, scale and weights must have one value per input ({n})"));
-                }
-                if !(finite(&f.mean) && finite(&f.weights) && f.bias.is_finite() && f.scale.iter().all(|s| s.is_finite() && *s > 0.0)) {
-                    return Err("values must be finite and scales positive".into());
-                }
-                Ok(Detector::Fused(Fused { inputs: f.inputs, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias }))
+                f.combiner.check()?;
+                let cascade = match f.cascade {
+                    None => None,
+                    Some(c) => {
+                        c.combiner.check().map_err(|e| format!("cascade: {e}"))?;
+                        if !(0.0..=1.0).contains(&c.skip_below) {
+                            return Err(format!("cascade: skip_below {} is not a probability", c.skip_below));
+                        }
+                        Some(Cascade { combiner: c.combiner, skip_below: c.skip_below })
+                    }
+                };
+                Ok(Detector::Fused(Fused { combiner: f.combiner, cascade }))
             }
             other => Err(format!("unknown detector kind {other:?}")),
         }
@@ -233,11 +272,11 @@ mod tests {
         let Detector::Fused(f) = Detector::load("fused", file, 1, 2).unwrap() else { panic!("not fused") };
         // logits (0, 0): margin 0; z = -1 + 4 * (3 - 1) / 2 - 0 = 3
         let want = 1.0 / (1.0 + (-3.0f64).exp());
-        assert!((f.score(&[("a".into(), 3.0)], &[0.0, 0.0]) - want).abs() < 1e-12);
+        assert!((f.combiner.score(&[("a".into(), 3.0)], &[0.0, 0.0]) - want).abs() < 1e-12);
         // logits (ln 3, 0): p = (0.75, 0.25), margin 0.5, z = 3 - 0.5
         let want = 1.0 / (1.0 + (-2.5f64).exp());
-        assert!((f.score(&[("a".into(), 3.0)], &[3f32.ln(), 0.0]) - want).abs() < 1e-6);
-        assert!(f.score(&[], &[0.0, 0.0]).is_nan(), "a missing input scores NaN");
+        assert!((f.combiner.score(&[("a".into(), 3.0)], &[3f32.ln(), 0.0]) - want).abs() < 1e-6);
+        assert!(f.combiner.score(&[], &[0.0, 0.0]).is_nan(), "a missing input scores NaN");
     }
 
     #[test]
@@ -247,5 +286,22 @@ mod tests {
         let file = br#"{"kind":"logistic","mean":[0],"scale":[0],"weights":[1],"bias":0}"#;
         assert!(Detector::load("logistic", file, 1, 0).unwrap_err().contains("scales positive"));
         assert!(Detector::load("quantum", b"{}", 1, 2).unwrap_err().contains("unknown"));
+    }
+
+    #[test]
+    fn a_cascade_is_read_and_checked() {
+        let file = br#"{"kind":"fused","inputs":["a","margin"],"mean":[1,0],"scale":[2,1],"weights":[4,-1],"bias":-1,
+            "cascade":{"inputs":["margin"],"mean":[0],"scale":[1],"weights":[2],"bias":0,"skip_below":0.3}}"#;
+        let Detector::Fused(f) = Detector::load("fused", file, 1, 2).unwrap() else { panic!("not fused") };
+        let c = f.cascade.expect("a cascade");
+        assert_eq!((c.combiner.inputs.clone(), c.skip_below), (vec!["margin".to_string()], 0.3));
+        // Equal logits: margin 0, so the cheap score is 1 / (1 + e^0).
+        assert!((c.combiner.score(&[], &[0.0, 0.0]) - 0.5).abs() < 1e-12);
+        let bad = br#"{"kind":"fused","inputs":["a"],"mean":[1],"scale":[2],"weights":[4],"bias":-1,
+            "cascade":{"inputs":["margin"],"mean":[0],"scale":[1],"weights":[2],"bias":0,"skip_below":1.5}}"#;
+        assert!(Detector::load("fused", bad, 1, 2).unwrap_err().contains("skip_below"));
+        let plain = br#"{"kind":"fused","inputs":["a"],"mean":[1],"scale":[2],"weights":[4],"bias":-1}"#;
+        let Detector::Fused(f) = Detector::load("fused", plain, 1, 2).unwrap() else { panic!("not fused") };
+        assert!(f.cascade.is_none());
     }
 }

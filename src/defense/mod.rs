@@ -13,6 +13,7 @@
 //! with no detectors is served with every answer saying plainly that nothing screened it.
 
 pub mod campaign;
+mod cascade;
 mod detectors;
 pub mod numeric;
 pub mod ood;
@@ -125,6 +126,8 @@ pub enum DefenseError {
     BadOod { bundle: String, file: String, message: String },
     #[error("policy disables detector {detector:?} of model {bundle}, which has only {available:?}")]
     UnknownDisabled { bundle: String, detector: String, available: Vec<String> },
+    #[error("policy sets cascade = true for model {bundle}, but {reason}")]
+    NoCascade { bundle: String, reason: String },
 }
 
 const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing", "residual_statistics", "fused"];
@@ -138,11 +141,15 @@ pub struct Screener {
     ood: Option<(ood::OodModel, f32)>,
     /// The bundle's [accepts] (None: DICOM headers are not checked).
     accepts: Option<Accepts>,
+    /// The policy's `cascade`, checked against the bundle: feature squeezing runs only for
+    /// inputs the fused detector's cheap combiner cannot call clean ([`Screener::screen_cheap`]).
+    cascade: bool,
 }
 
 impl Screener {
-    /// The bundle's detectors, less those the policy disables (by name).
-    pub fn for_bundle(bundle: &Bundle, disabled: &[String]) -> Result<Screener, DefenseError> {
+    /// The bundle's detectors, less those the policy disables (by name); with `cascade`, the
+    /// bundle's cascade (an error when it has none that can run).
+    pub fn for_bundle(bundle: &Bundle, disabled: &[String], cascade: bool) -> Result<Screener, DefenseError> {
         let m = &bundle.manifest;
         if let Some(d) = disabled.iter().find(|d| !m.detectors.iter().any(|s| &s.name == *d)) {
             return Err(DefenseError::UnknownDisabled {
@@ -168,7 +175,7 @@ impl Screener {
                 // One the policy disables takes the fused detector with it (the verdict is
                 // then the union of the others, as without one); one the bundle lacks is an error.
                 let scored = |i: &String| i == "margin" || detectors.iter().any(|(s, _): &(DetectorSpec, Detector)| &s.name == i);
-                if let Some(missing) = f.inputs.iter().find(|i| !scored(i)) {
+                if let Some(missing) = f.combiner.inputs.iter().find(|i| !scored(i)) {
                     if disabled.contains(missing) {
                         tracing::warn!(model = %m.name, detector = %spec.name, input = %missing, "the policy disables an input of the fused detector: it does not run, and the other detectors' union sets the verdict");
                         continue;
@@ -191,7 +198,11 @@ impl Screener {
                 Some((model, spec.threshold))
             }
         };
-        Ok(Screener { model: m.name.clone(), detectors, ood, accepts: m.accepts.clone() })
+        let screener = Screener { model: m.name.clone(), detectors, ood, accepts: m.accepts.clone(), cascade };
+        if cascade {
+            screener.check_cascade().map_err(|reason| DefenseError::NoCascade { bundle: m.name.clone(), reason })?;
+        }
+        Ok(screener)
     }
 
     /// Whether the out-of-distribution check reads a colour input's chroma ([accepts]
@@ -254,8 +265,14 @@ impl Screener {
     /// The verdict for one forward pass: the detectors' unless the out-of-distribution check
     /// finds the input unlike the training images.
     pub fn screen(&self, result: &InferResult, evidence: &Evidence) -> Screening {
+        let s = self.screen_detectors(result, evidence);
+        self.with_ood(s, result, evidence)
+    }
+
+    /// `s` with the out-of-distribution check applied: its verdict replaced when the input
+    /// is unlike the training images.
+    fn with_ood(&self, mut s: Screening, result: &InferResult, evidence: &Evidence) -> Screening {
         let ood = self.check_ood(result, evidence);
-        let mut s = self.screen_detectors(result, evidence);
         if let Some(reason) = ood.as_ref().and_then(|o| o.reason.as_ref()) {
             s.verdict = Verdict::OutOfDistribution;
             let note = format!("out of distribution: {reason}; the adversarial detectors do not judge such inputs");
@@ -279,7 +296,7 @@ impl Screener {
         let mut named: Vec<(String, f64)> = Vec::with_capacity(self.detectors.len());
         for (spec, detector) in &self.detectors {
             let score = match detector {
-                Detector::Fused(f) => f.score(&named, &result.logits),
+                Detector::Fused(f) => f.combiner.score(&named, &result.logits),
                 Detector::ResidualStatistics(r) => evidence.residual_features.map_or(f64::NAN, |f| r.score(f)),
                 d => d.score_result(result),
             };
@@ -347,7 +364,7 @@ mod tests {
     fn screener(threshold: f32, suspicious: Option<f32>) -> Screener {
         let file = br#"{"kind":"mahalanobis","means":[[0,0],[100,100]],"precision":[[1,0],[0,1]]}"#;
         let d = Detector::load("mahalanobis", file, 2, 2).unwrap();
-        Screener { model: "m".into(), detectors: vec![(spec(threshold, suspicious), d)], ood: None, accepts: None }
+        Screener { model: "m".into(), detectors: vec![(spec(threshold, suspicious), d)], ood: None, accepts: None, cascade: false }
     }
 
     fn at(x: f32) -> InferResult {

@@ -50,4 +50,8 @@ pub(super) fn describe() {
     describe_gauge!(DECODE_MEMORY, Unit::Bytes, "Decode memory: in_use by decodes in flight, and the --decode-memory-mib limit.");
     describe_counter!(TRACE_SPANS_EXPORTED, "Trace spans the OTLP collector accepted (--otlp-endpoint).");
     describe_counter!(TRACE_SPANS_DROPPED, "Trace spans lost, by reason (queue_full, export_failed, rejected by the collector).");
+    describe_counter!(
+        CASCADE,
+        "Inputs of a model with cascade = true: answered from the cheap first look (skipped) or given feature squeezing and the full verdict (full)."
+    );
 }

@@ -56,6 +56,9 @@ pub const TLS_RELOADS: &str = "medsentry_tls_reloads_total";
 /// last one took effect (0 = what is on disk is not what is served).
 pub const RELOADS: &str = "medsentry_reloads_total";
 pub const LAST_RELOAD_OK: &str = "medsentry_last_reload_successful";
+/// The cascade (policy `cascade = true`): inputs answered from the cheap first look
+/// (skipped) or given feature squeezing and the full verdict (full).
+pub const CASCADE: &str = "medsentry_cascade_total";
 /// OTLP trace export (src/trace/): spans the collector accepted, and spans lost (queue full,
 /// export failed, rejected by the collector).
 pub const TRACE_SPANS_EXPORTED: &str = "medsentry_trace_spans_exported_total";
@@ -229,6 +232,18 @@ pub fn record_tls_handshake_failure(reason: &'static str) {
 /// The certificate files changed and were re-read; result: ok | failed (old one kept).
 pub fn record_tls_reload(result: &'static str) {
     counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+/// One input under the cascade; decision: skipped | full.
+pub fn record_cascade(model: &str, decision: &'static str) {
+    counter!(CASCADE, "model" => model.to_string(), "decision" => decision).increment(1);
+}
+
+/// Zeroes a cascading model's series at start-up.
+pub fn init_cascade(model: &str) {
+    for decision in ["skipped", "full"] {
+        counter!(CASCADE, "model" => model.to_string(), "decision" => decision).increment(0);
+    }
 }
 
 /// Spans the OTLP collector accepted.

@@ -12,6 +12,7 @@
 //! after_quarantine = "annotate"   # action = quarantine: then annotate or reject
 //! disable_detectors = []          # bundle detectors not to run, e.g. ["feature-squeezing"]
 //! out_of_distribution = "annotate" # OUT_OF_DISTRIBUTION inputs: annotate | reject | quarantine
+//! cascade = false                 # feature squeezing only where the cheap fused score is unsure
 //!
 //! [models."chest-xray-pneumonia"]
 //! action = "quarantine"
@@ -90,6 +91,10 @@ pub struct ModelPolicy {
     /// What happens to an OUT_OF_DISTRIBUTION input (a misrouted study, a photograph): not
     /// an attack, so it has its own action; `flag_on` does not apply to it.
     pub out_of_distribution: Action,
+    /// Run feature squeezing (two extra forward passes) only for inputs the bundle's cheap
+    /// fused score cannot call clean (README "Cascade"); start-up stops when the bundle has
+    /// no cascade.
+    pub cascade: bool,
 }
 
 impl Default for ModelPolicy {
@@ -104,6 +109,7 @@ impl Default for ModelPolicy {
             after_quarantine: AfterQuarantine::Annotate,
             disable_detectors: Vec::new(),
             out_of_distribution: Action::Annotate,
+            cascade: false,
         }
     }
 }
@@ -151,6 +157,7 @@ pub struct ModelOverride {
     after_quarantine: Option<AfterQuarantine>,
     disable_detectors: Option<Vec<String>>,
     out_of_distribution: Option<Action>,
+    cascade: Option<bool>,
 }
 
 impl ModelOverride {
@@ -163,6 +170,7 @@ impl ModelOverride {
             after_quarantine: self.after_quarantine.unwrap_or(d.after_quarantine),
             disable_detectors: self.disable_detectors.clone().unwrap_or_else(|| d.disable_detectors.clone()),
             out_of_distribution: self.out_of_distribution.unwrap_or(d.out_of_distribution),
+            cascade: self.cascade.unwrap_or(d.cascade),
         }
     }
 }

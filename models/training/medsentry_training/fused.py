@@ -16,6 +16,13 @@ model sit near the decision boundary):
 (src/defense/detectors.rs, `fused`). When a bundle has it, its thresholds alone set the
 verdict; the other detectors are still reported.
 
+Cascade (served when a policy sets `cascade = true`): a second logistic regression over the
+inputs that need no extra forward pass (all but feature squeezing), fitted the same way; an
+input whose cheap score is below `skip_below` is answered CLEAN without feature squeezing's
+two extra passes. `skip_below` is the 1 % quantile of the cheap out-of-fold score over the
+AdvTrain inputs the full fused detector flags (out-of-fold, at its 5 % threshold), so about
+1 % of what the full verdict flags on AdvTrain would be skipped; AdvTest measures it.
+
 Fitted on AdvTrain only: clean images against the successful FGSM, BIM, PGD-20 (1, 2, 4,
 8/255) and C&W-L2 examples made here with torchattacks against the served hardened
 checkpoint (the settings of attacks.py). The base detectors' AdvTrain scores are
@@ -45,6 +52,10 @@ from .ood import Classifier
 BUDGETS = (1, 2, 4, 8)
 FPRS = (0.01, 0.05)
 INPUTS = ("mahalanobis", "learned-logistic", "feature-squeezing", "residual-statistics", "margin")
+# The cascade's cheap combiner: every input but feature squeezing (its two extra forward
+# passes are what the cascade saves), and the share of flagged AdvTrain inputs it may skip.
+CHEAP = tuple(i for i, name in enumerate(INPUTS) if name != "feature-squeezing")
+CASCADE_MISS = 0.01
 
 
 def make_attacks(net, x: np.ndarray, y: np.ndarray, unseen: bool) -> list:
@@ -170,6 +181,32 @@ def fit_calibrated(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.nda
     return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))]), thresholds
 
 
+def oof_scores(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, cols) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold scores of a combiner over columns `cols`, for the clean images and the
+    examples (each example in its clean image's fold)."""
+    cols = list(cols)
+    sc, sa = np.zeros(len(Xc)), np.zeros(len(Xa))
+    fa = fold[src]
+    for f in range(detectors.N_FOLDS):
+        keep_c, keep_a = fold != f, fa != f
+        m = fit_fused(np.vstack([Xc[keep_c][:, cols], Xa[keep_a][:, cols]]), np.r_[np.zeros(keep_c.sum()), np.ones(keep_a.sum())])
+        sc[fold == f] = fused_score(m, Xc[fold == f][:, cols])
+        sa[fa == f] = fused_score(m, Xa[fa == f][:, cols])
+    return sc, sa
+
+
+def fit_cascade(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, flag_threshold: float):
+    """The cheap combiner fitted on all of AdvTrain, and `skip_below` from out-of-fold scores:
+    the CASCADE_MISS quantile of the cheap score over the inputs the full combiner flags at
+    `flag_threshold`."""
+    full_c, full_a = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]))
+    cheap_c, cheap_a = oof_scores(Xc, Xa, fold, src, CHEAP)
+    flagged = np.r_[cheap_c[full_c > flag_threshold], cheap_a[full_a > flag_threshold]]
+    cheap = fit_fused(np.vstack([Xc[:, CHEAP], Xa[:, CHEAP]]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
+    skip_below = float(np.quantile(flagged, CASCADE_MISS))
+    return cheap, skip_below, float(np.mean(cheap_c < skip_below))
+
+
 def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
     """make_attacks' lists from the attack stage's records (a fitted bundle's attacks are
     expensive at full size, and attacks.py made the same ones): (family, budget, x_adv)
@@ -228,6 +265,8 @@ def main(argv=None):
     scaler, lr = model
     print(f"[fused] fitted on {len(Xc)} clean and {len(Xa)} adversarial AdvTrain inputs; thresholds {thresholds}; "
           f"weights {dict(zip(INPUTS, np.round(lr.coef_[0], 3)))}", flush=True)
+    cheap, skip_below, train_skipped = fit_cascade(Xc, Xa, base.fold, base.src, thresholds["fpr_0.05"])
+    print(f"[fused] cascade: skip_below {skip_below:.4f}; AdvTrain clean skipping feature squeezing {train_skipped:.1%}", flush=True)
 
     # AdvTest, with the served base detectors and thresholds.
     dets = detectors.load_detectors(out_dir)
@@ -240,11 +279,12 @@ def main(argv=None):
         maha, logi, resid = base_scores(dets, resid_model, inp)
         union = {p: (maha > served["mahalanobis"][p]) | (logi > served["logreg"][p]) | (inp.squeeze > sq_thr[p])
                  for p in ("fpr_0.01", "fpr_0.05")}
-        return fused_score(model, inp.matrix(maha, logi, resid)), union
+        X = inp.matrix(maha, logi, resid)
+        return fused_score(model, X), union, fused_score(cheap, X[:, list(CHEAP)]) < skip_below
 
     y_te = y[te]
     ct = Inputs(clf, x[te])
-    neg, neg_union = evaluate(ct)
+    neg, neg_union, neg_skip = evaluate(ct)
     rows = []
     attacks = [(fam, b, xa, fam in ("fgsm", "bim", "pgd20", "cw")) for fam, b, xa in att_te]
     fix_dir = datasets.fixture_dir(spec, "campaign")
@@ -257,11 +297,13 @@ def main(argv=None):
     for fam, b, xa, seen in attacks:
         inp = Inputs(clf, xa)
         m = successful(inp, y_te, ct.pred)
-        pos, union = evaluate(inp)
-        row = {"attack": fam, "budget": b, "seen": seen, "n_pos": int(m.sum()), "auroc": auroc(neg, pos[m])}
+        pos, union, skip = evaluate(inp)
+        row = {"attack": fam, "budget": b, "seen": seen, "n_pos": int(m.sum()), "auroc": auroc(neg, pos[m]),
+               "cascade_skipped": float(skip[m].mean()) if m.any() else None}
         for p in ("fpr_0.01", "fpr_0.05"):
             row[f"tpr_{p}"] = float((pos[m] > thresholds[p]).mean()) if m.any() else None
             row[f"union_tpr_{p}"] = float(union[p][m].mean()) if m.any() else None
+            row[f"cascade_tpr_{p}"] = float((~skip[m] & (pos[m] > thresholds[p])).mean()) if m.any() else None
         rows.append(row)
         if fam == "pgd20":
             # Fooled and answered CLEAN (under the SUSPICIOUS threshold), over all AdvTest images.
@@ -269,14 +311,19 @@ def main(argv=None):
                          "union": float((m & ~union["fpr_0.05"]).mean())}
         print(f"[fused] {fam} {b}: n={row['n_pos']} AUROC {row['auroc']} TPR@1% {row['tpr_fpr_0.01']} "
               f"(union of served {row['union_tpr_fpr_0.01']})", flush=True)
-    clean_rates = {p: {"fused": float((neg > thresholds[p]).mean()), "union": float(neg_union[p].mean())} for p in thresholds}
+    clean_rates = {p: {"fused": float((neg > thresholds[p]).mean()), "union": float(neg_union[p].mean()),
+                       "cascade": float((~neg_skip & (neg > thresholds[p])).mean())} for p in thresholds}
+    cascade = {"inputs": [INPUTS[i] for i in CHEAP], "mean": cheap[0].mean_.tolist(), "scale": cheap[0].scale_.tolist(),
+               "weights": cheap[1].coef_[0].tolist(), "bias": float(cheap[1].intercept_[0]), "skip_below": skip_below,
+               "chosen_on": f"AdvTrain, out-of-fold: the {CASCADE_MISS:.0%} quantile of this score over the inputs the fused "
+                            "detector flags at its 5 % threshold"}
 
     det = {"kind": "fused", "inputs": list(INPUTS), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
            "weights": lr.coef_[0].tolist(), "bias": float(lr.intercept_[0]), "thresholds": thresholds,
            "score": "1 / (1 + exp(-(bias + sum_i weights[i] * (x[i] - mean[i]) / scale[i]))), x = the scores of the named "
                     "detectors and margin = top-1 minus top-2 softmax probability",
            "fitted_on": f"AdvTrain: {len(Xc)} clean, {len(Xa)} successful FGSM/BIM/PGD-20 (1-8/255) and C&W examples; "
-                        "base scores and thresholds out-of-fold", "generated_by": "python -m medsentry_training.fused"}
+                        "base scores and thresholds out-of-fold", "cascade": cascade, "generated_by": "python -m medsentry_training.fused"}
     C.write_json(os.path.join(out_dir, "detector_fused.json"), det)
     bundle_toml.register_detectors(out_dir)
     # Flagged examples for the tests: C&W, or (a fit run without C&W) the strongest PGD-20.
@@ -285,19 +332,22 @@ def main(argv=None):
     if pick:
         ok = np.flatnonzero(successful(Inputs(clf, pick[0]), y_te, ct.pred))
         flagged = [(pick[0][i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok]
-    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged)
+    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below))
     C.merge_report(out_dir, "fused_detector", {
         "command": f"python -m medsentry_training.fused --dataset {args.dataset}", "inputs": list(INPUTS),
         "weights": lr.coef_[0].tolist(), "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
-        "clean_advtest": clean_rates, "rows": rows, "pgd20_fooled_and_clean": passes, "seconds": round(time.time() - t0, 1)})
+        "clean_advtest": clean_rates, "rows": rows,
+        "cascade": {"skip_below": skip_below, "advtrain_clean_skipped": train_skipped, "advtest_clean_skipped": float(neg_skip.mean())}, "pgd20_fooled_and_clean": passes, "seconds": round(time.time() - t0, 1)})
     print(f"[done] fused detector: clean AdvTest {clean_rates} ({time.time() - t0:.0f}s)", flush=True)
 
 
-def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float, cw: list, per_kind: int = 3) -> None:
+def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float, cw: list, cascade, per_kind: int = 3) -> None:
     """The fused score of each advtest_sample.json item, for the Rust parity test, and up to
     `per_kind` successful C&W AdvTest examples that the fused detector flags ADVERSARIAL
     (a quarter of the way from the threshold to 1, as tests/common picks its flagged
-    input), so that the tests have a flagged input under the fused verdict."""
+    input), so that the tests have a flagged input under the fused verdict; each item's
+    `cascade_skip` says whether the cascade skips feature squeezing for it."""
+    cheap, skip_below = cascade
     path = os.path.join(out_dir, "advtest_sample.json")
     with open(path) as f:
         sample = json.load(f)
@@ -306,16 +356,19 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
     x = np.array([it["pixels"] for it in sample["items"]], dtype=np.float32).reshape(-1, *shape[-3:])
     inp = Inputs(clf, x)
     base = base_scores(dets, resid_model, inp)
-    s = fused_score(model, inp.matrix(*base))
-    for it, v, r in zip(sample["items"], s, base[2]):
+    X = inp.matrix(*base)
+    s, skip = fused_score(model, X), fused_score(cheap, X[:, list(CHEAP)]) < skip_below
+    for it, v, r, k in zip(sample["items"], s, base[2], skip):
         it["scores"]["fused"] = float(v)
         it["scores"]["residual"] = float(r)
+        it["cascade_skip"] = bool(k)
     if cw:
         xc = np.stack([c[0] for c in cw])
         ci = Inputs(clf, xc)
         base = detectors.score_all(dets, ci.logits, ci.feats)
         base["residual"] = residual.score(resid_model, ci.residual_features)
-        fs = fused_score(model, ci.matrix(base["mahalanobis"], base["logreg"], base["residual"]))
+        X = ci.matrix(base["mahalanobis"], base["logreg"], base["residual"])
+        fs, skip = fused_score(model, X), fused_score(cheap, X[:, list(CHEAP)]) < skip_below
         # One example for a full-size input (a 224 px item is about 1.5 MB of JSON).
         per_kind = per_kind if xc[0].size <= 3 * 64 * 64 else 1
         for j in [j for j in np.argsort(-fs) if fs[j] > threshold + 0.25 * (1 - threshold)][:per_kind]:
@@ -323,7 +376,8 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
             sample["items"].append({
                 "kind": "cw", "attack": "cw", "budget": "l2_c1", "index": index, "file": file, "label": label,
                 "pixels": detectors.fmt32(xc[j]), "logits": ci.logits[j].tolist(), "features": ci.feats[j].tolist(),
-                "scores": {**{k: float(v[j]) for k, v in base.items()}, "squeeze": float(ci.squeeze[j]), "fused": float(fs[j])}})
+                "scores": {**{k: float(v[j]) for k, v in base.items()}, "squeeze": float(ci.squeeze[j]), "fused": float(fs[j])},
+                "cascade_skip": bool(skip[j])})
     C.write_json(path, sample)
 
 

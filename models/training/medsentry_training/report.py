@@ -117,6 +117,29 @@ def fused_section(fd, a):
           f"{pct(r['tpr_fpr_0.01'])} | {pct(r['tpr_fpr_0.05'])} | {pct(r['union_tpr_fpr_0.01'])} | {pct(r['union_tpr_fpr_0.05'])} |")
     a("\nNon-adaptive PGD-20: AdvTest images fooled and answered CLEAN (below the SUSPICIOUS threshold), fused vs union: "
       + ", ".join(f"{b} {pct(v['fused'])} % vs {pct(v['union'])} %" for b, v in fd["pgd20_fooled_and_clean"].items()) + ".\n")
+    cascade_section(fd, a)
+
+
+def cascade_section(fd, a):
+    """The cascade's measured effect (fused stage), when the stage fitted one."""
+    c = fd.get("cascade")
+    if not c:
+        return
+    thr = fd["clean_advtest"]
+    a(f"\n### Cascade (`cascade = true` in the policy)\n")
+    a(f"A cheap combiner without feature squeezing answers CLEAN, skipping squeezing's two extra forward passes, "
+      f"when its score is under {f3(c['skip_below'])} (the 1 % quantile of its out-of-fold score over what the full "
+      f"verdict flags on AdvTrain). AdvTest: {pct(c['advtest_clean_skipped'])} % of clean images skip squeezing "
+      f"({1 + 2 * (1 - c['advtest_clean_skipped']):.2f} forward rows per clean input instead of 3; AdvTrain "
+      f"{pct(c['advtrain_clean_skipped'])} %); clean flagged at 1 % / 5 %: {pct(thr['fpr_0.01']['cascade'])} % / "
+      f"{pct(thr['fpr_0.05']['cascade'])} % (full verdict {pct(thr['fpr_0.01']['fused'])} % / {pct(thr['fpr_0.05']['fused'])} %).\n")
+    a("| attack | budget | n pos | TPR@1% full | TPR@1% cascade | TPR@5% full | TPR@5% cascade | skipped % |")
+    a("|---|---|---|---|---|---|---|---|")
+    for r in fd["rows"]:
+        if r.get("cascade_skipped") is None:
+            continue
+        a(f"| {r['attack']} | {r['budget']} | {r['n_pos']} | {pct(r['tpr_fpr_0.01'])} | {pct(r['cascade_tpr_fpr_0.01'])} | "
+          f"{pct(r['tpr_fpr_0.05'])} | {pct(r['cascade_tpr_fpr_0.05'])} | {pct(r['cascade_skipped'])} |")
 
 
 def adaptive_fused_section(af, a, fused=None):

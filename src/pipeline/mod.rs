@@ -2,20 +2,21 @@
 //! campaign monitor, policy), with the wall time of every stage. Shared by the gRPC API
 //! and the `screen` command.
 
+mod prepare;
+
+pub use prepare::{prepare, prepare_within, Extras, Prepared};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::bundle::InputSpec;
-use crate::decode::{self, CancelFlag, DecodeConfig, DecodeError, DecodeLimits, Input, Reservation};
+use crate::decode::{CancelFlag, DecodeConfig, DecodeError, Input};
 use crate::defense::numeric::{argmax, softmax};
-use crate::defense::ood::OodModel;
-use crate::defense::residual::{self, ResidualStatistics};
 use crate::defense::squeeze::Squeeze;
-use crate::defense::{campaign, CampaignStatus, Evidence, Screening};
+use crate::defense::{CampaignStatus, Evidence, Screening};
 use crate::engine::stats::StageSeconds;
-use crate::engine::BatchError;
+use crate::engine::{BatchError, InferResult};
 use crate::metrics;
 use crate::policy::{self, Enforced, Origin, Refusal, Subject};
 use crate::preprocess;
@@ -121,7 +122,10 @@ async fn screen(
     }
     let spec = model.bundle.manifest.input.clone();
     let want_residual = model.campaign.is_some();
+    // With the cascade the squeezed copies are made after the first pass, if at all.
+    let cascades = model.screener.cascades();
     let squeeze = model.screener.squeeze().cloned();
+    let squeeze_now = squeeze.clone().filter(|_| !cascades);
     let ood = model.screener.ood_model().cloned();
     let residual_stats = model.screener.residual_statistics().cloned();
     let chroma = model.screener.checks_chroma();
@@ -148,7 +152,14 @@ async fn screen(
             &spec,
             &limits,
             &mut reservation,
-            Extras { residual: want_residual, squeeze: squeeze.as_ref(), ood: ood.as_ref(), residual_stats: residual_stats.as_ref(), chroma },
+            Extras {
+                residual: want_residual,
+                squeeze: squeeze_now.as_ref(),
+                ood: ood.as_ref(),
+                residual_stats: residual_stats.as_ref(),
+                chroma,
+                keep_pixels: cascades,
+            },
         );
         drop(slot);
         (input, prepared, reservation, decode_started)
@@ -157,7 +168,7 @@ async fn screen(
     .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
     cancel_guard.disarm();
     let prepared = prepared.inspect_err(|e| trace.stage("decode", decode_started, Instant::now(), Vec::new(), Some(e.to_string())))?;
-    let Prepared { tensor, rows, residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s } = prepared;
+    let Prepared { tensor, rows, residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s, pixels } = prepared;
     let name = model.name();
     metrics::record_stage(name, "decode", decode_s);
     metrics::record_stage(name, "preprocess", preprocess_s);
@@ -166,7 +177,7 @@ async fn screen(
     trace.stage("preprocess", decoded, decoded + Duration::from_secs_f64(preprocess_s), vec![("medsentry.rows", Value::Int(rows as i64))], None);
 
     let queued = Instant::now();
-    let result = model
+    let mut result = model
         .batcher
         .infer_rows(tensor, rows, deadline)
         .await
@@ -177,9 +188,24 @@ async fn screen(
     trace.stage("queue", queued, ran, Vec::new(), None);
     trace.stage("infer", ran, ran + Duration::from_secs_f64(result.infer_seconds), vec![("medsentry.batch_size", Value::Int(result.batch_size as i64))], None);
 
-    let detect_start = Instant::now();
+    let mut detect_start = Instant::now();
     let evidence = Evidence { residual_features: residual_features.as_deref(), statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
-    let mut screening = model.screener.screen(&result, &evidence);
+    let mut cheap = None;
+    if let (true, Some(pixels), Some(squeeze)) = (cascades, pixels, squeeze.as_ref()) {
+        cheap = model.screener.screen_cheap(&result, &evidence);
+        metrics::record_cascade(name, if cheap.is_some() { "skipped" } else { "full" });
+        if cheap.is_none() {
+            let second = squeezed(model, squeeze, &pixels, deadline, trace).await?;
+            result.queue_seconds += second.queue_seconds;
+            result.infer_seconds += second.infer_seconds;
+            result.extra_logits = std::iter::once(second.logits).chain(second.extra_logits).collect();
+            detect_start = Instant::now();
+        }
+    }
+    let mut screening = match cheap {
+        Some(s) => s,
+        None => model.screener.screen(&result, &evidence),
+    };
     let detect_s = detect_start.elapsed().as_secs_f64();
     metrics::record_stage(name, "detect", detect_s);
     let verdict = vec![
@@ -217,122 +243,32 @@ async fn screen(
     Ok(Outcome { probabilities, top_index, screening, timings, batch_size: result.batch_size, campaign, enforced })
 }
 
-/// Decode + preprocess output.
-pub struct Prepared {
-    /// The normalised model input, followed by its squeezed copies when asked for.
-    pub tensor: Vec<f32>,
-    /// Inputs in `tensor` (1, or 1 + the squeezed copies).
-    pub rows: usize,
-    /// The campaign monitor's high-pass residual of the [0, 1] input, when asked for.
-    pub residual: Option<Vec<f32>>,
-    /// The out-of-distribution model's image statistics of the [0, 1] input, when asked for.
-    pub statistics: Option<Vec<f64>>,
-    /// The residual-statistics detector's features of the [0, 1] input, when asked for.
-    pub residual_features: Option<Vec<f64>>,
-    /// What the DICOM header says the image is (None for other inputs).
-    pub dicom: Option<crate::decode::DicomAttributes>,
-    /// Mean chroma of a decoded colour image (None for single-channel inputs and tensors).
-    pub chroma: Option<f32>,
-    pub decode_s: f64,
-    pub preprocess_s: f64,
-}
-
-/// What screening needs from decode + preprocess besides the model input; both are made
-/// from the [0, 1] pixels before mean/std.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Extras<'a> {
-    /// The campaign monitor's residual.
-    pub residual: bool,
-    /// Feature squeezing: its copies are appended to the input's rows (same batch entry).
-    pub squeeze: Option<&'a Squeeze>,
-    /// The out-of-distribution model, whose image statistics are wanted.
-    pub ood: Option<&'a OodModel>,
-    /// The residual-statistics detector, whose features are wanted.
-    pub residual_stats: Option<&'a ResidualStatistics>,
-    /// The mean chroma of a colour input (the bundle's [accepts] max_chroma), a pass over
-    /// the full-resolution image only bundles that check it pay for.
-    pub chroma: bool,
-}
-
-/// Decode + preprocess, with the seconds each step took, with no memory budget.
-pub fn prepare(input: &Input, spec: &InputSpec, limits: &DecodeLimits, extras: Extras) -> Result<Prepared, PipelineError> {
-    let mut unlimited = decode::DecodeBudget::unlimited().reserve(CancelFlag::default(), None);
-    prepare_within(input, spec, limits, &mut unlimited, extras)
-}
-
-/// Decode + preprocess, taking the request's bytes and every large allocation of the
-/// decode from `res` first.
-pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, res: &mut Reservation, extras: Extras) -> Result<Prepared, PipelineError> {
-    let t0 = Instant::now();
-    res.checkpoint()?;
-    let mut image = match input {
-        Input::Tensor { shape, data } => {
-            let pixels = check_tensor(shape, data, spec)?;
-            let decode_s = t0.elapsed().as_secs_f64();
-            return Ok(finish(pixels, spec, extras, decode_s, None));
-        }
-        Input::Dicom(bytes) if bytes.is_empty() => return Err(DecodeError::Empty.into()),
-        Input::Dicom(bytes) | Input::Image(bytes) => {
-            // The request's own bytes are memory in flight too.
-            res.grow(bytes.len() as u64, "request")?;
-            if matches!(input, Input::Dicom(_)) || decode::looks_like_dicom(bytes) {
-                decode::decode_dicom_within(bytes, limits, res)?
-            } else {
-                decode::decode_raster_within(bytes, limits, res)?
-            }
-        }
-    };
-    let decode_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let chroma = (extras.chroma && image.channels == 3).then(|| mean_chroma(&image));
-    let pixels = preprocess::to_model_space(&image, spec);
-    let mut p = finish(pixels, spec, extras, decode_s, image.dicom.take());
-    p.chroma = chroma;
-    p.preprocess_s = t1.elapsed().as_secs_f64();
-    Ok(p)
-}
-
-fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64, dicom: Option<crate::decode::DicomAttributes>) -> Prepared {
-    let t = Instant::now();
-    let (h, w) = (spec.height as usize, spec.width as usize);
-    // One Laplacian for the campaign monitor and the residual-statistics detector.
-    let laplacian = (extras.residual || extras.residual_stats.is_some()).then(|| residual::laplacian(&pixels, h, w));
-    let residual_features = extras.residual_stats.zip(laplacian.as_deref()).map(|(r, l)| r.features(l));
-    let residual = laplacian.filter(|_| extras.residual).map(campaign::normalized);
-    let statistics = extras.ood.map(|m| m.image_statistics(&pixels, h, w));
-    let copies = extras.squeeze.map(|s| s.copies(&pixels, h, w));
-    // Each row is normalised on its own (normalize walks one row's channel planes).
-    preprocess::normalize(&mut pixels, spec);
-    let mut rows = 1;
-    for mut copy in copies.into_iter().flatten() {
+/// The cascade's second pass for an input its cheap score could not call clean: feature
+/// squeezing's copies of the [0, 1] pixels, normalised, as one batcher entry.
+async fn squeezed(model: &ServedModel, squeeze: &Squeeze, pixels: &[f32], deadline: Option<Instant>, trace: &CallTrace) -> Result<InferResult, PipelineError> {
+    let spec = &model.bundle.manifest.input;
+    let copies = squeeze.copies(pixels, spec.height as usize, spec.width as usize);
+    let rows = copies.len();
+    let mut tensor = Vec::with_capacity(rows * pixels.len());
+    for mut copy in copies {
         preprocess::normalize(&mut copy, spec);
-        pixels.extend_from_slice(&copy);
-        rows += 1;
+        tensor.extend_from_slice(&copy);
     }
-    Prepared { tensor: pixels, rows, residual, statistics, residual_features, dicom, chroma: None, decode_s, preprocess_s: t.elapsed().as_secs_f64() }
-}
-
-/// Mean over pixels of max - min over the three planes: 0 for a grayscale image stored as RGB.
-fn mean_chroma(image: &decode::DecodedImage) -> f32 {
-    let (r, g, b) = (image.plane(0), image.plane(1), image.plane(2));
-    let sum: f64 = r.iter().zip(g).zip(b).map(|((r, g), b)| (r.max(*g).max(*b) - r.min(*g).min(*b)) as f64).sum();
-    (sum / r.len().max(1) as f64) as f32
-}
-
-fn check_tensor(shape: &[i64], data: &[f32], spec: &InputSpec) -> Result<Vec<f32>, DecodeError> {
-    let want = [spec.channels as i64, spec.height as i64, spec.width as i64];
-    let ok = shape == want || (shape.len() == 4 && shape[0] == 1 && shape[1..] == want);
-    if !ok {
-        return Err(DecodeError::BadTensor(format!("shape {shape:?} does not match the model input [1, {}, {}, {}]", want[0], want[1], want[2])));
-    }
-    if data.len() != spec.len() {
-        return Err(DecodeError::BadTensor(format!("shape {shape:?} needs {} values, got {}", spec.len(), data.len())));
-    }
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        return Err(DecodeError::BadTensor(format!("value {} at index {i} is not finite", data[i])));
-    }
-    if let Some(i) = data.iter().position(|v| !(0.0..=1.0).contains(v)) {
-        return Err(DecodeError::BadTensor(format!("value {} at index {i} is outside [0, 1] (tensors carry intensities before mean/std)", data[i])));
-    }
-    Ok(data.to_vec())
+    let queued = Instant::now();
+    let pass = || ("medsentry.pass", Value::Str("feature-squeezing".into()));
+    let second = model
+        .batcher
+        .infer_rows(tensor, rows, deadline)
+        .await
+        .inspect_err(|e| trace.stage("queue", queued, Instant::now(), vec![pass()], Some(e.to_string())))?;
+    let ran = queued + Duration::from_secs_f64(second.queue_seconds);
+    trace.stage("queue", queued, ran, vec![pass()], None);
+    trace.stage(
+        "infer",
+        ran,
+        ran + Duration::from_secs_f64(second.infer_seconds),
+        vec![pass(), ("medsentry.batch_size", Value::Int(second.batch_size as i64))],
+        None,
+    );
+    Ok(second)
 }

@@ -1,0 +1,95 @@
+//! The cascade (`cascade = true` in the policy) through the real server, against the fused
+//! stage's own decisions: every item of the chest bundle's advtest_sample.json is skipped
+//! (answered CLEAN without feature squeezing) exactly when the pipeline says it is
+//! (`cascade_skip`); the items the cascade does not skip get the verdict and fused score of
+//! a server without the cascade; the counters count each decision; and a bundle without a
+//! cascade is refused at start-up.
+
+mod common;
+
+use common::*;
+use medsentry::proto::Verdict;
+
+const MODEL: &str = "chest-xray-pneumonia";
+
+struct Item {
+    pixels: Vec<f32>,
+    skip: bool,
+    kind: String,
+}
+
+fn sample() -> Vec<Item> {
+    let text = std::fs::read_to_string(repo().join("models").join(MODEL).join("advtest_sample.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| Item {
+            pixels: it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            skip: it["cascade_skip"].as_bool().expect("advtest_sample.json items say whether the cascade skips them (re-run the fused stage)"),
+            kind: it["kind"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skips_exactly_what_the_pipeline_skips_and_answers_the_rest_as_without_it() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "[default]\ncascade = true\n");
+    let cascading = TestServer::ready(&["--policy", &policy]).await;
+    let plain = TestServer::ready(&[]).await;
+    let (mut with, mut without) = (cascading.client().await, plain.client().await);
+    let items = sample();
+    assert!(items.iter().any(|i| i.skip) && items.iter().any(|i| !i.skip), "the sample has both decisions");
+    let (_, before) = cascading.admin_get("/metrics");
+    for (n, item) in items.iter().enumerate() {
+        let req = || tensor_request(&format!("item-{n}"), vec![1, 64, 64], item.pixels.clone());
+        let got = with.screen(req()).await.unwrap().into_inner().screening.unwrap();
+        let full = without.screen(req()).await.unwrap().into_inner().screening.unwrap();
+        let skipped = got.note.starts_with("cascade:");
+        assert_eq!(skipped, item.skip, "item {n} ({}): the server {} it, the pipeline {} it; note {:?}", item.kind, verb(skipped), verb(item.skip), got.note);
+        let names: Vec<&str> = got.detectors.iter().map(|d| d.name.as_str()).collect();
+        if skipped {
+            assert_eq!(got.verdict(), Verdict::Clean, "item {n}");
+            assert!(!names.contains(&"feature-squeezing") && !names.contains(&"fused"), "{names:?}");
+            assert!(names.contains(&"mahalanobis"), "the cheap look still reports the detectors it ran: {names:?}");
+        } else {
+            assert_eq!(got.verdict(), full.verdict(), "item {n} ({}): the full verdict differs from the server without the cascade", item.kind);
+            assert!(
+                (got.fused_score - full.fused_score).abs() <= 1e-4 * full.fused_score.abs().max(1.0),
+                "item {n}: {} vs {}",
+                got.fused_score,
+                full.fused_score
+            );
+            assert_eq!(names, full.detectors.iter().map(|d| d.name.as_str()).collect::<Vec<_>>());
+        }
+    }
+    let (_, after) = cascading.admin_get("/metrics");
+    let skipped = items.iter().filter(|i| i.skip).count() as f64;
+    assert_eq!(delta(&before, &after, "medsentry_cascade_total", &[("model", MODEL), ("decision", "skipped")]), skipped);
+    assert_eq!(delta(&before, &after, "medsentry_cascade_total", &[("model", MODEL), ("decision", "full")]), items.len() as f64 - skipped);
+    cascading.stop().await.unwrap();
+    plain.stop().await.unwrap();
+}
+
+fn verb(skipped: bool) -> &'static str {
+    if skipped {
+        "skipped"
+    } else {
+        "did not skip"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_without_a_cascade_is_refused_at_start_up() {
+    // The fitted fixture bundles have a fused detector without a cascade.
+    let models = repo().join("tests/fixtures/fitted");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "[default]\ncascade = true\n");
+    let server = TestServer::start(&["--models-dir", models.to_str().unwrap(), "--policy", &policy]).await;
+    let err = server.task.await.unwrap().expect_err("start-up must refuse the cascade");
+    let text = format!("{err:#}");
+    assert!(text.contains("cascade = true") && text.contains("has no cascade"), "{text}");
+}
