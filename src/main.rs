@@ -12,7 +12,7 @@ async fn main() -> std::process::ExitCode {
     // Parsed first, so that --log-format applies from the first line (a bad flag or value is
     // clap's own message and exit status 2).
     let cli = medsentry::cli::Cli::parse();
-    let filter = EnvFilter::try_from_env("MEDSENTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let filter = EnvFilter::try_from_env("MEDSENTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn,jpeg2k=warn"));
     // One JSON object per line for log collectors; text otherwise, coloured only on a
     // terminal and without NO_COLOR (escape codes in a log file or a container log are noise).
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

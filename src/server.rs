@@ -31,6 +31,9 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     if let Some(export) = args.trace.export() {
         crate::trace::start(export)?;
     }
+    // Certificates before the models: a missing key file stops start-up before ONNX Runtime
+    // has loaded anything.
+    let tls = args.tls.files().map(|files| crate::tls::start(files, Duration::from_secs(args.tls.tls_reload_secs))).transpose()?;
     let (registry, warmups) = crate::registry::start_models(&args.model)?;
     let proxy = start_proxy(&args, &registry)?;
     let upstream = proxy.as_ref().map(|p| p.upstream.clone());
@@ -42,7 +45,6 @@ pub async fn run(args: ServeArgs, grpc: TcpListener, admin_listener: TcpListener
     let proxied_services: Vec<String> = vec![String::new(), oip::SERVICE_NAME.to_string()];
     let services: Vec<String> = proxied_services.iter().chain(&local_services).cloned().collect();
     set_health(&health, &services, ServingStatus::NotServing).await;
-    let tls = args.tls.files().map(|files| crate::tls::start(files, Duration::from_secs(args.tls.tls_reload_secs))).transpose()?;
     let reloader = Arc::new(Reloader::new(args.model.clone(), served.clone(), health.clone(), proxy.as_ref().map(|p| p.screen_model.clone()), tls.clone()));
     let hangups = tokio::spawn(reload_on_hangup(reloader.clone()));
 
