@@ -134,3 +134,41 @@ async fn the_clean_official_test_set_in_file_order_and_grouped_by_patient_raises
 fn metrics_now() -> String {
     medsentry::metrics::render()
 }
+
+/// The campaign residual and window score against the pipeline's own numbers
+/// (tests/fixtures/campaign/residual_parity.json, written by
+/// models/training/tests/make_campaign_parity.py from campaign.residuals / window_score):
+/// the same residual vectors, and the monitor's score as its window fills.
+#[test]
+fn residuals_and_window_scores_match_the_pipeline() {
+    use medsentry::bundle::CampaignSpec;
+    use medsentry::defense::campaign::{residual, CampaignMonitor};
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/campaign/residual_parity.json")).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (_, refs) = references(MODEL);
+    let uap = perturbation(UAP_NONTARGETED);
+    let residuals: Vec<Vec<f32>> = refs.iter().map(|r| residual(&add_clipped(&r.pixels, &uap), 64, 64)).collect();
+    for (i, row) in want["residuals"].as_array().unwrap().iter().enumerate() {
+        let row: Vec<f64> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(row.len(), residuals[i].len());
+        let worst = row.iter().zip(&residuals[i]).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-6, "residual {i}: largest difference {worst}");
+    }
+    let spec = CampaignSpec {
+        residual_window: residuals.len(),
+        residual_threshold: 1.0,
+        class_mix_window: 10,
+        class_mix_threshold: 1e9,
+        reference_class_mix: vec![0.5, 0.5],
+    };
+    let monitor = CampaignMonitor::new("parity", spec);
+    let scores = want["window_scores"].as_object().unwrap();
+    for (n, r) in residuals.into_iter().enumerate() {
+        let status = monitor.observe(r, 0);
+        if let Some(w) = scores.get(&(n + 1).to_string()) {
+            let w = w.as_f64().unwrap();
+            assert!((status.residual_score as f64 - w).abs() < 1e-5, "window of {}: {} vs the pipeline's {w}", n + 1, status.residual_score);
+        }
+    }
+    assert_eq!(scores.len(), 7, "windows of 2 to 8 residuals compared");
+}

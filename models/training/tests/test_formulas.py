@@ -117,3 +117,15 @@ def test_ood_layout_vector_cells_histogram_and_chroma():
     assert np.allclose(hist.sum(1), 1.0)
     assert np.allclose(hist[0], np.histogram(x[0].ravel(), bins=ood.BINS, range=(0, 1))[0] / x[0].size)
     assert v.shape[1] == cells.shape[1] + 2 * ood.BINS
+
+
+def test_campaign_parity_fixture_is_what_the_pipeline_computes():
+    """tests/fixtures/campaign/residual_parity.json (read by the Rust campaign monitor's
+    parity test) is current: the pipeline's residuals and window scores of today's code."""
+    import json
+
+    import make_campaign_parity
+
+    with open(make_campaign_parity.OUT) as f:
+        committed = json.load(f)
+    assert committed == json.loads(json.dumps(make_campaign_parity.build()))
