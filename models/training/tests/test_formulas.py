@@ -129,3 +129,14 @@ def test_campaign_parity_fixture_is_what_the_pipeline_computes():
     with open(make_campaign_parity.OUT) as f:
         committed = json.load(f)
     assert committed == json.loads(json.dumps(make_campaign_parity.build()))
+
+
+def test_forward_batches_of_nothing_has_the_nets_widths():
+    """An empty batch gives (0, classes) logits and (0, feature) features, not a 2-class guess."""
+    from medsentry_training import advcommon, nets
+
+    net = nets.Normalized(nets.SimpleCNN(3, 7, width=8), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]).eval()
+    x = RNG.random((3, 3, 32, 32)).astype(np.float32)
+    logits, feats = advcommon.forward_batches(net, x)
+    empty_logits, empty_feats = advcommon.forward_batches(net, x[:0])
+    assert logits.shape[0] == 3 and empty_logits.shape == (0, 7) and empty_feats.shape == (0, feats.shape[1])
