@@ -1,7 +1,12 @@
-"""The attacks this project writes itself, where torchattacks / ART lack them: Hirano &
-Takemoto's iterative UAP (with DeepFool steps, any number of classes), its random-noise
-controls, and Szegedy's box-constrained L-BFGS; plus the batching helpers the attack stage
-uses. Not a stage; `attacks` calls these.
+"""The attacks this project writes itself: Hirano & Takemoto's iterative UAP (with DeepFool
+steps, any number of classes, non-targeted and targeted, as the literature's UAP tables were
+made), its random-noise controls, and Szegedy's box-constrained L-BFGS; plus the batching
+helpers the attack stage uses. Not a stage; `attacks` calls these.
+
+torchattacks has no UAP. ART 1.20 has UniversalPerturbation and TargetedUniversalPerturbation;
+ours is written out to follow Hirano & Takemoto's update (and to run on the project's own
+nets without ART's estimator wrappers). It has not been cross-checked against ART's
+(ART is not installed in this pipeline's environment): that comparison is still to do.
 """
 from __future__ import annotations
 
