@@ -7,7 +7,7 @@
 //! measures the effect on AdvTest (README "Cascade").
 
 use super::detectors::{Cascade, Detector};
-use super::{DetectorScore, Evidence, Screener, Screening, Verdict};
+use super::{one_pass_score, DetectorScore, Evidence, Screener, Screening, Verdict};
 use crate::bundle::DetectorSpec;
 use crate::engine::InferResult;
 
@@ -53,22 +53,15 @@ impl Screener {
         let mut named: Vec<(String, f64)> = Vec::new();
         let mut detectors = Vec::new();
         for (spec, detector) in &self.detectors {
-            let score = match detector {
-                Detector::FeatureSqueezing(_) | Detector::Fused(_) => continue,
-                Detector::ResidualStatistics(r) => evidence.residual_features.map_or(f64::NAN, |f| r.score(f)),
-                d => d.score_result(result),
-            };
+            if matches!(detector, Detector::FeatureSqueezing(_) | Detector::Fused(_)) {
+                continue;
+            }
+            let score = one_pass_score(detector, result, evidence);
             if !score.is_finite() {
                 return None;
             }
             named.push((spec.name.clone(), score));
-            detectors.push(DetectorScore {
-                name: spec.name.clone(),
-                score: score as f32,
-                threshold: spec.threshold,
-                calibrated_fpr: spec.calibrated_fpr,
-                fired: score > spec.threshold as f64,
-            });
+            detectors.push(DetectorScore::of(spec, score, score > spec.threshold as f64));
         }
         let cheap = cascade.combiner.score(&named, &result.logits);
         if cheap.is_nan() || cheap >= cascade.skip_below {

@@ -60,6 +60,21 @@ pub struct DetectorScore {
     pub fired: bool,
 }
 
+impl DetectorScore {
+    fn of(spec: &DetectorSpec, score: f64, fired: bool) -> DetectorScore {
+        DetectorScore { name: spec.name.clone(), score: score as f32, threshold: spec.threshold, calibrated_fpr: spec.calibrated_fpr, fired }
+    }
+}
+
+/// A detector's score from one forward pass and the input's evidence (the fused detector
+/// reads the others' scores instead; feature squeezing reads the squeezed copies' logits).
+fn one_pass_score(detector: &Detector, result: &InferResult, evidence: &Evidence) -> f64 {
+    match detector {
+        Detector::ResidualStatistics(r) => evidence.residual_features.map_or(f64::NAN, |f| r.score(f)),
+        d => d.score_result(result),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Screening {
     pub verdict: Verdict,
@@ -297,8 +312,7 @@ impl Screener {
         for (spec, detector) in &self.detectors {
             let score = match detector {
                 Detector::Fused(f) => f.combiner.score(&named, &result.logits),
-                Detector::ResidualStatistics(r) => evidence.residual_features.map_or(f64::NAN, |f| r.score(f)),
-                d => d.score_result(result),
+                d => one_pass_score(d, result, evidence),
             };
             named.push((spec.name.clone(), score));
         }
@@ -317,13 +331,7 @@ impl Screener {
                 if !score.is_finite() {
                     // NaN features or an overflowing formula: this detector has no opinion.
                     failed.push(spec.name.clone());
-                    return DetectorScore {
-                        name: spec.name.clone(),
-                        score: score as f32,
-                        threshold: spec.threshold,
-                        calibrated_fpr: spec.calibrated_fpr,
-                        fired: false,
-                    };
+                    return DetectorScore::of(spec, score, false);
                 }
                 let fired = score > spec.threshold as f64;
                 if !fused_scored || matches!(detector, Detector::Fused(_)) {
@@ -334,7 +342,7 @@ impl Screener {
                     }
                     fused = fused.max(score / spec.threshold as f64);
                 }
-                DetectorScore { name: spec.name.clone(), score: score as f32, threshold: spec.threshold, calibrated_fpr: spec.calibrated_fpr, fired }
+                DetectorScore::of(spec, score, fired)
             })
             .collect();
         if failed.len() == scores.len() {

@@ -19,7 +19,6 @@ use crate::engine::stats::StageSeconds;
 use crate::engine::{BatchError, InferResult};
 use crate::metrics;
 use crate::policy::{self, Enforced, Origin, Refusal, Subject};
-use crate::preprocess;
 use crate::registry::ServedModel;
 use crate::trace::{CallTrace, Value};
 
@@ -176,17 +175,9 @@ async fn screen(
     trace.stage("decode", decode_started, decoded, Vec::new(), None);
     trace.stage("preprocess", decoded, decoded + Duration::from_secs_f64(preprocess_s), vec![("medsentry.rows", Value::Int(rows as i64))], None);
 
-    let queued = Instant::now();
-    let mut result = model
-        .batcher
-        .infer_rows(tensor, rows, deadline)
-        .await
-        .inspect_err(|e| trace.stage("queue", queued, Instant::now(), Vec::new(), Some(e.to_string())))?;
+    let mut result = run_entry(model, tensor, rows, deadline, trace, None).await?;
     metrics::record_stage(name, "queue", result.queue_seconds);
     metrics::record_stage(name, "infer", result.infer_seconds);
-    let ran = queued + Duration::from_secs_f64(result.queue_seconds);
-    trace.stage("queue", queued, ran, Vec::new(), None);
-    trace.stage("infer", ran, ran + Duration::from_secs_f64(result.infer_seconds), vec![("medsentry.batch_size", Value::Int(result.batch_size as i64))], None);
 
     let mut detect_start = Instant::now();
     let evidence = Evidence { residual_features: residual_features.as_deref(), statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
@@ -246,29 +237,28 @@ async fn screen(
 /// The cascade's second pass for an input its cheap score could not call clean: feature
 /// squeezing's copies of the [0, 1] pixels, normalised, as one batcher entry.
 async fn squeezed(model: &ServedModel, squeeze: &Squeeze, pixels: &[f32], deadline: Option<Instant>, trace: &CallTrace) -> Result<InferResult, PipelineError> {
-    let spec = &model.bundle.manifest.input;
-    let copies = squeeze.copies(pixels, spec.height as usize, spec.width as usize);
-    let rows = copies.len();
-    let mut tensor = Vec::with_capacity(rows * pixels.len());
-    for mut copy in copies {
-        preprocess::normalize(&mut copy, spec);
-        tensor.extend_from_slice(&copy);
-    }
+    let (tensor, rows) = prepare::squeezed_rows(squeeze, pixels, &model.bundle.manifest.input);
+    run_entry(model, tensor, rows, deadline, trace, Some("feature-squeezing")).await
+}
+
+/// One batcher entry of `rows` inputs, with its queue and infer spans (`pass` names a
+/// second pass of the same input).
+async fn run_entry(
+    model: &ServedModel,
+    tensor: Vec<f32>,
+    rows: usize,
+    deadline: Option<Instant>,
+    trace: &CallTrace,
+    pass: Option<&'static str>,
+) -> Result<InferResult, PipelineError> {
+    let attrs = || pass.map(|p| ("medsentry.pass", Value::Str(p.into()))).into_iter().collect::<Vec<_>>();
     let queued = Instant::now();
-    let pass = || ("medsentry.pass", Value::Str("feature-squeezing".into()));
-    let second = model
-        .batcher
-        .infer_rows(tensor, rows, deadline)
-        .await
-        .inspect_err(|e| trace.stage("queue", queued, Instant::now(), vec![pass()], Some(e.to_string())))?;
-    let ran = queued + Duration::from_secs_f64(second.queue_seconds);
-    trace.stage("queue", queued, ran, vec![pass()], None);
-    trace.stage(
-        "infer",
-        ran,
-        ran + Duration::from_secs_f64(second.infer_seconds),
-        vec![pass(), ("medsentry.batch_size", Value::Int(second.batch_size as i64))],
-        None,
-    );
-    Ok(second)
+    let result =
+        model.batcher.infer_rows(tensor, rows, deadline).await.inspect_err(|e| trace.stage("queue", queued, Instant::now(), attrs(), Some(e.to_string())))?;
+    let ran = queued + Duration::from_secs_f64(result.queue_seconds);
+    trace.stage("queue", queued, ran, attrs(), None);
+    let mut infer = attrs();
+    infer.push(("medsentry.batch_size", Value::Int(result.batch_size as i64)));
+    trace.stage("infer", ran, ran + Duration::from_secs_f64(result.infer_seconds), infer, None);
+    Ok(result)
 }

@@ -101,15 +101,13 @@ fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64,
     let residual_features = extras.residual_stats.zip(laplacian.as_deref()).map(|(r, l)| r.features(l));
     let residual = laplacian.filter(|_| extras.residual).map(campaign::normalized);
     let statistics = extras.ood.map(|m| m.image_statistics(&pixels, h, w));
-    let copies = extras.squeeze.map(|s| s.copies(&pixels, h, w));
+    let copies = extras.squeeze.map(|s| squeezed_rows(s, &pixels, spec));
     let kept = extras.keep_pixels.then(|| pixels.clone());
-    // Each row is normalised on its own (normalize walks one row's channel planes).
     preprocess::normalize(&mut pixels, spec);
     let mut rows = 1;
-    for mut copy in copies.into_iter().flatten() {
-        preprocess::normalize(&mut copy, spec);
-        pixels.extend_from_slice(&copy);
-        rows += 1;
+    if let Some((copies, n)) = copies {
+        pixels.extend_from_slice(&copies);
+        rows += n;
     }
     Prepared {
         tensor: pixels,
@@ -123,6 +121,19 @@ fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64,
         preprocess_s: t.elapsed().as_secs_f64(),
         pixels: kept,
     }
+}
+
+/// Feature squeezing's copies of the [0, 1] `pixels`, each normalised on its own (normalize
+/// walks one row's channel planes), laid out as rows; and how many rows.
+pub(super) fn squeezed_rows(squeeze: &Squeeze, pixels: &[f32], spec: &InputSpec) -> (Vec<f32>, usize) {
+    let copies = squeeze.copies(pixels, spec.height as usize, spec.width as usize);
+    let rows = copies.len();
+    let mut out = Vec::with_capacity(rows * pixels.len());
+    for mut copy in copies {
+        preprocess::normalize(&mut copy, spec);
+        out.extend_from_slice(&copy);
+    }
+    (out, rows)
 }
 
 /// Mean over pixels of max - min over the three planes: 0 for a grayscale image stored as RGB.

@@ -172,11 +172,7 @@ def advtrain_base(clf: Classifier, x_tr: np.ndarray, y_tr: np.ndarray, att_tr: l
 def fit_calibrated(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray):
     """The combiner fitted on all of AdvTrain, and its thresholds at FPRS from its own
     out-of-fold scores of the clean images."""
-    oof = np.zeros(len(Xc))
-    for f in range(detectors.N_FOLDS):
-        a = fold[src] != f
-        m = fit_fused(np.vstack([Xc[fold != f], Xa[a]]), np.r_[np.zeros((fold != f).sum()), np.ones(a.sum())])
-        oof[fold == f] = fused_score(m, Xc[fold == f])
+    oof, _ = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]))
     thresholds = {f"fpr_{p}": detectors.threshold_at(oof, p) for p in FPRS}
     return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))]), thresholds
 
