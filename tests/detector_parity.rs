@@ -5,19 +5,29 @@
 mod common;
 
 use common::*;
+use medsentry::bundle::detector_kinds;
 use medsentry::proto;
 
-/// Served detector name -> key of the pipeline's scores in advtest_sample.json.
-/// `residual-statistics` and `fused` (medsentry_training.fused) are checked in the bundles
-/// that serve them.
-const DETECTORS: &[(&str, &str)] = &[
-    ("mahalanobis", "mahalanobis"),
-    ("learned-logistic", "logreg"),
-    ("feature-squeezing", "squeeze"),
-    ("residual-statistics", "residual"),
-    ("fused", "fused"),
-];
-const OPTIONAL: &[&str] = &["residual-statistics", "fused"];
+/// Every committed bundle's detectors are rows of the contract (models/detector_kinds.toml),
+/// in its order, with its kind and file: the pipeline wrote them from the same table.
+#[test]
+fn committed_bundles_declare_their_detectors_as_the_contract_does() {
+    let contract = detector_kinds();
+    let fitted = repo().join("tests/fixtures/fitted");
+    let dirs = ["chest-xray-pneumonia", "pneumoniamnist-28", "dermoscopy-isic2018", RESNET224].map(|m| repo().join("models").join(m));
+    for dir in dirs.into_iter().chain(["tiny-nchw-logits", "tiny-nhwc-softmax"].map(|m| fitted.join(m))) {
+        let bundle = medsentry::bundle::Bundle::load_dir(&dir, &[]).unwrap();
+        let mut last = None;
+        for d in &bundle.manifest.detectors {
+            let row = contract.iter().position(|k| k.name == d.name).unwrap_or_else(|| panic!("{}: {} is not in the contract", dir.display(), d.name));
+            assert_eq!((&contract[row].kind, &contract[row].file), (&d.kind, &d.file), "{}: {}", dir.display(), d.name);
+            assert!(last < Some(row), "{}: {} out of the contract's order", dir.display(), d.name);
+            last = Some(row);
+        }
+        let names: Vec<&str> = bundle.manifest.detectors.iter().map(|d| d.name.as_str()).collect();
+        assert!(contract.iter().filter(|k| !k.optional).all(|k| names.contains(&k.name.as_str())), "{}: {names:?}", dir.display());
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chest_xray_detector_scores_match_the_pipeline_and_attacks_are_flagged() {
@@ -74,13 +84,15 @@ async fn check_in(models: &std::path::Path, model: &str, separates: bool) {
         let resp = client.screen(req).await.unwrap().into_inner();
         let s = resp.screening.unwrap();
         assert_ne!(s.verdict, proto::Verdict::NotScreened as i32, "the bundle's detectors run");
-        for (served, key) in DETECTORS {
-            let Some(d) = s.detectors.iter().find(|d| d.name == *served) else {
-                assert!(OPTIONAL.contains(served), "{served} missing");
+        // The contract's names are the sample's score keys (models/detector_kinds.toml).
+        for kind in detector_kinds() {
+            let served = &kind.name;
+            let Some(d) = s.detectors.iter().find(|d| &d.name == served) else {
+                assert!(kind.optional, "{served} missing");
                 continue;
             };
             let got = d.score as f64;
-            let want = item["scores"][key].as_f64().unwrap_or_else(|| panic!("advtest_sample.json has no {key} score"));
+            let want = item["scores"][served].as_f64().unwrap_or_else(|| panic!("advtest_sample.json has no {served} score"));
             assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{id} {served}: sidecar {got} vs pipeline {want}");
         }
         let flagged = s.verdict == proto::Verdict::Adversarial as i32;
@@ -93,7 +105,7 @@ async fn check_in(models: &std::path::Path, model: &str, separates: bool) {
         }
     }
     let (_, m) = server.admin_get("/metrics");
-    for (served, _) in DETECTORS.iter().filter(|(d, _)| !OPTIONAL.contains(d) || m.contains(&format!("detector=\"{d}\""))) {
+    for served in detector_kinds().iter().filter(|d| !d.optional || m.contains(&format!("detector=\"{}\"", d.name))).map(|d| d.name.as_str()) {
         assert!(metric(&m, "medsentry_detector_score_count", &[("model", model), ("detector", served)]) >= (clean + adv) as f64, "{served} score histogram");
     }
     assert!(metric(&m, "medsentry_requests_total", &[("model", model), ("verdict", "adversarial")]) >= adv_flagged as f64);

@@ -4,6 +4,7 @@
 //! graph itself is checked against the input spec when the engine opens it.
 
 mod error;
+mod kinds;
 mod manifest;
 mod signature;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::BundleError;
+pub use kinds::{detector_kinds, is_known_kind, DetectorKind};
 pub use manifest::{Accepts, CampaignSpec, ColorMode, DetectorSpec, Hardening, InputSpec, Layout, Manifest, OodSpec, OutputSpec, ScoreKind};
 pub use signature::{generate_key, sign, TrustedKey, SIGNATURE_FILE};
 

@@ -25,7 +25,7 @@ use thiserror::Error;
 pub use campaign::{CampaignMonitor, CampaignStatus};
 pub use detectors::Detector;
 
-use crate::bundle::{Accepts, Bundle, DetectorSpec};
+use crate::bundle::{is_known_kind, Accepts, Bundle, DetectorSpec};
 use crate::engine::InferResult;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +145,6 @@ pub enum DefenseError {
     NoCascade { bundle: String, reason: String },
 }
 
-const KINDS: &[&str] = &["mahalanobis", "logistic", "feature_squeezing", "residual_statistics", "fused"];
-
 /// The screening configuration of one served model.
 #[derive(Debug, Clone)]
 pub struct Screener {
@@ -175,7 +173,7 @@ impl Screener {
         }
         let mut detectors = Vec::new();
         for spec in m.detectors.iter().filter(|s| !disabled.contains(&s.name)) {
-            if !KINDS.contains(&spec.kind.as_str()) {
+            if !is_known_kind(&spec.kind) {
                 return Err(DefenseError::UnsupportedDetector { bundle: m.name.clone(), detector: spec.name.clone(), kind: spec.kind.clone() });
             }
             let bytes = bundle.files.get(&spec.file).map(Vec::as_slice).unwrap_or_default();

@@ -75,7 +75,11 @@ fn worker_main(
     let _ = ready.blocking_send(Ok(session.provider));
     drop(ready);
     loop {
-        // One worker at a time waits on the channel; the others wait on the lock.
+        // One worker at a time waits on the channel; the others wait on the lock. A
+        // multi-consumer channel (crossbeam, flume, async-channel) would drop the lock but
+        // has no `reserve`: the batcher reserves this channel's one slot before it forms a
+        // batch (batcher/queue.rs), so requests keep joining the next batch while every
+        // worker is busy. The lock is only ever contended by idle workers.
         let next = batches.lock().map(|mut rx| rx.blocking_recv());
         let Ok(Some(batch)) = next else { break };
         run_batch(&mut session, &model, batch, &stats);

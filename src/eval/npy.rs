@@ -5,6 +5,11 @@
 //! Values come back as f32 as stored: uint8 pixels are not scaled to [0, 1] (the caller
 //! knows whether the file holds 0..255 pixels or labels), and float64 values outside the
 //! f32 range become infinite.
+//!
+//! Hand-written on purpose: npyz 0.8.4, tried in its place, panics on a 40-byte header whose
+//! shape's product overflows (`attempt to multiply with overflow` in its header parser; release
+//! builds wrap instead), writes no version 2.0 header (it asserts when one is needed) and
+//! pads headers differently from NumPy. This reader checks every size before it allocates.
 
 use thiserror::Error;
 

@@ -354,15 +354,6 @@ pub const CHEST: &str = "chest-xray-pneumonia";
 /// "Protect your own classifier").
 pub const RESNET224: &str = "chest-xray-resnet18-224";
 
-/// Served detector name -> key of the pipeline's scores in advtest_sample.json.
-const SAMPLE_KEYS: &[(&str, &str)] = &[
-    ("mahalanobis", "mahalanobis"),
-    ("learned-logistic", "logreg"),
-    ("feature-squeezing", "squeeze"),
-    ("residual-statistics", "residual"),
-    ("fused", "fused"),
-];
-
 /// (clean, flagged) chest X-ray AdvTest tensors from advtest_sample.json, chosen by the pipeline's
 /// scores against the thresholds that set the verdict (the fused detector's when the bundle
 /// has one, else every detector's): the clean one is below every SUSPICIOUS threshold, the
@@ -377,8 +368,8 @@ pub fn sample_pair() -> (Vec<f32>, Vec<f32>) {
         .iter()
         .filter(|d| !has_fused || d.kind == "fused")
         .map(|d| {
-            let key = SAMPLE_KEYS.iter().find(|(n, _)| *n == d.name).unwrap_or_else(|| panic!("no sample key for {}", d.name)).1;
-            (key, d.threshold as f64, d.suspicious_threshold.unwrap_or(d.threshold) as f64)
+            // advtest_sample.json's scores are keyed by the contract's detector names.
+            (d.name.as_str(), d.threshold as f64, d.suspicious_threshold.unwrap_or(d.threshold) as f64)
         })
         .collect();
     let pixels = |it: &serde_json::Value| it["pixels"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();

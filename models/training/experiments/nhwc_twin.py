@@ -31,6 +31,7 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from medsentry_training import bundle_toml  # noqa: E402
+from medsentry_training.advcommon import sha256_file  # noqa: E402
 from medsentry_training.fit import graph  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -102,8 +103,8 @@ def main():
     doc["name"] = name
     doc["input"].update({"layout": "nhwc", "mean": [0.5] * 3, "std": [0.5] * 3})
     doc["outputs"].update({"input": spec.input, "logits": spec.output, "scores": "probabilities"})
-    doc["files"]["classifier.onnx"] = bundle_toml.sha256(os.path.join(out_dir, "classifier.onnx"))
-    bundle_toml.write(os.path.join(out_dir, "bundle.toml"), doc, "# experiments/nhwc_twin.py: the NHWC/[-1,1]/softmax rewrite, detectors carried over")
+    doc["files"]["classifier.onnx"] = sha256_file(os.path.join(out_dir, "classifier.onnx"))
+    bundle_toml.write_new(out_dir, doc, "# experiments/nhwc_twin.py: the NHWC/[-1,1]/softmax rewrite, detectors carried over")
     print(f"[twin] {name}: {n} original output values bit-identical after adding features ({dim})", flush=True)
 
     models_a = os.path.join(args.work, "original")

@@ -125,11 +125,11 @@ def non_adaptive_pgd20(model, dets, squeeze_det, recs) -> dict:
     detector flagging them, per budget: the baseline the adaptive attack is compared with."""
     out = {}
     for r in recs:
-        if r["target_model"] == C.SERVED and r["attack"] == "pgd20":
-            m = (r["split"] == 1) & (r["pred_clean"] == r["label"])
+        if r.target_model == C.SERVED and r.attack == "pgd20":
+            m = (r.split == 1) & (r.pred_clean == r.label)
             if not m.any():
-                out[r["budget"]] = None
+                out[r.budget] = None
                 continue
-            _, und = undetected(model, dets, squeeze_det, r["x_adv"][m])
-            out[r["budget"]] = float(((r["pred_adv"][m] != r["label"][m]) & und).mean())
+            _, und = undetected(model, dets, squeeze_det, r.x_adv[m])
+            out[r.budget] = float(((r.pred_adv[m] != r.label[m]) & und).mean())
     return out

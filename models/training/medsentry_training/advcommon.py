@@ -18,13 +18,15 @@ import json
 import os
 import shutil
 import time
-import types
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
-from . import datasets
+from . import datasets, records
 from .nets import Normalized, SimpleCNN, SmallResNet
+from .records import AttackRecord
 
 torch.set_num_threads(int(os.environ.get("MEDSENTRY_TORCH_THREADS", "2")))
 
@@ -105,8 +107,9 @@ def snapshot_served(spec, out_dir: str) -> tuple[str, str]:
     dst = os.path.join(out_dir, "served_snapshot.onnx" if onnx_file else "served_snapshot.pt")
     with open(dst + ".tmp", "wb") as f:
         f.write(data)
+    sha = sha256_file(dst + ".tmp")
     os.replace(dst + ".tmp", dst)
-    return dst, hashlib.sha256(data).hexdigest()
+    return dst, sha
 
 
 def load_manifest(adir: str) -> dict:
@@ -171,17 +174,30 @@ def stage_args(doc: str, argv, extra=None):
     return args, spec, os.path.abspath(args.out) if args.out else default_bundle_dir(spec)
 
 
-def load_stage(spec, limit: int | None) -> types.SimpleNamespace:
-    """What the stages after `attacks` start from: the attack folder (adir) and its manifest
-    (man), the attacked snapshot of the served classifier (model, ck), the official test set
-    (x, y, files), the AdvTrain/AdvTest indices (split) and this snapshot's attack records."""
+@dataclass
+class StageData:
+    """What the stages after `attacks` start from (load_stage)."""
+    adir: str  # the attack folder
+    man: dict  # its manifest
+    model: Normalized  # the attacked snapshot of the served classifier
+    ck: dict  # ... and its checkpoint dict
+    x: np.ndarray  # the official test set
+    y: np.ndarray
+    files: list
+    split: dict  # "train" / "test": AdvTrain / AdvTest indices into x
+    recs: list[AttackRecord]  # this snapshot's attack records
+
+
+def load_stage(spec, limit: int | None) -> StageData:
+    """The attack folder and its manifest, the attacked snapshot of the served classifier,
+    the official test set, the AdvTrain/AdvTest indices and this snapshot's attack records."""
     adir = attack_dir(spec, limit)
     man = load_manifest(adir)
     model, ck = load_ckpt(os.path.join(adir, man["snapshot"]))
     x, y, files = datasets.load_split(spec, "test")
     split = {h: np.array(man["split"][h], dtype=np.int64) for h in ["train", "test"]}
     recs = load_attacks(adir, shas=man["shas"])
-    return types.SimpleNamespace(adir=adir, man=man, model=model, ck=ck, x=x, y=y, files=files, split=split, recs=recs)
+    return StageData(adir=adir, man=man, model=model, ck=ck, x=x, y=y, files=files, split=split, recs=recs)
 
 
 @contextlib.contextmanager
@@ -205,35 +221,19 @@ def forward_batches(model: Normalized, x: np.ndarray, batch: int = 256):
     return np.concatenate(ls), np.concatenate(fs)
 
 
-def load_attacks(adir: str, target: str | None = None, shas: dict | None = None):
-    """All attack records in adir as a list of dicts (npz contents + meta). With `shas`
-    (the manifest's), records made against other checkpoint versions are left out."""
-    recs = []
-    for name in sorted(os.listdir(adir)):
-        if not name.endswith(".npz"):
-            continue
-        z = np.load(os.path.join(adir, name), allow_pickle=False)
-        meta = json.loads(str(z["meta"]))
-        if target and meta["target_model"] != target:
-            continue
-        if shas is not None and any(shas.get(k) != v for k, v in meta["shas"].items()):
-            print(f"[stale] {name}: made against another checkpoint version; ignored", flush=True)
-            continue
-        rec = {k: z[k] for k in z.files if k != "meta"}
-        rec.update(meta)
-        rec["file"] = name
-        recs.append(rec)
-    return recs
+def load_attacks(adir: str, target: str | None = None, shas: dict | None = None) -> list[AttackRecord]:
+    """All attack records in adir (records.load_all). With `shas` (the manifest's),
+    records made against other checkpoint versions are left out."""
+    return records.load_all(adir, target, shas)
 
 
 def auroc(neg: np.ndarray, pos: np.ndarray) -> float | None:
-    """AUROC of scores (higher = positive), ties counted half."""
+    """AUROC of scores (higher = positive), ties counted half (scikit-learn's roc_auc_score)."""
     if len(neg) == 0 or len(pos) == 0:
         return None
-    from .export import auc
     s = np.concatenate([neg, pos]).astype(np.float64)
     y = np.concatenate([np.zeros(len(neg)), np.ones(len(pos))])
-    return auc(s, y)
+    return float(roc_auc_score(y, s))
 
 
 def roc_curve(neg: np.ndarray, pos: np.ndarray):

@@ -1,38 +1,26 @@
-"""bundle.toml: the one writer of the file (export and detector registration share it).
+"""bundle.toml: the one writer of the file (export and fit write its first version with
+write_new; detector registration, campaign and ood rewrite their sections).
 
     python -m medsentry_training.bundle_toml --dataset chest_xray
 
 registers the detectors fitted by `detectors` in models/NAME/bundle.toml: one
-[[detectors]] entry per served detector with its threshold at 1 % FPR (verdict
-ADVERSARIAL) and 5 % FPR (SUSPICIOUS), both calibrated on clean AdvTrain, and the sha256 of
-its file in [files] (the sidecar refuses files that do not match).
+[[detectors]] entry per served detector of the contract (models/detector_kinds.toml,
+contract.py: name, kind, file, in its order; an optional one only when its file exists)
+with its threshold at 1 % FPR (verdict ADVERSARIAL) and 5 % FPR (SUSPICIOUS), both
+calibrated on clean AdvTrain, and the sha256 of its file in [files] (the sidecar refuses
+files that do not match).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import tomllib
 
-from . import datasets
+from . import contract, datasets
+from .advcommon import sha256_file
 
-# Served detectors: Mahalanobis (fitted on clean AdvTrain), the learned detector fitted on
-# FGSM/BIM/PGD/C&W (the one the unseen-attack table evaluates) and feature squeezing
-# (training-free; thresholds from clean AdvTrain).
-SERVED = (("mahalanobis", "mahalanobis", "detector_mahalanobis.json"),
-          ("learned-logistic", "logistic", "detector_logreg.json"),
-          ("feature-squeezing", "feature_squeezing", "detector_squeeze.json"),
-          # Fitted by fused.py: residual statistics (residual.py) and the fused detector, whose
-          # thresholds set the verdict.
-          ("residual-statistics", "residual_statistics", "detector_residual.json"),
-          ("fused", "fused", "detector_fused.json"))
-OPTIONAL = ("residual-statistics", "fused")
-
-
-def sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+FILE = "bundle.toml"
 
 
 def _value(v) -> str:
@@ -66,29 +54,34 @@ def write(path: str, doc: dict, header: str):
         f.write(dumps(doc, header))
 
 
+def write_new(bundle_dir: str, doc: dict, header: str):
+    """A bundle's first bundle.toml (export, fit): no detectors yet."""
+    write(os.path.join(bundle_dir, FILE), doc, header)
+
+
 def register_detectors(bundle_dir: str):
     path, doc, header = _load(bundle_dir)
     detectors = []
-    for name, kind, file in SERVED:
-        p = os.path.join(bundle_dir, file)
-        if not os.path.exists(p) and name in OPTIONAL:
+    for det in contract.detectors():
+        p = os.path.join(bundle_dir, det.file)
+        if not os.path.exists(p) and det.optional:
             continue
         if not os.path.exists(p):
             raise SystemExit(f"{p} is missing: run `python -m medsentry_training.detectors` first")
         with open(p) as f:
             d = json.load(f)
         thr = d["thresholds"]
-        detectors.append({"name": name, "kind": kind, "file": file,
+        detectors.append({"name": det.name, "kind": det.kind, "file": det.file,
                           "threshold": thr["fpr_0.01"], "calibrated_fpr": 0.01,
                           "suspicious_threshold": thr["fpr_0.05"], "suspicious_fpr": 0.05})
-        doc["files"][file] = sha256(p)
+        doc["files"][det.file] = sha256_file(p)
     doc["detectors"] = detectors
     _rewrite(path, doc, header)
     print(f"[done] {len(detectors)} detectors registered in {os.path.relpath(path, datasets.REPO)}")
 
 
 def _load(bundle_dir: str):
-    path = os.path.join(bundle_dir, "bundle.toml")
+    path = os.path.join(bundle_dir, FILE)
     with open(path, "rb") as f:
         doc = tomllib.load(f)
     with open(path) as f:
@@ -119,7 +112,7 @@ def set_ood(bundle_dir: str, section: dict, accepts: dict):
     path, doc, header = _load(bundle_dir)
     doc["ood"] = section
     doc["accepts"] = accepts
-    doc.setdefault("files", {})[section["file"]] = sha256(os.path.join(bundle_dir, section["file"]))
+    doc.setdefault("files", {})[section["file"]] = sha256_file(os.path.join(bundle_dir, section["file"]))
     _rewrite(path, doc, header)
     print(f"[done] [ood] and [accepts] written to {os.path.relpath(path, datasets.REPO)}")
 

@@ -42,8 +42,17 @@ STREAM_LEN = 1000
 FIXTURES = ("uap__linf_z4", "uap_to0__l2_z4", "uap_random__linf_z4")
 
 
-def residuals(x: np.ndarray) -> np.ndarray:
-    """Unit-norm, zero-mean Laplacian residual of each image (rows of the result)."""
+def residuals(x: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Unit-norm, zero-mean Laplacian residual of each image (rows of the result), computed
+    `chunk` images at a time: each row depends on its own image only, and the float64
+    temporaries of a whole 224 px training set (5,216 x 3 x 224 x 224) would need ~30 GB."""
+    out = np.empty((len(x), int(np.prod(x.shape[1:]))), dtype=np.float64)
+    for i in range(0, len(x), chunk):
+        out[i:i + chunk] = _residuals(x[i:i + chunk])
+    return out
+
+
+def _residuals(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
     r = 4 * x - p[:, :, :-2, 1:-1] - p[:, :, 2:, 1:-1] - p[:, :, 1:-1, :-2] - p[:, :, 1:-1, 2:]
@@ -228,24 +237,24 @@ def main(argv=None):
 
     rows = []
     for rec in st.recs:
-        if rec["target_model"] != C.SERVED or not rec["attack"].startswith("uap"):
+        if rec.target_model != C.SERVED or not rec.attack.startswith("uap"):
             continue
-        m = rec["split"] == 1
-        r_adv = residuals(rec["x_adv"][m])
-        res_rate, mix_rate = stream_alarms(r_adv, rec["pred_adv"][m].astype(np.int64), ref_mix, thr_res, thr_mix, rng,
+        m = rec.split == 1
+        r_adv = residuals(rec.x_adv[m])
+        res_rate, mix_rate = stream_alarms(r_adv, rec.pred_adv[m].astype(np.int64), ref_mix, thr_res, thr_mix, rng,
                                            streams=5)
-        rows.append({"attack": rec["attack"], "budget": rec["budget"], "n": int(m.sum()),
+        rows.append({"attack": rec.attack, "budget": rec.budget, "n": int(m.sum()),
                      "residual_alarm_rate": res_rate, "class_mix_alarm_rate": mix_rate,
                      "mean_window_score": float(random_windows(r_adv, 200, rng).mean()),
-                     "predicted_mix": (np.bincount(rec["pred_adv"][m], minlength=k) / m.sum()).tolist()})
-        print(f"[campaign] {rec['attack']} {rec['budget']}: residual {res_rate:.3f}, class mix {mix_rate:.3f}", flush=True)
+                     "predicted_mix": (np.bincount(rec.pred_adv[m], minlength=k) / m.sum()).tolist()})
+        print(f"[campaign] {rec.attack} {rec.budget}: residual {res_rate:.3f}, class mix {mix_rate:.3f}", flush=True)
 
     fix_dir = datasets.fixture_dir(spec, "campaign")
     os.makedirs(fix_dir, exist_ok=True)
     for rec in st.recs:
-        name = f"{rec['attack']}__{rec['budget']}"
-        if rec["target_model"] == C.SERVED and name in FIXTURES and "uap" in rec:
-            np.save(os.path.join(fix_dir, f"{spec.name}__{name}.npy"), rec["uap"][0].astype(np.float32))
+        name = f"{rec.attack}__{rec.budget}"
+        if rec.target_model == C.SERVED and name in FIXTURES and rec.uap is not None:
+            np.save(os.path.join(fix_dir, f"{spec.name}__{name}.npy"), rec.uap[0].astype(np.float32))
 
     section = {"residual_window": RESIDUAL_WINDOW, "residual_threshold": round(thr_res, 6),
                "class_mix_window": CLASS_MIX_WINDOW, "class_mix_threshold": round(thr_mix, 4),

@@ -48,28 +48,28 @@ def robust_tables(recs, y):
     for target in ["hardened", "standard"]:
         rows = {}
         for r in recs:
-            if r["target_model"] != target or family(r["attack"]) == "uap" or r["attack"] in ("transfer",):
+            if r.target_model != target or family(r.attack) == "uap" or r.attack in ("transfer",):
                 continue
-            te = r["split"] == 1
-            if not te.any() or not r["budget"].startswith("linf_"):
+            te = r.split == 1
+            if not te.any() or not r.budget.startswith("linf_"):
                 continue
-            ok = (r["pred_clean"][te] == r["label"][te]) & (r["pred_adv"][te] == r["label"][te])
-            rows.setdefault(r["budget"], {})[r["attack"]] = float(ok.mean())
-            out.setdefault("clean_advtest_accuracy", {})[target] = float((r["pred_clean"][te] == r["label"][te]).mean())
-            if r["attack"] == "aa_lite" and "apgd_success" in r:
-                apgd_ok = (r["pred_clean"][te] == r["label"][te]) & ~r["apgd_success"][te]
-                rows[r["budget"]]["apgd_ce"] = float(apgd_ok.mean())
+            ok = (r.pred_clean[te] == r.label[te]) & (r.pred_adv[te] == r.label[te])
+            rows.setdefault(r.budget, {})[r.attack] = float(ok.mean())
+            out.setdefault("clean_advtest_accuracy", {})[target] = float((r.pred_clean[te] == r.label[te]).mean())
+            if r.attack == "aa_lite" and r.apgd_success is not None:
+                apgd_ok = (r.pred_clean[te] == r.label[te]) & ~r.apgd_success[te]
+                rows[r.budget]["apgd_ce"] = float(apgd_ok.mean())
         out[target] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split("_")[1])))
     out.setdefault("clean_advtest_accuracy", {})
-    tr = [r for r in recs if r["attack"] == "transfer"]
-    out["transfer_to_hardened"] = {r["budget"]: float(((r["pred_clean"] == r["label"]) & (r["pred_adv"] == r["label"])
-                                                         )[r["split"] == 1].mean()) for r in tr}
+    tr = [r for r in recs if r.attack == "transfer"]
+    out["transfer_to_hardened"] = {r.budget: float(((r.pred_clean == r.label) & (r.pred_adv == r.label)
+                                                         )[r.split == 1].mean()) for r in tr}
     return out
 
 
 def uap_table(recs, labels):
     rows = []
-    by = {(r["target_model"], r["attack"], r["budget"]): r for r in recs if family(r["attack"]) == "uap"}
+    by = {(r.target_model, r.attack, r.budget): r for r in recs if family(r.attack) == "uap"}
     for target in ["standard", "hardened"]:
         for norm in ["l2", "linf"]:
             for z in [2, 4]:
@@ -77,38 +77,38 @@ def uap_table(recs, labels):
                 rnd = by.get((target, "uap_random", b))
                 row = {"model": target, "norm": norm, "zeta": z / 100}
                 def te(r):
-                    return r["split"] == 1
+                    return r.split == 1
                 if (target, "uap", b) in by:
                     r = by[(target, "uap", b)]
-                    row["fooling_rate"] = float((r["pred_adv"] != r["pred_clean"])[te(r)].mean())
-                    row["xi"] = r["xi"]
-                    row["advtrain_fooling_rate"] = float((r["pred_adv"] != r["pred_clean"])[r["split"] == 0].mean())
+                    row["fooling_rate"] = float((r.pred_adv != r.pred_clean)[te(r)].mean())
+                    row["xi"] = r.meta["xi"]
+                    row["advtrain_fooling_rate"] = float((r.pred_adv != r.pred_clean)[r.split == 0].mean())
                 if rnd is not None:
-                    row["fooling_rate_random"] = float((rnd["pred_adv"] != rnd["pred_clean"])[te(rnd)].mean())
+                    row["fooling_rate_random"] = float((rnd.pred_adv != rnd.pred_clean)[te(rnd)].mean())
                 for c, lab in enumerate(labels):
                     if (target, f"uap_to{c}", b) in by:
                         r = by[(target, f"uap_to{c}", b)]
-                        row[f"targeted_success_{lab}"] = float((r["pred_adv"] == c)[te(r)].mean())
+                        row[f"targeted_success_{lab}"] = float((r.pred_adv == c)[te(r)].mean())
                     if rnd is not None:
-                        row[f"targeted_success_{lab}_random"] = float((rnd["pred_adv"] == c)[te(rnd)].mean())
+                        row[f"targeted_success_{lab}_random"] = float((rnd.pred_adv == c)[te(rnd)].mean())
                 rows.append(row)
     return rows
 
 
 def detected_rows(recs):
     """The attack records the detection table evaluates (against the served model)."""
-    return [r for r in recs if r["target_model"] == C.SERVED and r["attack"] not in ("uap_random", "aa_lite")]
+    return [r for r in recs if r.target_model == C.SERVED and r.attack not in ("uap_random", "aa_lite")]
 
 
 def positives(r):
     """(attacked, positive) masks of one attack record: AdvTest images the classifier gets
     right when clean, and of those the ones the attack made wrong."""
-    attacked = (r["split"] == 1) & (r["pred_clean"] == r["label"])
-    if (r["target_class"] >= 0).any():
+    attacked = (r.split == 1) & (r.pred_clean == r.label)
+    if (r.target_class >= 0).any():
         # A targeted attack counts only on images whose true class is not the target:
         # the others are "classified as the target" without any attack working.
-        attacked &= r["label"] != r["target_class"]
-    return attacked, attacked & r["success"]
+        attacked &= r.label != r.target_class
+    return attacked, attacked & r.success
 
 
 def detection_tables(recs, dets, model, x, split):
@@ -121,12 +121,12 @@ def detection_tables(recs, dets, model, x, split):
     for r in detected_rows(recs):
         attacked, m = positives(r)
         n_att = int(attacked.sum())
-        row = {"attack": r["attack"], "family": family(r["attack"]), "budget": r["budget"], "n_pos": int(m.sum()),
-               "n_attacked": n_att, "subset": bool(r.get("subset_per_half"))}
+        row = {"attack": r.attack, "family": family(r.attack), "budget": r.budget, "n_pos": int(m.sum()),
+               "n_attacked": n_att, "subset": bool(r.meta.get("subset_per_half"))}
         if m.any():
-            l1, f1 = C.forward_batches(model, r["x_adv"][m])
+            l1, f1 = C.forward_batches(model, r.x_adv[m])
             ps = score_all(dets, l1, f1)
-            pos_scores[(r["attack"], r["budget"])] = ps
+            pos_scores[(r.attack, r.budget)] = ps
             for n, s in ps.items():
                 row[n] = {"auroc": C.auroc(neg[n], s),
                           **{f"tpr_{k}": float((s > v).mean()) for k, v in dets[n]["thresholds"].items()}}

@@ -7,7 +7,6 @@ tests, bundle.toml with sha256s and figures.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -15,7 +14,9 @@ import time
 import numpy as np
 import onnxruntime as ort
 import torch
+from sklearn.metrics import roc_auc_score
 
+from . import advcommon as C
 from . import bundle_toml, datasets
 from .nets import Normalized, SmallResNet
 from .train import CKPT_DIR
@@ -38,20 +39,10 @@ def load_model(spec, kind):
 
 
 def auc(scores: np.ndarray, y: np.ndarray) -> float:
-    """ROC AUC of `scores` for the positive class 1 (Mann-Whitney, ties averaged)."""
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    s = scores[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    pos = y == 1
-    n1, n0 = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    """ROC AUC of `scores` for the positive class 1, ties counted half (scikit-learn's
+    roc_auc_score; the rank-sum formula it replaced agrees to rounding:
+    tests/test_sklearn_parity.py)."""
+    return float(roc_auc_score(y, scores))
 
 
 def evaluate(net, ck, x, y):
@@ -74,11 +65,6 @@ def evaluate(net, ck, x, y):
         out["recall_per_class"] = [float((pred[y == c] == c).mean()) if (y == c).any() else None
                                    for c in range(prob.shape[1])]
     return out
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def main(argv=None):
@@ -160,11 +146,11 @@ def main(argv=None):
     }
     if h:
         doc["hardening"] = {"method": h["method"], "norm": h["norm"], "epsilon": round(h["eps"], 6), "steps": h["steps"]}
-    doc["files"] = {"classifier.onnx": sha256(onnx_path)}
+    doc["files"] = {"classifier.onnx": C.sha256_file(onnx_path)}
     doc["figures"] = {k: float(f"{v:.6g}") for k, v in sorted(figures.items())}
     header = (f"# Written by models/training (python -m medsentry_training.export --dataset {args.dataset} "
               f"--classifier {args.classifier}); detectors added by python -m medsentry_training.bundle_toml.")
-    bundle_toml.write(os.path.join(out_dir, "bundle.toml"), doc, header)
+    bundle_toml.write_new(out_dir, doc, header)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump({"dataset": args.dataset, "served_classifier": args.classifier, "clean_test": evals,
                    "medmnist_anchor": MEDMNIST_ANCHORS.get(args.dataset), "parity": parity}, f, indent=1)

@@ -25,8 +25,7 @@ import os
 import numpy as np
 
 from . import advcommon as C
-from . import datasets, squeeze
-from .bundle_toml import SERVED
+from . import contract, datasets, squeeze
 from .detectors import load_detectors, score_all
 from .evaluate import detected_rows, positives
 
@@ -52,45 +51,47 @@ def main(argv=None):
     np.save(os.path.join(out, "clean", "advtest.npy"), st.x[te].astype(np.float32))
     manifest = {"dataset": spec.name, "clean": {"n": int(len(te))}, "sets": {},
                 "generated_by": "python -m medsentry_training.export_eval --dataset " + args.dataset}
-    # The sidecar's names of the served detectors (bundle.toml) -> the pipeline's.
-    dets = {name: file[len("detector_"):-len(".json")] for name, kind, file in SERVED if kind != "feature_squeezing"}
+    # The sidecar's names of the served detectors detectors.score_all scores (feature squeezing
+    # is scored below; residual statistics and fused are not in report.json's detection rows)
+    # -> the pipeline's keys.
+    dets = {d.name: d.key for d in contract.detectors() if d.kind in ("mahalanobis", "logistic")}
     loaded = load_detectors(bundle_dir)
     for r in detected_rows(st.recs):
         _, m = positives(r)
-        row = rows.get((r["attack"], r["budget"]))
+        row = rows.get((r.attack, r.budget))
         if not m.any() or row is None:
             continue
-        name = f"{r['attack']}__{r['budget']}"
+        name = f"{r.attack}__{r.budget}"
         os.makedirs(os.path.join(out, name), exist_ok=True)
-        np.save(os.path.join(out, name, "x.npy"), r["x_adv"][m].astype(np.float32))
-        manifest["sets"][name] = {"attack": r["attack"], "budget": r["budget"], "n": int(m.sum()),
+        np.save(os.path.join(out, name, "x.npy"), r.x_adv[m].astype(np.float32))
+        manifest["sets"][name] = {"attack": r.attack, "budget": r.budget, "n": int(m.sum()),
                                   "python_auroc": {d: row[py]["auroc"] for d, py in dets.items() if py in row}}
-        sq = squeeze_rows.get((r["attack"], r["budget"]), {})
+        sq = squeeze_rows.get((r.attack, r.budget), {})
         if sq.get("auroc") is not None:
-            manifest["sets"][name]["python_auroc"]["feature-squeezing"] = sq["auroc"]
-        if (r["attack"], r["budget"]) == FIXTURE_ROW:
+            manifest["sets"][name]["python_auroc"][contract.name_of("feature_squeezing")] = sq["auroc"]
+        if (r.attack, r.budget) == FIXTURE_ROW:
             write_fixture(spec, st, r, m, {d: loaded[py] for d, py in dets.items()})
     C.write_json(os.path.join(out, "manifest.json"), manifest)
     print(f"[done] {len(manifest['sets'])} sets + {len(te)} clean images in {out}", flush=True)
 
 
 def write_fixture(spec, st, r, m, dets):
-    uap_path = os.path.join(datasets.REPO, "tests", "fixtures", "campaign", f"{spec.name}__{r['attack']}__{r['budget']}.npy")
+    uap_path = os.path.join(datasets.REPO, "tests", "fixtures", "campaign", f"{spec.name}__{r.attack}__{r.budget}.npy")
     uap = np.load(uap_path)
-    idx = np.asarray(r["index"])[m]
+    idx = np.asarray(r.index)[m]
     rebuilt = np.clip(st.x[idx] + uap[None], 0, 1)
-    diff = float(np.abs(rebuilt - r["x_adv"][m]).max())
+    diff = float(np.abs(rebuilt - r.x_adv[m]).max())
     if diff > 1e-6:
-        raise SystemExit(f"{r['attack']} {r['budget']}: x_adv differs from clip(x + uap) by {diff}")
+        raise SystemExit(f"{r.attack} {r.budget}: x_adv differs from clip(x + uap) by {diff}")
     te = st.split["test"]
     neg = score_all(dets, *C.forward_batches(st.model, st.x[te]))
     pos = score_all(dets, *C.forward_batches(st.model, rebuilt))
     fixture = {"about": "AdvTest clean images and the positives of one UAP row, rebuilt in the Rust test from "
                         "../shared/data plus the committed UAP; Python's detector AUROC on exactly these sets.",
-               "dataset_source": spec.name, "uap": os.path.relpath(uap_path, datasets.REPO), "set": f"{r['attack']}__{r['budget']}",
+               "dataset_source": spec.name, "uap": os.path.relpath(uap_path, datasets.REPO), "set": f"{r.attack}__{r.budget}",
                "clean_files": [str(st.files[i]) for i in te], "positive_files": [str(st.files[i]) for i in idx],
                "python_auroc": {**{d: C.auroc(neg[d], pos[d]) for d in dets},
-                                "feature-squeezing": C.auroc(squeeze.scores(st.model, st.x[te]), squeeze.scores(st.model, rebuilt))},
+                                contract.name_of("feature_squeezing"): C.auroc(squeeze.scores(st.model, st.x[te]), squeeze.scores(st.model, rebuilt))},
                "rebuild_max_abs_diff": diff,
                "generated_by": "python -m medsentry_training.export_eval"}
     path = os.path.join(datasets.REPO, "tests", "fixtures", "eval", f"{spec.name}.json")

@@ -46,15 +46,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from . import advcommon as C
-from . import bundle_toml, datasets, detectors, residual, squeeze
+from . import bundle_toml, contract, datasets, detectors, residual, sample, squeeze
 from .ood import Classifier
 
 BUDGETS = (1, 2, 4, 8)
 FPRS = (0.01, 0.05)
-INPUTS = ("mahalanobis", "learned-logistic", "feature-squeezing", "residual-statistics", "margin")
+# The combiner's inputs, by the contract's names (detector_fused.json's `inputs`), and the margin.
+INPUTS = tuple(contract.name_of(k) for k in ("mahalanobis", "logistic", "feature_squeezing", "residual_statistics")) + ("margin",)
 # The cascade's cheap combiner: every input but feature squeezing (its two extra forward
 # passes are what the cascade saves), and the share of flagged AdvTrain inputs it may skip.
-CHEAP = tuple(i for i, name in enumerate(INPUTS) if name != "feature-squeezing")
+CHEAP = tuple(i for i, name in enumerate(INPUTS) if name != contract.name_of("feature_squeezing"))
 CASCADE_MISS = 0.01
 
 
@@ -211,16 +212,16 @@ def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
     man = C.load_manifest(adir)
     out_tr, out_te = [], []
     for r in C.load_attacks(adir, "hardened", shas=man["shas"]):
-        if r["attack"] not in ("fgsm", "bim", "pgd20", "cw", "square"):
+        if r.attack not in ("fgsm", "bim", "pgd20", "cw", "square"):
             continue
-        pos = {int(i): k for k, i in enumerate(r["index"])}
+        pos = {int(i): k for k, i in enumerate(r.index)}
         for half, idx, out in ((0, tr, out_tr), (1, te, out_te)):
-            if r["attack"] == "square" and half == 0:
+            if r.attack == "square" and half == 0:
                 continue
             rows = [pos.get(int(i)) for i in idx]
-            if any(p is None or r["split"][p] != half for p in rows):
-                raise SystemExit(f"attack record {r['file']} does not cover the split in adv_split.json: rerun attacks")
-            out.append((r["attack"], r["budget"], r["x_adv"][rows]))
+            if any(p is None or r.split[p] != half for p in rows):
+                raise SystemExit(f"attack record {r.file} does not cover the split in adv_split.json: rerun attacks")
+            out.append((r.attack, r.budget, r.x_adv[rows]))
     return out_tr, out_te
 
 
@@ -344,20 +345,15 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
     input), so that the tests have a flagged input under the fused verdict; each item's
     `cascade_skip` says whether the cascade skips feature squeezing for it."""
     cheap, skip_below = cascade
-    path = os.path.join(out_dir, "advtest_sample.json")
-    with open(path) as f:
-        sample = json.load(f)
-    shape = sample["shape"]
-    sample["items"] = [it for it in sample["items"] if it["kind"] != "cw"]
-    x = np.array([it["pixels"] for it in sample["items"]], dtype=np.float32).reshape(-1, *shape[-3:])
-    inp = Inputs(clf, x)
+    smp = sample.Sample(out_dir)
+    smp.drop("cw")
+    inp = Inputs(clf, smp.pixels())
     base = base_scores(dets, resid_model, inp)
     X = inp.matrix(*base)
     s, skip = fused_score(model, X), fused_score(cheap, X[:, list(CHEAP)]) < skip_below
-    for it, v, r, k in zip(sample["items"], s, base[2], skip):
-        it["scores"]["fused"] = float(v)
-        it["scores"]["residual"] = float(r)
-        it["cascade_skip"] = bool(k)
+    smp.add_scores(contract.name_of("fused"), s)
+    smp.add_scores(contract.name_of("residual_statistics"), base[2])
+    smp.set_field("cascade_skip", [bool(k) for k in skip])
     if cw:
         xc = np.stack([c[0] for c in cw])
         ci = Inputs(clf, xc)
@@ -369,12 +365,11 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
         per_kind = per_kind if xc[0].size <= 3 * 64 * 64 else 1
         for j in [j for j in np.argsort(-fs) if fs[j] > threshold + 0.25 * (1 - threshold)][:per_kind]:
             _, index, label, file = cw[j]
-            sample["items"].append({
-                "kind": "cw", "attack": "cw", "budget": "l2_c1", "index": index, "file": file, "label": label,
-                "pixels": detectors.fmt32(xc[j]), "logits": ci.logits[j].tolist(), "features": ci.feats[j].tolist(),
-                "scores": {**{k: float(v[j]) for k, v in base.items()}, "squeeze": float(ci.squeeze[j]), "fused": float(fs[j])},
-                "cascade_skip": bool(skip[j])})
-    C.write_json(path, sample)
+            it = sample.item("cw", "cw", "l2_c1", index, file, label, xc[j], ci.logits[j], ci.feats[j],
+                             {**{k: v[j] for k, v in base.items()}, "squeeze": ci.squeeze[j], "fused": fs[j]})
+            it["cascade_skip"] = bool(skip[j])
+            smp.append(it)
+    smp.write()
 
 
 if __name__ == "__main__":

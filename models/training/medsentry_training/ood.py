@@ -162,10 +162,10 @@ def recorded_pgd(spec, idx: np.ndarray) -> dict:
     adir = C.attack_dir(spec, None)
     out = {}
     for r in C.load_attacks(adir, "hardened", shas=C.load_manifest(adir)["shas"]):
-        if r["attack"] == "pgd20":
-            pos = {int(i): j for j, i in enumerate(r["index"])}
+        if r.attack == "pgd20":
+            pos = {int(i): j for j, i in enumerate(r.index)}
             if all(int(i) in pos for i in idx):
-                out[int(r["budget"].split("_")[1])] = r["x_adv"][[pos[int(i)] for i in idx]]
+                out[int(r.budget.split("_")[1])] = r.x_adv[[pos[int(i)] for i in idx]]
     return out
 
 
@@ -259,7 +259,7 @@ def main(argv=None):
 
     attacked = pgd_rows(spec, out_dir, model, clf, grid, threshold, x_test, y_test)
 
-    from .advcommon import merge_report  # (imports torch; only needed here)
+    from .advcommon import merge_report
     merge_report(out_dir, "out_of_distribution", {
         "command": f"python -m medsentry_training.ood --dataset {args.dataset}",
         "vector": f"{grid}x{grid} cell means per channel + sqrt of a {BINS}-bin histogram"

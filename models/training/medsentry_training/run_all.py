@@ -1,53 +1,234 @@
 """Driver: the whole offline pipeline for one data set, resumable.
 
-    python -m medsentry_training.run_all --dataset chest_xray [--limit N] [--out DIR] [--retrain]
+    python -m medsentry_training.run_all --dataset chest_xray [--limit N] [--out DIR] [--retrain] [--force]
 
-Stages (each a `python -m` subprocess, its wall time logged; each skipped when its outputs
-exist and are current):
-  1. train standard     python -m medsentry_training.train --kind standard   (skip: checkpoint exists)
-  2. train hardened     python -m medsentry_training.train --kind hardened   (skip: checkpoint exists)
-  3. train surrogate    python -m medsentry_training.train --kind surrogate  (skip: checkpoint exists)
-  4. export             python -m medsentry_training.export --dataset D --classifier hardened
-                        (skip: classifier.onnx in the bundle reproduces the live hardened
-                        checkpoint within 1e-4). Export always writes models/<bundle>/, so it
-                        is NOT run when --out points elsewhere or with --limit (quick checks
-                        must not touch the real bundle).
-  5. attacks            python -m medsentry_training.attacks [--limit N]  (per-file resume; redone
-                        when the live hardened checkpoint differs from the attacked snapshot)
-  6. detectors          python -m medsentry_training.detectors [--limit N] --out DIR
-                        (skip: detector files exist, were fitted on the current snapshot and
-                        carry cross-fitted thresholds)
-     squeeze            python -m medsentry_training.squeeze [--limit N] --out DIR (feature
-                        squeezing thresholds + evaluation, ~20 s: always run)
-     bundle_toml        python -m medsentry_training.bundle_toml (real bundle only: lists the
-                        served detectors, thresholds and sha256s in bundle.toml)
-  7. evaluate           python -m medsentry_training.evaluate [--limit N] --out DIR
-                        (skip: report.json has an adversarial_evaluation for the current snapshot
-                        and the detector thresholds now in --out)
-  8. campaign           python -m medsentry_training.campaign (real bundle only: [campaign] in
-                        bundle.toml, UAP fixtures for the Rust tests; ~40 s, always run)
-     fused, ood         python -m medsentry_training.fused / .ood (real bundle only: the fused detector
-                        that sets the verdict, the out-of-distribution model)
-     adaptive_fused     python -m medsentry_training.adaptive_fused (adaptive attacks on the verdict)
-     export_eval        python -m medsentry_training.export_eval (AdvTest for `medsentry eval`)
-     report             python -m medsentry_training.report --out DIR (REPORT.md from report.json)
---retrain forces stages 1-3; --force forces stages 4-7. With --limit, missing checkpoints
-are not trained (a quick check must not write a real checkpoint): the dependent attacks are
-skipped with a warning instead.
+Runs the stages of STAGES in order, each a `python -m medsentry_training.STAGE` subprocess
+with its wall time logged. The table declares each stage's command, inputs and outputs
+(path patterns; globs allowed); a stage runs when it is stale:
+  - an output is missing, or the newest input is newer than the oldest output (`stale`;
+    by more than MTIME_SLACK_S), or
+  - it is forced: --retrain forces the training stages, --force the others (and is passed
+    on to the attack stage, which then redoes its files), or
+  - it runs every time (`always`, with the reason: it resumes inside, or it is cheap and
+    rewrites a section of a file that export starts afresh), or
+  - its `check` says outputs that look current by their times were made from something
+    else (export: classifier.onnx computes what the hardened checkpoint does; detectors and
+    evaluate: made from the attack stage's snapshot, evaluate at this --limit).
+Stages marked `real_bundle_only` write models/<bundle>/ (bundle.toml, fixtures) and are
+not run when --out points elsewhere or with --limit (quick checks must not touch the real
+bundle). With --limit, missing checkpoints are not trained (a quick check must not write a
+real checkpoint): the dependent attacks are skipped with a warning instead.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 from . import datasets
 from . import advcommon as C
 
 PKG = "medsentry_training"
+# Files a copy or a git checkout writes within this many seconds of each other count as
+# written at the same time (such a restore writes a checkpoint and the bundle's files in
+# any order, milliseconds apart); a stage runs for much longer than this.
+MTIME_SLACK_S = 2.0
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a stage's command and paths are made from."""
+    args: argparse.Namespace
+    paths: dict  # placeholders of the path patterns: out, adir, repo, bundle, ckpt_KIND, history_KIND
+
+    @property
+    def ds(self) -> list[str]:
+        return ["--dataset", self.args.dataset]
+
+    @property
+    def lim(self) -> list[str]:
+        return ["--limit", str(self.args.limit)] if self.args.limit else []
+
+    @property
+    def outs(self) -> list[str]:
+        return ["--out", self.paths["out"]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    label: str  # as the log names it
+    module: str  # python -m medsentry_training.<module>
+    argv: Callable[[Ctx], list[str]]
+    inputs: tuple[str, ...] = ()  # path patterns: "{out}/detector_*.json"
+    outputs: tuple[str, ...] = ()
+    always: str = ""  # why it runs every time, if it does
+    real_bundle_only: bool = False
+    forced_by: str = "force"  # the run_all option that forces it
+    make_under_limit: bool = True  # False: with --limit a missing output is not made
+    needs: tuple[str, ...] = ()  # paths that must exist before it (else run_all stops)
+    # Beyond file times: why outputs that exist and are newer than the inputs are still not
+    # current (made from another snapshot, or by a --limit run), or None.
+    check: Callable[[Ctx], str | None] | None = None
+
+
+def _json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _snapshot_sha(c: Ctx) -> str | None:
+    """The sha256 of the served snapshot the attack stage last used (its manifest)."""
+    return _json(os.path.join(c.paths["adir"], "manifest.json")).get("shas", {}).get("hardened")
+
+
+def _export_check(c: Ctx) -> str | None:
+    """classifier.onnx must compute what the live hardened checkpoint computes (16 test images)."""
+    import numpy as np
+    import onnxruntime as ort
+    spec = datasets.SPECS[c.args.dataset]
+    model, _ = C.load_ckpt(c.paths["ckpt_hardened"])
+    x, _, _ = datasets.load_split(spec, "test")
+    x = x[:16]
+    sess = ort.InferenceSession(os.path.join(c.paths["out"], "classifier.onnx"), providers=["CPUExecutionProvider"])
+    norm = ((x - model.mean.numpy()) / model.std.numpy()).astype(np.float32)
+    lo, fe = sess.run(["logits", "features"], {"input": norm})
+    tl, tf = C.forward_batches(model, x)
+    diff = max(float(np.abs(lo - tl).max()), float(np.abs(fe - tf).max()))
+    return None if diff <= 1e-4 else f"classifier.onnx differs from the hardened checkpoint by {diff:.2g}"
+
+
+def _detectors_check(c: Ctx) -> str | None:
+    """Fitted on the attack stage's snapshot, with cross-fitted thresholds."""
+    det = _json(os.path.join(c.paths["out"], "detector_mahalanobis.json"))
+    if det.get("checkpoint_sha256") != _snapshot_sha(c):
+        return "detector_mahalanobis.json was fitted on another snapshot"
+    return None if "thresholds_from" in det else "detector_mahalanobis.json predates cross-fitted thresholds"
+
+
+def _evaluate_check(c: Ctx) -> str | None:
+    """report.json evaluated this snapshot, at this --limit, with the detectors' current thresholds."""
+    ev = _json(os.path.join(c.paths["out"], "report.json")).get("adversarial_evaluation", {})
+    if ev.get("served", {}).get("checkpoint_sha256") != _snapshot_sha(c):
+        return "report.json evaluated another snapshot"
+    if ev.get("limit") != c.args.limit:
+        return f"report.json was made with --limit {ev.get('limit')}"
+    det = ev.get("detection", {}).get("thresholds", {})
+    if {n: _json(os.path.join(c.paths["out"], f"detector_{n}.json")).get("thresholds") for n in det} != det:
+        return "the detectors' thresholds changed since report.json"
+    return None if "clean_advtest_accuracy" in ev.get("robust_accuracy_advtest", {}) else "report.json lacks clean AdvTest accuracy"
+
+
+def _train(kind: str) -> Stage:
+    return Stage(f"train {kind}", "train", lambda c: c.ds + ["--kind", kind], (),
+                 # finished = the selected checkpoint and the history train.py writes at its end
+                 # (an interrupted run leaves only the checkpoint; train resumes it)
+                 (f"{{ckpt_{kind}}}", f"{{history_{kind}}}"), forced_by="retrain", make_under_limit=False)
+
+
+STAGES = (
+    _train("standard"), _train("hardened"), _train("surrogate"),
+    Stage("export", "export", lambda c: c.ds + ["--classifier", "hardened"],
+          ("{ckpt_hardened}",),
+          ("{out}/classifier.onnx", "{out}/reference.json", "{out}/bundle.toml", "{out}/report.json"),
+          real_bundle_only=True, needs=("{ckpt_standard}", "{ckpt_hardened}"), check=_export_check),
+    Stage("attacks", "attacks",
+          lambda c: c.ds + c.lim + (["--small-n", str(c.args.small_n)] if c.args.small_n else []) +
+          (["--square-queries", str(c.args.square_queries)] if c.args.square_queries else []) +
+          (["--force"] if c.args.force else []),
+          ("{ckpt_hardened}", "{ckpt_standard}", "{ckpt_surrogate}"),
+          ("{adir}/manifest.json", "{adir}/split.json", "{adir}/*.npz"),
+          always="resumes per file (redoes the files made for another checkpoint or split)"),
+    Stage("detectors", "detectors", lambda c: c.ds + c.lim + c.outs,
+          ("{adir}/*.npz",),
+          ("{out}/detector_mahalanobis.json", "{out}/advtest_sample.json", "{out}/adv_split.json",
+           "{out}/detectors_fit_log.json"), check=_detectors_check),
+    Stage("squeeze", "squeeze", lambda c: c.ds + c.lim + c.outs,
+          ("{adir}/*.npz", "{out}/advtest_sample.json"),
+          ("{out}/detector_squeeze.json", "{out}/report.json", "{out}/advtest_sample.json"),
+          always="about 20 s; adds its scores to the advtest_sample.json detectors rewrites"),
+    Stage("bundle_toml", "bundle_toml", lambda c: c.ds,
+          ("{out}/detector_*.json",), ("{out}/bundle.toml",), real_bundle_only=True,
+          always="export rewrites bundle.toml without detectors"),
+    # classifier.onnx: export starts report.json afresh, so evaluate follows it.
+    Stage("evaluate", "evaluate", lambda c: c.ds + c.lim + c.outs,
+          ("{adir}/*.npz", "{out}/detector_mahalanobis.json", "{out}/detector_logreg.json",
+           "{out}/detector_logreg_all.json", "{out}/classifier.onnx"),
+          ("{out}/roc/roc_*.png", "{out}/report.json", "{out}/REPORT.md"), check=_evaluate_check),
+    Stage("campaign", "campaign", lambda c: c.ds,
+          ("{adir}/*.npz",), ("{out}/bundle.toml", "{out}/report.json", "{repo}/tests/fixtures/campaign/{bundle}__*.npy"),
+          real_bundle_only=True, always="about 40 s; [campaign] in bundle.toml, which export starts afresh"),
+    # fused reads the UAP fixtures campaign writes.
+    Stage("fused", "fused", lambda c: c.ds,
+          ("{out}/classifier.onnx", "{out}/adv_split.json", "{out}/detector_*.json",
+           "{repo}/tests/fixtures/campaign/{bundle}__*.npy"),
+          ("{out}/detector_residual.json", "{out}/detector_fused.json", "{out}/advtest_sample.json",
+           "{out}/bundle.toml", "{out}/report.json"),
+          real_bundle_only=True, always="the verdict's detector; [[detectors]], which export starts afresh"),
+    Stage("ood", "ood", lambda c: c.ds, ("{out}/classifier.onnx", "{out}/adv_split.json"),
+          ("{out}/ood.json", "{out}/bundle.toml", "{out}/report.json", "{repo}/tests/fixtures/ood/{bundle}.json"),
+          real_bundle_only=True, always="[ood] and [accepts] in bundle.toml, which export starts afresh"),
+    Stage("adaptive_fused", "adaptive_fused", lambda c: c.ds,
+          ("{out}/detector_*.json", "{out}/classifier.onnx"), ("{out}/report.json",),
+          real_bundle_only=True, always="its only output is a section of report.json"),
+    Stage("export_eval", "export_eval", lambda c: c.ds,
+          ("{adir}/*.npz", "{out}/report.json", "{out}/detector_*.json"),
+          ("{work}/eval/{bundle}/manifest.json", "{repo}/tests/fixtures/eval/{bundle}.json"),
+          real_bundle_only=True, always="13 s"),
+    Stage("report", "report", lambda c: ["--out", c.paths["out"]], ("{out}/report.json",), ("{out}/REPORT.md",),
+          always="renders REPORT.md from report.json"),
+)
+
+
+def expand(patterns, paths: dict) -> list[tuple[str, list[str]]]:
+    """(pattern with its placeholders filled, the files it names) for each pattern."""
+    out = []
+    for p in patterns:
+        full = p.format(**paths)
+        out.append((full, sorted(glob.glob(full)) if glob.has_magic(full) else [full] * os.path.exists(full)))
+    return out
+
+
+def stale(inputs, outputs) -> str | None:
+    """Why a stage whose (pattern, files) inputs and outputs are these must run: an output
+    pattern names no file, or the newest input is newer than the oldest output by more than
+    MTIME_SLACK_S. None when its outputs are current. Inputs that name no file are not
+    counted (an optional input; a stage stops by itself when a required one is absent)."""
+    for pattern, files in outputs:
+        if not files:
+            return f"{pattern} is missing"
+    ins = [f for _, files in inputs for f in files]
+    outs = [f for _, files in outputs for f in files]
+    if ins and outs:
+        newest = max(ins, key=os.path.getmtime)
+        oldest = min(outs, key=os.path.getmtime)
+        if os.path.getmtime(newest) > os.path.getmtime(oldest) + MTIME_SLACK_S:
+            return f"{newest} is newer than {oldest}"
+    return None
+
+
+def decide(stage: Stage, ctx: Ctx, real_bundle: bool) -> tuple[bool, str]:
+    """(run it?, why) for one stage of the table."""
+    if stage.real_bundle_only and (not real_bundle or ctx.args.limit):
+        return False, "writes the real bundle; not run for --out elsewhere / --limit"
+    why = stale(expand(stage.inputs, ctx.paths), expand(stage.outputs, ctx.paths))
+    if why and ctx.args.limit and not stage.make_under_limit:
+        return False, f"{why}, but --limit runs never write it"
+    if getattr(ctx.args, stage.forced_by):
+        return True, f"--{stage.forced_by}"
+    if stage.always:
+        return True, f"runs every time: {stage.always}"
+    if not why and stage.check:
+        why = stage.check(ctx)
+    return (True, why) if why else (False, "outputs current")
 
 
 def run(stage, args, log):
@@ -62,20 +243,14 @@ def run(stage, args, log):
         raise SystemExit(f"stage {stage} failed (rc {rc})")
 
 
-def export_current(spec) -> bool:
-    onnx_path = os.path.join(C.default_bundle_dir(spec), "classifier.onnx")
-    if not os.path.exists(onnx_path):
-        return False
-    import numpy as np
-    import onnxruntime as ort
-    model, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
-    x, _, _ = datasets.load_split(spec, "test")
-    x = x[:16]
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    norm = ((x - model.mean.numpy()) / model.std.numpy()).astype(np.float32)
-    lo, fe = sess.run(["logits", "features"], {"input": norm})
-    tl, tf = C.forward_batches(model, x)
-    return max(float(np.abs(lo - tl).max()), float(np.abs(fe - tf).max())) <= 1e-4
+def context(args) -> Ctx:
+    spec = datasets.SPECS[args.dataset]
+    paths = {"out": os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec),
+             "adir": C.attack_dir(spec, args.limit), "repo": datasets.REPO, "work": datasets.WORK, "bundle": spec.name}
+    for kind in ("standard", "hardened", "surrogate"):
+        paths[f"ckpt_{kind}"] = C.ckpt_path(spec, kind)
+        paths[f"history_{kind}"] = C.ckpt_path(spec, kind).replace(".pt", ".history.json")
+    return Ctx(args, paths)
 
 
 def main(argv=None):
@@ -88,82 +263,23 @@ def main(argv=None):
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
+    ctx = context(args)
     spec = datasets.SPECS[args.dataset]
-    out_dir = os.path.abspath(args.out) if args.out else C.default_bundle_dir(spec)
-    real_bundle = os.path.abspath(out_dir) == os.path.abspath(C.default_bundle_dir(spec))
-    lim = ["--limit", str(args.limit)] if args.limit else []
-    ds = ["--dataset", args.dataset]
+    real_bundle = ctx.paths["out"] == os.path.abspath(C.default_bundle_dir(spec))
     log, t0 = [], time.time()
-
-    for kind in ["standard", "hardened", "surrogate"]:
-        # Finished = the selected checkpoint and the history train.py writes at its end
-        # (an interrupted run leaves only the checkpoint; train resumes it).
-        history = C.ckpt_path(spec, kind).replace(".pt", ".history.json")
-        have = os.path.exists(C.ckpt_path(spec, kind)) and os.path.exists(history)
-        if have and not args.retrain:
-            print(f"[skip] train {kind}: checkpoint exists", flush=True)
-        elif args.limit and not have:
-            print(f"[skip] train {kind}: missing, but --limit runs never write real checkpoints", flush=True)
-        else:
-            run("train", ds + ["--kind", kind], log)
-    if not os.path.exists(C.ckpt_path(spec, "hardened")) or not os.path.exists(C.ckpt_path(spec, "standard")):
-        raise SystemExit("standard and hardened checkpoints are needed")
-
-    if not real_bundle or args.limit:
-        print("[skip] export: writes the real bundle; not run for --out elsewhere / --limit", flush=True)
-    elif export_current(spec) and not args.force:
-        print("[skip] export: classifier.onnx matches the live hardened checkpoint", flush=True)
-    else:
-        run("export", ds + ["--classifier", "hardened"], log)
-
-    adir = C.attack_dir(spec, args.limit)
-    # attacks: per-file resume inside the stage (it re-snapshots and redoes stale files)
-    run("attacks", ds + lim + (["--small-n", str(args.small_n)] if args.small_n else []) +
-        (["--square-queries", str(args.square_queries)] if args.square_queries else []) +
-        (["--force"] if args.force else []), log)
-    sha = C.load_manifest(adir)["shas"]["hardened"]
-
-    outs = ["--out", out_dir]
-    def detector(name):
-        try:
-            with open(os.path.join(out_dir, f"detector_{name}.json")) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-    # current = fitted on this snapshot by this version of the stage (cross-fitted thresholds)
-    if detector("mahalanobis").get("checkpoint_sha256") == sha and "thresholds_from" in detector("mahalanobis") and \
-            os.path.exists(os.path.join(out_dir, "advtest_sample.json")) and not args.force:
-        print("[skip] detectors: present for the current snapshot", flush=True)
-    else:
-        run("detectors", ds + lim + outs, log)
-    run("squeeze", ds + lim + outs, log)
-    if real_bundle and not args.limit:
-        # export rewrites bundle.toml without detectors: (re)register them every time.
-        run("bundle_toml", ds, log)
-    rep = os.path.join(out_dir, "report.json")
-    done = False
-    if os.path.exists(rep) and os.path.exists(os.path.join(out_dir, "REPORT.md")):
-        with open(rep) as f:
-            ev = json.load(f).get("adversarial_evaluation", {})
-        thresholds = {n: detector(n).get("thresholds") for n in ev.get("detection", {}).get("thresholds", {})}
-        done = ev.get("served", {}).get("checkpoint_sha256") == sha and ev.get("limit") == args.limit and \
-            thresholds == ev.get("detection", {}).get("thresholds") and "clean_advtest_accuracy" in \
-            ev.get("robust_accuracy_advtest", {})
-    if done and not args.force:
-        print("[skip] evaluate: report.json is current", flush=True)
-    else:
-        run("evaluate", ds + lim + outs, log)
-    if real_bundle and not args.limit:
-        run("campaign", ds, log)
-        # The verdict's detector, the out-of-distribution model and the adaptive attacks on the
-        # verdict (fused reads the UAP fixtures campaign writes).
-        run("fused", ds, log)
-        run("ood", ds, log)
-        run("adaptive_fused", ds, log)
-        run("export_eval", ds, log)
-    run("report", ["--out", out_dir], log)
+    for stage in STAGES:
+        missing = [p for p, files in expand(stage.needs, ctx.paths) if not files]
+        if missing:
+            raise SystemExit(f"{stage.label} needs {', '.join(missing)}")
+        go, why = decide(stage, ctx, real_bundle)
+        if not go:
+            print(f"[skip] {stage.label}: {why}", flush=True)
+            continue
+        print(f"[run] {stage.label}: {why}", flush=True)
+        run(stage.module, stage.argv(ctx), log)
     print(f"[done] pipeline {time.time() - t0:.0f}s; stages {json.dumps(log)}", flush=True)
-    C.write_json(os.path.join(adir, "run_all_log.json"), {"stages": log, "total_seconds": round(time.time() - t0, 1)})
+    C.write_json(os.path.join(ctx.paths["adir"], "run_all_log.json"),
+                 {"stages": log, "total_seconds": round(time.time() - t0, 1)})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ AUROC and TPR per attack row with the positives of evaluate.positives.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -24,7 +23,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from . import advcommon as C
-
+from . import contract, sample
 from .detectors import threshold_at
 from .evaluate import detected_rows, positives
 
@@ -55,16 +54,11 @@ def scores(model, x: np.ndarray) -> np.ndarray:
 
 def add_to_sample(out_dir: str, model) -> None:
     """Adds this detector's score to advtest_sample.json (the Rust parity test's items)."""
-    path = os.path.join(out_dir, "advtest_sample.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(out_dir, sample.FILE)):
         return
-    with open(path) as f:
-        sample = json.load(f)
-    shape = [len(sample["items"])] + list(sample["shape"])
-    x = np.array([it["pixels"] for it in sample["items"]], dtype=np.float32).reshape(shape)
-    for it, s in zip(sample["items"], scores(model, x)):
-        it["scores"]["squeeze"] = float(s)
-    C.write_json(path, sample)
+    s = sample.Sample(out_dir)
+    s.add_scores(contract.name_of("feature_squeezing"), scores(model, s.pixels()))
+    s.write()
 
 
 def main(argv=None):
@@ -84,12 +78,12 @@ def main(argv=None):
     rows = []
     for r in detected_rows(st.recs):
         attacked, m = positives(r)
-        row = {"attack": r["attack"], "budget": r["budget"], "n_pos": int(m.sum()), "n_attacked": int(attacked.sum())}
+        row = {"attack": r.attack, "budget": r.budget, "n_pos": int(m.sum()), "n_attacked": int(attacked.sum())}
         if m.any():
-            pos = scores(st.model, r["x_adv"][m])
+            pos = scores(st.model, r.x_adv[m])
             row.update({"auroc": C.auroc(neg, pos), **{f"tpr_{k}": float((pos > v).mean()) for k, v in thresholds.items()}})
         rows.append(row)
-        print(f"[squeeze] {r['attack']} {r['budget']}: n={row['n_pos']} AUROC {row.get('auroc')}", flush=True)
+        print(f"[squeeze] {r.attack} {r.budget}: n={row['n_pos']} AUROC {row.get('auroc')}", flush=True)
     C.merge_report(out_dir, "feature_squeezing", {"command": f"python -m medsentry_training.squeeze --dataset {args.dataset}",
                                 "config": {"bit_depth": BIT_DEPTH, "median_size": MEDIAN_SIZE}, "thresholds": thresholds,
                                 "clean_advtest_fpr": {k: float((neg > v).mean()) for k, v in thresholds.items()},

@@ -63,6 +63,8 @@ def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
     # The Gram-matrix lookup the calibration uses scores the same window.
     g = r @ r.T
     assert np.isclose(campaign.window_score_at(g, [1, 4, 6]), campaign.window_score(r[[1, 4, 6]]))
+    # Computed a few images at a time (memory), the rows are the same, bit for bit.
+    assert np.array_equal(campaign.residuals(x, chunk=3), r)
 
 
 def test_squeeze_bits_round_half_even_and_median_replicates_edges():

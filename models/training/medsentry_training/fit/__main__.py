@@ -44,7 +44,7 @@ import onnx
 from .. import bundle_toml, datasets
 from .. import advcommon as C
 from ..export import evaluate as clean_eval
-from ..detectors import fmt32
+from ..sample import fmt32
 from . import graph, images, torch_graph
 
 PKG = "medsentry_training"
@@ -211,12 +211,12 @@ def write_base(args, spec: graph.InputSpec, labels, bundle_dir: str, checks: dic
            "input": inputs,
            "outputs": {"input": spec.input, "logits": spec.output, "features": graph.FEATURES_OUTPUT,
                        "feature_dim": spec.feature_dim, "scores": spec.scores},
-           "files": {"classifier.onnx": bundle_toml.sha256(os.path.join(bundle_dir, "classifier.onnx"))},
+           "files": {"classifier.onnx": C.sha256_file(os.path.join(bundle_dir, "classifier.onnx"))},
            "figures": {**{f"served_test_{k}": float(f"{v:.6g}") for k, v in clean.items() if isinstance(v, float)},
                        "onnx_torch_max_abs_diff": float(f"{checks['onnx_torch_max_abs_diff']:.3g}")}}
     header = (f"# Written by models/training (python -m medsentry_training.fit --onnx {os.path.basename(args.onnx)}); "
               "the classifier is the user's graph with its penultimate features added as an output.")
-    bundle_toml.write(os.path.join(bundle_dir, "bundle.toml"), doc, header)
+    bundle_toml.write_new(bundle_dir, doc, header)
     C.write_json(os.path.join(bundle_dir, "report.json"), {
         "dataset": args.name, "served_classifier": "the user's ONNX graph (not adversarially trained by this pipeline)",
         "clean_test": {"hardened": clean}, "fit": {**checks, "input_spec": spec.__dict__,
