@@ -51,9 +51,12 @@ fn eval_reproduces_the_python_auroc_and_draws_the_roc() {
         let py = py.as_f64().unwrap();
         assert!((rust - py).abs() <= 0.005, "{det}: Rust AUROC {rust} vs Python {py}");
     }
-    let png = std::fs::read(out.join(format!("roc_{}.png", set.split("__").next().unwrap()))).unwrap();
-    let img = image::load_from_memory(&png).unwrap();
-    assert_eq!((img.width(), img.height()), (800, 600));
+    let svg = std::fs::read_to_string(out.join(format!("roc_{}.svg", set.split("__").next().unwrap()))).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("width=\"800\"") && svg.contains("height=\"600\""), "{}", &svg[..svg.len().min(200)]);
+    // One legend entry per detector, with the AUROC eval.json reports for it.
+    for det in fixture["python_auroc"].as_object().unwrap().keys() {
+        assert!(svg.contains(&format!("{det} ")), "{det} missing from the legend");
+    }
 }
 
 #[test]

@@ -220,7 +220,7 @@ fn write_plots(out: &Path, scores: &BTreeMap<String, Scores>) -> anyhow::Result<
         }
     }
     for (attack, curves) in by_attack {
-        std::fs::write(out.join(format!("roc_{attack}.png")), plot::roc_png(&format!("ROC: {attack} vs clean"), &curves))?;
+        std::fs::write(out.join(format!("roc_{attack}.svg")), plot::roc_svg(&format!("ROC: {attack} vs clean"), &curves))?;
     }
     Ok(())
 }
