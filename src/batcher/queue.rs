@@ -17,7 +17,7 @@ use crate::metrics;
 
 pub(super) async fn run(
     model: String,
-    mut rx: mpsc::UnboundedReceiver<Entry>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Entry>>,
     batches: mpsc::Sender<Batch>,
     max_batch: usize,
     max_delay: Duration,
@@ -28,13 +28,13 @@ pub(super) async fn run(
         let Ok(slot) = batches.reserve().await else { break };
         if waiting.is_empty() {
             match rx.recv().await {
-                Some(e) => waiting.push_back(e),
+                Some(group) => waiting.extend(group),
                 None => break,
             }
         }
         // Take everything that arrived meanwhile.
-        while let Ok(e) = rx.try_recv() {
-            waiting.push_back(e);
+        while let Ok(group) = rx.try_recv() {
+            waiting.extend(group);
         }
         // With a delay configured, let a short batch fill for at most `max_delay` counted
         // from its oldest entry's arrival (Triton's max_queue_delay); otherwise run it now.
@@ -42,7 +42,7 @@ pub(super) async fn run(
             let until = waiting.front().map(|e| e.enqueued + max_delay).unwrap_or_else(Instant::now);
             while waiting.len() < max_batch {
                 match tokio::time::timeout_at(until.into(), rx.recv()).await {
-                    Ok(Some(e)) => waiting.push_back(e),
+                    Ok(Some(group)) => waiting.extend(group),
                     Ok(None) | Err(_) => break,
                 }
             }

@@ -215,3 +215,26 @@ async fn multi_row_entries_stay_whole_and_batches_count_rows() {
         c.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_group_arrives_in_one_batch_in_order_and_is_admitted_whole_or_not_at_all() {
+    let (handle, mut batches) = BatcherHandle::start("m", 8, 32, Duration::ZERO);
+    let h = handle.clone();
+    // Five entries of three rows (an input and its two squeezed copies) each.
+    let group: Vec<(Vec<f32>, usize)> = (0..5).map(|i| (vec![i as f32; 6], 3)).collect();
+    let caller = tokio::spawn(async move { h.infer_group(group, None).await });
+    let batch = batches.recv().await.unwrap();
+    assert_eq!((batch.entries.len(), batch.rows), (5, 15), "the whole group in one batch");
+    assert_eq!(batch.input.chunks(6).map(|c| c[0] as usize).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert_eq!(handle.in_flight(), 5, "one permit per entry");
+    // More entries than the 3 permits left: refused whole, nothing queued.
+    let too_many: Vec<(Vec<f32>, usize)> = (0..4).map(|_| (vec![0.0; 2], 1)).collect();
+    assert!(matches!(handle.infer_group(too_many, None).await, Err(BatchError::QueueFull { .. })));
+    assert_eq!(handle.in_flight(), 5);
+    for (i, e) in batch.entries.into_iter().enumerate() {
+        e.answer(Ok(ok_result(i)));
+    }
+    let results = caller.await.unwrap().unwrap();
+    assert_eq!(results.iter().map(|r| r.as_ref().unwrap().batch_size).collect::<Vec<_>>(), [0, 1, 2, 3, 4], "answers in the group's order");
+    assert_eq!(handle.in_flight(), 0);
+}

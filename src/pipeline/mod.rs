@@ -94,8 +94,72 @@ pub async fn run(
     trace: &CallTrace,
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
-    let result = screen(model, input, decoding, deadline, origin, trace).await;
-    match &result {
+    let result = async {
+        let mut staged = stage(model, input, decoding, deadline, trace).await?;
+        let first = run_entry(model, std::mem::take(&mut staged.prepared.tensor), staged.prepared.rows, deadline, trace, None).await?;
+        finish(model, staged, first, deadline, origin, trace).await
+    }
+    .await;
+    count(model, started, &result);
+    result
+}
+
+/// Runs the items of one multi-item request (an Open Inference Protocol batch), in chunks
+/// of at most `chunk`: each item of a chunk is decoded and prepared (concurrently), then the
+/// chunk enters the batcher as one group, so it runs in one ONNX Runtime call when the batch
+/// has room, then each item is screened and its policy applied, in order. A chunk holds at
+/// most `chunk` queue permits, so one call cannot fill the queue. The first failure, by
+/// index, ends the call.
+pub async fn run_items(
+    model: &Arc<ServedModel>,
+    items: Vec<(Input, String)>,
+    decoding: &DecodeConfig,
+    deadline: Option<Instant>,
+    caller: &str,
+    chunk: usize,
+    trace: &CallTrace,
+) -> Result<Vec<Outcome>, (usize, PipelineError)> {
+    use futures::StreamExt;
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let started = Instant::now();
+        let (inputs, ids): (Vec<Input>, Vec<String>) = items.by_ref().take(chunk.max(1)).unzip();
+        let mut stages = futures::stream::iter(inputs.into_iter().map(|input| stage(model, input, decoding, deadline, trace))).buffered(chunk.max(1));
+        let mut staged = Vec::with_capacity(ids.len());
+        while let Some(r) = stages.next().await {
+            match r {
+                Ok(s) => staged.push(s),
+                Err(e) => return Err(fail(model, started, outcomes.len() + staged.len(), e)),
+            }
+        }
+        drop(stages);
+        let queued = Instant::now();
+        let rows = staged.iter_mut().map(|s| (std::mem::take(&mut s.prepared.tensor), s.prepared.rows)).collect();
+        let results = model.batcher.infer_group(rows, deadline).await.map_err(|e| fail(model, started, outcomes.len(), e.into()))?;
+        for ((s, result), id) in staged.into_iter().zip(results).zip(&ids) {
+            record_entry_spans(trace, queued, &result, None);
+            let outcome = match result {
+                Ok(first) => finish(model, s, first, deadline, Origin { request_id: id, caller }, trace).await,
+                Err(e) => Err(e.into()),
+            };
+            count(model, started, &outcome);
+            let index = outcomes.len();
+            outcomes.push(outcome.map_err(|e| (index, e))?);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Counts a failed item in the model's statistics and tags it with its index.
+fn fail(model: &ServedModel, started: Instant, index: usize, e: PipelineError) -> (usize, PipelineError) {
+    model.stats.record_failure(started.elapsed().as_secs_f64());
+    (index, e)
+}
+
+/// The model's statistics (Triton's ModelStatistics) for one screened input.
+fn count(model: &ServedModel, started: Instant, result: &Result<Outcome, PipelineError>) {
+    match result {
         Ok(o) => {
             let t = &o.timings;
             let input = t.decode + t.preprocess;
@@ -104,17 +168,21 @@ pub async fn run(
         }
         Err(_) => model.stats.record_failure(started.elapsed().as_secs_f64()),
     }
-    result
 }
 
-async fn screen(
-    model: &Arc<ServedModel>,
+/// An input decoded and prepared, waiting for its forward pass.
+struct Staged {
+    started: Instant,
     input: Input,
-    decoding: &DecodeConfig,
-    deadline: Option<Instant>,
-    origin: Origin<'_>,
-    trace: &CallTrace,
-) -> Result<Outcome, PipelineError> {
+    /// Its `tensor` (the input, and feature squeezing's copies unless cascading) is taken
+    /// when it is queued.
+    prepared: Prepared,
+    /// Holds the decode's memory until the policy has been applied (quarantine re-reads it).
+    reservation: crate::decode::Reservation,
+}
+
+/// Decode and preprocess, off the async workers for anything but a tensor.
+async fn stage(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig, deadline: Option<Instant>, trace: &CallTrace) -> Result<Staged, PipelineError> {
     let started = Instant::now();
     if !model.is_ready() {
         return Err(PipelineError::NotReady(model.name().to_string()));
@@ -123,8 +191,7 @@ async fn screen(
     let want_residual = model.campaign.is_some();
     // With the cascade the squeezed copies are made after the first pass, if at all.
     let cascades = model.screener.cascades();
-    let squeeze = model.screener.squeeze().cloned();
-    let squeeze_now = squeeze.clone().filter(|_| !cascades);
+    let squeeze_now = model.screener.squeeze().cloned().filter(|_| !cascades);
     let ood = model.screener.ood_model().cloned();
     let residual_stats = model.screener.residual_statistics().cloned();
     let chroma = model.screener.checks_chroma();
@@ -144,45 +211,62 @@ async fn screen(
     let cancel_guard = cancel.guard();
     let mut reservation = decoding.budget.reserve(cancel, deadline);
     let limits = decoding.limits;
-    let (input, prepared, reservation, decode_started) = tokio::task::spawn_blocking(move || {
+    // A model-sized tensor is prepared where it arrived: a hop to the blocking pool costs
+    // more than its squeezing and statistics.
+    let inline = matches!(&input, Input::Tensor { data, .. } if data.len() <= INLINE_TENSOR_VALUES);
+    let job = move || {
         let decode_started = Instant::now();
-        let prepared = prepare_within(
-            &input,
-            &spec,
-            &limits,
-            &mut reservation,
-            Extras {
-                residual: want_residual,
-                squeeze: squeeze_now.as_ref(),
-                ood: ood.as_ref(),
-                residual_stats: residual_stats.as_ref(),
-                chroma,
-                keep_pixels: cascades,
-            },
-        );
+        let extras = Extras {
+            residual: want_residual,
+            squeeze: squeeze_now.as_ref(),
+            ood: ood.as_ref(),
+            residual_stats: residual_stats.as_ref(),
+            chroma,
+            keep_pixels: cascades,
+        };
+        let prepared = prepare_within(&input, &spec, &limits, &mut reservation, extras);
         drop(slot);
         (input, prepared, reservation, decode_started)
-    })
-    .await
-    .map_err(|e| PipelineError::Internal(format!("decode task: {e}")))?;
+    };
+    let (input, prepared, reservation, decode_started) =
+        if inline { job() } else { tokio::task::spawn_blocking(job).await.map_err(|e| PipelineError::Internal(format!("decode task: {e}")))? };
     cancel_guard.disarm();
     let prepared = prepared.inspect_err(|e| trace.stage("decode", decode_started, Instant::now(), Vec::new(), Some(e.to_string())))?;
-    let Prepared { tensor, rows, residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s, pixels } = prepared;
     let name = model.name();
-    metrics::record_stage(name, "decode", decode_s);
-    metrics::record_stage(name, "preprocess", preprocess_s);
-    let decoded = decode_started + Duration::from_secs_f64(decode_s);
+    metrics::record_stage(name, "decode", prepared.decode_s);
+    metrics::record_stage(name, "preprocess", prepared.preprocess_s);
+    let decoded = decode_started + Duration::from_secs_f64(prepared.decode_s);
     trace.stage("decode", decode_started, decoded, Vec::new(), None);
-    trace.stage("preprocess", decoded, decoded + Duration::from_secs_f64(preprocess_s), vec![("medsentry.rows", Value::Int(rows as i64))], None);
+    let rows = vec![("medsentry.rows", Value::Int(prepared.rows as i64))];
+    trace.stage("preprocess", decoded, decoded + Duration::from_secs_f64(prepared.preprocess_s), rows, None);
+    Ok(Staged { started, input, prepared, reservation })
+}
 
-    let mut result = run_entry(model, tensor, rows, deadline, trace, None).await?;
+/// Tensors up to this many values (a 3 x 64 x 64 input) are prepared inline.
+const INLINE_TENSOR_VALUES: usize = 3 * 64 * 64;
+
+/// The detectors (with the cascade's second pass when needed), the campaign monitor and
+/// the policy, for an input whose first forward pass came back as `result`.
+async fn finish(
+    model: &ServedModel,
+    staged: Staged,
+    mut result: InferResult,
+    deadline: Option<Instant>,
+    origin: Origin<'_>,
+    trace: &CallTrace,
+) -> Result<Outcome, PipelineError> {
+    let Staged { started, input, prepared, reservation, .. } = staged;
+    let Prepared { residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s, pixels, .. } = prepared;
+    let name = model.name();
     metrics::record_stage(name, "queue", result.queue_seconds);
     metrics::record_stage(name, "infer", result.infer_seconds);
 
+    let cascades = model.screener.cascades();
+    let squeeze = model.screener.squeeze();
     let mut detect_start = Instant::now();
     let evidence = Evidence { residual_features: residual_features.as_deref(), statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
     let mut cheap = None;
-    if let (true, Some(pixels), Some(squeeze)) = (cascades, pixels, squeeze.as_ref()) {
+    if let (true, Some(pixels), Some(squeeze)) = (cascades, pixels, squeeze) {
         cheap = model.screener.screen_cheap(&result, &evidence);
         metrics::record_cascade(name, if cheap.is_some() { "skipped" } else { "full" });
         if cheap.is_none() {
@@ -251,14 +335,26 @@ async fn run_entry(
     trace: &CallTrace,
     pass: Option<&'static str>,
 ) -> Result<InferResult, PipelineError> {
-    let attrs = || pass.map(|p| ("medsentry.pass", Value::Str(p.into()))).into_iter().collect::<Vec<_>>();
     let queued = Instant::now();
-    let result =
-        model.batcher.infer_rows(tensor, rows, deadline).await.inspect_err(|e| trace.stage("queue", queued, Instant::now(), attrs(), Some(e.to_string())))?;
+    let result = model.batcher.infer_rows(tensor, rows, deadline).await;
+    record_entry_spans(trace, queued, &result, pass);
+    Ok(result?)
+}
+
+fn pass_attrs(pass: Option<&'static str>) -> Vec<(&'static str, Value)> {
+    pass.map(|p| ("medsentry.pass", Value::Str(p.into()))).into_iter().collect()
+}
+
+/// The queue and infer spans of an entry queued at `queued` and answered with `result` (a
+/// failed queue span when it was not run).
+fn record_entry_spans(trace: &CallTrace, queued: Instant, result: &Result<InferResult, BatchError>, pass: Option<&'static str>) {
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => return trace.stage("queue", queued, Instant::now(), pass_attrs(pass), Some(e.to_string())),
+    };
     let ran = queued + Duration::from_secs_f64(result.queue_seconds);
-    trace.stage("queue", queued, ran, attrs(), None);
-    let mut infer = attrs();
+    trace.stage("queue", queued, ran, pass_attrs(pass), None);
+    let mut infer = pass_attrs(pass);
     infer.push(("medsentry.batch_size", Value::Int(result.batch_size as i64)));
     trace.stage("infer", ran, ran + Duration::from_secs_f64(result.infer_seconds), infer, None);
-    Ok(result)
 }

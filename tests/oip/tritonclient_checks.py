@@ -220,6 +220,11 @@ def main():
             assert c == n, f"{part}.count moved by {c}"
         assert st.success.count == after.inference_count and st.success.ns > st.compute_infer.ns > 0, st
         assert after.execution_count > before.execution_count and after.last_inference > 0, after
+        # The request's items (3 rows each with feature squeezing, within the bundle's max
+        # batch of 32) enter the batcher as one group and run as one ONNX Runtime call.
+        if 3 * n <= 32:
+            ran = after.execution_count - before.execution_count
+            assert ran == 1, f"{n} items ran as {ran} executions"
         assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count, after.batch_stats
         everyone = client.get_inference_statistics().model_stats
         assert MODEL in {m.name for m in everyone} and len(everyone) >= 2, [m.name for m in everyone]

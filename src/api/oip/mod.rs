@@ -39,7 +39,8 @@ use convert::Parsed;
 
 /// The `api` label of this service's metrics.
 const API: &str = "oip";
-/// Batch items of one ModelInfer in flight at once (as for a ScreenStream).
+/// Batch items of one ModelInfer prepared and queued together (a chunk of
+/// [`pipeline::run_items`]); as many as a ScreenStream keeps in flight.
 const ITEM_CONCURRENCY: usize = 32;
 /// Fully-qualified name, for health checks.
 pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
@@ -86,9 +87,9 @@ impl OipService {
         }
     }
 
-    /// Runs the items through the pipeline, up to [`ITEM_CONCURRENCY`] at once so that they
-    /// meet in the batcher without one call filling the queue; the first failure (by
-    /// index) wins and drops the items still running.
+    /// Runs the items through the pipeline ([`pipeline::run_items`]): up to
+    /// [`ITEM_CONCURRENCY`] at a time, prepared concurrently and queued as one group so that
+    /// they share an ONNX Runtime call; the first failure (by index) ends the call.
     async fn screen(
         &self,
         model: &Arc<ServedModel>,
@@ -97,22 +98,15 @@ impl OipService {
         (id, caller): (&str, &str),
         trace: &CallTrace,
     ) -> Result<Vec<Outcome>, Failed> {
-        use futures::StreamExt;
         let n = items.len();
-        let decoding = &self.decoding;
-        let runs = items.into_iter().enumerate().map(|(i, input)| {
-            let request_id = if n == 1 { id.to_string() } else { format!("{id}#{i}") };
-            async move { pipeline::run(model, input, decoding, deadline, Origin { request_id: &request_id, caller }, trace).await }
-        });
-        let mut results = futures::stream::iter(runs).buffered(ITEM_CONCURRENCY);
-        let mut outcomes = Vec::with_capacity(n);
-        while let Some(r) = results.next().await {
-            match r {
-                Ok(o) => outcomes.push(o),
-                Err(error) => return Err(Failed { error, item: (n > 1).then_some(outcomes.len()) }),
-            }
+        if n == 1 {
+            let input = items.into_iter().next().expect("one item");
+            return Ok(vec![pipeline::run(model, input, &self.decoding, deadline, Origin { request_id: id, caller }, trace).await?]);
         }
-        Ok(outcomes)
+        let items = items.into_iter().enumerate().map(|(i, input)| (input, format!("{id}#{i}"))).collect();
+        pipeline::run_items(model, items, &self.decoding, deadline, caller, ITEM_CONCURRENCY, trace)
+            .await
+            .map_err(|(item, error)| Failed { error, item: Some(item) })
     }
 
     async fn infer_local(
