@@ -1,5 +1,5 @@
 //! The cascade (`cascade = true` in the policy) through the real server, against the fused
-//! stage's own decisions: every item of the chest bundle's advtest_sample.json is skipped
+//! stage's own decisions: every item of the chest and 224 px bundles' advtest_sample.json is skipped
 //! (answered CLEAN without feature squeezing) exactly when the pipeline says it is
 //! (`cascade_skip`); the items the cascade does not skip get the verdict and fused score of
 //! a server without the cascade; the counters count each decision; and a bundle without a
@@ -10,18 +10,18 @@ mod common;
 use common::*;
 use medsentry::proto::Verdict;
 
-const MODEL: &str = "chest-xray-pneumonia";
-
 struct Item {
     pixels: Vec<f32>,
     skip: bool,
     kind: String,
 }
 
-fn sample() -> Vec<Item> {
-    let text = std::fs::read_to_string(repo().join("models").join(MODEL).join("advtest_sample.json")).unwrap();
+/// The sample's items and their tensor shape.
+fn sample(model: &str) -> (Vec<Item>, Vec<i64>) {
+    let text = std::fs::read_to_string(repo().join("models").join(model).join("advtest_sample.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["items"]
+    let shape = std::iter::once(1).chain(v["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap())).collect();
+    let items = v["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -30,22 +30,39 @@ fn sample() -> Vec<Item> {
             skip: it["cascade_skip"].as_bool().expect("advtest_sample.json items say whether the cascade skips them (re-run the fused stage)"),
             kind: it["kind"].as_str().unwrap().to_string(),
         })
-        .collect()
+        .collect();
+    (items, shape)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skips_exactly_what_the_pipeline_skips_and_answers_the_rest_as_without_it() {
     let _serial = serial().await;
+    check(CHEST, &models_dir()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_224_px_bundle_skips_what_its_fused_stage_skips() {
+    let _serial = serial().await;
+    let dir = only_bundle(RESNET224);
+    check(RESNET224, dir.path()).await;
+}
+
+async fn check(model: &str, models: &std::path::Path) {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), "[default]\ncascade = true\n");
-    let cascading = TestServer::ready(&["--policy", &policy]).await;
-    let plain = TestServer::ready(&[]).await;
+    let policy = write_policy(dir.path(), &format!("[models.\"{model}\"]\ncascade = true\n"));
+    let models = models.to_str().unwrap();
+    let cascading = TestServer::ready(&["--models-dir", models, "--policy", &policy]).await;
+    let plain = TestServer::ready(&["--models-dir", models]).await;
     let (mut with, mut without) = (cascading.client().await, plain.client().await);
-    let items = sample();
+    let (items, shape) = sample(model);
     assert!(items.iter().any(|i| i.skip) && items.iter().any(|i| !i.skip), "the sample has both decisions");
     let (_, before) = cascading.admin_get("/metrics");
     for (n, item) in items.iter().enumerate() {
-        let req = || tensor_request(&format!("item-{n}"), vec![1, 64, 64], item.pixels.clone());
+        let req = || {
+            let mut r = tensor_request(&format!("item-{n}"), shape.clone(), item.pixels.clone());
+            r.model = model.to_string();
+            r
+        };
         let got = with.screen(req()).await.unwrap().into_inner().screening.unwrap();
         let full = without.screen(req()).await.unwrap().into_inner().screening.unwrap();
         let skipped = got.note.starts_with("cascade:");
@@ -68,8 +85,8 @@ async fn skips_exactly_what_the_pipeline_skips_and_answers_the_rest_as_without_i
     }
     let (_, after) = cascading.admin_get("/metrics");
     let skipped = items.iter().filter(|i| i.skip).count() as f64;
-    assert_eq!(delta(&before, &after, "medsentry_cascade_total", &[("model", MODEL), ("decision", "skipped")]), skipped);
-    assert_eq!(delta(&before, &after, "medsentry_cascade_total", &[("model", MODEL), ("decision", "full")]), items.len() as f64 - skipped);
+    assert_eq!(delta(&before, &after, "medsentry_cascade_total", &[("model", model), ("decision", "skipped")]), skipped);
+    assert_eq!(delta(&before, &after, "medsentry_cascade_total", &[("model", model), ("decision", "full")]), items.len() as f64 - skipped);
     cascading.stop().await.unwrap();
     plain.stop().await.unwrap();
 }
