@@ -51,13 +51,40 @@ struct Stats {
     /// Median over answers of detect_seconds / (infer_seconds / batch share): the
     /// detectors' cost relative to the forward pass, from the sidecar's own stage timings.
     detect_over_infer: Option<f64>,
+    /// Median ms per call of each part of a call (see [`PARTS`]), from the answers' own
+    /// stage timings and the client's clock.
+    parts: Vec<f64>,
+}
+
+/// The parts of a call's time: decode + preprocess, waiting for a batch, the forward pass
+/// (the whole batch's), the detectors, the rest of the server's work (campaign monitor,
+/// policy, answer), and what the client saw beyond the server's total (gRPC and transport
+/// both ways).
+const PARTS: [&str; 6] = ["prepare", "queue", "infer", "detect", "other", "transport"];
+
+/// The [`PARTS`] of one call, in seconds.
+fn parts_of(t: &proto::StageTimings, client: Duration) -> [f64; 6] {
+    let prepare = t.decode_seconds + t.preprocess_seconds;
+    let other = (t.total_seconds - prepare - t.queue_seconds - t.infer_seconds - t.detect_seconds).max(0.0);
+    [prepare, t.queue_seconds, t.infer_seconds, t.detect_seconds, other, (client.as_secs_f64() - t.total_seconds).max(0.0)]
+}
+
+/// Per part, the median of `calls` in ms.
+fn median_parts(calls: &[[f64; 6]]) -> Vec<f64> {
+    (0..PARTS.len())
+        .map(|k| {
+            let mut v: Vec<f64> = calls.iter().map(|c| c[k]).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).map_or(0.0, |m| m * 1e3)
+        })
+        .collect()
 }
 
 fn stats(mut latencies: Vec<Duration>, images: usize, wall: Duration) -> Stats {
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
     let ips = images as f64 / wall.as_secs_f64();
-    Stats { images_per_s: ips, range: (ips, ips), p50_ms: pick(0.5), p99_ms: pick(0.99), detect_over_infer: None }
+    Stats { images_per_s: ips, range: (ips, ips), p50_ms: pick(0.5), p99_ms: pick(0.99), detect_over_infer: None, parts: Vec::new() }
 }
 
 /// The repeat with the median images/s, carrying the range of all repeats.
@@ -195,6 +222,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (c, s) in args.concurrency.iter().zip(&sidecar) {
         println!("  concurrency {c:>3}: {}", s.detect_over_infer.map_or("n/a".into(), |r| format!("{:.4}", r)));
     }
+    println!(
+        "where a call's time goes (median ms per call; infer is the whole batch's forward pass, transport what the client saw beyond the server's total):"
+    );
+    println!("                  | {}", PARTS.map(|p| format!("{p:>9}")).join(" "));
+    for (c, s) in args.concurrency.iter().zip(&sidecar) {
+        println!("  concurrency {c:>4} | {}", s.parts.iter().map(|v| format!("{v:>9.3}")).collect::<Vec<_>>().join(" "));
+    }
     decode_costs(&args.decode_file, registry.get(&info.name).map(|m| m.bundle.manifest.input.clone()))?;
     Ok(())
 }
@@ -230,6 +264,7 @@ async fn grpc_run(
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_caller);
                 let mut ratios = Vec::with_capacity(per_caller);
+                let mut parts = Vec::with_capacity(per_caller);
                 for i in 0..per_caller {
                     let n = k * per_caller + i;
                     let data = match &images {
@@ -244,25 +279,29 @@ async fn grpc_run(
                     };
                     let t = Instant::now();
                     let resp = client.screen(req).await?.into_inner();
-                    latencies.push(t.elapsed());
+                    let elapsed = t.elapsed();
+                    latencies.push(elapsed);
                     if let Some(t) = resp.timings.filter(|t| t.infer_seconds > 0.0) {
                         ratios.push(t.detect_seconds / t.infer_seconds);
+                        parts.push(parts_of(&t, elapsed));
                     }
                 }
-                anyhow::Ok((latencies, ratios))
+                anyhow::Ok((latencies, ratios, parts))
             })
         })
         .collect();
-    let (mut all, mut ratios) = (Vec::new(), Vec::new());
+    let (mut all, mut ratios, mut parts) = (Vec::new(), Vec::new(), Vec::new());
     for t in tasks {
-        let (l, r) = t.await??;
+        let (l, r, p) = t.await??;
         all.extend(l);
         ratios.extend(r);
+        parts.extend(p);
     }
     let n = all.len();
     let mut s = stats(all, n, started.elapsed());
     ratios.sort_by(f64::total_cmp);
     s.detect_over_infer = ratios.get(ratios.len() / 2).copied();
+    s.parts = median_parts(&parts);
     Ok(s)
 }
 

@@ -26,6 +26,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use super::numeric::dot;
 use crate::bundle::CampaignSpec;
 use crate::metrics;
 
@@ -155,7 +156,7 @@ pub fn residual(pixels: &[f32], height: usize, width: usize) -> Vec<f32> {
 pub fn normalized(mut r: Vec<f64>) -> Vec<f32> {
     let mean = r.iter().sum::<f64>() / r.len().max(1) as f64;
     r.iter_mut().for_each(|v| *v -= mean);
-    let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let norm = dot(&r, &r).sqrt();
     let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
     r.iter().map(|v| (v * scale) as f32).collect()
 }
@@ -196,7 +197,7 @@ impl ResidualWindow {
         }
         for j in 0..cap {
             if let Some(other) = self.slots[j].as_ref() {
-                let c: f64 = r.iter().zip(other).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let c = dot(&r, other);
                 self.corr[slot * cap + j] = c;
                 self.corr[j * cap + slot] = c;
                 self.pair_sum += c;

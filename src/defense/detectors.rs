@@ -22,6 +22,7 @@
 
 use serde::Deserialize;
 
+use super::numeric::quadratic_form;
 use super::residual::ResidualStatistics;
 use super::squeeze::Squeeze;
 use crate::engine::InferResult;
@@ -219,7 +220,7 @@ impl Detector {
                 .iter()
                 .map(|mu| {
                     let d: Vec<f64> = features.iter().zip(mu).map(|(&f, m)| f as f64 - m).collect();
-                    let q: f64 = precision.iter().zip(&d).map(|(row, di)| di * row.iter().zip(&d).map(|(p, dj)| p * dj).sum::<f64>()).sum();
+                    let q = quadratic_form(precision.iter().map(Vec::as_slice), &d);
                     // Rounding can make q slightly negative; NaN (overflow, NaN features)
                     // must stay NaN so the screener reports a failure, not a score of 0.
                     if q.is_nan() {

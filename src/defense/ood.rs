@@ -14,6 +14,7 @@
 
 use serde::Deserialize;
 
+use super::numeric::quadratic_form;
 use crate::bundle::Accepts;
 use crate::decode::DicomAttributes;
 
@@ -84,20 +85,29 @@ impl OodModel {
         let (ch, cw) = (height / g, width / g);
         let cells = self.channels * g * g;
         let mut out = vec![0f64; cells + self.bins + self.chroma_bins];
-        let mut hist = vec![0u64; self.bins];
+        // Four histograms filled in turn: neighbouring pixels mostly share a bin, and one
+        // histogram would wait on each increment of it before the next.
+        let mut hist = vec![0u64; 4 * self.bins];
         for (c, chunk) in pixels.chunks(plane).take(self.channels).enumerate() {
             for (y, row) in chunk.chunks(width).enumerate() {
-                for (x, &v) in row.iter().enumerate() {
-                    out[c * g * g + (y / ch) * g + x / cw] += v as f64;
-                    hist[bin(v as f64, self.bins)] += 1;
+                // A cell's share of a row summed on its own: no division per pixel.
+                let cells_of_row = &mut out[c * g * g + (y / ch) * g..][..g];
+                for (cell, part) in cells_of_row.iter_mut().zip(row.chunks(cw)) {
+                    *cell += part.iter().map(|&v| v as f64).sum::<f64>();
+                }
+                for quad in row.chunks(4) {
+                    for (lane, &v) in quad.iter().enumerate() {
+                        hist[lane * self.bins + bin(v as f64, self.bins)] += 1;
+                    }
                 }
             }
         }
         let cell = (ch * cw) as f64;
         out[..cells].iter_mut().for_each(|v| *v /= cell);
         let total = pixels.len().max(1) as f64;
-        for (o, h) in out[cells..cells + self.bins].iter_mut().zip(&hist) {
-            *o = (*h as f64 / total).sqrt();
+        for (k, o) in out[cells..cells + self.bins].iter_mut().enumerate() {
+            let count: u64 = hist.chunks(self.bins).map(|h| h[k]).sum();
+            *o = (count as f64 / total).sqrt();
         }
         if self.chroma_bins > 0 && pixels.len() == 3 * plane {
             let mut chroma = vec![0u64; self.chroma_bins];
@@ -121,13 +131,15 @@ impl OodModel {
             return f64::NAN;
         }
         let d: Vec<f64> = statistics.iter().copied().chain(features.iter().map(|f| *f as f64)).zip(&self.mean).map(|(v, m)| v - m).collect();
-        self.precision.chunks(dim).zip(&d).map(|(row, di)| di * row.iter().zip(&d).map(|(p, dj)| p * dj).sum::<f64>()).sum()
+        quadratic_form(self.precision.chunks(dim), &d)
     }
 }
 
 /// The histogram bin of a [0, 1] value: [k/bins, (k+1)/bins), the last bin also 1.0.
 fn bin(v: f64, bins: usize) -> usize {
-    ((v * bins as f64).floor().max(0.0) as usize).min(bins - 1)
+    // `as` truncates toward zero and maps NaN and negatives to 0: the same bin as
+    // floor().max(0.0), without a libm call per value.
+    ((v * bins as f64) as usize).min(bins - 1)
 }
 
 /// Why a DICOM header does not fit the bundle (None: it fits, or says nothing checked).

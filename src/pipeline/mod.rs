@@ -187,14 +187,9 @@ async fn stage(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig, 
     if !model.is_ready() {
         return Err(PipelineError::NotReady(model.name().to_string()));
     }
-    let spec = model.bundle.manifest.input.clone();
-    let want_residual = model.campaign.is_some();
-    // With the cascade the squeezed copies are made after the first pass, if at all.
-    let cascades = model.screener.cascades();
-    let squeeze_now = model.screener.squeeze().cloned().filter(|_| !cascades);
-    let ood = model.screener.ood_model().cloned();
-    let residual_stats = model.screener.residual_statistics().cloned();
-    let chroma = model.screener.checks_chroma();
+    // The job borrows the screener's models through this handle: a copy of the
+    // out-of-distribution model (a 736 x 736 matrix at 224 px) cost milliseconds per input.
+    let served = Arc::clone(model);
     // Decoding a 7 MB DICOM takes tens of ms: keep it off the async workers. The input
     // comes back: a flagged one may be quarantined. If this call is dropped (the caller
     // cancelled or went away), the guard stops the decode at its next checkpoint; its
@@ -216,15 +211,18 @@ async fn stage(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig, 
     let inline = matches!(&input, Input::Tensor { data, .. } if data.len() <= INLINE_TENSOR_VALUES);
     let job = move || {
         let decode_started = Instant::now();
+        let screener = &served.screener;
+        // With the cascade the squeezed copies are made after the first pass, if at all.
+        let cascades = screener.cascades();
         let extras = Extras {
-            residual: want_residual,
-            squeeze: squeeze_now.as_ref(),
-            ood: ood.as_ref(),
-            residual_stats: residual_stats.as_ref(),
-            chroma,
+            residual: served.campaign.is_some(),
+            squeeze: screener.squeeze().filter(|_| !cascades),
+            ood: screener.ood_model(),
+            residual_stats: screener.residual_statistics(),
+            chroma: screener.checks_chroma(),
             keep_pixels: cascades,
         };
-        let prepared = prepare_within(&input, &spec, &limits, &mut reservation, extras);
+        let prepared = prepare_within(&input, &served.bundle.manifest.input, &limits, &mut reservation, extras);
         drop(slot);
         (input, prepared, reservation, decode_started)
     };
