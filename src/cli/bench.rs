@@ -137,11 +137,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let cascade_before = cascade_counts(&info.name);
     let mut sidecar = Vec::new();
+    let mut batch_rows = Vec::new();
     for &c in &args.concurrency {
         let mut runs = Vec::new();
+        // (No series yet before the model's first batch.)
+        let before = batch_totals(&info.name).or(Some((0.0, 0.0)));
         for _ in 0..args.repeats {
             runs.push(grpc_run(&client, &info.name, len, &spec, c, args.requests, images.clone()).await?);
         }
+        batch_rows.push(batch_totals(&info.name).zip(before).map(|((rows, n), (rows0, n0))| (rows - rows0) / (n - n0).max(1.0)));
         sidecar.push(median_run(runs));
     }
     let cascade = cascade_counts(&info.name).zip(cascade_before).map(|((s, f), (s0, f0))| (s - s0, f - f0));
@@ -225,9 +229,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "where a call's time goes (median ms per call; infer is the whole batch's forward pass, transport what the client saw beyond the server's total):"
     );
-    println!("                  | {}", PARTS.map(|p| format!("{p:>9}")).join(" "));
-    for (c, s) in args.concurrency.iter().zip(&sidecar) {
-        println!("  concurrency {c:>4} | {}", s.parts.iter().map(|v| format!("{v:>9.3}")).collect::<Vec<_>>().join(" "));
+    println!("                  | {} rows/batch", PARTS.map(|p| format!("{p:>9}")).join(" "));
+    for ((c, s), rows) in args.concurrency.iter().zip(&sidecar).zip(&batch_rows) {
+        let parts = s.parts.iter().map(|v| format!("{v:>9.3}")).collect::<Vec<_>>().join(" ");
+        println!("  concurrency {c:>4} | {parts} {}", rows.map_or("n/a".into(), |r| format!("{r:>10.1}")));
     }
     decode_costs(&args.decode_file, registry.get(&info.name).map(|m| m.bundle.manifest.input.clone()))?;
     Ok(())
@@ -335,6 +340,16 @@ fn cascade_counts(model: &str) -> Option<(f64, f64)> {
             .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
     Some((count("skipped")?, count("full")?))
+}
+
+/// (rows, batches) the engine has run for `model` in this process (medsentry_batch_size).
+fn batch_totals(model: &str) -> Option<(f64, f64)> {
+    let text = crate::metrics::render();
+    let value = |suffix: &str| {
+        let name = format!("{}_{suffix}", crate::metrics::BATCH_SIZE);
+        text.lines().filter(|l| l.starts_with(&name) && l.contains(&format!("model=\"{model}\""))).find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    Some((value("sum")?, value("count")?))
 }
 
 /// Deterministic pseudo-random pixels in [0, 1].
