@@ -2,7 +2,8 @@
 //! pipeline's (tests/fixtures/ood, written by `python -m medsentry_training.ood`); real
 //! images that are not pediatric chest X-rays (MR, CT, NM, US, adult CR and RGB DICOMs,
 //! dermoscopy photographs, retinal OCT scans) sent to the chest bundle are answered
-//! OUT_OF_DISTRIBUTION and never ADVERSARIAL; the clean official chest test set rarely is;
+//! OUT_OF_DISTRIBUTION and never ADVERSARIAL, and so are radiographs and OCT scans sent to
+//! the dermoscopy bundle; the clean official chest test set rarely is;
 //! the policy's `out_of_distribution` action and the counter work.
 
 mod common;
@@ -10,7 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use medsentry::proto::sentry_client::SentryClient;
 use medsentry::proto::Verdict;
+use tonic::transport::Channel;
 use tonic::Code;
 
 const BUNDLES: &[&str] = &[CHEST, "pneumoniamnist-28", "dermoscopy-isic2018"];
@@ -71,6 +74,36 @@ async fn the_out_of_distribution_score_matches_the_pipeline() {
     server.stop().await.unwrap();
 }
 
+/// Screens `files` on `model`; asserts none is ADVERSARIAL and at least 95 % are
+/// OUT_OF_DISTRIBUTION (files decode refuses are skipped, at most all but 10).
+async fn assert_out_of_distribution(client: &mut SentryClient<Channel>, model: &str, set: &str, files: &[PathBuf]) {
+    let (mut screened, mut ood, mut adversarial) = (0, 0, Vec::new());
+    for f in files {
+        let s = match client.screen(request(model, f)).await {
+            Ok(r) => r.into_inner().screening.unwrap(),
+            Err(e) if e.code() == Code::InvalidArgument => {
+                eprintln!("{}: refused by decode ({})", f.display(), e.message());
+                continue;
+            }
+            Err(e) => panic!("{}: {e}", f.display()),
+        };
+        screened += 1;
+        ood += (s.verdict == Verdict::OutOfDistribution as i32) as usize;
+        if s.verdict == Verdict::Adversarial as i32 {
+            adversarial.push(f.display().to_string());
+        }
+        if set == "dicom" {
+            let reason = s.out_of_distribution.map(|o| o.reason).unwrap_or_default();
+            eprintln!("{}: {:?} {reason}", f.file_name().unwrap().to_string_lossy(), Verdict::try_from(s.verdict).unwrap());
+        }
+    }
+    let rate = ood as f64 / screened.max(1) as f64;
+    eprintln!("{set} sent to {model}: {ood}/{screened} OUT_OF_DISTRIBUTION ({:.1} %), {} ADVERSARIAL", 100.0 * rate, adversarial.len());
+    assert!(screened >= files.len().min(10), "{set}: only {screened} of {} screened", files.len());
+    assert!(adversarial.is_empty(), "{set}: unfamiliar images called attacks: {adversarial:?}");
+    assert!(rate >= 0.95, "{set} sent to {model}: only {:.1} % out of distribution", 100.0 * rate);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_that_are_not_pediatric_chest_x_rays_are_out_of_distribution_not_adversarial() {
     let server = TestServer::ready(&[]).await;
@@ -78,34 +111,26 @@ async fn images_that_are_not_pediatric_chest_x_rays_are_out_of_distribution_not_
     let mut dicoms = Vec::new();
     files_under(&data("dicom"), "dcm", &mut dicoms);
     dicoms.sort();
-    let sets = [("dicom", dicoms), ("dermoscopy", spread("dermoscopy_isic2018", "jpg", 200)), ("oct", spread("oct_kermany", "jpeg", 200))];
-    for (set, files) in sets {
-        let (mut screened, mut ood, mut adversarial) = (0, 0, Vec::new());
-        for f in &files {
-            let s = match client.screen(request(CHEST, f)).await {
-                Ok(r) => r.into_inner().screening.unwrap(),
-                Err(e) if e.code() == Code::InvalidArgument => {
-                    eprintln!("{}: refused by decode ({})", f.display(), e.message());
-                    continue;
-                }
-                Err(e) => panic!("{}: {e}", f.display()),
-            };
-            screened += 1;
-            ood += (s.verdict == Verdict::OutOfDistribution as i32) as usize;
-            if s.verdict == Verdict::Adversarial as i32 {
-                adversarial.push(f.display().to_string());
-            }
-            if set == "dicom" {
-                let reason = s.out_of_distribution.map(|o| o.reason).unwrap_or_default();
-                eprintln!("{}: {:?} {reason}", f.file_name().unwrap().to_string_lossy(), Verdict::try_from(s.verdict).unwrap());
-            }
-        }
-        let rate = ood as f64 / screened.max(1) as f64;
-        eprintln!("{set}: {ood}/{screened} OUT_OF_DISTRIBUTION ({:.1} %), {} ADVERSARIAL", 100.0 * rate, adversarial.len());
-        assert!(screened >= files.len().min(10), "{set}: only {screened} of {} screened", files.len());
-        assert!(adversarial.is_empty(), "{set}: unfamiliar images called attacks: {adversarial:?}");
-        assert!(rate >= 0.95, "{set}: only {:.1} % out of distribution", 100.0 * rate);
-    }
+    assert_out_of_distribution(&mut client, CHEST, "dicom", &dicoms).await;
+    assert_out_of_distribution(&mut client, CHEST, "dermoscopy", &spread("dermoscopy_isic2018", "jpg", 200)).await;
+    assert_out_of_distribution(&mut client, CHEST, "oct", &spread("oct_kermany", "jpeg", 200)).await;
+    server.stop().await.unwrap();
+}
+
+/// Grayscale images sent to the colour dermoscopy bundle: its [accepts] min_chroma (every
+/// dermoscopy training photograph is above 0.036; a radiograph or OCT scan is 0) decides
+/// where the image statistics alone left 7.5 % of chest X-rays in distribution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn radiographs_and_oct_scans_sent_to_the_dermoscopy_model_are_out_of_distribution() {
+    let server = TestServer::ready(&[]).await;
+    let mut client = server.client().await;
+    let derm = "dermoscopy-isic2018";
+    let xrays = spread("chest_xray_kermany/images/test", "jpeg", 200);
+    assert_out_of_distribution(&mut client, derm, "chest X-rays", &xrays).await;
+    assert_out_of_distribution(&mut client, derm, "oct", &spread("oct_kermany", "jpeg", 200)).await;
+    let s = client.screen(request(derm, &xrays[0])).await.unwrap().into_inner().screening.unwrap();
+    let reason = s.out_of_distribution.unwrap().reason;
+    assert!(reason.contains("grayscale image") && reason.contains("colour model"), "{reason}");
     server.stop().await.unwrap();
 }
 

@@ -198,4 +198,9 @@ pub struct Accepts {
     /// stored as RGB have 0; dermoscopy photographs 0.05 and more.
     #[serde(default)]
     pub max_chroma: Option<f32>,
+    /// Colour models: an image whose mean chroma is below this (a grayscale file, which
+    /// counts as 0, or a colour file with near-equal channels) is out of distribution. A
+    /// radiograph sent to a dermoscopy model is told by this before any statistics.
+    #[serde(default)]
+    pub min_chroma: Option<f32>,
 }

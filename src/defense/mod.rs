@@ -110,8 +110,9 @@ pub struct Evidence<'a> {
     pub statistics: Option<&'a [f64]>,
     /// The DICOM header's attributes (None for PNG/JPEG and tensors).
     pub dicom: Option<&'a crate::decode::DicomAttributes>,
-    /// Mean chroma (max - min over R, G, B, in [0, 1]) of a decoded colour image, before
-    /// any conversion to the model's colour mode (None for single-channel inputs).
+    /// Mean chroma (max - min over R, G, B, in [0, 1]) of a decoded image, before any
+    /// conversion to the model's colour mode (0 for a single-channel image; None for
+    /// tensors and when the bundle does not check it).
     pub chroma: Option<f32>,
 }
 
@@ -218,10 +219,10 @@ impl Screener {
         Ok(screener)
     }
 
-    /// Whether the out-of-distribution check reads a colour input's chroma ([accepts]
-    /// max_chroma).
+    /// Whether the out-of-distribution check reads a decoded image's chroma ([accepts]
+    /// max_chroma or min_chroma).
     pub fn checks_chroma(&self) -> bool {
-        self.accepts.as_ref().is_some_and(|a| a.max_chroma.is_some())
+        self.accepts.as_ref().is_some_and(|a| a.max_chroma.is_some() || a.min_chroma.is_some())
     }
 
     /// The residual-statistics detector, whose features the pipeline computes from the
@@ -248,10 +249,7 @@ impl Screener {
             (Some(a), Some(d)) => ood::header_mismatch(a, d).map(|r| (r, "dicom_header")),
             _ => None,
         };
-        let colour = match (self.accepts.as_ref().and_then(|a| a.max_chroma), evidence.chroma) {
-            (Some(max), Some(c)) if c > max => Some((format!("a colour image (mean chroma {c:.3} > {max}) sent to a grayscale model"), "colour")),
-            _ => None,
-        };
+        let colour = self.accepts.as_ref().zip(evidence.chroma).and_then(|(a, c)| ood::colour_mismatch(a, c)).map(|r| (r, "colour"));
         let (score, threshold) = match (&self.ood, evidence.statistics) {
             (Some((m, t)), Some(stats)) => (Some(m.score(stats, &result.features) as f32), Some(*t)),
             _ => (None, None),

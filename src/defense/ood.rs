@@ -156,6 +156,16 @@ pub fn header_mismatch(accepts: &Accepts, attrs: &DicomAttributes) -> Option<Str
     })
 }
 
+/// Why a decoded image's colour contradicts [accepts] (its mean chroma, max - min over
+/// R, G, B; 0 for a single-channel image), or None.
+pub fn colour_mismatch(accepts: &Accepts, chroma: f32) -> Option<String> {
+    if let Some(max) = accepts.max_chroma.filter(|max| chroma > *max) {
+        return Some(format!("a colour image (mean chroma {chroma:.3} > {max}) sent to a grayscale model"));
+    }
+    let min = accepts.min_chroma.filter(|min| chroma < *min)?;
+    Some(format!("a grayscale image (mean chroma {chroma:.3} < {min}) sent to a colour model"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,12 +204,24 @@ mod tests {
 
     #[test]
     fn headers_are_checked_only_where_both_sides_say_something() {
-        let accepts = Accepts { modality: vec!["CR".into(), "DX".into()], body_part: vec!["CHEST".into()], photometric: vec![], max_chroma: None };
+        let accepts =
+            Accepts { modality: vec!["CR".into(), "DX".into()], body_part: vec!["CHEST".into()], photometric: vec![], max_chroma: None, min_chroma: None };
         let attrs =
             |m: Option<&str>, b: Option<&str>| DicomAttributes { modality: m.map(Into::into), body_part: b.map(Into::into), photometric: Some("RGB".into()) };
         assert_eq!(header_mismatch(&accepts, &attrs(Some("DX"), Some("chest"))), None);
         assert_eq!(header_mismatch(&accepts, &attrs(None, None)), None);
         assert!(header_mismatch(&accepts, &attrs(Some("MR"), None)).unwrap().contains("Modality \"MR\""));
         assert!(header_mismatch(&accepts, &attrs(Some("CR"), Some("LEG"))).unwrap().contains("BodyPartExamined"));
+    }
+
+    #[test]
+    fn colour_is_checked_against_the_side_the_model_declares() {
+        let gray = Accepts { max_chroma: Some(0.02), ..Accepts::default() };
+        let colour = Accepts { min_chroma: Some(0.02), ..Accepts::default() };
+        assert_eq!(colour_mismatch(&gray, 0.0), None);
+        assert!(colour_mismatch(&gray, 0.1).unwrap().contains("sent to a grayscale model"));
+        assert_eq!(colour_mismatch(&colour, 0.1), None);
+        assert!(colour_mismatch(&colour, 0.0).unwrap().contains("sent to a colour model"));
+        assert_eq!(colour_mismatch(&Accepts::default(), 0.5), None);
     }
 }

@@ -27,7 +27,8 @@ pub struct Prepared {
     pub residual_features: Option<Vec<f64>>,
     /// What the DICOM header says the image is (None for other inputs).
     pub dicom: Option<crate::decode::DicomAttributes>,
-    /// Mean chroma of a decoded colour image (None for single-channel inputs and tensors).
+    /// Mean chroma of a decoded image (0 for a single-channel one; None for tensors and
+    /// when the bundle does not check it).
     pub chroma: Option<f32>,
     pub decode_s: f64,
     pub preprocess_s: f64,
@@ -47,7 +48,8 @@ pub struct Extras<'a> {
     pub ood: Option<&'a OodModel>,
     /// The residual-statistics detector, whose features are wanted.
     pub residual_stats: Option<&'a ResidualStatistics>,
-    /// The mean chroma of a colour input (the bundle's [accepts] max_chroma), a pass over
+    /// The mean chroma of a decoded input (the bundle's [accepts] max_chroma or
+    /// min_chroma), a pass over
     /// the full-resolution image only bundles that check it pay for.
     pub chroma: bool,
     /// Keep the [0, 1] pixels: the cascade makes the squeezed copies only when its cheap
@@ -85,7 +87,8 @@ pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, re
     };
     let decode_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let chroma = (extras.chroma && image.channels == 3).then(|| mean_chroma(&image));
+    // A single-channel image has no colour: chroma 0 (a colour model's min_chroma).
+    let chroma = extras.chroma.then(|| if image.channels == 3 { mean_chroma(&image) } else { 0.0 });
     let pixels = preprocess::to_model_space(&image, spec);
     let mut p = finish(pixels, spec, extras, decode_s, image.dicom.take());
     p.chroma = chroma;

@@ -21,6 +21,9 @@ OUT_OF_DISTRIBUTION instead (src/defense/ood.rs), from two kinds of evidence:
       (5-fold cross-fitting; the test set is never used to fit or calibrate), so the
       expected clean rate is 0.5 % (at 0.1 % the chest bundle missed a quarter of the
       dermoscopy images: the training set holds a few odd images that set a 0.1 % tail).
+  colour            the mean chroma of the decoded file (max - min over R, G, B; 0 for a
+      grayscale file): above [accepts] max_chroma for a grayscale model, below min_chroma
+      for a colour one.
 
 Measured here (this stage's report section): the official test set's OOD rate (the target
 is <= 1 %), that of 200 images of each other data set in ../shared/data, and that of
@@ -58,13 +61,17 @@ PER_OTHER = 200
 # file: the chest training JPEGs (RGB, equal channels) have 0, dermoscopy photographs
 # 0.05 and more (measured on every 5th chest training image and every 25th dermoscopy one).
 MAX_CHROMA = 0.02
+# Colour models: the smallest mean chroma of a file. Every one of the 3,161 dermoscopy
+# training images is above 0.036 (`training_chroma` in the report); every chest X-ray and
+# OCT scan is 0.
+MIN_CHROMA = 0.02
 ACCEPTS = {
     "chest_xray": {"modality": ["CR", "DX"], "body_part": ["CHEST"], "photometric": ["MONOCHROME1", "MONOCHROME2"],
                    "max_chroma": MAX_CHROMA},
     "pneumoniamnist": {"modality": ["CR", "DX"], "body_part": ["CHEST"], "photometric": ["MONOCHROME1", "MONOCHROME2"],
                        "max_chroma": MAX_CHROMA},
     # Dermoscopy in DICOM is external-camera photography (Modality XC), in colour.
-    "dermoscopy": {"modality": ["XC"], "photometric": ["RGB", "YBR_FULL", "YBR_FULL_422"]},
+    "dermoscopy": {"modality": ["XC"], "photometric": ["RGB", "YBR_FULL", "YBR_FULL_422"], "min_chroma": MIN_CHROMA},
     "oct": {"modality": ["OPT"], "photometric": ["MONOCHROME2"], "max_chroma": MAX_CHROMA},
 }
 
@@ -142,15 +149,34 @@ def out_of_fold(v: np.ndarray) -> np.ndarray:
     return scores
 
 
+def file_chroma(path: str) -> float:
+    """Mean over pixels of max - min over R, G, B of the decoded file (0 for a grayscale
+    file); as src/pipeline/prepare.rs's mean_chroma."""
+    x = preprocess.decode_rgb01(path)
+    return float((x.max(axis=0) - x.min(axis=0)).mean())
+
+
+def colour_ood(accepts: dict, chroma: np.ndarray) -> np.ndarray:
+    """Whether each file's chroma contradicts [accepts]; as src/defense/ood.rs's colour_mismatch."""
+    out = np.zeros(len(chroma), dtype=bool)
+    if accepts.get("max_chroma") is not None:
+        out |= chroma > accepts["max_chroma"]
+    if accepts.get("min_chroma") is not None:
+        out |= chroma < accepts["min_chroma"]
+    return out
+
+
 def other_sets(spec, rng) -> dict:
-    """PER_OTHER images of every other data set, in this bundle's colour mode and size."""
+    """PER_OTHER images of every other data set, in this bundle's colour mode and size, with
+    their files' mean chroma: {key: (x, chroma)}."""
     out = {}
     for key, pattern in OTHERS.items():
         if datasets.SPECS[key].folder == spec.folder:
             continue
         paths = sorted(glob.glob(os.path.join(datasets.SHARED_DATA, pattern), recursive=True))
         paths = [paths[i] for i in sorted(rng.choice(len(paths), min(PER_OTHER, len(paths)), replace=False))]
-        out[key] = np.stack([preprocess.load_image(p, spec.color, spec.size, spec.size) for p in paths]).astype(np.float32)
+        x = np.stack([preprocess.load_image(p, spec.color, spec.size, spec.size) for p in paths]).astype(np.float32)
+        out[key] = (x, np.array([file_chroma(p) for p in paths]))
     return out
 
 
@@ -221,17 +247,35 @@ def main(argv=None):
     print(f"[ood] {len(x_train)} training images, {v_train.shape[1]} dims, threshold {threshold:.2f} "
           f"(out-of-fold {100 * (1 - CALIBRATED_FPR):.1f}th percentile)", flush=True)
 
+    accepts = ACCEPTS.get(args.dataset) or datasets.fit_config(spec).get("accepts", {})
+    if spec.color == "gray" and spec.fit_dir is not None:
+        accepts = {**accepts, "max_chroma": MAX_CHROMA}
+    checks_colour = accepts.get("max_chroma") is not None or accepts.get("min_chroma") is not None
+    # The colour rule reads the files (a fitted bundle's images are arrays only).
+    files_of = (lambda split: [os.path.join(datasets.SHARED_DATA, spec.folder, f) for f in datasets.load_split(spec, split)[2]]) \
+        if checks_colour and spec.fit_dir is None else None
+
+    def row(name, s, chroma):
+        r = {"set": name, "n": len(s), "ood_rate": float((s > threshold).mean()), "median_score": float(np.median(s))}
+        if chroma is not None:
+            r["with_colour_rule_rate"] = float(((s > threshold) | colour_ood(accepts, chroma)).mean())
+        return r
+
     x_test, y_test, files_test = datasets.load_split(spec, "test")
     s_test = model.mahalanobis(vectors(x_test, clf, grid))
-    rows = [{"set": f"{spec.folder} official test (in distribution)", "n": len(s_test),
-             "ood_rate": float((s_test > threshold).mean()), "median_score": float(np.median(s_test))}]
-    for key, x in other_sets(spec, rng).items():
-        s = model.mahalanobis(vectors(x, clf, grid))
-        rows.append({"set": datasets.SPECS[key].folder, "n": len(s), "ood_rate": float((s > threshold).mean()),
-                     "median_score": float(np.median(s))})
+    rows = [row(f"{spec.folder} official test (in distribution)", s_test,
+                np.array([file_chroma(p) for p in files_of("test")]) if files_of else None)]
+    for key, (x, chroma) in other_sets(spec, rng).items():
+        rows.append(row(datasets.SPECS[key].folder, model.mahalanobis(vectors(x, clf, grid)), chroma if files_of else None))
     for r in rows:
-        print(f"[ood] {r['set']}: {100 * r['ood_rate']:.1f} % of {r['n']} out of distribution (median score {r['median_score']:.1f})",
-              flush=True)
+        print(f"[ood] {r['set']}: {100 * r['ood_rate']:.1f} % of {r['n']} out of distribution (median score {r['median_score']:.1f})"
+              + (f", {100 * r['with_colour_rule_rate']:.1f} % with the colour rule" if "with_colour_rule_rate" in r else ""), flush=True)
+    training_chroma = None
+    if files_of:
+        c = np.array([file_chroma(p) for p in files_of("train")])
+        training_chroma = {"min": float(c.min()), "max": float(c.max()), "median": float(np.median(c)),
+                           "contradicting_accepts": int(colour_ood(accepts, c).sum())}
+        print(f"[ood] training files' mean chroma {training_chroma}", flush=True)
 
     c = int(x_train.shape[1])
     doc = {"kind": "gaussian", "grid": grid, "bins": BINS, "chroma_bins": chroma_bins(c), "channels": c,
@@ -240,9 +284,6 @@ def main(argv=None):
     with open(os.path.join(out_dir, "ood.json"), "w") as f:
         json.dump(doc, f)
     section = {"file": "ood.json", "threshold": round(threshold, 6), "calibrated_fpr": CALIBRATED_FPR}
-    accepts = ACCEPTS.get(args.dataset) or datasets.fit_config(spec).get("accepts", {})
-    if spec.color == "gray" and spec.fit_dir is not None:
-        accepts = {**accepts, "max_chroma": MAX_CHROMA}
     bundle_toml.set_ood(out_dir, section, accepts)
 
     # Parity fixture: a few official test images (their [0, 1] tensors) and Python's scores.
@@ -265,7 +306,7 @@ def main(argv=None):
         "vector": f"{grid}x{grid} cell means per channel + sqrt of a {BINS}-bin histogram"
                   + (f" + sqrt of a {BINS}-bin chroma histogram" if chroma_bins(c) else "") + f" + {doc['feature_dim']} penultimate features",
         "threshold": threshold, "calibrated_fpr": CALIBRATED_FPR, "training_images": len(x_train),
-        "out_of_fold_max": float(oof.max()), "accepts": accepts, "rows": rows,
+        "out_of_fold_max": float(oof.max()), "accepts": accepts, "rows": rows, "training_chroma": training_chroma,
         "pgd20_successful": attacked, "seconds": round(time.time() - t0, 1)})
     print(f"[done] out-of-distribution model in {time.time() - t0:.0f}s", flush=True)
 

@@ -176,12 +176,20 @@ def ood_section(o, a):
       f"action applies) when its DICOM header or colour contradicts [accepts] ({acc}), or when the squared Mahalanobis "
       f"distance of its image statistics and penultimate features ({o['vector']}; Ledoit-Wolf Gaussian on the "
       f"{o['training_images']} training images) exceeds {f3(o['threshold'])}, the out-of-fold "
-      f"{100 * (1 - o['calibrated_fpr']):.1f}th percentile of the training images. Rates below are of the image-statistics "
-      f"score alone (the header and colour rules come on top in the sidecar).\n")
-    a("| images | n | out of distribution % | median score |")
-    a("|---|---|---|---|")
+      f"{100 * (1 - o['calibrated_fpr']):.1f}th percentile of the training images. The first rate below is of the "
+      f"image-statistics score alone; the header rule comes on top in the sidecar"
+      + (", and the colour rule is in the second" if "with_colour_rule_rate" in o["rows"][0] else
+         " (and the colour rule, where [accepts] sets one)") + ".\n")
+    tc = o.get("training_chroma")
+    if tc:
+        a(f"Mean chroma of the training files: {tc['min']:.3f} to {tc['max']:.3f} (median {tc['median']:.3f}); "
+          f"{tc['contradicting_accepts']} contradict [accepts].\n")
+    colour = "with_colour_rule_rate" in o["rows"][0]
+    a("| images | n | out of distribution % |" + (" with the colour rule % |" if colour else "") + " median score |")
+    a("|---|---|---|" + ("---|" if colour else "") + "---|")
     for r in o["rows"]:
-        a(f"| {r['set']} | {r['n']} | {pct(r['ood_rate'])} | {r['median_score']:.1f} |")
+        a(f"| {r['set']} | {r['n']} | {pct(r['ood_rate'])} |" + (f" {pct(r['with_colour_rule_rate'])} |" if colour else "")
+          + f" {r['median_score']:.1f} |")
     a("\nSuccessful PGD-20 examples against the served classifier (AdvTest) answered OUT_OF_DISTRIBUTION instead of being "
       "left to the adversarial detectors: " + ", ".join(
           f"{r['budget']} {pct(r['ood_rate'])} (n={r['n_successful']})" for r in o.get("pgd20_successful", [])) + ".\n")
@@ -261,10 +269,11 @@ def failures_section(full, a):
     ood = full.get("out_of_distribution")
     if ood:
         clean, others = ood["rows"][0], ood["rows"][1:]
-        missed = [f"{o['set']} {pct(o['ood_rate'])} %" for o in others if o["ood_rate"] < 0.95]
-        a(f"- **Out of distribution.** Clean official test images called OUT_OF_DISTRIBUTION: {pct(clean['ood_rate'])} % "
-          f"(target <= 1 %{'; missed' if clean['ood_rate'] > 0.01 else ''}); other data sets below 95 % by image "
-          f"statistics alone: {', '.join(missed) or 'none'}.")
+        key = "with_colour_rule_rate" if "with_colour_rule_rate" in clean else "ood_rate"
+        missed = [f"{o['set']} {pct(o[key])} %" for o in others if o[key] < 0.95]
+        a(f"- **Out of distribution.** Clean official test images called OUT_OF_DISTRIBUTION: {pct(clean[key])} % "
+          f"(target <= 1 %{'; missed' if clean[key] > 0.01 else ''}); other data sets below 95 % by image "
+          f"statistics{' and colour' if key != 'ood_rate' else ' alone'}: {', '.join(missed) or 'none'}.")
     a("")
 
 

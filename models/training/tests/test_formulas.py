@@ -121,6 +121,21 @@ def test_ood_layout_vector_cells_histogram_and_chroma():
     assert v.shape[1] == cells.shape[1] + 2 * ood.BINS
 
 
+def test_file_chroma_and_the_colour_rule(tmp_path):
+    from PIL import Image
+    gray, colour = tmp_path / "gray.png", tmp_path / "colour.png"
+    Image.fromarray(np.full((4, 6), 128, np.uint8), "L").save(gray)
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 150   # max - min = 100 at every pixel
+    Image.fromarray(rgb, "RGB").save(colour)
+    assert ood.file_chroma(str(gray)) == 0.0
+    assert abs(ood.file_chroma(str(colour)) - 100 / 255) < 1e-12
+    c = np.array([0.0, 0.01, 0.03, 0.5])
+    assert ood.colour_ood({"max_chroma": 0.02}, c).tolist() == [False, False, True, True]
+    assert ood.colour_ood({"min_chroma": 0.02}, c).tolist() == [True, True, False, False]
+    assert not ood.colour_ood({}, c).any()
+
+
 def test_campaign_parity_fixture_is_what_the_pipeline_computes():
     """tests/fixtures/campaign/residual_parity.json (read by the Rust campaign monitor's
     parity test) is current: the pipeline's residuals and window scores of today's code."""
