@@ -161,21 +161,32 @@ pub fn normalized(mut r: Vec<f64>) -> Vec<f32> {
     r.iter().map(|v| (v * scale) as f32).collect()
 }
 
-/// The last `capacity` residuals and the sum of their pairwise correlations, updated in
-/// O(capacity * len) per input.
+/// The last `capacity` residuals and the sum of their pairwise correlations. The sum of
+/// all pairwise dot products of a set is (|S|^2 - sum_i |r_i|^2) / 2 with S the sum of its
+/// residuals, so the window keeps S and each residual's squared norm: an input costs one
+/// pass over S, the new residual and the one it replaces, instead of a dot product with
+/// every other residual in the window (31 passes of 150,528 values at 224 px RGB).
 #[derive(Clone)]
 struct ResidualWindow {
     slots: Vec<Option<Vec<f32>>>,
-    /// corr[i * capacity + j]: correlation of the residuals in slots i and j.
-    corr: Vec<f64>,
+    /// |r|^2 of the residual in each slot (1 up to rounding; 0 for a flat image).
+    norms: Vec<f64>,
+    /// Sum of the residuals in the window, element by element.
+    sum: Vec<f64>,
+    /// |sum|^2 after the last push.
+    sum_sq: f64,
     next: usize,
     filled: usize,
-    pair_sum: f64,
+    /// Pushes since `sum` was last rebuilt from the slots: additions and subtractions
+    /// leave rounding behind, so it is summed afresh every REBUILD_EVERY pushes.
+    since_rebuild: usize,
 }
+
+const REBUILD_EVERY: usize = 4096;
 
 impl ResidualWindow {
     fn new(capacity: usize) -> ResidualWindow {
-        ResidualWindow { slots: vec![None; capacity], corr: vec![0.0; capacity * capacity], next: 0, filled: 0, pair_sum: 0.0 }
+        ResidualWindow { slots: vec![None; capacity], norms: vec![0.0; capacity], sum: Vec::new(), sum_sq: 0.0, next: 0, filled: 0, since_rebuild: 0 }
     }
 
     /// Adds a residual, unless the same one is already in the window: a PACS that resends
@@ -186,25 +197,36 @@ impl ResidualWindow {
         if self.slots.iter().flatten().any(|other| *other == r) {
             return;
         }
-        let cap = self.slots.len();
+        if self.sum.len() != r.len() {
+            // The first input, or residuals of another length (never from one classifier):
+            // the window starts afresh.
+            *self = ResidualWindow::new(self.slots.len());
+            self.sum = vec![0.0; r.len()];
+        }
         let slot = self.next;
-        if self.slots[slot].take().is_some() {
-            for j in (0..cap).filter(|&j| j != slot && self.slots[j].is_some()) {
-                self.pair_sum -= self.corr[slot * cap + j];
-            }
-        } else {
+        let old = self.slots[slot].take();
+        if old.is_none() {
             self.filled += 1;
         }
-        for j in 0..cap {
-            if let Some(other) = self.slots[j].as_ref() {
-                let c = dot(&r, other);
-                self.corr[slot * cap + j] = c;
-                self.corr[j * cap + slot] = c;
-                self.pair_sum += c;
-            }
-        }
+        let (sum_sq, norm) = slide(&mut self.sum, &r, old.as_deref());
+        self.sum_sq = sum_sq;
+        self.norms[slot] = norm;
         self.slots[slot] = Some(r);
-        self.next = (slot + 1) % cap;
+        self.next = (slot + 1) % self.slots.len();
+        self.since_rebuild += 1;
+        if self.since_rebuild >= REBUILD_EVERY {
+            self.rebuild();
+        }
+    }
+
+    /// `sum` and `sum_sq` summed afresh from the residuals in the window.
+    fn rebuild(&mut self) {
+        self.sum.iter_mut().for_each(|v| *v = 0.0);
+        for r in self.slots.iter().flatten() {
+            self.sum.iter_mut().zip(r).for_each(|(s, v)| *s += f64::from(*v));
+        }
+        self.sum_sq = dot(&self.sum, &self.sum);
+        self.since_rebuild = 0;
     }
 
     fn is_full(&self) -> bool {
@@ -214,11 +236,37 @@ impl ResidualWindow {
     fn mean_correlation(&self) -> f64 {
         let n = self.filled as f64;
         if self.filled < 2 {
-            0.0
-        } else {
-            self.pair_sum / (n * (n - 1.0) / 2.0)
+            return 0.0;
         }
+        let norms: f64 = self.slots.iter().zip(&self.norms).filter(|(s, _)| s.is_some()).map(|(_, n)| n).sum();
+        (self.sum_sq - norms) / (n * (n - 1.0))
     }
+}
+
+/// `sum += add - remove` in one pass; returns the new |sum|^2 and |add|^2 (each in eight
+/// interleaved running sums, as numeric::dot).
+fn slide(sum: &mut [f64], add: &[f32], remove: Option<&[f32]>) -> (f64, f64) {
+    const LANES: usize = 8;
+    const ZEROS: [f32; LANES] = [0.0; LANES];
+    let (mut sq, mut nn) = ([0f64; LANES], [0f64; LANES]);
+    let mut lanes = |s: &mut [f64], a: &[f32], o: &[f32], width: usize| {
+        for l in 0..width {
+            let (a, v) = (f64::from(a[l]), s[l] + f64::from(a[l]) - f64::from(o[l]));
+            s[l] = v;
+            sq[l] += v * v;
+            nn[l] += a * a;
+        }
+    };
+    let body = sum.len() / LANES * LANES;
+    let (sum_body, sum_tail) = sum.split_at_mut(body);
+    let chunks = sum_body.chunks_exact_mut(LANES).zip(add[..body].chunks_exact(LANES));
+    match remove {
+        Some(old) => chunks.zip(old[..body].chunks_exact(LANES)).for_each(|((s, a), o)| lanes(s, a, o, LANES)),
+        None => chunks.for_each(|(s, a)| lanes(s, a, &ZEROS, LANES)),
+    }
+    let tail = sum_tail.len();
+    lanes(sum_tail, &add[body..], remove.map_or(&ZEROS[..tail], |o| &o[body..]), tail);
+    (sq.iter().sum(), nn.iter().sum())
 }
 
 #[cfg(test)]
@@ -250,6 +298,24 @@ mod tests {
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
         let direct = (dot(&last[0], &last[1]) + dot(&last[0], &last[2]) + dot(&last[1], &last[2])) / 3.0;
         assert!((w.mean_correlation() - direct).abs() < 1e-9, "{} vs {direct}", w.mean_correlation());
+    }
+
+    #[test]
+    fn the_running_sum_stays_exact_over_a_long_stream() {
+        // Past REBUILD_EVERY pushes (the sum is rebuilt) and with a tail shorter than the
+        // eight lanes (63 values).
+        let mut w = ResidualWindow::new(5);
+        let rs: Vec<Vec<f32>> = (0..REBUILD_EVERY as u64 + 37).map(|i| residual(&noise(i)[..63], 9, 7)).collect();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+        for (k, r) in rs.iter().enumerate() {
+            w.push(r.clone());
+            if k % 997 == 0 || k + 1 == rs.len() {
+                let last = &rs[k.saturating_sub(4)..=k];
+                let pairs: Vec<f64> = (0..last.len()).flat_map(|i| (i + 1..last.len()).map(move |j| (i, j))).map(|(i, j)| dot(&last[i], &last[j])).collect();
+                let direct = if pairs.is_empty() { 0.0 } else { pairs.iter().sum::<f64>() / pairs.len() as f64 };
+                assert!((w.mean_correlation() - direct).abs() < 1e-12, "push {k}: {} vs {direct}", w.mean_correlation());
+            }
+        }
     }
 
     #[test]
