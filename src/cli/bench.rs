@@ -334,22 +334,24 @@ fn model_space_images(dir: &std::path::Path, models: &super::Models, model: &str
 /// (skipped, full) of `medsentry_cascade_total` for `model` in this process, when it cascades.
 fn cascade_counts(model: &str) -> Option<(f64, f64)> {
     let text = crate::metrics::render();
-    let count = |decision: &str| {
-        text.lines()
-            .filter(|l| l.starts_with(crate::metrics::CASCADE) && l.contains(&format!("model=\"{model}\"")) && l.contains(&format!("decision=\"{decision}\"")))
-            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
+    let count = |decision| metric_value(&text, crate::metrics::CASCADE, &[("model", model), ("decision", decision)]);
     Some((count("skipped")?, count("full")?))
 }
 
 /// (rows, batches) the engine has run for `model` in this process (medsentry_batch_size).
 fn batch_totals(model: &str) -> Option<(f64, f64)> {
     let text = crate::metrics::render();
-    let value = |suffix: &str| {
-        let name = format!("{}_{suffix}", crate::metrics::BATCH_SIZE);
-        text.lines().filter(|l| l.starts_with(&name) && l.contains(&format!("model=\"{model}\""))).find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
+    let value = |suffix| metric_value(&text, &format!("{}_{suffix}", crate::metrics::BATCH_SIZE), &[("model", model)]);
     Some((value("sum")?, value("count")?))
+}
+
+/// The value of the first sample of `name` in the rendered metrics `text` whose labels
+/// include every `(key, value)` of `labels`.
+fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
 }
 
 /// Deterministic pseudo-random pixels in [0, 1].
@@ -388,4 +390,15 @@ fn decode_costs(files: &[PathBuf], spec: Option<crate::bundle::InputSpec>) -> an
         println!("{:<40} {:>10} {:>11.2} ms {:>13.2} ms", name, bytes.len(), d[runs / 2] * 1e3, p[runs / 2] * 1e3);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_values_are_read_by_name_and_labels() {
+        let text = "medsentry_x_total{model=\"a\",decision=\"full\"} 3\nmedsentry_x_total{model=\"b\",decision=\"full\"} 5\nmedsentry_x_total_more{model=\"b\"} 9\nmedsentry_y_sum{model=\"b\"} 7.5\n";
+        assert_eq!(super::metric_value(text, "medsentry_x_total", &[("model", "b"), ("decision", "full")]), Some(5.0));
+        assert_eq!(super::metric_value(text, "medsentry_x_total", &[("model", "c")]), None);
+        assert_eq!(super::metric_value(text, "medsentry_y_sum", &[("model", "b")]), Some(7.5));
+    }
 }
