@@ -32,8 +32,10 @@ impl Screener {
         if self.squeeze().is_none() {
             return Err("it serves no feature-squeezing detector, so there is nothing for the cascade to skip".into());
         }
-        let cheap = |name: &String| {
-            name == "margin" || self.detectors.iter().any(|(s, d)| &s.name == name && !matches!(d, Detector::FeatureSqueezing(_) | Detector::Fused(_)))
+        let cheap = |name: &String| match name.as_str() {
+            "margin" | "penultimate-features" | "logits" => true,
+            "residual-features" => self.residual_statistics().is_some(),
+            name => self.detectors.iter().any(|(s, d)| s.name == name && !matches!(d, Detector::FeatureSqueezing(_) | Detector::Fused(_))),
         };
         match cascade.combiner.inputs.iter().find(|i| !cheap(i)) {
             Some(i) => Err(format!("the cascade reads {i:?}, which is not a served detector scored from one forward pass")),
@@ -63,7 +65,7 @@ impl Screener {
             named.push((spec.name.clone(), score));
             detectors.push(DetectorScore::of(spec, score, score > spec.threshold as f64));
         }
-        let cheap = cascade.combiner.score(&named, &result.logits);
+        let cheap = cascade.combiner.score(&named, super::combiner_inputs(result, evidence));
         if cheap.is_nan() || cheap >= cascade.skip_below {
             return None;
         }

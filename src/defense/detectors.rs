@@ -63,22 +63,51 @@ pub struct Cascade {
     pub skip_below: f64,
 }
 
-/// A logistic regression over named detector scores (and "margin").
+/// A logistic regression over named inputs: other detectors' scores, "margin", and whole
+/// vectors of one forward pass (BLOCK_INPUTS: the penultimate features, the logits, the
+/// residual-statistics features of the input), each `widths[i]` values wide.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Combiner {
-    /// Detector names (and "margin"), in the order of the weights.
+    /// Detector names, "margin" and block names, in the order of the weights.
     pub inputs: Vec<String>,
+    /// Values per input (absent: one each, the detector scores and margin).
+    #[serde(default)]
+    widths: Vec<usize>,
     mean: Vec<f64>,
     scale: Vec<f64>,
     weights: Vec<f64>,
     bias: f64,
 }
 
+/// Inputs of a combiner that are vectors rather than one score.
+pub const BLOCK_INPUTS: [&str; 3] = ["penultimate-features", "logits", "residual-features"];
+
+enum Values<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+/// What a combiner reads of one input besides the other detectors' scores.
+#[derive(Debug, Clone, Copy)]
+pub struct CombinerInputs<'a> {
+    pub logits: &'a [f32],
+    pub features: &'a [f32],
+    /// The residual-statistics features (None when the bundle serves no such detector).
+    pub residual_features: Option<&'a [f64]>,
+}
+
 impl Combiner {
     fn check(&self) -> Result<(), String> {
         let n = self.inputs.len();
-        if n == 0 || self.mean.len() != n || self.scale.len() != n || self.weights.len() != n {
-            return Err(format!("mean, scale and weights must have one value per input ({n})"));
+        if !self.widths.is_empty() && self.widths.len() != n {
+            return Err(format!("widths must have one value per input ({n})"));
+        }
+        let total: usize = if self.widths.is_empty() { n } else { self.widths.iter().sum() };
+        if n == 0 || self.mean.len() != total || self.scale.len() != total || self.weights.len() != total {
+            return Err(format!("mean, scale and weights must have one value per input value ({total})"));
+        }
+        if let Some(i) = self.inputs.iter().zip(self.widths()).find_map(|(name, w)| (w != 1 && !BLOCK_INPUTS.contains(&name.as_str())).then_some(name)) {
+            return Err(format!("input {i:?} is one score, not a vector"));
         }
         let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
         if !(finite(&self.mean) && finite(&self.weights) && self.bias.is_finite() && self.scale.iter().all(|s| s.is_finite() && *s > 0.0)) {
@@ -87,14 +116,35 @@ impl Combiner {
         Ok(())
     }
 
-    /// `scores`: the other detectors' scores of this input, by name; NaN when an input is
-    /// missing or not finite.
-    pub fn score(&self, scores: &[(String, f64)], logits: &[f32]) -> f64 {
-        let margin = margin(logits);
+    fn widths(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.inputs.len()).map(|i| self.widths.get(i).copied().unwrap_or(1))
+    }
+
+    /// `scores`: the other detectors' scores of this input, by name. NaN when an input is
+    /// missing, not finite, or a vector of another width.
+    pub fn score(&self, scores: &[(String, f64)], x: CombinerInputs) -> f64 {
+        let margin = [margin(x.logits)];
         let mut z = self.bias;
-        for (i, name) in self.inputs.iter().enumerate() {
-            let x = if name == "margin" { margin } else { scores.iter().find(|(n, _)| n == name).map_or(f64::NAN, |s| s.1) };
-            z += self.weights[i] * (x - self.mean[i]) / self.scale[i];
+        let mut at = 0;
+        for (name, width) in self.inputs.iter().zip(self.widths()) {
+            let score;
+            let values: Values = match name.as_str() {
+                "margin" => Values::F64(&margin),
+                "penultimate-features" => Values::F32(x.features),
+                "logits" => Values::F32(x.logits),
+                "residual-features" => Values::F64(x.residual_features.unwrap_or_default()),
+                _ => {
+                    score = [scores.iter().find(|(n, _)| n == name).map_or(f64::NAN, |s| s.1)];
+                    Values::F64(&score)
+                }
+            };
+            let terms = self.weights[at..at + width].iter().zip(&self.mean[at..at + width]).zip(&self.scale[at..at + width]);
+            z += match values {
+                Values::F32(v) if v.len() == width => terms.zip(v).map(|(((w, m), s), v)| w * (f64::from(*v) - m) / s).sum::<f64>(),
+                Values::F64(v) if v.len() == width => terms.zip(v).map(|(((w, m), s), v)| w * (v - m) / s).sum::<f64>(),
+                _ => return f64::NAN,
+            };
+            at += width;
         }
         1.0 / (1.0 + (-z).exp())
     }
@@ -247,6 +297,25 @@ impl Detector {
 mod tests {
     use super::*;
 
+    fn logits_only(logits: &[f32]) -> CombinerInputs<'_> {
+        CombinerInputs { logits, features: &[], residual_features: None }
+    }
+
+    #[test]
+    fn a_combiner_reads_vectors_of_the_forward_pass_by_width() {
+        let file = br#"{"kind":"fused","inputs":["penultimate-features","residual-features","margin"],"widths":[2,1,1],
+            "mean":[1,0,0,0],"scale":[2,1,1,1],"weights":[1,-1,0.5,0],"bias":0.25,"thresholds":{}}"#;
+        let Detector::Fused(f) = Detector::load("fused", file, 2, 2).unwrap() else { panic!("not fused") };
+        let x = CombinerInputs { logits: &[0.0, 0.0], features: &[3.0, 2.0], residual_features: Some(&[4.0]) };
+        // z = 0.25 + (3 - 1) / 2 - (2 - 0) + 0.5 * 4 + 0 * margin
+        let want = 1.0 / (1.0 + (-(0.25 + 1.0 - 2.0 + 2.0f64)).exp());
+        assert!((f.combiner.score(&[], x) - want).abs() < 1e-12);
+        assert!(f.combiner.score(&[], CombinerInputs { residual_features: None, ..x }).is_nan(), "a missing vector scores NaN");
+        assert!(f.combiner.score(&[], CombinerInputs { features: &[1.0], ..x }).is_nan(), "a vector of another width scores NaN");
+        let scalar_as_vector = br#"{"kind":"fused","inputs":["a"],"widths":[2],"mean":[0,0],"scale":[1,1],"weights":[1,1],"bias":0,"thresholds":{}}"#;
+        assert!(Detector::load("fused", scalar_as_vector, 2, 2).unwrap_err().contains("one score"));
+    }
+
     #[test]
     fn mahalanobis_is_the_distance_to_the_nearest_class_mean() {
         let file = br#"{"kind":"mahalanobis","means":[[0,0],[3,4]],"precision":[[1,0],[0,1]]}"#;
@@ -273,11 +342,11 @@ mod tests {
         let Detector::Fused(f) = Detector::load("fused", file, 1, 2).unwrap() else { panic!("not fused") };
         // logits (0, 0): margin 0; z = -1 + 4 * (3 - 1) / 2 - 0 = 3
         let want = 1.0 / (1.0 + (-3.0f64).exp());
-        assert!((f.combiner.score(&[("a".into(), 3.0)], &[0.0, 0.0]) - want).abs() < 1e-12);
+        assert!((f.combiner.score(&[("a".into(), 3.0)], logits_only(&[0.0, 0.0])) - want).abs() < 1e-12);
         // logits (ln 3, 0): p = (0.75, 0.25), margin 0.5, z = 3 - 0.5
         let want = 1.0 / (1.0 + (-2.5f64).exp());
-        assert!((f.combiner.score(&[("a".into(), 3.0)], &[3f32.ln(), 0.0]) - want).abs() < 1e-6);
-        assert!(f.combiner.score(&[], &[0.0, 0.0]).is_nan(), "a missing input scores NaN");
+        assert!((f.combiner.score(&[("a".into(), 3.0)], logits_only(&[3f32.ln(), 0.0])) - want).abs() < 1e-6);
+        assert!(f.combiner.score(&[], logits_only(&[0.0, 0.0])).is_nan(), "a missing input scores NaN");
     }
 
     #[test]
@@ -297,7 +366,7 @@ mod tests {
         let c = f.cascade.expect("a cascade");
         assert_eq!((c.combiner.inputs.clone(), c.skip_below), (vec!["margin".to_string()], 0.3));
         // Equal logits: margin 0, so the cheap score is 1 / (1 + e^0).
-        assert!((c.combiner.score(&[], &[0.0, 0.0]) - 0.5).abs() < 1e-12);
+        assert!((c.combiner.score(&[], logits_only(&[0.0, 0.0])) - 0.5).abs() < 1e-12);
         let bad = br#"{"kind":"fused","inputs":["a"],"mean":[1],"scale":[2],"weights":[4],"bias":-1,
             "cascade":{"inputs":["margin"],"mean":[0],"scale":[1],"weights":[2],"bias":0,"skip_below":1.5}}"#;
         assert!(Detector::load("fused", bad, 1, 2).unwrap_err().contains("skip_below"));

@@ -66,6 +66,11 @@ impl DetectorScore {
     }
 }
 
+/// What a combiner (fused detector, cascade) reads of one forward pass and the input.
+fn combiner_inputs<'a>(result: &'a InferResult, evidence: &Evidence<'a>) -> detectors::CombinerInputs<'a> {
+    detectors::CombinerInputs { logits: &result.logits, features: &result.features, residual_features: evidence.residual_features }
+}
+
 /// A detector's score from one forward pass and the input's evidence (the fused detector
 /// reads the others' scores instead; feature squeezing reads the squeezed copies' logits).
 fn one_pass_score(detector: &Detector, result: &InferResult, evidence: &Evidence) -> f64 {
@@ -188,9 +193,19 @@ impl Screener {
                 // Its inputs must be scored before it: detectors listed above it, or margin.
                 // One the policy disables takes the fused detector with it (the verdict is
                 // then the union of the others, as without one); one the bundle lacks is an error.
-                let scored = |i: &String| i == "margin" || detectors.iter().any(|(s, _): &(DetectorSpec, Detector)| &s.name == i);
+                let scored = |i: &String| {
+                    let served = |name: &str| detectors.iter().any(|(s, _): &(DetectorSpec, Detector)| s.name == name);
+                    match i.as_str() {
+                        "margin" | "penultimate-features" | "logits" => true,
+                        // Computed from the input only where the residual-statistics detector runs.
+                        "residual-features" => detectors.iter().any(|(_, d)| matches!(d, Detector::ResidualStatistics(_))),
+                        name => served(name),
+                    }
+                };
                 if let Some(missing) = f.combiner.inputs.iter().find(|i| !scored(i)) {
-                    if disabled.contains(missing) {
+                    // (The residual features come with the residual-statistics detector.)
+                    let residual_disabled = || m.detectors.iter().any(|d| d.kind == "residual_statistics" && disabled.contains(&d.name));
+                    if disabled.contains(missing) || (missing == "residual-features" && residual_disabled()) {
                         tracing::warn!(model = %m.name, detector = %spec.name, input = %missing, "the policy disables an input of the fused detector: it does not run, and the other detectors' union sets the verdict");
                         continue;
                     }
@@ -307,7 +322,7 @@ impl Screener {
         let mut named: Vec<(String, f64)> = Vec::with_capacity(self.detectors.len());
         for (spec, detector) in &self.detectors {
             let score = match detector {
-                Detector::Fused(f) => f.combiner.score(&named, &result.logits),
+                Detector::Fused(f) => f.combiner.score(&named, combiner_inputs(result, evidence)),
                 d => one_pass_score(d, result, evidence),
             };
             named.push((spec.name.clone(), score));

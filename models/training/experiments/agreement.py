@@ -53,7 +53,7 @@ dets = detectors.load_detectors(out_dir)
 
 def scores(xs):
     inp = Inputs(clf, xs)
-    X = inp.matrix(*base_scores(dets, resid_model, inp))
+    X = inp.matrix()
     return inp, fused_score(served, X), fused_score(both, np.column_stack([X, disagreement(inp, xs)]))
 
 

@@ -90,8 +90,18 @@ class TorchFused(torch.nn.Module):
         sq = torch.maximum(*[(p - torch.softmax(model(s(x)), 1)).abs().sum(1) for s in (self.squeeze.bits, self.squeeze.median)])
         rz = ((self.residual_features(x) - self.rs["mean"]) / self.rs["scale"]) @ self.rs["weights"] + self.resid["bias"]
         top = p.topk(2, 1).values
-        inputs = torch.stack([maha, torch.sigmoid(z), sq, torch.sigmoid(rz), top[:, 0] - top[:, 1]], 1)
+        margin = top[:, 0] - top[:, 1]
+        if "widths" in self.fused:  # the raw-signal combiner (fused.INPUTS)
+            inputs = torch.cat([feats, logits, self.residual_features(x), sq[:, None], margin[:, None]], 1)
+        else:  # bundles fitted before it: the four detectors' scores and the margin
+            inputs = torch.stack([maha, torch.sigmoid(z), sq, torch.sigmoid(rz), margin], 1)
         return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
+
+
+def legacy_matrix(inp: Inputs, dets: dict, resid_model) -> np.ndarray:
+    """The inputs of a fused detector fitted before the raw-signal combiner."""
+    maha, logi, resid = base_scores(dets, resid_model, inp)
+    return np.column_stack([maha, logi, inp.squeeze, resid, inp.margin])
 
 
 def logit(p: float) -> float:
@@ -156,7 +166,7 @@ def main(argv=None):
                 xa = torch.cat([attack(model, tf, xt[i:i + 64], yt[i:i + 64], e / 255, args.steps, kind, lam,
                                        logit(thr["fpr_0.05"]), seed=e) for i in range(0, len(base), 64)]).numpy()
                 inp = Inputs(clf, xa)
-                s = fused_score(fz_model, inp.matrix(*base_scores(dets, resid_model, inp)))
+                s = fused_score(fz_model, inp.matrix() if "widths" in tf.fused else legacy_matrix(inp, dets, resid_model))
                 fooled = inp.pred != y[base]
                 fooled_any |= fooled
                 passed1 |= fooled & (s <= thr["fpr_0.01"])

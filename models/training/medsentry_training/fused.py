@@ -2,18 +2,24 @@
 [[detectors]] entry, a `fused_detector` section in report.json, fused scores in
 advtest_sample.json.
 
-    python -m medsentry_training.fused --dataset chest_xray [--out DIR]
+    python -m medsentry_training.fused --dataset chest_xray [--out DIR] [--from-records]
 
 The served detectors (Mahalanobis, learned logistic, feature squeezing, and the residual
 statistics detector this stage fits: residual.py) each have a 1 %
 and a 5 % threshold; the verdict used to be their union, so clean images were flagged at
 about three times the calibrated rate (clean AdvTest: 3.2 % ADVERSARIAL; official test set:
-11 % SUSPICIOUS or ADVERSARIAL). The fused detector is a logistic regression (scikit-learn,
-standardised inputs, classes balanced) over those four scores and the classifier's
-confidence margin (top-1 minus top-2 softmax probability; successful attacks on a hardened
-model sit near the decision boundary):
-    score = 1 / (1 + exp(-(bias + sum_i weights[i] * (x[i] - mean[i]) / scale[i])))
-(src/defense/detectors.rs, `fused`). When a bundle has it, its thresholds alone set the
+11 % SUSPICIOUS or ADVERSARIAL). The fused detector is one logistic regression (scikit-learn,
+standardised inputs, classes balanced) over the raw signals of one input: the classifier's
+penultimate features and logits, the residual-statistics features of the input
+(residual.features), the feature-squeezing score and the confidence margin (top-1 minus
+top-2 softmax probability; successful attacks on a hardened model sit near the decision
+boundary). Until 2026-12 it read the four detectors' scores and the margin instead; on the
+chest bundle the raw signals took TPR at the 1 % threshold on successful FGSM/BIM/PGD-20
+examples from 0-16 % to 30-70 % (experiments/raw_signals.py): the detectors' scores each
+squeeze a vector into one number before the combiner can weigh it against the others.
+    score = 1 / (1 + exp(-(bias + sum_j weights[j] * (x[j] - mean[j]) / scale[j])))
+over x = the inputs' values in order, `widths` values per input
+(src/defense/detectors.rs, `Combiner`). When a bundle has it, its thresholds alone set the
 verdict; the other detectors are still reported.
 
 Cascade (served when a policy sets `cascade = true`): a second logistic regression over the
@@ -51,11 +57,13 @@ from .ood import Classifier
 
 BUDGETS = (1, 2, 4, 8)
 FPRS = (0.01, 0.05)
-# The combiner's inputs, by the contract's names (detector_fused.json's `inputs`), and the margin.
-INPUTS = tuple(contract.name_of(k) for k in ("mahalanobis", "logistic", "feature_squeezing", "residual_statistics")) + ("margin",)
+# The combiner's inputs (detector_fused.json's `inputs`): vectors of one forward pass and
+# of the input (src/defense/detectors.rs BLOCK_INPUTS), feature squeezing's score (by the
+# contract's name) and the margin.
+INPUTS = ("penultimate-features", "logits", "residual-features", contract.name_of("feature_squeezing"), "margin")
 # The cascade's cheap combiner: every input but feature squeezing (its two extra forward
 # passes are what the cascade saves), and the share of flagged AdvTrain inputs it may skip.
-CHEAP = tuple(i for i, name in enumerate(INPUTS) if name != contract.name_of("feature_squeezing"))
+CHEAP_INPUTS = tuple(i for i, name in enumerate(INPUTS) if name != contract.name_of("feature_squeezing"))
 CASCADE_MISS = 0.01
 
 
@@ -91,8 +99,22 @@ class Inputs:
         self.squeeze = np.maximum(*sq)
         self.residual_features = residual.features(x)
 
-    def matrix(self, maha: np.ndarray, logistic: np.ndarray, resid: np.ndarray) -> np.ndarray:
-        return np.column_stack([maha, logistic, self.squeeze, resid, self.margin])
+    def blocks(self) -> list:
+        """The combiner's inputs, in INPUTS order, each (n, width)."""
+        return [self.feats, self.logits, self.residual_features, self.squeeze[:, None], self.margin[:, None]]
+
+    def matrix(self) -> np.ndarray:
+        return np.hstack(self.blocks())
+
+
+def widths(inp: Inputs) -> list:
+    return [b.shape[1] for b in inp.blocks()]
+
+
+def columns(inp: Inputs, which) -> list:
+    """Column indices of the inputs numbered `which` in matrix()."""
+    starts = np.cumsum([0] + widths(inp))
+    return [c for i in which for c in range(starts[i], starts[i + 1])]
 
 
 def base_scores(dets: dict, resid_model, inp: Inputs):
@@ -150,7 +172,7 @@ class AdvTrainBase:
 
     def matrices(self) -> tuple[np.ndarray, np.ndarray]:
         """The combiner's inputs (INPUTS order) for the clean images and the examples."""
-        return (self.clean.matrix(self.oc[:, 0], self.oc[:, 1], self.rc), self.adv.matrix(self.oa[:, 0], self.oa[:, 1], self.ra))
+        return self.clean.matrix(), self.adv.matrix()
 
 
 def advtrain_base(clf: Classifier, x_tr: np.ndarray, y_tr: np.ndarray, att_tr: list, n_labels: int) -> AdvTrainBase:
@@ -192,14 +214,14 @@ def oof_scores(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray
     return sc, sa
 
 
-def fit_cascade(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, flag_threshold: float):
+def fit_cascade(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, flag_threshold: float, cheap_cols: list):
     """The cheap combiner fitted on all of AdvTrain, and `skip_below` from out-of-fold scores:
     the CASCADE_MISS quantile of the cheap score over the inputs the full combiner flags at
     `flag_threshold`."""
     full_c, full_a = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]))
-    cheap_c, cheap_a = oof_scores(Xc, Xa, fold, src, CHEAP)
+    cheap_c, cheap_a = oof_scores(Xc, Xa, fold, src, cheap_cols)
     flagged = np.r_[cheap_c[full_c > flag_threshold], cheap_a[full_a > flag_threshold]]
-    cheap = fit_fused(np.vstack([Xc[:, CHEAP], Xa[:, CHEAP]]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
+    cheap = fit_fused(np.vstack([Xc[:, cheap_cols], Xa[:, cheap_cols]]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
     skip_below = float(np.quantile(flagged, CASCADE_MISS))
     return cheap, skip_below, float(np.mean(cheap_c < skip_below))
 
@@ -230,7 +252,8 @@ def auroc(neg, pos):
 
 
 def main(argv=None):
-    args, spec, out_dir = C.stage_args(__doc__, argv)
+    args, spec, out_dir = C.stage_args(__doc__, argv, extra=lambda ap: ap.add_argument(
+        "--from-records", action="store_true", help="the attack stage's FGSM/BIM/PGD-20/C&W/Square records instead of making them"))
     t0 = time.time()
     clf = Classifier(out_dir)
     x, y, files = datasets.load_split(spec, "test")
@@ -239,7 +262,7 @@ def main(argv=None):
     tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     cache = os.path.join(datasets.WORK, f"fused_{spec.name}.npz")
-    if spec.fit_dir is not None:  # a fitted bundle: the attack stage's records, made the same way
+    if spec.fit_dir is not None or args.from_records:  # the attack stage's records, made the same way
         att_tr, att_te = attacks_from_records(spec, tr, te)
     elif os.path.exists(cache):
         z = np.load(cache, allow_pickle=True)
@@ -260,9 +283,10 @@ def main(argv=None):
     Xc, Xa = base.matrices()
     model, thresholds = fit_calibrated(Xc, Xa, base.fold, base.src)
     scaler, lr = model
-    print(f"[fused] fitted on {len(Xc)} clean and {len(Xa)} adversarial AdvTrain inputs; thresholds {thresholds}; "
-          f"weights {dict(zip(INPUTS, np.round(lr.coef_[0], 3)))}", flush=True)
-    cheap, skip_below, train_skipped = fit_cascade(Xc, Xa, base.fold, base.src, thresholds["fpr_0.05"])
+    print(f"[fused] fitted on {len(Xc)} clean and {len(Xa)} adversarial AdvTrain inputs ({Xc.shape[1]} values); "
+          f"thresholds {thresholds}", flush=True)
+    cheap_cols = columns(base.clean, CHEAP_INPUTS)
+    cheap, skip_below, train_skipped = fit_cascade(Xc, Xa, base.fold, base.src, thresholds["fpr_0.05"], cheap_cols)
     print(f"[fused] cascade: skip_below {skip_below:.4f}; AdvTrain clean skipping feature squeezing {train_skipped:.1%}", flush=True)
 
     # AdvTest, with the served base detectors and thresholds.
@@ -276,8 +300,8 @@ def main(argv=None):
         maha, logi, resid = base_scores(dets, resid_model, inp)
         union = {p: (maha > served["mahalanobis"][p]) | (logi > served["logreg"][p]) | (inp.squeeze > sq_thr[p])
                  for p in ("fpr_0.01", "fpr_0.05")}
-        X = inp.matrix(maha, logi, resid)
-        return fused_score(model, X), union, fused_score(cheap, X[:, list(CHEAP)]) < skip_below
+        X = inp.matrix()
+        return fused_score(model, X), union, fused_score(cheap, X[:, cheap_cols]) < skip_below
 
     y_te = y[te]
     ct = Inputs(clf, x[te])
@@ -310,15 +334,16 @@ def main(argv=None):
               f"(union of served {row['union_tpr_fpr_0.01']})", flush=True)
     clean_rates = {p: {"fused": float((neg > thresholds[p]).mean()), "union": float(neg_union[p].mean()),
                        "cascade": float((~neg_skip & (neg > thresholds[p])).mean())} for p in thresholds}
-    cascade = {"inputs": [INPUTS[i] for i in CHEAP], "mean": cheap[0].mean_.tolist(), "scale": cheap[0].scale_.tolist(),
+    cascade = {"inputs": [INPUTS[i] for i in CHEAP_INPUTS], "widths": [widths(ct)[i] for i in CHEAP_INPUTS], "mean": cheap[0].mean_.tolist(), "scale": cheap[0].scale_.tolist(),
                "weights": cheap[1].coef_[0].tolist(), "bias": float(cheap[1].intercept_[0]), "skip_below": skip_below,
                "chosen_on": f"AdvTrain, out-of-fold: the {CASCADE_MISS:.0%} quantile of this score over the inputs the fused "
                             "detector flags at its 5 % threshold"}
 
-    det = {"kind": "fused", "inputs": list(INPUTS), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+    det = {"kind": "fused", "inputs": list(INPUTS), "widths": widths(ct), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
            "weights": lr.coef_[0].tolist(), "bias": float(lr.intercept_[0]), "thresholds": thresholds,
-           "score": "1 / (1 + exp(-(bias + sum_i weights[i] * (x[i] - mean[i]) / scale[i]))), x = the scores of the named "
-                    "detectors and margin = top-1 minus top-2 softmax probability",
+           "score": "1 / (1 + exp(-(bias + sum_j weights[j] * (x[j] - mean[j]) / scale[j]))), x = the inputs' values in "
+                    "order (widths[i] each): penultimate features, logits, residual-statistics features, the feature-squeezing "
+                    "score, margin = top-1 minus top-2 softmax probability",
            "fitted_on": f"AdvTrain: {len(Xc)} clean, {len(Xa)} successful FGSM/BIM/PGD-20 (1-8/255) and C&W examples; "
                         "base scores and thresholds out-of-fold", "cascade": cascade, "generated_by": "python -m medsentry_training.fused"}
     C.write_json(os.path.join(out_dir, "detector_fused.json"), det)
@@ -329,9 +354,11 @@ def main(argv=None):
     if pick:
         ok = np.flatnonzero(successful(Inputs(clf, pick[0]), y_te, ct.pred))
         flagged = [(pick[0][i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok]
-    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below))
+    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below, cheap_cols))
     C.merge_report(out_dir, "fused_detector", {
-        "command": f"python -m medsentry_training.fused --dataset {args.dataset}", "inputs": list(INPUTS),
+        "command": f"python -m medsentry_training.fused --dataset {args.dataset}" + (" --from-records" if args.from_records else ""),
+        "inputs": list(INPUTS), "widths": widths(ct),
+        "attacks_made_by": "the attack stage (its records)" if spec.fit_dir is not None or args.from_records else "this stage",
         "weights": lr.coef_[0].tolist(), "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
         "clean_advtest": clean_rates, "rows": rows,
         "cascade": {"skip_below": skip_below, "advtrain_clean_skipped": train_skipped, "advtest_clean_skipped": float(neg_skip.mean())}, "pgd20_fooled_and_clean": passes, "seconds": round(time.time() - t0, 1)})
@@ -344,13 +371,13 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
     (a quarter of the way from the threshold to 1, as tests/common picks its flagged
     input), so that the tests have a flagged input under the fused verdict; each item's
     `cascade_skip` says whether the cascade skips feature squeezing for it."""
-    cheap, skip_below = cascade
+    cheap, skip_below, cheap_cols = cascade
     smp = sample.Sample(out_dir)
     smp.drop("cw")
     inp = Inputs(clf, smp.pixels())
     base = base_scores(dets, resid_model, inp)
-    X = inp.matrix(*base)
-    s, skip = fused_score(model, X), fused_score(cheap, X[:, list(CHEAP)]) < skip_below
+    X = inp.matrix()
+    s, skip = fused_score(model, X), fused_score(cheap, X[:, cheap_cols]) < skip_below
     smp.add_scores(contract.name_of("fused"), s)
     smp.add_scores(contract.name_of("residual_statistics"), base[2])
     smp.set_field("cascade_skip", [bool(k) for k in skip])
@@ -359,8 +386,8 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
         ci = Inputs(clf, xc)
         base = detectors.score_all(dets, ci.logits, ci.feats)
         base["residual"] = residual.score(resid_model, ci.residual_features)
-        X = ci.matrix(base["mahalanobis"], base["logreg"], base["residual"])
-        fs, skip = fused_score(model, X), fused_score(cheap, X[:, list(CHEAP)]) < skip_below
+        X = ci.matrix()
+        fs, skip = fused_score(model, X), fused_score(cheap, X[:, cheap_cols]) < skip_below
         # One example for a full-size input (a 224 px item is about 1.5 MB of JSON).
         per_kind = per_kind if xc[0].size <= 3 * 64 * 64 else 1
         for j in [j for j in np.argsort(-fs) if fs[j] > threshold + 0.25 * (1 - threshold)][:per_kind]:

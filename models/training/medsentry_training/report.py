@@ -102,10 +102,16 @@ def fused_section(fd, a):
         return
     a("\n## Fused detector (sets the verdict)\n")
     thr = fd["thresholds"]
-    a(f"`{fd['command']}`. Logistic regression over {', '.join(fd['inputs'])} (weights "
-      f"{', '.join(f'{w:.2f}' for w in fd['weights'])} on standardised inputs), fitted on AdvTrain "
+    if "widths" in fd:  # the raw-signal combiner
+        over = (", ".join(f"{n} ({w} values)" if w > 1 else n for n, w in zip(fd["inputs"], fd["widths"]))
+                + f" of one input: {sum(fd['widths'])} standardised values, weights in detector_fused.json")
+        base = "feature squeezing's thresholds from clean AdvTrain"
+    else:
+        over = f"{', '.join(fd['inputs'])} (weights {', '.join(f'{w:.2f}' for w in fd['weights'])} on standardised inputs)"
+        base = "base scores out-of-fold"
+    a(f"`{fd['command']}`. Logistic regression over {over}, fitted on AdvTrain "
       f"({fd['advtrain']['clean']} clean, {fd['advtrain']['adversarial']} successful FGSM/BIM/PGD-20/C&W examples made by "
-      f"this stage; base scores out-of-fold); thresholds {f3(thr['fpr_0.01'])} (ADVERSARIAL) and {f3(thr['fpr_0.05'])} "
+      f"{fd.get('attacks_made_by', 'this stage')}; {base}); thresholds {f3(thr['fpr_0.01'])} (ADVERSARIAL) and {f3(thr['fpr_0.05'])} "
       f"(SUSPICIOUS) from its out-of-fold scores of clean AdvTrain. Clean AdvTest over them: fused "
       f"{pct(fd['clean_advtest']['fpr_0.01']['fused'])} % / {pct(fd['clean_advtest']['fpr_0.05']['fused'])} %; the union of "
       f"the served detectors, which set the verdict before: {pct(fd['clean_advtest']['fpr_0.01']['union'])} % / "
