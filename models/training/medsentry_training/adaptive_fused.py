@@ -8,8 +8,9 @@ white-box attacks on the AdvTest images the served classifier gets right, Linf, 
 start, step 2.5 eps / steps, lambda in LAMBDAS:
 
   fused-aware   maximise CE(f(x'), y) - lambda * relu(logit(fused(x')) - logit(t) + 0.1),
-                the whole fused score made differentiable: Mahalanobis and the learned
-                detector as they are, the confidence margin, feature squeezing through
+                the whole fused score made differentiable: its inputs (the penultimate
+                features and logits, or for a fused detector over scores Mahalanobis and
+                the learned detector) as they are, the confidence margin, feature squeezing through
                 BPDA (bit-depth rounding straight through, the median's gradient to the
                 pixel it picked) and the residual statistics with a soft histogram in the
                 backward pass only (the forward pass is the exact histogram);
