@@ -184,7 +184,8 @@ def main(argv=None):
         rob[b] = v.get("pgd20")
     C.merge_report(out_dir, "adaptive_fused", {
         "command": f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}",
-        "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05", "rows": rows,
+        "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05",
+        "fused_thresholds": thr, "rows": rows,
         "robust_accuracy_pgd20_ceiling": rob, "base": "AdvTest images the served classifier classifies correctly when clean",
         "seconds": round(time.time() - t0, 1)})
     print(f"[done] adaptive attacks on the fused verdict in {time.time() - t0:.0f}s", flush=True)

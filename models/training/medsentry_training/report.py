@@ -158,6 +158,9 @@ def adaptive_fused_section(af, a, fused=None):
       "histogram soft in the backward pass only); *feature-hiding* (HFC-style) pulls the penultimate features to the "
       "clean mean of the class the attack reaches, without knowing the detectors. Every counted image is re-scored "
       "exactly. An image answered OUT_OF_DISTRIBUTION is counted as passed here, so these are upper bounds.\n")
+    if fused and "fused_thresholds" in af and af["fused_thresholds"] != fused.get("thresholds"):
+        a("**Stale:** these figures were measured against an earlier fused detector (its thresholds are not the served "
+          "ones); re-run `adaptive_fused` for the served verdict.\n")
     a("| attack | budget | n | fooled % | fooled, not ADVERSARIAL % | fooled and answered CLEAN % | hardened PGD-20 robust accuracy % (ceiling) |")
     a("|---|---|---|---|---|---|---|")
     ceil = af.get("robust_accuracy_pgd20_ceiling", {})
