@@ -1,6 +1,6 @@
 """Stage: adaptive attacks on the fused verdict -> `adaptive_fused` in report.json.
 
-    python -m medsentry_training.adaptive_fused --dataset chest_xray [--steps 40] [--out DIR]
+    python -m medsentry_training.adaptive_fused --dataset chest_xray [--steps 40] [--eps 2,4,8] [--out DIR]
 
 The fused detector (fused.py) alone sets the verdict, so an attacker who knows the bundle
 attacks it, not the union of detectors that evaluate.py's adaptive attack targets. Two
@@ -138,10 +138,13 @@ def attack(model, tf: TorchFused, x, y, eps, steps, kind, lam, t_logit, seed):
 
 
 def main(argv=None):
-    args, spec, out_dir = C.stage_args(__doc__, argv, lambda ap: ap.add_argument("--steps", type=int, default=40))
+    def extra(ap):
+        ap.add_argument("--steps", type=int, default=40)
+        ap.add_argument("--eps", default=None, help="Linf budgets in 1/255, comma list (default 2,4,8; a fitted bundle's fit.json)")
+    args, spec, out_dir = C.stage_args(__doc__, argv, extra)
     t0 = time.time()
     # A fitted bundle's budgets are fit's --adaptive-eps (a 224 px graph costs ~30x a 64 px one per step).
-    budgets = tuple(datasets.fit_config(spec).get("adaptive_eps") or EPS_255)
+    budgets = tuple(int(e) for e in args.eps.split(",")) if args.eps else tuple(datasets.fit_config(spec).get("adaptive_eps") or EPS_255)
     model, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     clf = Classifier(out_dir)
     tf = TorchFused(out_dir)
@@ -183,7 +186,8 @@ def main(argv=None):
     for b, v in (ev.get("robust_accuracy_advtest", {}).get("hardened") or {}).items():
         rob[b] = v.get("pgd20")
     C.merge_report(out_dir, "adaptive_fused", {
-        "command": f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}",
+        "command": f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}"
+                   + (f" --eps {args.eps}" if args.eps else ""),
         "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05",
         "fused_thresholds": thr, "rows": rows,
         "robust_accuracy_pgd20_ceiling": rob, "base": "AdvTest images the served classifier classifies correctly when clean",
