@@ -145,7 +145,19 @@ def test_campaign_parity_fixture_is_what_the_pipeline_computes():
 
     with open(make_campaign_parity.OUT) as f:
         committed = json.load(f)
-    assert committed == json.loads(json.dumps(make_campaign_parity.build()))
+    fresh = json.loads(json.dumps(make_campaign_parity.build()))
+
+    # Equal up to the last bits a numpy/BLAS build may round differently (the Rust test
+    # holds the sidecar to 1e-5 of these; a formula change moves them by far more).
+    def close(a, b):
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+        if isinstance(a, list):
+            return isinstance(b, list) and len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+        if isinstance(a, float) or isinstance(b, float):
+            return abs(a - b) <= 1e-12 * max(1.0, abs(a))
+        return a == b
+    assert close(committed, fresh)
 
 
 def test_forward_batches_of_nothing_has_the_nets_widths():
