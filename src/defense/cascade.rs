@@ -32,10 +32,9 @@ impl Screener {
         if self.squeeze().is_none() {
             return Err("it serves no feature-squeezing detector, so there is nothing for the cascade to skip".into());
         }
-        let cheap = |name: &String| match name.as_str() {
-            "margin" | "penultimate-features" | "logits" => true,
-            "residual-features" => self.residual_statistics().is_some(),
-            name => self.detectors.iter().any(|(s, d)| s.name == name && !matches!(d, Detector::FeatureSqueezing(_) | Detector::Fused(_))),
+        let cheap = |name: &String| {
+            super::detectors::forward_pass_input(name, self.residual_statistics().is_some())
+                .unwrap_or_else(|| self.detectors.iter().any(|(s, d)| &s.name == name && !matches!(d, Detector::FeatureSqueezing(_) | Detector::Fused(_))))
         };
         match cascade.combiner.inputs.iter().find(|i| !cheap(i)) {
             Some(i) => Err(format!("the cascade reads {i:?}, which is not a served detector scored from one forward pass")),

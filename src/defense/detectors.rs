@@ -82,6 +82,17 @@ pub struct Combiner {
 /// Inputs of a combiner that are vectors rather than one score.
 pub const BLOCK_INPUTS: [&str; 3] = ["penultimate-features", "logits", "residual-features"];
 
+/// Whether a combiner input that is not a detector's score is available: margin and the
+/// vectors of the forward pass always, the residual features where the residual-statistics
+/// detector runs (`has_residual`); None for a detector's name (the caller checks it).
+pub fn forward_pass_input(name: &str, has_residual: bool) -> Option<bool> {
+    match name {
+        "margin" | "penultimate-features" | "logits" => Some(true),
+        "residual-features" => Some(has_residual),
+        _ => None,
+    }
+}
+
 enum Values<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),

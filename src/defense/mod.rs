@@ -193,15 +193,8 @@ impl Screener {
                 // Its inputs must be scored before it: detectors listed above it, or margin.
                 // One the policy disables takes the fused detector with it (the verdict is
                 // then the union of the others, as without one); one the bundle lacks is an error.
-                let scored = |i: &String| {
-                    let served = |name: &str| detectors.iter().any(|(s, _): &(DetectorSpec, Detector)| s.name == name);
-                    match i.as_str() {
-                        "margin" | "penultimate-features" | "logits" => true,
-                        // Computed from the input only where the residual-statistics detector runs.
-                        "residual-features" => detectors.iter().any(|(_, d)| matches!(d, Detector::ResidualStatistics(_))),
-                        name => served(name),
-                    }
-                };
+                let has_residual = detectors.iter().any(|(_, d): &(DetectorSpec, Detector)| matches!(d, Detector::ResidualStatistics(_)));
+                let scored = |i: &String| detectors::forward_pass_input(i, has_residual).unwrap_or_else(|| detectors.iter().any(|(s, _)| &s.name == i));
                 if let Some(missing) = f.combiner.inputs.iter().find(|i| !scored(i)) {
                     // (The residual features come with the residual-statistics detector.)
                     let residual_disabled = || m.detectors.iter().any(|d| d.kind == "residual_statistics" && disabled.contains(&d.name));
