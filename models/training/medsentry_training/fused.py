@@ -9,7 +9,7 @@ statistics detector this stage fits: residual.py) each have a 1 %
 and a 5 % threshold; the verdict used to be their union, so clean images were flagged at
 about three times the calibrated rate (clean AdvTest: 3.2 % ADVERSARIAL; official test set:
 11 % SUSPICIOUS or ADVERSARIAL). The fused detector is one logistic regression (scikit-learn,
-standardised inputs, classes balanced) over the raw signals of one input: the classifier's
+standardised inputs, classes balanced, C chosen on AdvTrain by choose_c) over the raw signals of one input: the classifier's
 penultimate features and logits, the residual-statistics features of the input
 (residual.features), the feature-squeezing score and the confidence margin (top-1 minus
 top-2 softmax probability; successful attacks on a hardened model sit near the decision
@@ -65,6 +65,8 @@ INPUTS = ("penultimate-features", "logits", "residual-features", contract.name_o
 # passes are what the cascade saves), and the share of flagged AdvTrain inputs it may skip.
 CHEAP_INPUTS = tuple(i for i, name in enumerate(INPUTS) if name != contract.name_of("feature_squeezing"))
 CASCADE_MISS = 0.01
+# Inverse regularisations the combiner may take (choose_c).
+C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def make_attacks(net, x: np.ndarray, y: np.ndarray, unseen: bool) -> list:
@@ -139,9 +141,9 @@ def oof_base(clean: Inputs, y: np.ndarray, adv: Inputs, src_fold: np.ndarray, fo
     return out_c, out_a
 
 
-def fit_fused(X: np.ndarray, t: np.ndarray):
+def fit_fused(X: np.ndarray, t: np.ndarray, c: float = 1.0):
     scaler = StandardScaler().fit(X)
-    lr = LogisticRegression(class_weight="balanced", C=1.0, max_iter=1000).fit(scaler.transform(X), t)
+    lr = LogisticRegression(class_weight="balanced", C=c, max_iter=1000).fit(scaler.transform(X), t)
     return scaler, lr
 
 
@@ -193,14 +195,28 @@ def advtrain_base(clf: Classifier, x_tr: np.ndarray, y_tr: np.ndarray, att_tr: l
 
 
 def fit_calibrated(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray):
-    """The combiner fitted on all of AdvTrain, and its thresholds at FPRS from its own
-    out-of-fold scores of the clean images."""
-    oof, _ = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]))
+    """The combiner fitted on all of AdvTrain with the regularisation `choose_c` picks, its
+    thresholds at FPRS from its own out-of-fold scores of the clean images, and the choice."""
+    choice = choose_c(Xc, Xa, fold, src)
+    oof, _ = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]), choice["c"])
     thresholds = {f"fpr_{p}": detectors.threshold_at(oof, p) for p in FPRS}
-    return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))]), thresholds
+    return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))], choice["c"]), thresholds, choice
 
 
-def oof_scores(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, cols) -> tuple[np.ndarray, np.ndarray]:
+def choose_c(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray) -> dict:
+    """The inverse regularisation C from C_GRID with the highest out-of-fold AdvTrain TPR,
+    averaged over the verdict's two thresholds (out-of-fold 1 % and 5 %; ties: the smaller
+    C); AdvTest is never read. One threshold alone is set by 3 of 312 clean images, too few
+    to choose by (experiments/combiner_c.py)."""
+    tpr = {}
+    for c in C_GRID:
+        sc, sa = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]), c)
+        tpr[c] = float(np.mean([(sa > detectors.threshold_at(sc, p)).mean() for p in FPRS]))
+    best = max(C_GRID, key=lambda c: (tpr[c], -c))
+    return {"c": best, "advtrain_oof_mean_tpr": {str(c): t for c, t in tpr.items()}}
+
+
+def oof_scores(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, cols, c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold scores of a combiner over columns `cols`, for the clean images and the
     examples (each example in its clean image's fold)."""
     cols = list(cols)
@@ -208,19 +224,20 @@ def oof_scores(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray
     fa = fold[src]
     for f in range(detectors.N_FOLDS):
         keep_c, keep_a = fold != f, fa != f
-        m = fit_fused(np.vstack([Xc[keep_c][:, cols], Xa[keep_a][:, cols]]), np.r_[np.zeros(keep_c.sum()), np.ones(keep_a.sum())])
+        m = fit_fused(np.vstack([Xc[keep_c][:, cols], Xa[keep_a][:, cols]]), np.r_[np.zeros(keep_c.sum()), np.ones(keep_a.sum())], c)
         sc[fold == f] = fused_score(m, Xc[fold == f][:, cols])
         sa[fa == f] = fused_score(m, Xa[fa == f][:, cols])
     return sc, sa
 
 
-def fit_cascade(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, flag_threshold: float, cheap_cols: list):
+def fit_cascade(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray, flag_threshold: float, cheap_cols: list, c: float):
     """The cheap combiner fitted on all of AdvTrain, and `skip_below` from out-of-fold scores:
     the CASCADE_MISS quantile of the cheap score over the inputs the full combiner flags at
     `flag_threshold`."""
-    full_c, full_a = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]))
+    full_c, full_a = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]), c)
     cheap_c, cheap_a = oof_scores(Xc, Xa, fold, src, cheap_cols)
     flagged = np.r_[cheap_c[full_c > flag_threshold], cheap_a[full_a > flag_threshold]]
+    # The cheap combiner keeps C=1: it only decides what the full one need not see.
     cheap = fit_fused(np.vstack([Xc[:, cheap_cols], Xa[:, cheap_cols]]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
     skip_below = float(np.quantile(flagged, CASCADE_MISS))
     return cheap, skip_below, float(np.mean(cheap_c < skip_below))
@@ -281,12 +298,12 @@ def main(argv=None):
         resid_model, resid_thresholds, f"AdvTrain: {len(rc)} clean, {len(ra)} successful FGSM/BIM/PGD-20/C&W examples; "
         "thresholds from out-of-fold clean scores"))
     Xc, Xa = base.matrices()
-    model, thresholds = fit_calibrated(Xc, Xa, base.fold, base.src)
+    model, thresholds, choice = fit_calibrated(Xc, Xa, base.fold, base.src)
     scaler, lr = model
     print(f"[fused] fitted on {len(Xc)} clean and {len(Xa)} adversarial AdvTrain inputs ({Xc.shape[1]} values); "
-          f"thresholds {thresholds}", flush=True)
+          f"C={choice['c']} (out-of-fold AdvTrain mean TPR at 1 and 5 %: {choice['advtrain_oof_mean_tpr']}); thresholds {thresholds}", flush=True)
     cheap_cols = columns(base.clean, CHEAP_INPUTS)
-    cheap, skip_below, train_skipped = fit_cascade(Xc, Xa, base.fold, base.src, thresholds["fpr_0.05"], cheap_cols)
+    cheap, skip_below, train_skipped = fit_cascade(Xc, Xa, base.fold, base.src, thresholds["fpr_0.05"], cheap_cols, choice["c"])
     print(f"[fused] cascade: skip_below {skip_below:.4f}; AdvTrain clean skipping feature squeezing {train_skipped:.1%}", flush=True)
 
     # AdvTest, with the served base detectors and thresholds.
@@ -320,7 +337,9 @@ def main(argv=None):
         m = successful(inp, y_te, ct.pred)
         pos, union, skip = evaluate(inp)
         row = {"attack": fam, "budget": b, "seen": seen, "n_pos": int(m.sum()), "auroc": auroc(neg, pos[m]),
-               "cascade_skipped": float(skip[m].mean()) if m.any() else None}
+               "cascade_skipped": float(skip[m].mean()) if m.any() else None,
+               # Why small budgets are hard to catch: they succeed only on images already near the boundary.
+               "clean_margin_median": float(np.median(ct.margin[m])) if m.any() else None}
         for p in ("fpr_0.01", "fpr_0.05"):
             row[f"tpr_{p}"] = float((pos[m] > thresholds[p]).mean()) if m.any() else None
             row[f"union_tpr_{p}"] = float(union[p][m].mean()) if m.any() else None
@@ -359,9 +378,10 @@ def main(argv=None):
         "command": f"python -m medsentry_training.fused --dataset {args.dataset}" + (" --from-records" if args.from_records else ""),
         "inputs": list(INPUTS), "widths": widths(ct),
         "attacks_made_by": "the attack stage (its records)" if spec.fit_dir is not None or args.from_records else "this stage",
-        "weights": lr.coef_[0].tolist(), "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
+        "weights": lr.coef_[0].tolist(), "regularisation": choice, "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
         "clean_advtest": clean_rates, "rows": rows,
-        "cascade": {"skip_below": skip_below, "advtrain_clean_skipped": train_skipped, "advtest_clean_skipped": float(neg_skip.mean())}, "pgd20_fooled_and_clean": passes, "seconds": round(time.time() - t0, 1)})
+        "cascade": {"skip_below": skip_below, "advtrain_clean_skipped": train_skipped, "advtest_clean_skipped": float(neg_skip.mean())}, "pgd20_fooled_and_clean": passes,
+        "clean_advtest_margin_median": float(np.median(ct.margin)), "seconds": round(time.time() - t0, 1)})
     print(f"[done] fused detector: clean AdvTest {clean_rates} ({time.time() - t0:.0f}s)", flush=True)
 
 

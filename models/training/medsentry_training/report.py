@@ -10,6 +10,7 @@ import json
 import os
 
 from . import datasets
+from .report_targets import targets_section
 from .detectors import SERVED_DETECTORS
 
 
@@ -313,6 +314,7 @@ def render(out_dir: str) -> str:
          if r['split'].get('adv_per_half') else "") + ").\n")
 
     failures_section(full, a)
+    targets_section(full, a)
     a("## Clean test set (official, all images)\n")
     a("| classifier | n | accuracy | balanced acc | AUC | sensitivity | specificity |")
     a("|---|---|---|---|---|---|---|")
