@@ -351,6 +351,11 @@ def main(argv=None):
                          "union": float((m & ~union["fpr_0.05"]).mean())}
         print(f"[fused] {fam} {b}: n={row['n_pos']} AUROC {row['auroc']} TPR@1% {row['tpr_fpr_0.01']} "
               f"(union of served {row['union_tpr_fpr_0.01']})", flush=True)
+    # The whole official test set as `medsentry screen` sees it (ADVERSARIAL or SUSPICIOUS);
+    # its AdvTrain half is what the combiner was fitted on, so both halves are kept apart.
+    on_train = fused_score(model, Xc)
+    official = {"advtest": float((neg > thresholds["fpr_0.05"]).mean()), "advtrain_fitted_on": float((on_train > thresholds["fpr_0.05"]).mean()),
+                "all": float((np.r_[neg, on_train] > thresholds["fpr_0.05"]).mean()), "n": len(neg) + len(on_train)}
     clean_rates = {p: {"fused": float((neg > thresholds[p]).mean()), "union": float(neg_union[p].mean()),
                        "cascade": float((~neg_skip & (neg > thresholds[p])).mean())} for p in thresholds}
     cascade = {"inputs": [INPUTS[i] for i in CHEAP_INPUTS], "widths": [widths(ct)[i] for i in CHEAP_INPUTS], "mean": cheap[0].mean_.tolist(), "scale": cheap[0].scale_.tolist(),
@@ -380,7 +385,7 @@ def main(argv=None):
         "attacks_made_by": "the attack stage (its records)" if spec.fit_dir is not None or args.from_records else "this stage",
         "weights": lr.coef_[0].tolist(), "regularisation": choice, "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
         "clean_advtest": clean_rates, "rows": rows,
-        "cascade": {"skip_below": skip_below, "advtrain_clean_skipped": train_skipped, "advtest_clean_skipped": float(neg_skip.mean())}, "pgd20_fooled_and_clean": passes,
+        "cascade": {"skip_below": skip_below, "advtrain_clean_skipped": train_skipped, "advtest_clean_skipped": float(neg_skip.mean())}, "pgd20_fooled_and_clean": passes, "official_test_flagged": official,
         "clean_advtest_margin_median": float(np.median(ct.margin)), "seconds": round(time.time() - t0, 1)})
     print(f"[done] fused detector: clean AdvTest {clean_rates} ({time.time() - t0:.0f}s)", flush=True)
 

@@ -52,6 +52,11 @@ def targets_section(full: dict, a) -> None:
           f"{_at_most(plain, 0.02)} |")
     clean = fd["clean_advtest"]["fpr_0.01"]["fused"]
     a(f"| Clean AdvTest over the 1 % threshold <= 1.5 % | {pct(clean)} % | {_at_most(clean, 0.015)} |")
+    off = fd.get("official_test_flagged")
+    if off:
+        a(f"| Clean official test set flagged (ADVERSARIAL or SUSPICIOUS) <= 6 % | {pct(off['all'])} % of {off['n']} "
+          f"(AdvTest half {pct(off['advtest'])} %; AdvTrain half, which the combiner was fitted on, "
+          f"{pct(off['advtrain_fitted_on'])} %; before the OUT_OF_DISTRIBUTION rule) | {_at_most(off['all'], 0.06)} |")
     af = full.get("adaptive_fused") or {}
     at8 = [r for r in af.get("rows", []) if r["eps_255"] == 8]
     if at8:
