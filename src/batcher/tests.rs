@@ -5,7 +5,15 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn ok_result(n: usize) -> InferResult {
-    InferResult { logits: vec![0.0, 1.0], features: vec![], extra_logits: vec![], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: n }
+    InferResult {
+        logits: vec![0.0, 1.0],
+        features: vec![],
+        extra_logits: vec![],
+        extra_features: vec![],
+        queue_seconds: 0.0,
+        infer_seconds: 0.0,
+        batch_size: n,
+    }
 }
 
 #[tokio::test]

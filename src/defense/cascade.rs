@@ -33,7 +33,8 @@ impl Screener {
             return Err("it serves no feature-squeezing detector, so there is nothing for the cascade to skip".into());
         }
         let cheap = |name: &String| {
-            super::detectors::forward_pass_input(name, self.residual_statistics().is_some())
+            // No squeezed copies: the cascade decides before they are made.
+            super::detectors::forward_pass_input(name, self.residual_statistics().is_some(), false)
                 .unwrap_or_else(|| self.detectors.iter().any(|(s, d)| &s.name == name && !matches!(d, Detector::FeatureSqueezing(_) | Detector::Fused(_))))
         };
         match cascade.combiner.inputs.iter().find(|i| !cheap(i)) {

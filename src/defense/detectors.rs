@@ -64,8 +64,8 @@ pub struct Cascade {
 }
 
 /// A logistic regression over named inputs: other detectors' scores, "margin", and whole
-/// vectors of one forward pass (BLOCK_INPUTS: the penultimate features, the logits, the
-/// residual-statistics features of the input), each `widths[i]` values wide.
+/// vectors (BLOCK_INPUTS: the penultimate features, the logits, the residual-statistics
+/// features of the input, the squeezed copies' feature shift), each `widths[i]` values wide.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Combiner {
     /// Detector names, "margin" and block names, in the order of the weights.
@@ -80,15 +80,27 @@ pub struct Combiner {
 }
 
 /// Inputs of a combiner that are vectors rather than one score.
-pub const BLOCK_INPUTS: [&str; 3] = ["penultimate-features", "logits", "residual-features"];
+pub const BLOCK_INPUTS: [&str; 4] = ["penultimate-features", "logits", "residual-features", "squeeze-feature-shift"];
+
+/// Which served detector a combiner input that is not a score comes with (None: the
+/// forward pass itself, or the input is a detector's score).
+pub fn input_provider(name: &str) -> Option<&'static str> {
+    match name {
+        "residual-features" => Some("residual_statistics"),
+        "squeeze-feature-shift" => Some("feature_squeezing"),
+        _ => None,
+    }
+}
 
 /// Whether a combiner input that is not a detector's score is available: margin and the
 /// vectors of the forward pass always, the residual features where the residual-statistics
-/// detector runs (`has_residual`); None for a detector's name (the caller checks it).
-pub fn forward_pass_input(name: &str, has_residual: bool) -> Option<bool> {
+/// detector runs (`has_residual`), the squeezed copies' feature shift where the squeezed
+/// copies run (`has_squeeze`); None for a detector's name (the caller checks it).
+pub fn forward_pass_input(name: &str, has_residual: bool, has_squeeze: bool) -> Option<bool> {
     match name {
         "margin" | "penultimate-features" | "logits" => Some(true),
         "residual-features" => Some(has_residual),
+        "squeeze-feature-shift" => Some(has_squeeze),
         _ => None,
     }
 }
@@ -105,6 +117,8 @@ pub struct CombinerInputs<'a> {
     pub features: &'a [f32],
     /// The residual-statistics features (None when the bundle serves no such detector).
     pub residual_features: Option<&'a [f64]>,
+    /// [`super::squeeze::feature_shift`] (None without the squeezed copies).
+    pub squeeze_shift: Option<[f64; super::squeeze::COPIES]>,
 }
 
 impl Combiner {
@@ -135,6 +149,7 @@ impl Combiner {
     /// missing, not finite, or a vector of another width.
     pub fn score(&self, scores: &[(String, f64)], x: CombinerInputs) -> f64 {
         let margin = [margin(x.logits)];
+        let shift = x.squeeze_shift;
         let mut z = self.bias;
         let mut at = 0;
         for (name, width) in self.inputs.iter().zip(self.widths()) {
@@ -144,6 +159,7 @@ impl Combiner {
                 "penultimate-features" => Values::F32(x.features),
                 "logits" => Values::F32(x.logits),
                 "residual-features" => Values::F64(x.residual_features.unwrap_or_default()),
+                "squeeze-feature-shift" => Values::F64(shift.as_ref().map_or(&[], |s| s.as_slice())),
                 _ => {
                     score = [scores.iter().find(|(n, _)| n == name).map_or(f64::NAN, |s| s.1)];
                     Values::F64(&score)
@@ -309,7 +325,7 @@ mod tests {
     use super::*;
 
     fn logits_only(logits: &[f32]) -> CombinerInputs<'_> {
-        CombinerInputs { logits, features: &[], residual_features: None }
+        CombinerInputs { logits, features: &[], residual_features: None, squeeze_shift: None }
     }
 
     #[test]
@@ -317,12 +333,17 @@ mod tests {
         let file = br#"{"kind":"fused","inputs":["penultimate-features","residual-features","margin"],"widths":[2,1,1],
             "mean":[1,0,0,0],"scale":[2,1,1,1],"weights":[1,-1,0.5,0],"bias":0.25,"thresholds":{}}"#;
         let Detector::Fused(f) = Detector::load("fused", file, 2, 2).unwrap() else { panic!("not fused") };
-        let x = CombinerInputs { logits: &[0.0, 0.0], features: &[3.0, 2.0], residual_features: Some(&[4.0]) };
+        let x = CombinerInputs { logits: &[0.0, 0.0], features: &[3.0, 2.0], residual_features: Some(&[4.0]), squeeze_shift: None };
         // z = 0.25 + (3 - 1) / 2 - (2 - 0) + 0.5 * 4 + 0 * margin
         let want = 1.0 / (1.0 + (-(0.25 + 1.0 - 2.0 + 2.0f64)).exp());
         assert!((f.combiner.score(&[], x) - want).abs() < 1e-12);
         assert!(f.combiner.score(&[], CombinerInputs { residual_features: None, ..x }).is_nan(), "a missing vector scores NaN");
         assert!(f.combiner.score(&[], CombinerInputs { features: &[1.0], ..x }).is_nan(), "a vector of another width scores NaN");
+        let shift = br#"{"kind":"fused","inputs":["squeeze-feature-shift"],"widths":[2],"mean":[1,0],"scale":[1,2],"weights":[1,1],"bias":0,"thresholds":{}}"#;
+        let Detector::Fused(f) = Detector::load("fused", shift, 2, 2).unwrap() else { panic!("not fused") };
+        let with_shift = CombinerInputs { squeeze_shift: Some([3.0, 4.0]), ..x };
+        assert!((f.combiner.score(&[], with_shift) - 1.0 / (1.0 + (-4.0f64).exp())).abs() < 1e-12, "z = (3 - 1) + 4 / 2");
+        assert!(f.combiner.score(&[], x).is_nan(), "without the squeezed copies the shift is missing");
         let scalar_as_vector = br#"{"kind":"fused","inputs":["a"],"widths":[2],"mean":[0,0],"scale":[1,1],"weights":[1,1],"bias":0,"thresholds":{}}"#;
         assert!(Detector::load("fused", scalar_as_vector, 2, 2).unwrap_err().contains("one score"));
     }

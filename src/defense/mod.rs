@@ -68,7 +68,12 @@ impl DetectorScore {
 
 /// What a combiner (fused detector, cascade) reads of one forward pass and the input.
 fn combiner_inputs<'a>(result: &'a InferResult, evidence: &Evidence<'a>) -> detectors::CombinerInputs<'a> {
-    detectors::CombinerInputs { logits: &result.logits, features: &result.features, residual_features: evidence.residual_features }
+    detectors::CombinerInputs {
+        logits: &result.logits,
+        features: &result.features,
+        residual_features: evidence.residual_features,
+        squeeze_shift: squeeze::feature_shift(&result.features, &result.extra_features),
+    }
 }
 
 /// A detector's score from one forward pass and the input's evidence (the fused detector
@@ -193,12 +198,15 @@ impl Screener {
                 // Its inputs must be scored before it: detectors listed above it, or margin.
                 // One the policy disables takes the fused detector with it (the verdict is
                 // then the union of the others, as without one); one the bundle lacks is an error.
-                let has_residual = detectors.iter().any(|(_, d): &(DetectorSpec, Detector)| matches!(d, Detector::ResidualStatistics(_)));
-                let scored = |i: &String| detectors::forward_pass_input(i, has_residual).unwrap_or_else(|| detectors.iter().any(|(s, _)| &s.name == i));
+                let has = |kind: fn(&Detector) -> bool| detectors.iter().any(|(_, d): &(DetectorSpec, Detector)| kind(d));
+                let (has_residual, has_squeeze) = (has(|d| matches!(d, Detector::ResidualStatistics(_))), has(|d| matches!(d, Detector::FeatureSqueezing(_))));
+                let scored =
+                    |i: &String| detectors::forward_pass_input(i, has_residual, has_squeeze).unwrap_or_else(|| detectors.iter().any(|(s, _)| &s.name == i));
                 if let Some(missing) = f.combiner.inputs.iter().find(|i| !scored(i)) {
-                    // (The residual features come with the residual-statistics detector.)
-                    let residual_disabled = || m.detectors.iter().any(|d| d.kind == "residual_statistics" && disabled.contains(&d.name));
-                    if disabled.contains(missing) || (missing == "residual-features" && residual_disabled()) {
+                    // (A vector input comes with its detector: input_provider.)
+                    let provider_disabled =
+                        || detectors::input_provider(missing).is_some_and(|kind| m.detectors.iter().any(|d| d.kind == kind && disabled.contains(&d.name)));
+                    if disabled.contains(missing) || provider_disabled() {
                         tracing::warn!(model = %m.name, detector = %spec.name, input = %missing, "the policy disables an input of the fused detector: it does not run, and the other detectors' union sets the verdict");
                         continue;
                     }
@@ -380,7 +388,15 @@ mod tests {
     }
 
     fn at(x: f32) -> InferResult {
-        InferResult { logits: vec![0.0, 0.0], features: vec![x, 0.0], extra_logits: vec![], queue_seconds: 0.0, infer_seconds: 0.0, batch_size: 1 }
+        InferResult {
+            logits: vec![0.0, 0.0],
+            features: vec![x, 0.0],
+            extra_logits: vec![],
+            extra_features: vec![],
+            queue_seconds: 0.0,
+            infer_seconds: 0.0,
+            batch_size: 1,
+        }
     }
 
     #[test]

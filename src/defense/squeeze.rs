@@ -58,6 +58,22 @@ impl Squeeze {
     }
 }
 
+/// How far each squeezed copy moves the penultimate features: the L2 distance between the
+/// input's features and each copy's, in score order (squeeze.py `feature_shift`, a raw
+/// signal of the fused detector: an adversarial perturbation is fragile to squeezing deep
+/// in the network, not only in the softmax). None unless there are COPIES copies of the
+/// input's width.
+pub fn feature_shift(features: &[f32], copies: &[Vec<f32>]) -> Option<[f64; COPIES]> {
+    if copies.len() != COPIES || copies.iter().any(|c| c.len() != features.len()) {
+        return None;
+    }
+    let mut shift = [0.0; COPIES];
+    for (s, copy) in shift.iter_mut().zip(copies) {
+        *s = copy.iter().zip(features).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum::<f64>().sqrt();
+    }
+    Some(shift)
+}
+
 /// `x.round_ties_even()` for 0 <= x < 2^52, by adding and taking away 2^52: the addition
 /// rounds to an integer in the current (nearest, ties-to-even) mode. The same value as
 /// `round_ties_even`, which without SSE4.1 in the target is a library call per pixel (the
@@ -154,6 +170,14 @@ fn median_sorted(pixels: &[f32], height: usize, width: usize, size: usize) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feature_shift_is_the_distance_to_each_copy() {
+        let shift = feature_shift(&[1.0, 2.0], &[vec![4.0, 6.0], vec![1.0, 2.0]]).unwrap();
+        assert_eq!(shift, [5.0, 0.0]);
+        assert!(feature_shift(&[1.0, 2.0], &[vec![4.0, 6.0]]).is_none(), "one copy missing");
+        assert!(feature_shift(&[1.0, 2.0], &[vec![4.0], vec![1.0, 2.0]]).is_none(), "a copy of another width");
+    }
 
     #[test]
     fn bit_depth_keeps_the_grey_levels_and_median_removes_an_isolated_pixel() {

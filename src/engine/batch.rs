@@ -28,6 +28,8 @@ pub struct InferResult {
     pub features: Vec<f32>,
     /// Logits of the entry's extra rows (feature squeezing's squeezed copies), in order.
     pub extra_logits: Vec<Vec<f32>>,
+    /// Penultimate features of the same rows (the fused detector reads how far they move).
+    pub extra_features: Vec<Vec<f32>>,
     pub queue_seconds: f64,
     pub infer_seconds: f64,
     pub batch_size: usize,

@@ -109,12 +109,14 @@ fn run_batch(session: &mut ModelSession, model: &str, batch: Batch, stats: &Infe
             let labels = out.logits.len() / n;
             let dim = out.features.len() / n;
             let logits_of = |row: usize| out.logits[row * labels..(row + 1) * labels].to_vec();
+            let features_of = |row: usize| out.features[row * dim..(row + 1) * dim].to_vec();
             let mut row = 0;
             for entry in batch.entries {
                 let result = InferResult {
                     logits: logits_of(row),
-                    features: out.features[row * dim..(row + 1) * dim].to_vec(),
+                    features: features_of(row),
                     extra_logits: (row + 1..row + entry.rows).map(logits_of).collect(),
+                    extra_features: (row + 1..row + entry.rows).map(features_of).collect(),
                     queue_seconds: (started - entry.enqueued).as_secs_f64(),
                     infer_seconds,
                     batch_size: n,

@@ -272,6 +272,7 @@ async fn finish(
             result.queue_seconds += second.queue_seconds;
             result.infer_seconds += second.infer_seconds;
             result.extra_logits = std::iter::once(second.logits).chain(second.extra_logits).collect();
+            result.extra_features = std::iter::once(second.features).chain(second.extra_features).collect();
             detect_start = Instant::now();
         }
     }

@@ -5,7 +5,7 @@ read) beside AdvTest (what it must not): does the AdvTrain choice carry over?
     cd models/training && .venv/bin/python experiments/combiner_c.py [chest_xray]
 
 Needs the attack stage's records (`attacks --dataset D --only fgsm,bim,pgd20,cw`).
-Measured 2026-12-02 (AdvTrain out-of-fold TPR at 1 % -> AdvTest mean TPR at 1 % over the
+Measured 2026-12-02, over the raw signals before the squeezed copies' feature shift (AdvTrain out-of-fold TPR at 1 % -> AdvTest mean TPR at 1 % over the
 14 rows), C = 0.01, 0.03, 0.1, 0.3, 1, 3, 10: chest_xray 41.6/46.1/53.8/64.5/62.7/61.1/57.0
 -> 34.7/40.7/46.3/50.5/47.8/46.0/41.1 % (C=0.3 best on both); pneumoniamnist
 19.3/17.3/21.5/22.5/22.7/21.1/23.6 -> 21.9/14.1/17.2/16.3/16.0/16.1/17.4 %, no order that

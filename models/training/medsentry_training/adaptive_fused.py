@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from . import advcommon as C
-from . import datasets, detectors, residual
+from . import contract, datasets, detectors, residual
 from .adaptive import TorchSqueeze
 from .fused import Inputs, base_scores, fused_score
 from .ood import Classifier
 
 EPS_255 = (2, 4, 8)
 LAMBDAS = (0.0, 1.0, 10.0)  # 0: plain PGD, so the attack is never weaker than the non-adaptive one
+SQUEEZE_NAME = contract.name_of("feature_squeezing")
 SOFT_WIDTH_255 = 0.25  # width of the soft bin edges of the residual histogram's backward pass
 
 
@@ -88,12 +89,17 @@ class TorchFused(torch.nn.Module):
         maha = self.mahalanobis(feats).min(1).values
         z = ((torch.cat([feats, logits], 1) - self.lg["mean"]) / self.lg["scale"]) @ self.lg["weights"] + self.logreg["bias"]
         p = torch.softmax(logits, 1)
-        sq = torch.maximum(*[(p - torch.softmax(model(s(x)), 1)).abs().sum(1) for s in (self.squeeze.bits, self.squeeze.median)])
+        copies = [model.features(s(x)) for s in (self.squeeze.bits, self.squeeze.median)]
+        sq = torch.maximum(*[(p - torch.softmax(lg, 1)).abs().sum(1) for lg, _ in copies])
         rz = ((self.residual_features(x) - self.rs["mean"]) / self.rs["scale"]) @ self.rs["weights"] + self.resid["bias"]
         top = p.topk(2, 1).values
         margin = top[:, 0] - top[:, 1]
-        if "widths" in self.fused:  # the raw-signal combiner (fused.INPUTS)
-            inputs = torch.cat([feats, logits, self.residual_features(x), sq[:, None], margin[:, None]], 1)
+        if "widths" in self.fused:  # the raw-signal combiner, by the names its file lists (fused.INPUTS)
+            blocks = {"penultimate-features": feats, "logits": logits, "residual-features": self.residual_features(x),
+                      SQUEEZE_NAME: sq[:, None], "margin": margin[:, None],
+                      # sqrt(. + tiny): the distance's gradient is finite where a copy does not move
+                      "squeeze-feature-shift": torch.stack([((ft - feats) ** 2).sum(1).add(1e-12).sqrt() for _, ft in copies], 1)}
+            inputs = torch.cat([blocks[name] for name in self.fused["inputs"]], 1)
         else:  # bundles fitted before it: the four detectors' scores and the margin
             inputs = torch.stack([maha, torch.sigmoid(z), sq, torch.sigmoid(rz), margin], 1)
         return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
@@ -170,7 +176,7 @@ def main(argv=None):
                 xa = torch.cat([attack(model, tf, xt[i:i + 64], yt[i:i + 64], e / 255, args.steps, kind, lam,
                                        logit(thr["fpr_0.05"]), seed=e) for i in range(0, len(base), 64)]).numpy()
                 inp = Inputs(clf, xa)
-                s = fused_score(fz_model, inp.matrix() if "widths" in tf.fused else legacy_matrix(inp, dets, resid_model))
+                s = fused_score(fz_model, inp.matrix(tf.fused["inputs"]) if "widths" in tf.fused else legacy_matrix(inp, dets, resid_model))
                 fooled = inp.pred != y[base]
                 fooled_any |= fooled
                 passed1 |= fooled & (s <= thr["fpr_0.01"])

@@ -62,8 +62,9 @@ SMALL_N = 30
 
 # ----------------------------------------------------------------------------- stage
 class Stage:
-    def __init__(self, spec, limit, small_n, force, only):
+    def __init__(self, spec, limit, small_n, force, only, served_only=False):
         self.spec, self.limit, self.small_n, self.force, self.only = spec, limit, small_n, force, only
+        self.served_only = served_only
         self.adir = C.attack_dir(spec, limit)
         os.makedirs(self.adir, exist_ok=True)
         self.times: dict = {}
@@ -84,8 +85,8 @@ class Stage:
 
     def targets(self):
         """The served model, and the standard one where there is one (a fitted bundle has
-        only the served classifier)."""
-        return [t for t in ("hardened", "standard") if t in self.models]
+        only the served classifier); only the served one with --served-only."""
+        return [t for t in ("hardened", "standard") if t in self.models and not (self.served_only and t != "hardened")]
 
     def want(self, attack):
         return self.only is None or attack in self.only
@@ -357,6 +358,8 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma list of attack names")
     ap.add_argument("--force", action="store_true", help="redo files that are present")
     ap.add_argument("--eps", default=None, help="Linf budgets in 1/255, comma list (default 1,2,4,8)")
+    ap.add_argument("--served-only", action="store_true",
+                    help="attack only the served (hardened) model: what the fused stage's --from-records reads")
     ap.add_argument("--square-queries", type=int, default=SQUARE_QUERIES, help="Square query budget (quick checks: fewer)")
     args = ap.parse_args(argv)
     SQUARE_QUERIES = args.square_queries
@@ -364,7 +367,7 @@ def main(argv=None):
         C.EPS_LIST[:] = [int(e) for e in args.eps.split(",")]
     t0 = time.time()
     only = set(args.only.split(",")) if args.only else None
-    st = Stage(datasets.resolve(args.dataset), args.limit, args.small_n, args.force, only)
+    st = Stage(datasets.resolve(args.dataset), args.limit, args.small_n, args.force, only, args.served_only)
     print(f"[split] AdvTrain {len(st.split['train'])} AdvTest {len(st.split['test'])} -> {os.path.relpath(st.adir, datasets.REPO)}", flush=True)
     steps = [("linf (fgsm/bim/pgd20)", st.linf_family), ("cw+square", st.cw_square), ("transfer", st.transfer),
              ("uap", st.uaps), ("onepixel+lbfgs (subset)", st.small), ("aa_lite (AdvTest)", st.aa_lite)]

@@ -40,6 +40,13 @@ def squeeze_median(x: np.ndarray, size: int = MEDIAN_SIZE) -> np.ndarray:
     return median_filter(x, size=(1, 1, size, size), mode="nearest").astype(np.float32)
 
 
+def feature_shift(feats: np.ndarray, copy_feats: list) -> np.ndarray:
+    """(n, copies): the L2 distance between each input's penultimate features and each
+    squeezed copy's (src/defense/squeeze.rs `feature_shift`), a raw signal of the fused
+    detector."""
+    return np.column_stack([np.linalg.norm(c - feats, axis=1) for c in copy_feats])
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)

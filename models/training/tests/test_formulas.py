@@ -78,6 +78,14 @@ def test_squeeze_bits_round_half_even_and_median_replicates_edges():
     assert np.allclose(m[0, 0], want)
 
 
+def test_squeeze_feature_shift_is_the_l2_distance_to_each_copy():
+    feats = RNG.random((4, 6))
+    copies = [feats + RNG.normal(size=feats.shape) for _ in range(2)]
+    got = squeeze.feature_shift(feats, copies)
+    want = [[sum((c[i, j] - feats[i, j]) ** 2 for j in range(6)) ** 0.5 for c in copies] for i in range(4)]
+    assert got.shape == (4, 2) and np.allclose(got, want, rtol=0, atol=1e-12)
+
+
 def test_ledoit_wolf_and_mahalanobis_match_scikit_learn():
     X = RNG.normal(size=(200, 6)) @ RNG.normal(size=(6, 6))
     cov, _ = detectors.ledoit_wolf(X - X.mean(0))
