@@ -44,8 +44,8 @@ y_tr = y[tr]
 base = advtrain_base(clf, x[tr], y_tr, att_tr, len(spec.labels))
 base_c, base_a = base.matrices()
 agree_c, agree_a = disagreement(base.clean, x[tr]), disagreement(base.adv, base.adv_x)
-served, t_served = fit_calibrated(base_c, base_a, base.fold, base.src)
-both, t_both = fit_calibrated(np.column_stack([base_c, agree_c]), np.column_stack([base_a, agree_a]), base.fold, base.src)
+served, t_served, _ = fit_calibrated(base_c, base_a, base.fold, base.src)
+both, t_both, _ = fit_calibrated(np.column_stack([base_c, agree_c]), np.column_stack([base_a, agree_a]), base.fold, base.src)
 resid_model = base.resid_model
 print(f"{spec.name}: agreement weight {both[1].coef_[0][-1]:.2f} (standardised); AdvTrain {len(base_c)} clean, {len(base_a)} adversarial")
 dets = detectors.load_detectors(out_dir)

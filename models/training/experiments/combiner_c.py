@@ -13,41 +13,33 @@ carries over. The
 fused stage chooses C on AdvTrain (fused.choose_c) by the mean TPR at its 1 % and 5 %
 thresholds, because one threshold is set by 3 of 312 clean images.
 """
-import json, os, sys
+
+import sys
+
 import numpy as np
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from medsentry_training import advcommon as C, datasets, detectors, fused as F
-from medsentry_training.ood import Classifier
 
-spec = datasets.SPECS[sys.argv[1] if len(sys.argv) > 1 else "chest_xray"]
-out_dir = C.default_bundle_dir(spec)
-clf = Classifier(out_dir)
-x, y, _ = datasets.load_split(spec, "test")
-split = json.load(open(os.path.join(out_dir, "adv_split.json")))
-tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
-att_tr, att_te = F.attacks_from_records(spec, tr, te)
-base = F.advtrain_base(clf, x[tr], y[tr], att_tr, 2)
-Xc, Xa = base.clean.matrix(), base.adv.matrix()
-ct = F.Inputs(clf, x[te])
-pos = []
-for fam, b, xa in att_te:
-    inp = F.Inputs(clf, xa)
-    pos.append((fam, b, inp.matrix()[F.successful(inp, y[te], ct.pred)]))
-fa = base.fold[base.src]
+from common import F, detectors, load
+
+s = load(sys.argv)
+BEFORE = [n for n in F.INPUTS if n != "squeeze-feature-shift"]  # the raw signals then
+Xc, Xa = s.base.clean.matrix(BEFORE), s.base.adv.matrix(BEFORE)
+pos = [(fam, b, inp.matrix(BEFORE)[m]) for fam, b, _, inp, m in s.tests]
+fold, fa = s.base.fold, s.base.fold[s.base.src]
 for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
-    mk = lambda: LogisticRegression(class_weight="balanced", C=c, max_iter=5000)
+    mk = lambda: LogisticRegression(class_weight="balanced", C=c, max_iter=5000)  # noqa: E731
     sc, sa = np.zeros(len(Xc)), np.zeros(len(Xa))
     for f in range(detectors.N_FOLDS):
-        kc, ka = base.fold != f, fa != f
-        s = StandardScaler().fit(np.vstack([Xc[kc], Xa[ka]]))
-        g = mk().fit(s.transform(np.vstack([Xc[kc], Xa[ka]])), np.r_[np.zeros(kc.sum()), np.ones(ka.sum())])
-        sc[~kc], sa[~ka] = g.predict_proba(s.transform(Xc[~kc]))[:, 1], g.predict_proba(s.transform(Xa[~ka]))[:, 1]
+        kc, ka = fold != f, fa != f
+        sca = StandardScaler().fit(np.vstack([Xc[kc], Xa[ka]]))
+        g = mk().fit(sca.transform(np.vstack([Xc[kc], Xa[ka]])), np.r_[np.zeros(kc.sum()), np.ones(ka.sum())])
+        sc[~kc], sa[~ka] = g.predict_proba(sca.transform(Xc[~kc]))[:, 1], g.predict_proba(sca.transform(Xa[~ka]))[:, 1]
     t_oof = detectors.threshold_at(sc, 0.01)
-    s = StandardScaler().fit(np.vstack([Xc, Xa]))
-    g = mk().fit(s.transform(np.vstack([Xc, Xa])), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
-    sco = lambda X: g.predict_proba(s.transform(X))[:, 1]
-    tpr = [(sco(p) > t_oof).mean() for _, _, p in pos]
-    print(f"C={c}: AdvTrain OOF TPR@1% {100 * (sa > t_oof).mean():.1f}% | AdvTest clean {100 * (sco(ct.matrix()) > t_oof).mean():.1f}%, "
-          f"TPR mean {100 * np.mean(tpr):.1f}% [" + " ".join(f"{f}{b[-1]}:{100 * t:.0f}" for (f, b, _), t in zip(pos, tpr)) + "]", flush=True)
+    sca = StandardScaler().fit(np.vstack([Xc, Xa]))
+    g = mk().fit(sca.transform(np.vstack([Xc, Xa])), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
+    score = lambda X: g.predict_proba(sca.transform(X))[:, 1]  # noqa: E731
+    tpr = [(score(p) > t_oof).mean() for _, _, p in pos]
+    print(f"C={c}: AdvTrain OOF TPR@1% {100 * (sa > t_oof).mean():.1f}% | AdvTest clean "
+          f"{100 * (score(s.ct.matrix(BEFORE)) > t_oof).mean():.1f}%, TPR mean {100 * np.mean(tpr):.1f}% ["
+          + " ".join(f"{f}{b[-1]}:{100 * t:.0f}" for (f, b, _), t in zip(pos, tpr)) + "]", flush=True)

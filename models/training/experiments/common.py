@@ -1,0 +1,77 @@
+"""What the experiments share: a bundle's AdvTrain and AdvTest as the fused stage sees them
+(the attack stage's records: `attacks --dataset D --served-only --only fgsm,bim,pgd20,cw,square`)
+and the protocol every experiment measures by: fitted on AdvTrain only (5 folds by clean
+image), threshold = the 1 % quantile of the out-of-fold clean AdvTrain scores, AdvTest
+scored once, successful attacks only.
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from medsentry_training import advcommon as C, datasets, detectors, fused as F  # noqa: E402
+from medsentry_training.ood import Classifier  # noqa: E402
+
+
+@dataclass
+class Setup:
+    spec: object
+    clf: Classifier
+    x: np.ndarray  # the official test set, [0, 1]
+    y: np.ndarray
+    tr: np.ndarray  # AdvTrain indices into x
+    te: np.ndarray  # AdvTest indices
+    base: F.AdvTrainBase  # clean AdvTrain and its successful examples, folds
+    ct: F.Inputs  # clean AdvTest
+    tests: list  # AdvTest attacks: (family, budget, x_adv, Inputs, successful mask)
+
+
+def load(argv) -> Setup:
+    spec = datasets.SPECS[argv[1] if len(argv) > 1 else "chest_xray"]
+    out_dir = C.default_bundle_dir(spec)
+    clf = Classifier(out_dir)
+    x, y, _ = datasets.load_split(spec, "test")
+    with open(os.path.join(out_dir, "adv_split.json")) as f:
+        split = json.load(f)
+    tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+    att_tr, att_te = F.attacks_from_records(spec, tr, te)
+    base = F.advtrain_base(clf, x[tr], y[tr], att_tr, len(spec.labels))
+    ct = F.Inputs(clf, x[te])
+    tests = []
+    for fam, b, xa in att_te:
+        inp = F.Inputs(clf, xa)
+        tests.append((fam, b, xa, inp, F.successful(inp, y[te], ct.pred)))
+    return Setup(spec, clf, x, y, tr, te, base, ct, tests)
+
+
+def lin(c: float):
+    return lambda: make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+
+
+def oof_fit(s: Setup, make, Rc, Ra, Tc, Tp):
+    """Out-of-fold scores of the clean AdvTrain rows Rc (their examples Ra in their image's
+    fold), then the model fitted on all of AdvTrain scored on clean AdvTest Tc and each
+    attack's rows Tp."""
+    sc, fa = np.zeros(len(Rc)), s.base.fold[s.base.src]
+    for f in range(detectors.N_FOLDS):
+        kc, ka = s.base.fold != f, fa != f
+        g = make().fit(np.vstack([Rc[kc], Ra[ka]]), np.r_[np.zeros(kc.sum()), np.ones(ka.sum())])
+        sc[~kc] = g.predict_proba(Rc[~kc])[:, 1]
+    g = make().fit(np.vstack([Rc, Ra]), np.r_[np.zeros(len(Rc)), np.ones(len(Ra))])
+    return sc, g.predict_proba(Tc)[:, 1], [g.predict_proba(t)[:, 1] for t in Tp]
+
+
+def report(s: Setup, name: str, oof, tc, tp) -> None:
+    """Clean AdvTest over the 1 % threshold, mean TPR, and TPR (AUROC) per attack row."""
+    t1 = detectors.threshold_at(oof, 0.01)
+    auc = lambda p: roc_auc_score(np.r_[np.zeros(len(tc)), np.ones(len(p))], np.r_[tc, p])  # noqa: E731
+    rows = [f"{fam}{b[-1]} {100 * (p > t1).mean():.0f}% ({auc(p):.3f})" for (fam, b, *_), p in zip(s.tests, tp)]
+    tpr = np.mean([(p > t1).mean() for p in tp])
+    print(f"{name}: clean AdvTest {100 * (tc > t1).mean():.1f}%, mean TPR {100 * tpr:.1f}% | " + ", ".join(rows), flush=True)
