@@ -48,16 +48,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torchattacks
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from . import advcommon as C
 from . import bundle_toml, contract, datasets, detectors, residual, sample, squeeze
+from .fused_attacks import attacks_from_records, make_attacks
 from .ood import Classifier
 
-BUDGETS = (1, 2, 4, 8)
 FPRS = (0.01, 0.05)
 # The combiner's inputs (detector_fused.json's `inputs`): vectors of one forward pass and
 # of the input (src/defense/detectors.rs BLOCK_INPUTS), feature squeezing's score (by the
@@ -72,23 +70,6 @@ CHEAP_INPUTS = tuple(i for i, name in enumerate(INPUTS) if name not in SQUEEZED_
 CASCADE_MISS = 0.01
 # Inverse regularisations the combiner may take (choose_c).
 C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-
-
-def make_attacks(net, x: np.ndarray, y: np.ndarray, unseen: bool) -> list:
-    """(family, budget, x_adv) for the seen families, and with `unseen` Square 8/255 too."""
-    torch.manual_seed(0)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    out = []
-    for k in BUDGETS:
-        eps = k / 255
-        for fam, atk in (("fgsm", torchattacks.FGSM(net, eps=eps)),
-                         ("bim", torchattacks.BIM(net, eps=eps, alpha=eps / 4, steps=10)),
-                         ("pgd20", torchattacks.PGD(net, eps=eps, alpha=2.5 * eps / 20, steps=20, random_start=True))):
-            out.append((fam, f"linf_{k}", atk(xt, yt).numpy()))
-    out.append(("cw", "l2_c1", torchattacks.CW(net, c=1, kappa=0, steps=100, lr=0.01)(xt, yt).numpy()))
-    if unseen:
-        out.append(("square", "linf_8", torchattacks.Square(net, eps=8 / 255, n_queries=500, loss="margin", seed=0)(xt, yt).numpy()))
-    return out
 
 
 class Inputs:
@@ -249,27 +230,6 @@ def fit_cascade(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarra
     cheap = fit_fused(np.vstack([Xc[:, cheap_cols], Xa[:, cheap_cols]]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))])
     skip_below = float(np.quantile(flagged, CASCADE_MISS))
     return cheap, skip_below, float(np.mean(cheap_c < skip_below))
-
-
-def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
-    """make_attacks' lists from the attack stage's records (a fitted bundle's attacks are
-    expensive at full size, and attacks.py made the same ones): (family, budget, x_adv)
-    aligned with x[tr] and x[te]; Square on AdvTest only, as make_attacks does."""
-    adir = C.attack_dir(spec, None)
-    man = C.load_manifest(adir)
-    out_tr, out_te = [], []
-    for r in C.load_attacks(adir, "hardened", shas=man["shas"]):
-        if r.attack not in ("fgsm", "bim", "pgd20", "cw", "square"):
-            continue
-        pos = {int(i): k for k, i in enumerate(r.index)}
-        for half, idx, out in ((0, tr, out_tr), (1, te, out_te)):
-            if r.attack == "square" and half == 0:
-                continue
-            rows = [pos.get(int(i)) for i in idx]
-            if any(p is None or r.split[p] != half for p in rows):
-                raise SystemExit(f"attack record {r.file} does not cover the split in adv_split.json: rerun attacks")
-            out.append((r.attack, r.budget, r.x_adv[rows]))
-    return out_tr, out_te
 
 
 def auroc(neg, pos):
