@@ -34,7 +34,8 @@ impl Screener {
         }
         let cheap = |name: &String| {
             // No squeezed copies: the cascade decides before they are made.
-            super::detectors::forward_pass_input(name, self.residual_statistics().is_some(), false)
+            let serves = |kind: &str| kind == "residual_statistics" && self.residual_statistics().is_some();
+            super::detectors::forward_pass_input(name, serves)
                 .unwrap_or_else(|| self.detectors.iter().any(|(s, d)| &s.name == name && !matches!(d, Detector::FeatureSqueezing(_) | Detector::Fused(_))))
         };
         match cascade.combiner.inputs.iter().find(|i| !cheap(i)) {

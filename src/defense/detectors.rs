@@ -93,15 +93,13 @@ pub fn input_provider(name: &str) -> Option<&'static str> {
 }
 
 /// Whether a combiner input that is not a detector's score is available: margin and the
-/// vectors of the forward pass always, the residual features where the residual-statistics
-/// detector runs (`has_residual`), the squeezed copies' feature shift where the squeezed
-/// copies run (`has_squeeze`); None for a detector's name (the caller checks it).
-pub fn forward_pass_input(name: &str, has_residual: bool, has_squeeze: bool) -> Option<bool> {
+/// vectors of the forward pass always, a vector that comes with a detector (input_provider)
+/// where `serves` says a detector of that kind runs; None for a detector's name (the caller
+/// checks it).
+pub fn forward_pass_input(name: &str, serves: impl Fn(&str) -> bool) -> Option<bool> {
     match name {
         "margin" | "penultimate-features" | "logits" => Some(true),
-        "residual-features" => Some(has_residual),
-        "squeeze-feature-shift" => Some(has_squeeze),
-        _ => None,
+        _ => input_provider(name).map(serves),
     }
 }
 
@@ -149,7 +147,6 @@ impl Combiner {
     /// missing, not finite, or a vector of another width.
     pub fn score(&self, scores: &[(String, f64)], x: CombinerInputs) -> f64 {
         let margin = [margin(x.logits)];
-        let shift = x.squeeze_shift;
         let mut z = self.bias;
         let mut at = 0;
         for (name, width) in self.inputs.iter().zip(self.widths()) {
@@ -159,7 +156,7 @@ impl Combiner {
                 "penultimate-features" => Values::F32(x.features),
                 "logits" => Values::F32(x.logits),
                 "residual-features" => Values::F64(x.residual_features.unwrap_or_default()),
-                "squeeze-feature-shift" => Values::F64(shift.as_ref().map_or(&[], |s| s.as_slice())),
+                "squeeze-feature-shift" => Values::F64(x.squeeze_shift.as_ref().map_or(&[], |s| s.as_slice())),
                 _ => {
                     score = [scores.iter().find(|(n, _)| n == name).map_or(f64::NAN, |s| s.1)];
                     Values::F64(&score)

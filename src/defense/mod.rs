@@ -198,10 +198,8 @@ impl Screener {
                 // Its inputs must be scored before it: detectors listed above it, or margin.
                 // One the policy disables takes the fused detector with it (the verdict is
                 // then the union of the others, as without one); one the bundle lacks is an error.
-                let has = |kind: fn(&Detector) -> bool| detectors.iter().any(|(_, d): &(DetectorSpec, Detector)| kind(d));
-                let (has_residual, has_squeeze) = (has(|d| matches!(d, Detector::ResidualStatistics(_))), has(|d| matches!(d, Detector::FeatureSqueezing(_))));
-                let scored =
-                    |i: &String| detectors::forward_pass_input(i, has_residual, has_squeeze).unwrap_or_else(|| detectors.iter().any(|(s, _)| &s.name == i));
+                let serves = |kind: &str| detectors.iter().any(|(s, _): &(DetectorSpec, Detector)| s.kind == kind);
+                let scored = |i: &String| detectors::forward_pass_input(i, serves).unwrap_or_else(|| detectors.iter().any(|(s, _)| &s.name == i));
                 if let Some(missing) = f.combiner.inputs.iter().find(|i| !scored(i)) {
                     // (A vector input comes with its detector: input_provider.)
                     let provider_disabled =
