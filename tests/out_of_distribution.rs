@@ -50,6 +50,9 @@ fn request(model: &str, path: &Path) -> medsentry::proto::ScreenRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_out_of_distribution_score_matches_the_pipeline() {
+    // Every test here screens through a server and moves the process-wide counters the
+    // policy test compares (the clean test set has a few ADVERSARIAL answers of its own).
+    let _serial = serial().await;
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     for bundle in BUNDLES {
@@ -106,6 +109,7 @@ async fn assert_out_of_distribution(client: &mut SentryClient<Channel>, model: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_that_are_not_pediatric_chest_x_rays_are_out_of_distribution_not_adversarial() {
+    let _serial = serial().await;
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     let mut dicoms = Vec::new();
@@ -122,6 +126,7 @@ async fn images_that_are_not_pediatric_chest_x_rays_are_out_of_distribution_not_
 /// where the image statistics alone left 7.5 % of chest X-rays in distribution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn radiographs_and_oct_scans_sent_to_the_dermoscopy_model_are_out_of_distribution() {
+    let _serial = serial().await;
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     let derm = "dermoscopy-isic2018";
@@ -136,6 +141,7 @@ async fn radiographs_and_oct_scans_sent_to_the_dermoscopy_model_are_out_of_distr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clean_official_chest_test_set_is_rarely_out_of_distribution() {
+    let _serial = serial().await;
     let server = TestServer::ready(&[]).await;
     let mut client = server.client().await;
     let files = spread("chest_xray_kermany/images/test", "jpeg", usize::MAX);
