@@ -2,7 +2,8 @@
 //! stage's own decisions: every item of the chest and 224 px bundles' advtest_sample.json is skipped
 //! (answered CLEAN without feature squeezing) exactly when the pipeline says it is
 //! (`cascade_skip`); the items the cascade does not skip get the verdict and fused score of
-//! a server without the cascade; the counters count each decision; and a bundle without a
+//! a server without the cascade; the counters count each decision; an Open Inference
+//! Protocol batch runs its second passes as one ONNX Runtime call; and a bundle without a
 //! cascade is refused at start-up.
 
 mod common;
@@ -97,6 +98,59 @@ fn verb(skipped: bool) -> &'static str {
     } else {
         "did not skip"
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_request_runs_all_its_second_passes_in_one_onnx_runtime_call() {
+    use medsentry::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use medsentry::inference::model_infer_request::InferInputTensor;
+    use medsentry::inference::{InferTensorContents, ModelInferRequest};
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &format!("[models.\"{CHEST}\"]\ncascade = true\n"));
+    let server = TestServer::ready(&["--policy", &policy]).await;
+    let (items, _) = sample(CHEST);
+    // Four the cheap look answers and six it does not, interleaved: 10 first-pass rows, then
+    // 6 x 2 squeezed copies, both within the bundle's max_batch of 32.
+    let (skip, full): (Vec<&Item>, Vec<&Item>) = items.iter().partition(|i| i.skip);
+    let chosen: Vec<&Item> = full
+        .iter()
+        .take(6)
+        .zip(skip.iter().take(4).map(Some).chain(std::iter::repeat(None)))
+        .flat_map(|(f, s)| std::iter::once(*f).chain(s.copied()))
+        .collect();
+    assert_eq!(chosen.iter().filter(|i| !i.skip).count(), 6);
+    assert_eq!(chosen.len(), 10);
+    let request = ModelInferRequest {
+        model_name: CHEST.into(),
+        id: "batch".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![chosen.len() as i64, 1, 64, 64],
+            contents: Some(InferTensorContents { fp32_contents: chosen.iter().flat_map(|i| i.pixels.iter().copied()).collect(), ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut oip = GrpcInferenceServiceClient::new(server.channel().await);
+    let (_, before) = server.admin_get("/metrics");
+    let answer = oip.model_infer(request).await.expect("the batch is screened").into_inner();
+    let (_, after) = server.admin_get("/metrics");
+    let calls = delta(&before, &after, "medsentry_batch_size_count", &[("model", CHEST)]);
+    let rows = delta(&before, &after, "medsentry_batch_size_sum", &[("model", CHEST)]);
+    assert_eq!((calls, rows), (2.0, 10.0 + 12.0), "one call for the first passes, one for every second pass");
+    let verdicts = &answer.outputs.iter().find(|o| o.name == "verdict").expect("a verdict output").contents.as_ref().unwrap().bytes_contents;
+    // Each item is answered as the same server answers it alone.
+    let mut client = server.client().await;
+    for (n, (item, got)) in chosen.iter().zip(verdicts).enumerate() {
+        let mut r = tensor_request(&format!("alone-{n}"), vec![1, 64, 64], item.pixels.clone());
+        r.model = CHEST.into();
+        let alone = client.screen(r).await.unwrap().into_inner().screening.unwrap();
+        let alone = Verdict::try_from(alone.verdict).unwrap().as_str_name().trim_start_matches("VERDICT_").to_string();
+        assert_eq!(String::from_utf8_lossy(got), alone, "item {n} ({})", item.kind);
+    }
+    server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

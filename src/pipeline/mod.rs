@@ -2,6 +2,7 @@
 //! campaign monitor, policy), with the wall time of every stage. Shared by the gRPC API
 //! and the `screen` command.
 
+mod cascade;
 mod prepare;
 
 pub use prepare::{prepare, prepare_within, Extras, Prepared};
@@ -13,7 +14,6 @@ use thiserror::Error;
 
 use crate::decode::{CancelFlag, DecodeConfig, DecodeError, Input};
 use crate::defense::numeric::{argmax, softmax};
-use crate::defense::squeeze::Squeeze;
 use crate::defense::{CampaignStatus, Evidence, Screening};
 use crate::engine::stats::StageSeconds;
 use crate::engine::{BatchError, InferResult};
@@ -97,7 +97,8 @@ pub async fn run(
     let result = async {
         let mut staged = stage(model, input, decoding, deadline, trace).await?;
         let first = run_entry(model, std::mem::take(&mut staged.prepared.tensor), staged.prepared.rows, deadline, trace, None).await?;
-        finish(model, staged, first, deadline, origin, trace).await
+        let looked = cascade::look(model, vec![(&staged, first)], deadline, trace).await.pop().expect("one input looked at")?;
+        finish(model, staged, looked, origin, trace).await
     }
     .await;
     count(model, started, &result);
@@ -137,15 +138,30 @@ pub async fn run_items(
         let queued = Instant::now();
         let rows = staged.iter_mut().map(|s| (std::mem::take(&mut s.prepared.tensor), s.prepared.rows)).collect();
         let results = model.batcher.infer_group(rows, deadline).await.map_err(|e| fail(model, started, outcomes.len(), e.into()))?;
-        for ((s, result), id) in staged.into_iter().zip(results).zip(&ids) {
+        // The items before the first failed forward pass are finished; that one ends the call.
+        let mut firsts = Vec::with_capacity(results.len());
+        let mut failure = None;
+        for result in results {
             record_entry_spans(trace, queued, &result, None);
-            let outcome = match result {
-                Ok(first) => finish(model, s, first, deadline, Origin { request_id: id, caller }, trace).await,
-                Err(e) => Err(e.into()),
+            match result {
+                Ok(first) if failure.is_none() => firsts.push(first),
+                Ok(_) => {}
+                Err(e) => _ = failure.get_or_insert(e),
+            }
+        }
+        let looked = cascade::look(model, staged.iter().zip(firsts).collect(), deadline, trace).await;
+        for ((s, looked), id) in staged.into_iter().zip(looked).zip(&ids) {
+            let outcome = match looked {
+                Ok(looked) => finish(model, s, looked, Origin { request_id: id, caller }, trace).await,
+                Err(e) => Err(e),
             };
             count(model, started, &outcome);
             let index = outcomes.len();
             outcomes.push(outcome.map_err(|e| (index, e))?);
+        }
+        if let Some(e) = failure {
+            let e = PipelineError::from(e);
+            return Err(fail(model, started, outcomes.len(), e));
         }
     }
     Ok(outcomes)
@@ -243,44 +259,25 @@ async fn stage(model: &Arc<ServedModel>, input: Input, decoding: &DecodeConfig, 
 /// Tensors up to this many values (a 3 x 64 x 64 input) are prepared inline.
 const INLINE_TENSOR_VALUES: usize = 3 * 64 * 64;
 
-/// The detectors (with the cascade's second pass when needed), the campaign monitor and
-/// the policy, for an input whose first forward pass came back as `result`.
-async fn finish(
-    model: &ServedModel,
-    staged: Staged,
-    mut result: InferResult,
-    deadline: Option<Instant>,
-    origin: Origin<'_>,
-    trace: &CallTrace,
-) -> Result<Outcome, PipelineError> {
-    let Staged { started, input, prepared, reservation, .. } = staged;
-    let Prepared { residual, statistics, residual_features, dicom, chroma, decode_s, preprocess_s, pixels, .. } = prepared;
+/// Evidence besides the forward pass that the detectors read, from an input's preparation.
+fn evidence(prepared: &Prepared) -> Evidence<'_> {
+    let p = prepared;
+    Evidence { residual_features: p.residual_features.as_deref(), statistics: p.statistics.as_deref(), dicom: p.dicom.as_ref(), chroma: p.chroma }
+}
+
+/// The detectors, the campaign monitor and the policy, for an input whose forward pass
+/// (both passes under the cascade) came back as `looked`.
+async fn finish(model: &ServedModel, staged: Staged, looked: cascade::Looked, origin: Origin<'_>, trace: &CallTrace) -> Result<Outcome, PipelineError> {
+    let Staged { started, input, prepared, reservation } = staged;
+    let cascade::Looked { result, cheap, look_s } = looked;
     let name = model.name();
     metrics::record_stage(name, "queue", result.queue_seconds);
     metrics::record_stage(name, "infer", result.infer_seconds);
-
-    let cascades = model.screener.cascades();
-    let squeeze = model.screener.squeeze();
-    let mut detect_start = Instant::now();
-    let evidence = Evidence { residual_features: residual_features.as_deref(), statistics: statistics.as_deref(), dicom: dicom.as_ref(), chroma };
-    let mut cheap = None;
-    if let (true, Some(pixels), Some(squeeze)) = (cascades, pixels, squeeze) {
-        cheap = model.screener.screen_cheap(&result, &evidence);
-        metrics::record_cascade(name, if cheap.is_some() { "skipped" } else { "full" });
-        if cheap.is_none() {
-            let second = squeezed(model, squeeze, &pixels, deadline, trace).await?;
-            result.queue_seconds += second.queue_seconds;
-            result.infer_seconds += second.infer_seconds;
-            result.extra_logits = std::iter::once(second.logits).chain(second.extra_logits).collect();
-            result.extra_features = std::iter::once(second.features).chain(second.extra_features).collect();
-            detect_start = Instant::now();
-        }
-    }
-    let mut screening = match cheap {
-        Some(s) => s,
-        None => model.screener.screen(&result, &evidence),
+    let detect_start = Instant::now();
+    let (mut screening, detect_s) = match cheap {
+        Some(s) => (s, look_s),
+        None => (model.screener.screen(&result, &evidence(&prepared)), detect_start.elapsed().as_secs_f64()),
     };
-    let detect_s = detect_start.elapsed().as_secs_f64();
     metrics::record_stage(name, "detect", detect_s);
     let verdict = vec![
         ("medsentry.verdict", Value::Str(screening.verdict.as_str().to_uppercase())),
@@ -294,7 +291,7 @@ async fn finish(
     let probabilities = softmax(&result.logits);
     let top_index = argmax(&probabilities);
     metrics::record_prediction(name, &model.bundle.manifest.labels[top_index]);
-    let campaign = match (&model.campaign, residual) {
+    let campaign = match (&model.campaign, prepared.residual) {
         (Some(monitor), Some(r)) => Some(monitor.observe(r, top_index)),
         _ => None,
     };
@@ -307,21 +304,14 @@ async fn finish(
     trace.stage("policy", policy_start, Instant::now(), Vec::new(), enforced.as_ref().err().map(|e| e.to_string()));
     let enforced = enforced?;
     let timings = Timings {
-        decode: decode_s,
-        preprocess: preprocess_s,
+        decode: prepared.decode_s,
+        preprocess: prepared.preprocess_s,
         queue: result.queue_seconds,
         infer: result.infer_seconds,
         detect: detect_s,
         total: started.elapsed().as_secs_f64(),
     };
     Ok(Outcome { probabilities, top_index, screening, timings, batch_size: result.batch_size, campaign, enforced })
-}
-
-/// The cascade's second pass for an input its cheap score could not call clean: feature
-/// squeezing's copies of the [0, 1] pixels, normalised, as one batcher entry.
-async fn squeezed(model: &ServedModel, squeeze: &Squeeze, pixels: &[f32], deadline: Option<Instant>, trace: &CallTrace) -> Result<InferResult, PipelineError> {
-    let (tensor, rows) = prepare::squeezed_rows(squeeze, pixels, &model.bundle.manifest.input);
-    run_entry(model, tensor, rows, deadline, trace, Some("feature-squeezing")).await
 }
 
 /// One batcher entry of `rows` inputs, with its queue and infer spans (`pass` names a
