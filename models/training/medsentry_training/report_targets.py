@@ -40,6 +40,12 @@ def targets_section(full: dict, a) -> None:
         gap = "met" if low["auroc"] >= 0.98 else f"missed by {0.98 - low['auroc']:.3f}"
         a(f"| AUROC >= 0.98 on the same | {low['auroc']:.3f} ({low['attack']} {low['budget']}) to "
           f"{max(r['auroc'] for r in small):.3f} | {gap} |")
+    not_run = [k for k in SEEN if not any(r["attack"] == k for r in fd["rows"])]
+    if not_run:
+        a(f"| The same on {', '.join(not_run)} | not measured: this bundle's attack stage did not run them | |")
+    if not any(not r["seen"] for r in fd["rows"]):
+        a("| TPR >= 80 % on attack families the combiner never saw | not measured: this bundle's attack stage ran "
+          "none | |")
     for r in (r for r in fd["rows"] if not r["seen"]):
         if r["n_pos"] < 5:
             a(f"| TPR >= 80 % on {r['attack']} {r['budget']} (never seen) | n = {r['n_pos']}, too few | |")
@@ -57,8 +63,16 @@ def targets_section(full: dict, a) -> None:
         a(f"| Clean official test set flagged (ADVERSARIAL or SUSPICIOUS) <= 6 % | {pct(off['all'])} % of {off['n']} "
           f"(AdvTest half {pct(off['advtest'])} %; AdvTrain half, which the combiner was fitted on, "
           f"{pct(off['advtrain_fitted_on'])} %; before the OUT_OF_DISTRIBUTION rule) | {_at_most(off['all'], 0.06)} |")
+    else:
+        a("| Clean official test set flagged (ADVERSARIAL or SUSPICIOUS) <= 6 % | not recorded by this bundle's fused "
+          "stage | |")
     af = full.get("adaptive_fused") or {}
     at8 = [r for r in af.get("rows", []) if r["eps_255"] == 8]
+    if not at8:
+        ran = sorted({r["eps_255"] for r in af.get("rows", [])})
+        a("| Adaptive attack at 8/255: fooled and not ADVERSARIAL <= 25 % | not measured at 8/255"
+          + (f" (rows at {', '.join(f'{e}/255' for e in ran)}: section *Adaptive attacks on the fused verdict*)" if ran else "")
+          + " | |")
     if at8:
         stale = "fused_thresholds" in af and af["fused_thresholds"] != fd.get("thresholds")
         worst = max(at8, key=lambda r: r["fooled_not_adversarial"])
