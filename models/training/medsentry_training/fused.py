@@ -53,7 +53,7 @@ from sklearn.preprocessing import StandardScaler
 
 from . import advcommon as C
 from . import bundle_toml, contract, datasets, detectors, residual, sample, squeeze
-from .fused_attacks import attacks_from_records, make_attacks
+from .fused_attacks import attacks_from_records, make_attacks, minimal_attacks
 from .ood import Classifier
 
 FPRS = (0.01, 0.05)
@@ -299,6 +299,8 @@ def main(argv=None):
         if os.path.exists(p):
             fam, b = name.split("__")
             attacks.append((fam, b, np.clip(x[te] + np.load(p), 0, 1).astype(np.float32), False))
+    minimal = minimal_attacks(net, x[te], y[te], os.path.join(datasets.WORK, f"fused_minimal_{spec.name}.npz"))
+    attacks += [(fam, b, xa, False) for fam, b, xa in minimal]
     passes = {}
     for fam, b, xa, seen in attacks:
         inp = Inputs(clf, xa)
