@@ -11,7 +11,9 @@ thread and one client each) at batch 1 for C in 1, 8, 32, then one caller at bat
 the same levels through an in-process onnxruntime InferenceSession (intra_op_num_threads=2,
 same threads, same batch: "bare ORT"). Levels and servers are interleaved within a repeat
 (the order rotates each repeat) so a slow spell of a shared machine falls on all of them.
-Everything it started is stopped on exit, Ctrl-C and SIGTERM included.
+Each level also reads the CPU time of the server's process tree and of this process
+(cpu.py) and reports CPU milliseconds per image, which a busy machine moves far less than
+images/s. Everything it started is stopped on exit, Ctrl-C and SIGTERM included.
 
 The tensors are real test images in model space ([0, 1] intensities before mean/std, the
 bundle's reference.json), the same bytes for every server. medsentry normalises and screens
@@ -38,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
+
+import cpu
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -250,6 +254,7 @@ class OrtTarget:
         )
         self.bundle = bundle
         self.name = "bare ORT"
+        self.pid = None  # runs in the driver's own process
 
     def caller(self, batch):
         xs = [self.bundle.normalise(x) for x in self.bundle.batches(batch)]
@@ -275,6 +280,7 @@ class GrpcTarget:
         self.url = url
         self.bundle = bundle
         self.probs_output = probs_output  # medsentry answers probabilities, the peers logits
+        self.pid = None  # the server process, once started (its CPU time is read per level)
 
     def _inputs(self, x):
         inp = grpcclient.InferInput(self.bundle.input_name, list(x.shape), "FP32")
@@ -318,6 +324,7 @@ def measure(target, callers, batch, images, max_seconds):
     clock = {}
 
     def go():
+        clock["cpu"] = cpu.snapshot(target.pid)
         clock["start"] = time.perf_counter()
         clock["deadline"] = clock["start"] + max_seconds
 
@@ -350,6 +357,7 @@ def measure(target, callers, batch, images, max_seconds):
     for t in threads:
         t.join()
     end = time.perf_counter()
+    cpu_after = cpu.snapshot(target.pid)
     for _, close in made:
         try:
             close()
@@ -360,6 +368,7 @@ def measure(target, callers, batch, images, max_seconds):
     lat = np.concatenate([np.asarray(l) for l in lats]) * 1e3
     wall = end - clock["start"]
     done = int(lat.size)
+    server_ms, driver_ms = cpu.per_image_ms(clock["cpu"], cpu_after, max(1, done * batch))
     return {
         "calls": done,
         "images": done * batch,
@@ -368,6 +377,9 @@ def measure(target, callers, batch, images, max_seconds):
         "p50_ms": round(float(np.percentile(lat, 50)), 3),
         "p99_ms": round(float(np.percentile(lat, 99)), 3),
         "truncated": done < n_calls,
+        # Bare ONNX Runtime runs in the driver: its CPU is the driver's.
+        "server_cpu_ms_per_image": round(server_ms if server_ms is not None else driver_ms, 4),
+        "client_cpu_ms_per_image": None if server_ms is None else round(driver_ms, 4),
     }
 
 
@@ -386,6 +398,9 @@ def summarise(runs):
         "max": max(ips),
         "p50_ms": med["p50_ms"],
         "p99_ms": med["p99_ms"],
+        "server_cpu_ms_per_image": statistics.median(r["server_cpu_ms_per_image"] for r in runs),
+        "client_cpu_ms_per_image": None if runs[0]["client_cpu_ms_per_image"] is None
+        else statistics.median(r["client_cpu_ms_per_image"] for r in runs),
         "runs": runs,
     }
 
@@ -478,6 +493,7 @@ def start_servers(bundle, size, args, rundir, versions):
         targets.append(GrpcTarget("MLServer", url, bundle))
 
     for (proc, url), target in zip(pending, targets):
+        target.pid = proc.pid
         said = wait_ready(proc, url, bundle.name, args.ready_timeout)
         versions.setdefault("server_metadata", {})[target.name] = said
         log(f"bench-peers: {target.name} ready on {url} ({said})")
@@ -537,7 +553,21 @@ def table(size, bundle, results, names, repeats):
         for m in ms_names:
             cells += [ratio(row.get(m), row.get(o)) for o in ["bare ORT"] + peers]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"CPU ms per image, median over runs: the server's process tree (the tritonclient "
+              f"callers' own beside it); bare ORT runs in the driver", "",
+              "| level | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for callers, batch in LEVELS:
+        row = results.get(level_name(callers, batch))
+        if row:
+            lines.append("| " + " | ".join([level_name(callers, batch)] + [fmt_cpu(row.get(n)) for n in names]) + " |")
     return "\n".join(lines)
+
+
+def fmt_cpu(s):
+    if not s:
+        return "-"
+    client = s.get("client_cpu_ms_per_image")
+    return f"{s['server_cpu_ms_per_image']:.2f}" + ("" if client is None else f" ({client:.2f})")
 
 
 # ---------------------------------------------------------------- main
