@@ -97,6 +97,7 @@ class TorchFused(torch.nn.Module):
         if "widths" in self.fused:  # the raw-signal combiner, by the names its file lists (fused.INPUTS)
             blocks = {"penultimate-features": feats, "logits": logits, "residual-features": self.residual_features(x),
                       SQUEEZE_NAME: sq[:, None], "margin": margin[:, None],
+                      "log-margin": margin.clamp_min(detectors.LOG_MARGIN_FLOOR).log()[:, None],
                       # sqrt(. + tiny): the distance's gradient is finite where a copy does not move
                       "squeeze-feature-shift": torch.stack([((ft - feats) ** 2).sum(1).add(1e-12).sqrt() for _, ft in copies], 1)}
             inputs = torch.cat([blocks[name] for name in self.fused["inputs"]], 1)

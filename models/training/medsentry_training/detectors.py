@@ -340,3 +340,19 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+# A margin under this counts as this one (the log of 0 is not a number); twin of
+# LOG_MARGIN_FLOOR in src/defense/detectors.rs.
+LOG_MARGIN_FLOOR = 1e-6
+
+
+def log_margin(logits: np.ndarray) -> np.ndarray:
+    """ln of the top-1 minus top-2 softmax probability, in float64 from the logits, floored at
+    LOG_MARGIN_FLOOR: a DeepFool, L-BFGS or C&W example stops just past the decision boundary
+    (margin near 0.01), an image the model is unsure of sits at 0.1-0.3; on a log scale the
+    linear combiner tells them apart (experiments/log_margin.py)."""
+    p = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    top = np.sort(p, axis=1)
+    return np.log(np.maximum(top[:, -1] - top[:, -2], LOG_MARGIN_FLOOR))

@@ -59,9 +59,9 @@ from .ood import Classifier
 FPRS = (0.01, 0.05)
 # The combiner's inputs (detector_fused.json's `inputs`): vectors of one forward pass and
 # of the input (src/defense/detectors.rs BLOCK_INPUTS), feature squeezing's score (by the
-# contract's name) and the margin.
+# contract's name), the margin and its log (detectors.log_margin).
 INPUTS = ("penultimate-features", "logits", "residual-features", contract.name_of("feature_squeezing"),
-          "squeeze-feature-shift", "margin")
+          "squeeze-feature-shift", "margin", "log-margin")
 # The cascade's cheap combiner: every input but feature squeezing's score and feature shift
 # (its two extra forward passes are what the cascade saves), and the share of flagged
 # AdvTrain inputs it may skip.
@@ -81,6 +81,7 @@ class Inputs:
         p = squeeze.softmax(self.logits)
         top = np.sort(p, axis=1)
         self.margin = top[:, -1] - top[:, -2]
+        self.log_margin = detectors.log_margin(self.logits)
         self.pred = p.argmax(1)
         copies = [clf.run(f(x), clf.logits_name, clf.features_name) for f in (squeeze.squeeze_bits, squeeze.squeeze_median)]
         self.squeeze = np.maximum(*[np.abs(p - squeeze.softmax(lg)).sum(1) for lg, _ in copies])
@@ -91,7 +92,7 @@ class Inputs:
         """The combiner's inputs `names` (default INPUTS; a fused file's `inputs`), each (n, width)."""
         by_name = {"penultimate-features": self.feats, "logits": self.logits, "residual-features": self.residual_features,
                    contract.name_of("feature_squeezing"): self.squeeze[:, None], "squeeze-feature-shift": self.squeeze_shift,
-                   "margin": self.margin[:, None]}
+                   "margin": self.margin[:, None], "log-margin": self.log_margin[:, None]}
         return [by_name[n] for n in names]
 
     def matrix(self, names=INPUTS) -> np.ndarray:
@@ -338,7 +339,7 @@ def main(argv=None):
            "score": "1 / (1 + exp(-(bias + sum_j weights[j] * (x[j] - mean[j]) / scale[j]))), x = the inputs' values in "
                     "order (widths[i] each): penultimate features, logits, residual-statistics features, the feature-squeezing "
                     "score, the L2 shift of the penultimate features under each squeezer, margin = top-1 minus top-2 "
-                    "softmax probability",
+                    "softmax probability, log-margin = ln(max(margin, 1e-6))",
            "fitted_on": f"AdvTrain: {len(Xc)} clean, {len(Xa)} successful FGSM/BIM/PGD-20 (1-8/255) and C&W examples; "
                         "base scores and thresholds out-of-fold", "cascade": cascade, "generated_by": "python -m medsentry_training.fused"}
     C.write_json(os.path.join(out_dir, "detector_fused.json"), det)

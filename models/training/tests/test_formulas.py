@@ -86,6 +86,17 @@ def test_squeeze_feature_shift_is_the_l2_distance_to_each_copy():
     assert got.shape == (4, 2) and np.allclose(got, want, rtol=0, atol=1e-12)
 
 
+def test_log_margin_is_the_floored_log_of_top_1_minus_top_2():
+    logits = np.array([[np.log(3.0), 0.0], [0.0, 0.0]], dtype=np.float32)
+    got = detectors.log_margin(logits)
+    # (ln 3, 0): softmax (0.75, 0.25), margin 0.5; equal logits: margin 0, floored (the Rust twin's test)
+    assert np.allclose(got, [np.log(0.5), np.log(detectors.LOG_MARGIN_FLOOR)], rtol=0, atol=1e-7)
+    three = RNG.normal(size=(5, 3)).astype(np.float32)
+    p = np.exp(three.astype(np.float64)) / np.exp(three.astype(np.float64)).sum(1, keepdims=True)
+    top = [sorted(r)[-1] - sorted(r)[-2] for r in p]
+    assert np.allclose(detectors.log_margin(three), np.log(top), rtol=0, atol=1e-12)
+
+
 def test_ledoit_wolf_and_mahalanobis_match_scikit_learn():
     X = RNG.normal(size=(200, 6)) @ RNG.normal(size=(6, 6))
     cov, _ = detectors.ledoit_wolf(X - X.mean(0))
