@@ -80,8 +80,34 @@ def targets_section(full: dict, a) -> None:
         a(f"| Adaptive attack at 8/255: fooled and not ADVERSARIAL <= 25 % | {pct(worst['fooled_not_adversarial'])} % "
           f"({worst['attack']}; hardened robust accuracy {pct(ceil)} %){' (stale: an earlier fused detector)' if stale else ''} | "
           f"{_at_most(worst['fooled_not_adversarial'], 0.25)} |")
+    campaign_rows(full.get("campaign") or {}, a)
     why(fd, full, a)
     a("")
+
+
+def campaign_rows(cp: dict, a) -> None:
+    """The campaign monitor's two targets: quiet on clean traffic in real orders, alarmed by
+    every UAP stream (the per-image verdict is not the only check for a UAP)."""
+    ordered = (cp.get("ordered") or {}).get("clean_test") or {}
+    if ordered:
+        worst = max(v["alarm_rate"] for v in ordered.values())
+        a(f"| Clean official test set in file order and patient-grouped: no campaign alarm | alarm in "
+          + ", ".join(f"{pct(v['alarm_rate'])} % of {v['windows']} {k.replace('_', '-')} windows" for k, v in ordered.items())
+          + f" | {'met' if worst == 0 else 'missed'} |")
+    fixtures = [f for f in cp.get("fixture_streams") or [] if f["scale"] == 1.0]
+    if fixtures:
+        silent = [f["uap"] for f in fixtures if f["alarm_rate"] == 0]
+        a("| Every UAP stream raises the campaign (shared-perturbation) alarm | the committed UAPs at full strength, at "
+          "the current threshold: " + ", ".join(f"{f['uap']} {pct(f['alarm_rate'])} % of windows" for f in fixtures)
+          + f" | {'met' if not silent else 'missed'} |")
+    streams = cp.get("uap_streams") or []
+    if streams:
+        never = [f"{s['attack']} {s['budget']}" for s in streams if s["residual_alarm_rate"] == 0]
+        then = cp.get("uap_streams_threshold")
+        now = (cp.get("config") or {}).get("residual_threshold")
+        stale = f" (measured at the earlier threshold {then}; now {now})" if then is not None and then != now else ""
+        a(f"| The same, every UAP the attack stage made | {len(streams) - len(never)} of {len(streams)} streams alarm"
+          + (f"; never: {', '.join(never)}" if never else "") + f"{stale} | {'met' if not never and not stale else ''} |")
 
 
 def why(fd: dict, full: dict, a) -> None:
