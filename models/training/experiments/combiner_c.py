@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from common import F, detectors, load
 
 s = load(sys.argv)
-BEFORE = [n for n in F.INPUTS if n != "squeeze-feature-shift"]  # the raw signals then
+BEFORE = [n for n in F.INPUTS if n not in ("squeeze-feature-shift", "log-margin")]  # the raw signals then
 Xc, Xa = s.base.clean.matrix(BEFORE), s.base.adv.matrix(BEFORE)
 pos = [(fam, b, inp.matrix(BEFORE)[m]) for fam, b, _, inp, m in s.tests]
 fold, fa = s.base.fold, s.base.fold[s.base.src]

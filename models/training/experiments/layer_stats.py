@@ -41,7 +41,7 @@ def layer_stats(xx):
     return np.concatenate(outs).astype(np.float64)
 
 
-BEFORE = [n for n in F.INPUTS if n != "squeeze-feature-shift"]  # the raw signals then
+BEFORE = [n for n in F.INPUTS if n not in ("squeeze-feature-shift", "log-margin")]  # the raw signals then
 t0 = time.time()
 L_c, L_a, L_t = layer_stats(s.x[s.tr]), layer_stats(s.base.adv_x), layer_stats(s.x[s.te])
 L_p = [layer_stats(xa[m]) for _, _, xa, _, m in s.tests]

@@ -35,8 +35,9 @@ def logit_gap(inp):
     return np.log(np.maximum(top[:, -1] - top[:, -2], 1e-6))[:, None]
 
 
-R_c, R_a, R_t = s.base.clean.matrix(), s.base.adv.matrix(), s.ct.matrix()
-R_p = [inp.matrix()[m] for _, _, _, inp, m in s.tests]
+BEFORE = [n for n in F.INPUTS if n != "log-margin"]  # the raw signals then
+R_c, R_a, R_t = s.base.clean.matrix(BEFORE), s.base.adv.matrix(BEFORE), s.ct.matrix(BEFORE)
+R_p = [inp.matrix(BEFORE)[m] for _, _, _, inp, m in s.tests]
 j = lambda A, B: np.hstack([A, B])  # noqa: E731
 
 

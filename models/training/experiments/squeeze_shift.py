@@ -37,7 +37,7 @@ t0 = time.time()
 S_c, S_a, S_t = shift(s.x[s.tr], s.base.clean), shift(s.base.adv_x, s.base.adv), shift(s.x[s.te], s.ct)
 S_p = [shift(xa, inp)[m] for _, _, xa, inp, m in s.tests]
 print(f"shift columns {S_c.shape[1]}, {time.time() - t0:.0f}s", flush=True)
-BEFORE = [n for n in F.INPUTS if n != "squeeze-feature-shift"]  # the raw signals before this experiment
+BEFORE = [n for n in F.INPUTS if n not in ("squeeze-feature-shift", "log-margin")]  # the raw signals before this experiment
 R_c, R_a, R_t = s.base.clean.matrix(BEFORE), s.base.adv.matrix(BEFORE), s.ct.matrix(BEFORE)
 R_p = [inp.matrix(BEFORE)[m] for _, _, _, inp, m in s.tests]
 nf = s.base.clean.feats.shape[1]

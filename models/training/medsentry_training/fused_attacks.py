@@ -39,16 +39,17 @@ def make_attacks(net, x: np.ndarray, y: np.ndarray, unseen: bool) -> list:
 def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
     """make_attacks' lists from the attack stage's records (a fitted bundle's attacks are
     expensive at full size, and attacks.py made the same ones): (family, budget, x_adv)
-    aligned with x[tr] and x[te]; Square on AdvTest only, as make_attacks does."""
+    aligned with x[tr] and x[te]. Square and transfer (PGD-20 crafted on the surrogate; the
+    combiner never sees either) on AdvTest only, as make_attacks does with Square."""
     adir = C.attack_dir(spec, None)
     man = C.load_manifest(adir)
     out_tr, out_te = [], []
     for r in C.load_attacks(adir, "hardened", shas=man["shas"]):
-        if r.attack not in ("fgsm", "bim", "pgd20", "cw", "square"):
+        if r.attack not in ("fgsm", "bim", "pgd20", "cw", "square", "transfer"):
             continue
         pos = {int(i): k for k, i in enumerate(r.index)}
         for half, idx, out in ((0, tr, out_tr), (1, te, out_te)):
-            if r.attack == "square" and half == 0:
+            if r.attack in ("square", "transfer") and half == 0:
                 continue
             rows = [pos.get(int(i)) for i in idx]
             if any(p is None or r.split[p] != half for p in rows):

@@ -122,6 +122,12 @@ def fused_section(fd, a):
     for r in fd["rows"]:
         a(f"| {r['attack']} | {r['budget']} | {'yes' if r['seen'] else 'no'} | {r['n_pos']} | {f3(r['auroc'])} | "
           f"{pct(r['tpr_fpr_0.01'])} | {pct(r['tpr_fpr_0.05'])} | {pct(r['union_tpr_fpr_0.01'])} | {pct(r['union_tpr_fpr_0.05'])} |")
+    unseen = {"square": "Square Linf, 500 queries (black box)", "transfer": "PGD-20 crafted on the separately trained "
+              "SimpleCNN surrogate, counted where it fools the served model", "uap": "the committed UAP fixtures",
+              "deepfool": "DeepFool L2, 50 steps, overshoot 0.02", "lbfgs": "box-constrained L-BFGS, first 60 images"}
+    have = [f"{k}: {v}" for k, v in unseen.items() if any(r["attack"].startswith(k) and not r["seen"] for r in fd["rows"])]
+    if have:
+        a("\nRows the combiner never saw: " + "; ".join(have) + ".")
     a("\nNon-adaptive PGD-20: AdvTest images fooled and answered CLEAN (below the SUSPICIOUS threshold), fused vs union: "
       + ", ".join(f"{b} {pct(v['fused'])} % vs {pct(v['union'])} %" for b, v in fd["pgd20_fooled_and_clean"].items()) + ".\n")
     cascade_section(fd, a)
