@@ -158,8 +158,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cfg = args.models.serving().workers;
     let (requests, repeats) = (args.requests, args.repeats);
     let concurrency = args.concurrency.clone();
-    // Feature squeezing adds its squeezed copies (and the noise copy) to every input's batch entry.
-    let rows = 1 + registry.get(&info.name).and_then(|m| m.screener.squeeze()).map_or(0, |s| crate::defense::squeeze::COPIES + usize::from(s.noise.is_some()));
+    // Feature squeezing adds its squeezed copies to every input's batch entry.
+    let rows = 1 + registry.get(&info.name).and_then(|m| m.screener.squeeze()).map_or(0, |_| crate::defense::squeeze::COPIES);
     let bare = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Stats, Stats)>> {
         let mut session = ModelSession::open(&bundle, cfg.intra_threads, cfg.device)?;
         let mut out = Vec::new();

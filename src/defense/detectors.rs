@@ -65,8 +65,7 @@ pub struct Cascade {
 
 /// A logistic regression over named inputs: other detectors' scores, "margin", "log-margin", and whole
 /// vectors (BLOCK_INPUTS: the penultimate features, the logits, the residual-statistics
-/// features of the input, the squeezed copies' feature shift, the noise copy's response),
-/// each `widths[i]` values wide.
+/// features of the input, the squeezed copies' feature shift), each `widths[i]` values wide.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Combiner {
     /// Detector names, "margin", "log-margin" and block names, in the order of the weights.
@@ -81,14 +80,14 @@ pub struct Combiner {
 }
 
 /// Inputs of a combiner that are vectors rather than one score.
-pub const BLOCK_INPUTS: [&str; 5] = ["penultimate-features", "logits", "residual-features", "squeeze-feature-shift", "noise-response"];
+pub const BLOCK_INPUTS: [&str; 4] = ["penultimate-features", "logits", "residual-features", "squeeze-feature-shift"];
 
 /// Which served detector a combiner input that is not a score comes with (None: the
 /// forward pass itself, or the input is a detector's score).
 pub fn input_provider(name: &str) -> Option<&'static str> {
     match name {
         "residual-features" => Some("residual_statistics"),
-        "squeeze-feature-shift" | "noise-response" => Some("feature_squeezing"),
+        "squeeze-feature-shift" => Some("feature_squeezing"),
         _ => None,
     }
 }
@@ -118,8 +117,6 @@ pub struct CombinerInputs<'a> {
     pub residual_features: Option<&'a [f64]>,
     /// [`super::squeeze::feature_shift`] (None without the squeezed copies).
     pub squeeze_shift: Option<[f64; super::squeeze::COPIES]>,
-    /// [`super::noise::response`] (None without the noise copy).
-    pub noise_response: Option<[f64; super::noise::RESPONSE_WIDTH]>,
 }
 
 impl Combiner {
@@ -162,7 +159,6 @@ impl Combiner {
                 "logits" => Values::F32(x.logits),
                 "residual-features" => Values::F64(x.residual_features.unwrap_or_default()),
                 "squeeze-feature-shift" => Values::F64(x.squeeze_shift.as_ref().map_or(&[], |s| s.as_slice())),
-                "noise-response" => Values::F64(x.noise_response.as_ref().map_or(&[], |s| s.as_slice())),
                 _ => {
                     score = [scores.iter().find(|(n, _)| n == name).map_or(f64::NAN, |s| s.1)];
                     Values::F64(&score)
@@ -187,12 +183,12 @@ const LOG_MARGIN_FLOOR: f64 = 1e-6;
 /// ln of the margin, floored: a DeepFool or C&W example stops just past the decision
 /// boundary (margin near 0.01), an image the model is unsure of sits at 0.1-0.3; on a log
 /// scale a linear combiner tells them apart.
-pub(super) fn log_margin(margin: f64) -> f64 {
+fn log_margin(margin: f64) -> f64 {
     margin.max(LOG_MARGIN_FLOOR).ln()
 }
 
 /// Top-1 minus top-2 softmax probability (1 for a single logit).
-pub(super) fn margin(logits: &[f32]) -> f64 {
+fn margin(logits: &[f32]) -> f64 {
     let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
     let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
     let sum: f64 = exp.iter().sum();

@@ -15,7 +15,6 @@
 pub mod campaign;
 mod cascade;
 mod detectors;
-mod noise;
 pub mod numeric;
 pub mod ood;
 pub mod residual;
@@ -74,7 +73,6 @@ fn combiner_inputs<'a>(result: &'a InferResult, evidence: &Evidence<'a>) -> dete
         features: &result.features,
         residual_features: evidence.residual_features,
         squeeze_shift: squeeze::feature_shift(&result.features, &result.extra_features),
-        noise_response: noise::response(&result.logits, &result.features, result.extra_logits.get(squeeze::COPIES), result.extra_features.get(squeeze::COPIES)),
     }
 }
 
@@ -211,11 +209,6 @@ impl Screener {
                         continue;
                     }
                     return Err(DefenseError::FusedInput { bundle: m.name.clone(), detector: spec.name.clone(), input: missing.clone() });
-                }
-                let noise_copy = detectors.iter().any(|(_, d)| matches!(d, Detector::FeatureSqueezing(s) if s.noise.is_some()));
-                if f.combiner.inputs.iter().any(|i| i == "noise-response") && !noise_copy {
-                    let input = "noise-response (detector_squeeze.json has no noise_copy)".to_string();
-                    return Err(DefenseError::FusedInput { bundle: m.name.clone(), detector: spec.name.clone(), input });
                 }
             }
             detectors.push((spec.clone(), detector));

@@ -10,16 +10,12 @@
 
 use serde::Deserialize;
 
-use super::noise::NoiseCopy;
 use super::numeric::softmax;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Squeeze {
     pub bit_depth: u32,
     pub median_size: usize,
-    /// The fixed-noise copy the fused detector reads (`noise-response`), made after the
-    /// squeezed copies; not part of this detector's score.
-    pub noise: Option<NoiseCopy>,
 }
 
 #[derive(Deserialize)]
@@ -27,11 +23,9 @@ struct SqueezeFile {
     kind: String,
     bit_depth: u32,
     median_size: usize,
-    #[serde(default)]
-    noise_copy: Option<NoiseCopy>,
 }
 
-/// Squeezed copies per input (the noise copy, where there is one, comes after them).
+/// Squeezed copies per input.
 pub const COPIES: usize = 2;
 
 impl Squeeze {
@@ -43,30 +37,24 @@ impl Squeeze {
         if !(1..=16).contains(&f.bit_depth) || f.median_size % 2 == 0 || !(3..=9).contains(&f.median_size) {
             return Err(format!("bit_depth {} must be 1..=16 and median_size {} odd in 3..=9", f.bit_depth, f.median_size));
         }
-        if let Some(noise) = &f.noise_copy {
-            noise.check()?;
-        }
-        Ok(Squeeze { bit_depth: f.bit_depth, median_size: f.median_size, noise: f.noise_copy })
+        Ok(Squeeze { bit_depth: f.bit_depth, median_size: f.median_size })
     }
 
-    /// The squeezed copies of a [C, H, W] input of [0, 1] intensities, in score order, then
-    /// the noise copy where the bundle has one.
-    pub fn copies(&self, pixels: &[f32], height: usize, width: usize) -> Vec<Vec<f32>> {
+    /// The squeezed copies of a [C, H, W] input of [0, 1] intensities, in score order.
+    pub fn copies(&self, pixels: &[f32], height: usize, width: usize) -> [Vec<f32>; COPIES] {
         let levels = ((1u32 << self.bit_depth) - 1) as f64;
         let bits = pixels.iter().map(|&v| (round_half_even(v as f64 * levels) / levels) as f32).collect();
-        let mut copies = vec![bits, median(pixels, height, width, self.median_size)];
-        copies.extend(self.noise.as_ref().map(|n| n.apply(pixels)));
-        copies
+        [bits, median(pixels, height, width, self.median_size)]
     }
 
-    /// max over the squeezed copies of L1(softmax(logits), softmax(copy's logits)); NaN when
-    /// the copies' logits are missing, so that the screener reports the detector as failed.
+    /// max over copies of L1(softmax(logits), softmax(copy's logits)); NaN when the copies'
+    /// logits are missing, so that the screener reports the detector as failed.
     pub fn score(&self, logits: &[f32], copies: &[Vec<f32>]) -> f64 {
-        if copies.len() < COPIES {
+        if copies.len() != COPIES {
             return f64::NAN;
         }
         let p = softmax(logits);
-        copies[..COPIES].iter().map(|l| softmax(l).iter().zip(&p).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>()).fold(0.0, f64::max)
+        copies.iter().map(|l| softmax(l).iter().zip(&p).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>()).fold(0.0, f64::max)
     }
 }
 
@@ -74,12 +62,11 @@ impl Squeeze {
 /// input's features and each copy's, in score order (squeeze.py `feature_shift`, a raw
 /// signal of the fused detector: an adversarial perturbation is fragile to squeezing deep
 /// in the network, not only in the softmax). None unless there are COPIES copies of the
-/// input's width (the first COPIES of `copies`: the noise copy may follow).
+/// input's width.
 pub fn feature_shift(features: &[f32], copies: &[Vec<f32>]) -> Option<[f64; COPIES]> {
-    if copies.len() < COPIES || copies[..COPIES].iter().any(|c| c.len() != features.len()) {
+    if copies.len() != COPIES || copies.iter().any(|c| c.len() != features.len()) {
         return None;
     }
-    let copies = &copies[..COPIES];
     let mut shift = [0.0; COPIES];
     for (s, copy) in shift.iter_mut().zip(copies) {
         *s = copy.iter().zip(features).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum::<f64>().sqrt();
@@ -194,12 +181,10 @@ mod tests {
 
     #[test]
     fn bit_depth_keeps_the_grey_levels_and_median_removes_an_isolated_pixel() {
-        let s = Squeeze { bit_depth: 1, median_size: 3, noise: None };
+        let s = Squeeze { bit_depth: 1, median_size: 3 };
         let mut img = vec![0.2f32; 16];
         img[5] = 0.9;
-        let copies = s.copies(&img, 4, 4);
-        let [bits, med] = [&copies[0], &copies[1]];
-        assert_eq!(copies.len(), COPIES, "no noise copy without its recipe");
+        let [bits, med] = s.copies(&img, 4, 4);
         assert!(bits.iter().enumerate().all(|(i, &v)| v == if i == 5 { 1.0 } else { 0.0 }));
         assert!(med.iter().all(|&v| v == 0.2), "{med:?}");
         // Replicated edges: a corner's window holds the corner four times.
@@ -240,18 +225,12 @@ mod tests {
 
     #[test]
     fn the_score_is_the_largest_softmax_l1_distance() {
-        let s = Squeeze { bit_depth: 5, median_size: 3, noise: None };
+        let s = Squeeze { bit_depth: 5, median_size: 3 };
         let same = s.score(&[1.0, 2.0], &[vec![1.0, 2.0], vec![1.0, 2.0]]);
         assert!(same.abs() < 1e-12);
         let moved = s.score(&[0.0, 0.0], &[vec![0.0, 0.0], vec![10.0, -10.0]]);
         assert!((moved - 1.0).abs() < 1e-6, "{moved}");
         assert!(s.score(&[0.0, 0.0], &[]).is_nan());
-        let noisy = s.score(&[0.0, 0.0], &[vec![0.0, 0.0], vec![0.0, 0.0], vec![10.0, -10.0]]);
-        assert!(noisy.abs() < 1e-12, "the noise copy is not squeezing's: {noisy}");
-        let file = br#"{"kind":"feature_squeezing","bit_depth":5,"median_size":3,"noise_copy":{"sigma":0.5,"seed":7}}"#;
-        let with_noise = Squeeze::load(file).unwrap();
-        assert_eq!(with_noise.copies(&[0.0, 1.0, 0.25, 0.75], 2, 2)[2], vec![0.5, 1.0, 0.75, 0.25]);
-        assert!(Squeeze::load(br#"{"kind":"feature_squeezing","bit_depth":5,"median_size":3,"noise_copy":{"sigma":2,"seed":7}}"#).is_err());
         assert!(Squeeze::load(br#"{"kind":"feature_squeezing","bit_depth":5,"median_size":4}"#).is_err());
     }
 }

@@ -12,9 +12,8 @@ start, step 2.5 eps / steps, lambda in LAMBDAS:
                 features and logits, or for a fused detector over scores Mahalanobis and
                 the learned detector) as they are, the confidence margin, feature squeezing through
                 BPDA (bit-depth rounding straight through, the median's gradient to the
-                pixel it picked), the residual statistics with a soft histogram in the
-                backward pass only (the forward pass is the exact histogram) and the
-                noise copy's response (its top-class change, a step, has no gradient);
+                pixel it picked) and the residual statistics with a soft histogram in the
+                backward pass only (the forward pass is the exact histogram);
   feature-hiding  (HFC, Yao et al. MICCAI 2021, on the penultimate layer the bundle
                 exports) maximise CE - lambda * d_M(features, clean mean of the class the
                 attack reaches): the features are pulled into the clean distribution of
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import advcommon as C
-from . import contract, datasets, detectors, residual, squeeze
+from . import contract, datasets, detectors, residual
 from .adaptive import TorchSqueeze
 from .fused import Inputs, base_scores, fused_score
 from .ood import Classifier
@@ -58,9 +57,7 @@ class TorchFused(torch.nn.Module):
         dets = detectors.load_detectors(out_dir)
         self.maha, self.logreg = dets["mahalanobis"], dets["logreg"]
         with open(os.path.join(out_dir, "detector_squeeze.json")) as f:
-            sq_file = json.load(f)
-        self.squeeze = TorchSqueeze(sq_file)
-        self.noise = sq_file.get("noise_copy")  # the noise copy's recipe, where the combiner reads it
+            self.squeeze = TorchSqueeze(json.load(f))
         with open(os.path.join(out_dir, "detector_residual.json")) as f:
             self.resid = json.load(f)
         with open(os.path.join(out_dir, "detector_fused.json")) as f:
@@ -86,15 +83,6 @@ class TorchFused(torch.nn.Module):
         hist = torch.sqrt(hard) + (torch.sqrt(soft + 1e-4) - torch.sqrt(soft + 1e-4).detach())
         return torch.cat([hist, r.mean(1, keepdim=True), (r ** 2).mean(1, keepdim=True).sqrt()], 1)
 
-    def noise_response(self, model, x, logits, feats):
-        """squeeze.noise_response, differentiable except the top-class change (a step)."""
-        n = self.noise
-        signs = torch.from_numpy(squeeze.noise_signs(x[0].numel(), n["seed"])).reshape(x.shape[1:])
-        lg, ft = model.features((x + n["sigma"] * signs).clamp(0, 1))
-        shift = ((ft - feats) ** 2).sum(1).add(1e-12).sqrt()
-        flip = (lg.argmax(1) != logits.argmax(1)).float()
-        return torch.stack([shift, log_margin(lg) - log_margin(logits), flip], 1)
-
     def forward(self, model, x):
         """(logits, features, fused logit)."""
         logits, feats = model.features(x)
@@ -109,21 +97,13 @@ class TorchFused(torch.nn.Module):
         if "widths" in self.fused:  # the raw-signal combiner, by the names its file lists (fused.INPUTS)
             blocks = {"penultimate-features": feats, "logits": logits, "residual-features": self.residual_features(x),
                       SQUEEZE_NAME: sq[:, None], "margin": margin[:, None],
-                      "log-margin": log_margin(logits)[:, None],
+                      "log-margin": margin.clamp_min(detectors.LOG_MARGIN_FLOOR).log()[:, None],
                       # sqrt(. + tiny): the distance's gradient is finite where a copy does not move
                       "squeeze-feature-shift": torch.stack([((ft - feats) ** 2).sum(1).add(1e-12).sqrt() for _, ft in copies], 1)}
-            if "noise-response" in self.fused["inputs"]:
-                blocks["noise-response"] = self.noise_response(model, x, logits, feats)
             inputs = torch.cat([blocks[name] for name in self.fused["inputs"]], 1)
         else:  # bundles fitted before it: the four detectors' scores and the margin
             inputs = torch.stack([maha, torch.sigmoid(z), sq, torch.sigmoid(rz), margin], 1)
         return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
-
-
-def log_margin(logits):
-    """detectors.log_margin in torch."""
-    top = torch.softmax(logits, 1).topk(2, 1).values
-    return (top[:, 0] - top[:, 1]).clamp_min(detectors.LOG_MARGIN_FLOOR).log()
 
 
 def legacy_matrix(inp: Inputs, dets: dict, resid_model) -> np.ndarray:

@@ -59,18 +59,14 @@ from .ood import Classifier
 FPRS = (0.01, 0.05)
 # The combiner's inputs (detector_fused.json's `inputs`): vectors of one forward pass and
 # of the input (src/defense/detectors.rs BLOCK_INPUTS), feature squeezing's score (by the
-# contract's name), the margin and its log (detectors.log_margin), and how the network
-# answers a copy with fixed noise (squeeze.noise_response).
+# contract's name), the margin and its log (detectors.log_margin).
 INPUTS = ("penultimate-features", "logits", "residual-features", contract.name_of("feature_squeezing"),
-          "squeeze-feature-shift", "margin", "log-margin", "noise-response")
-# The cascade's cheap combiner: every input but those of the extra forward passes (feature
-# squeezing's score and feature shift, the noise copy's response: what the cascade saves),
-# and the share of flagged AdvTrain inputs it may skip.
-SQUEEZED_INPUTS = (contract.name_of("feature_squeezing"), "squeeze-feature-shift", "noise-response")
-# Inputs a bundle's combiner takes only where they raise its out-of-fold AdvTrain TPR
-# (choose_inputs): the noise copy helped the chest and pneumoniamnist bundles and not the
-# seven-class dermoscopy one (experiments/noise_response.py), and costs a forward pass.
-OPTIONAL_INPUTS = ("noise-response",)
+          "squeeze-feature-shift", "margin", "log-margin")
+# The cascade's cheap combiner: every input but feature squeezing's score and feature shift
+# (its two extra forward passes are what the cascade saves), and the share of flagged
+# AdvTrain inputs it may skip.
+SQUEEZED_INPUTS = (contract.name_of("feature_squeezing"), "squeeze-feature-shift")
+CHEAP_INPUTS = tuple(i for i, name in enumerate(INPUTS) if name not in SQUEEZED_INPUTS)
 CASCADE_MISS = 0.01
 # Inverse regularisations the combiner may take (choose_c).
 C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -78,8 +74,7 @@ C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 class Inputs:
     """What the fused detector reads for a batch of [0, 1] images: the ONNX classifier's
-    logits and features (as the sidecar runs it), feature squeezing, the margin and the
-    noise copy's response."""
+    logits and features (as the sidecar runs it), feature squeezing and the margin."""
 
     def __init__(self, clf: Classifier, x: np.ndarray):
         self.logits, self.feats = clf.run(x, clf.logits_name, clf.features_name)
@@ -91,29 +86,27 @@ class Inputs:
         copies = [clf.run(f(x), clf.logits_name, clf.features_name) for f in (squeeze.squeeze_bits, squeeze.squeeze_median)]
         self.squeeze = np.maximum(*[np.abs(p - squeeze.softmax(lg)).sum(1) for lg, _ in copies])
         self.squeeze_shift = squeeze.feature_shift(self.feats, [ft for _, ft in copies])
-        noise_logits, noise_feats = clf.run(squeeze.noise_copy(x), clf.logits_name, clf.features_name)
-        self.noise_response = squeeze.noise_response(self.logits, self.feats, noise_logits, noise_feats)
         self.residual_features = residual.features(x)
 
     def blocks(self, names=INPUTS) -> list:
         """The combiner's inputs `names` (default INPUTS; a fused file's `inputs`), each (n, width)."""
         by_name = {"penultimate-features": self.feats, "logits": self.logits, "residual-features": self.residual_features,
                    contract.name_of("feature_squeezing"): self.squeeze[:, None], "squeeze-feature-shift": self.squeeze_shift,
-                   "margin": self.margin[:, None], "log-margin": self.log_margin[:, None], "noise-response": self.noise_response}
+                   "margin": self.margin[:, None], "log-margin": self.log_margin[:, None]}
         return [by_name[n] for n in names]
 
     def matrix(self, names=INPUTS) -> np.ndarray:
         return np.hstack(self.blocks(names))
 
 
-def widths(inp: Inputs, names=INPUTS) -> list:
-    return [b.shape[1] for b in inp.blocks(names)]
+def widths(inp: Inputs) -> list:
+    return [b.shape[1] for b in inp.blocks()]
 
 
-def columns(inp: Inputs, names, which) -> list:
-    """Column indices of the inputs named `which` in matrix(names)."""
-    starts = np.cumsum([0] + widths(inp, names))
-    return [c for i, n in enumerate(names) if n in which for c in range(starts[i], starts[i + 1])]
+def columns(inp: Inputs, which) -> list:
+    """Column indices of the inputs numbered `which` in matrix()."""
+    starts = np.cumsum([0] + widths(inp))
+    return [c for i in which for c in range(starts[i], starts[i + 1])]
 
 
 def base_scores(dets: dict, resid_model, inp: Inputs):
@@ -169,9 +162,9 @@ class AdvTrainBase:
     ra: np.ndarray  # ... and examples
     resid_model: object  # the residual-statistics detector fitted on all of AdvTrain
 
-    def matrices(self, names=INPUTS) -> tuple[np.ndarray, np.ndarray]:
-        """The combiner's inputs `names` for the clean images and the examples."""
-        return self.clean.matrix(names), self.adv.matrix(names)
+    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """The combiner's inputs (INPUTS order) for the clean images and the examples."""
+        return self.clean.matrix(), self.adv.matrix()
 
 
 def advtrain_base(clf: Classifier, x_tr: np.ndarray, y_tr: np.ndarray, att_tr: list, n_labels: int) -> AdvTrainBase:
@@ -198,17 +191,6 @@ def fit_calibrated(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.nda
     oof, _ = oof_scores(Xc, Xa, fold, src, range(Xc.shape[1]), choice["c"])
     thresholds = {f"fpr_{p}": detectors.threshold_at(oof, p) for p in FPRS}
     return fit_fused(np.vstack([Xc, Xa]), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))], choice["c"]), thresholds, choice
-
-
-def choose_inputs(base: AdvTrainBase) -> tuple[tuple, dict]:
-    """INPUTS, without OPTIONAL_INPUTS unless adding them raises choose_c's criterion (the
-    best out-of-fold AdvTrain mean TPR over C_GRID; ties: fewer inputs); AdvTest is never read."""
-    tpr = {}
-    for names in (tuple(n for n in INPUTS if n not in OPTIONAL_INPUTS), INPUTS):
-        tpr[names] = max(choose_c(*base.matrices(names), base.fold, base.src)["advtrain_oof_mean_tpr"].values())
-    best = max(tpr, key=lambda n: (tpr[n], -len(n)))
-    return best, {"optional": list(OPTIONAL_INPUTS), "taken": [n for n in OPTIONAL_INPUTS if n in best],
-                  "advtrain_oof_mean_tpr": {"without": tpr[min(tpr, key=len)], "with": tpr[max(tpr, key=len)]}}
 
 
 def choose_c(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray) -> dict:
@@ -284,32 +266,19 @@ def main(argv=None):
     C.write_json(os.path.join(out_dir, "detector_residual.json"), residual.to_json(
         resid_model, resid_thresholds, f"AdvTrain: {len(rc)} clean, {len(ra)} successful FGSM/BIM/PGD-20/C&W examples; "
         "thresholds from out-of-fold clean scores"))
-    names, selection = choose_inputs(base)
-    print(f"[fused] inputs {list(names)} ({selection})", flush=True)
-    Xc, Xa = base.matrices(names)
+    Xc, Xa = base.matrices()
     model, thresholds, choice = fit_calibrated(Xc, Xa, base.fold, base.src)
     scaler, lr = model
     print(f"[fused] fitted on {len(Xc)} clean and {len(Xa)} adversarial AdvTrain inputs ({Xc.shape[1]} values); "
           f"C={choice['c']} (out-of-fold AdvTrain mean TPR at 1 and 5 %: {choice['advtrain_oof_mean_tpr']}); thresholds {thresholds}", flush=True)
-    cheap_names = [n for n in names if n not in SQUEEZED_INPUTS]
-    cheap_cols = columns(base.clean, names, cheap_names)
+    cheap_cols = columns(base.clean, CHEAP_INPUTS)
     cheap, skip_below, train_skipped = fit_cascade(Xc, Xa, base.fold, base.src, thresholds["fpr_0.05"], cheap_cols, choice["c"])
     print(f"[fused] cascade: skip_below {skip_below:.4f}; AdvTrain clean skipping feature squeezing {train_skipped:.1%}", flush=True)
 
     # AdvTest, with the served base detectors and thresholds.
     dets = detectors.load_detectors(out_dir)
     with open(os.path.join(out_dir, "detector_squeeze.json")) as f:
-        sq_file = json.load(f)
-    sq_thr = sq_file["thresholds"]
-    # The sidecar makes the noise copy with the squeezed copies, so its recipe goes there
-    # (and only where the combiner reads it: it costs a forward pass).
-    sq_file.pop("noise_copy", None)
-    if "noise-response" in names:
-        sq_file["noise_copy"] = {
-            "sigma": squeeze.NOISE_SIGMA, "seed": squeeze.NOISE_SEED,
-            "read_by": "the fused detector's noise-response input: clip(x + sigma * signs, 0, 1), signs from SplitMix64(seed) "
-                       "(squeeze.noise_signs); not part of the feature-squeezing score"}
-    C.write_json(os.path.join(out_dir, "detector_squeeze.json"), sq_file)
+        sq_thr = json.load(f)["thresholds"]
     served = {n: dets[n]["thresholds"] if "thresholds" in dets[n] else None for n in ("mahalanobis", "logreg")}
 
     def evaluate(inp):
@@ -317,7 +286,7 @@ def main(argv=None):
         maha, logi, resid = base_scores(dets, resid_model, inp)
         union = {p: (maha > served["mahalanobis"][p]) | (logi > served["logreg"][p]) | (inp.squeeze > sq_thr[p])
                  for p in ("fpr_0.01", "fpr_0.05")}
-        X = inp.matrix(names)
+        X = inp.matrix()
         return fused_score(model, X), union, fused_score(cheap, X[:, cheap_cols]) < skip_below
 
     y_te = y[te]
@@ -360,19 +329,17 @@ def main(argv=None):
                 "all": float((np.r_[neg, on_train] > thresholds["fpr_0.05"]).mean()), "n": len(neg) + len(on_train)}
     clean_rates = {p: {"fused": float((neg > thresholds[p]).mean()), "union": float(neg_union[p].mean()),
                        "cascade": float((~neg_skip & (neg > thresholds[p])).mean())} for p in thresholds}
-    cascade = {"inputs": cheap_names, "widths": widths(ct, cheap_names), "mean": cheap[0].mean_.tolist(), "scale": cheap[0].scale_.tolist(),
+    cascade = {"inputs": [INPUTS[i] for i in CHEAP_INPUTS], "widths": [widths(ct)[i] for i in CHEAP_INPUTS], "mean": cheap[0].mean_.tolist(), "scale": cheap[0].scale_.tolist(),
                "weights": cheap[1].coef_[0].tolist(), "bias": float(cheap[1].intercept_[0]), "skip_below": skip_below,
                "chosen_on": f"AdvTrain, out-of-fold: the {CASCADE_MISS:.0%} quantile of this score over the inputs the fused "
                             "detector flags at its 5 % threshold"}
 
-    det = {"kind": "fused", "inputs": list(names), "widths": widths(ct, names), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+    det = {"kind": "fused", "inputs": list(INPUTS), "widths": widths(ct), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
            "weights": lr.coef_[0].tolist(), "bias": float(lr.intercept_[0]), "thresholds": thresholds,
            "score": "1 / (1 + exp(-(bias + sum_j weights[j] * (x[j] - mean[j]) / scale[j]))), x = the inputs' values in "
                     "order (widths[i] each): penultimate features, logits, residual-statistics features, the feature-squeezing "
                     "score, the L2 shift of the penultimate features under each squeezer, margin = top-1 minus top-2 "
-                    "softmax probability, log-margin = ln(max(margin, 1e-6)), noise-response = the L2 shift of the "
-                    "penultimate features, the change of log-margin and 1 if the top class changes, under the noise copy "
-                    "(detector_squeeze.json noise_copy)",
+                    "softmax probability, log-margin = ln(max(margin, 1e-6))",
            "fitted_on": f"AdvTrain: {len(Xc)} clean, {len(Xa)} successful FGSM/BIM/PGD-20 (1-8/255) and C&W examples; "
                         "base scores and thresholds out-of-fold", "cascade": cascade, "generated_by": "python -m medsentry_training.fused"}
     C.write_json(os.path.join(out_dir, "detector_fused.json"), det)
@@ -383,10 +350,10 @@ def main(argv=None):
     if pick:
         ok = np.flatnonzero(successful(Inputs(clf, pick[0]), y_te, ct.pred))
         flagged = [(pick[0][i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok]
-    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below, cheap_cols), names)
+    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below, cheap_cols))
     C.merge_report(out_dir, "fused_detector", {
         "command": f"python -m medsentry_training.fused --dataset {args.dataset}" + (" --from-records" if args.from_records else ""),
-        "inputs": list(names), "widths": widths(ct, names), "input_selection": selection,
+        "inputs": list(INPUTS), "widths": widths(ct),
         "attacks_made_by": "the attack stage (its records)" if spec.fit_dir is not None or args.from_records else "this stage",
         "weights": lr.coef_[0].tolist(), "regularisation": choice, "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
         "clean_advtest": clean_rates, "rows": rows,
@@ -395,7 +362,7 @@ def main(argv=None):
     print(f"[done] fused detector: clean AdvTest {clean_rates} ({time.time() - t0:.0f}s)", flush=True)
 
 
-def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float, cw: list, cascade, names, per_kind: int = 3) -> None:
+def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float, cw: list, cascade, per_kind: int = 3) -> None:
     """The fused score of each advtest_sample.json item, for the Rust parity test, and up to
     `per_kind` successful C&W AdvTest examples that the fused detector flags ADVERSARIAL
     (a quarter of the way from the threshold to 1, as tests/common picks its flagged
@@ -406,7 +373,7 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
     smp.drop("cw")
     inp = Inputs(clf, smp.pixels())
     base = base_scores(dets, resid_model, inp)
-    X = inp.matrix(names)
+    X = inp.matrix()
     s, skip = fused_score(model, X), fused_score(cheap, X[:, cheap_cols]) < skip_below
     smp.add_scores(contract.name_of("fused"), s)
     smp.add_scores(contract.name_of("residual_statistics"), base[2])
@@ -416,7 +383,7 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
         ci = Inputs(clf, xc)
         base = detectors.score_all(dets, ci.logits, ci.feats)
         base["residual"] = residual.score(resid_model, ci.residual_features)
-        X = ci.matrix(names)
+        X = ci.matrix()
         fs, skip = fused_score(model, X), fused_score(cheap, X[:, cheap_cols]) < skip_below
         # One example for a full-size input (a 224 px item is about 1.5 MB of JSON).
         per_kind = per_kind if xc[0].size <= 3 * 64 * 64 else 1

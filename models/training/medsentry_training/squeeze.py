@@ -24,7 +24,7 @@ from scipy.ndimage import median_filter
 
 from . import advcommon as C
 from . import contract, sample
-from .detectors import log_margin, threshold_at
+from .detectors import threshold_at
 from .evaluate import detected_rows, positives
 
 BIT_DEPTH = 5
@@ -45,45 +45,6 @@ def feature_shift(feats: np.ndarray, copy_feats: list) -> np.ndarray:
     squeezed copy's (src/defense/squeeze.rs `feature_shift`), a raw signal of the fused
     detector."""
     return np.column_stack([np.linalg.norm(c - feats, axis=1) for c in copy_feats])
-
-
-# The fixed-noise copy the fused detector reads (fused.py "noise-response"; the fused stage
-# writes it into detector_squeeze.json as `noise_copy`, since the sidecar makes it with the
-# squeezed copies): the input plus +-sigma per value, one fixed sign pattern, clipped to
-# [0, 1]. sigma chosen on AdvTrain alone (experiments/noise_response.py).
-NOISE_SIGMA = 8 / 255
-NOISE_SEED = 7
-_U64 = (1 << 64) - 1
-
-
-def noise_signs(n: int, seed: int) -> np.ndarray:
-    """n values of +-1 (float32): bit k (least significant first) of the i-th SplitMix64
-    output from `seed` is the sign of value 64 i + k, set = +1 (src/defense/noise.rs `signs`)."""
-    state, words = seed & _U64, []
-    for _ in range((n + 63) // 64):
-        state = (state + 0x9E3779B97F4A7C15) & _U64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
-        words.append(z ^ (z >> 31))
-    bits = np.unpackbits(np.array(words, dtype="<u8").view(np.uint8), bitorder="little")[:n]
-    return np.where(bits == 1, 1.0, -1.0).astype(np.float32)
-
-
-def noise_copy(x: np.ndarray, sigma: float = NOISE_SIGMA, seed: int = NOISE_SEED) -> np.ndarray:
-    """clip(x + sigma * signs, 0, 1) in float32 for (n, C, H, W) inputs in [0, 1], the signs
-    laid out over one input's C, H, W in that order."""
-    signs = noise_signs(int(np.prod(x.shape[1:])), seed).reshape(x.shape[1:])
-    return np.clip(x.astype(np.float32) + np.float32(sigma) * signs, 0, 1).astype(np.float32)
-
-
-def noise_response(logits: np.ndarray, feats: np.ndarray, copy_logits: np.ndarray, copy_feats: np.ndarray) -> np.ndarray:
-    """(n, 3): how the network answers the noise copy (src/defense/noise.rs `response`): the
-    L2 shift of the penultimate features, the change of the log-margin, and 1 where the top
-    class changes. An attack that stops just past the boundary sits where the network is
-    unusually sensitive (Roth et al. 2019); a clean image it is unsure of is only near it."""
-    return np.column_stack([np.linalg.norm(copy_feats - feats, axis=1), log_margin(copy_logits) - log_margin(logits),
-                            (copy_logits.argmax(1) != logits.argmax(1)).astype(np.float64)])
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

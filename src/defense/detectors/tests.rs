@@ -3,7 +3,7 @@
 use super::*;
 
 fn logits_only(logits: &[f32]) -> CombinerInputs<'_> {
-    CombinerInputs { logits, features: &[], residual_features: None, squeeze_shift: None, noise_response: None }
+    CombinerInputs { logits, features: &[], residual_features: None, squeeze_shift: None }
 }
 
 #[test]
@@ -11,7 +11,7 @@ fn a_combiner_reads_vectors_of_the_forward_pass_by_width() {
     let file = br#"{"kind":"fused","inputs":["penultimate-features","residual-features","margin"],"widths":[2,1,1],
         "mean":[1,0,0,0],"scale":[2,1,1,1],"weights":[1,-1,0.5,0],"bias":0.25,"thresholds":{}}"#;
     let Detector::Fused(f) = Detector::load("fused", file, 2, 2).unwrap() else { panic!("not fused") };
-    let x = CombinerInputs { logits: &[0.0, 0.0], features: &[3.0, 2.0], residual_features: Some(&[4.0]), squeeze_shift: None, noise_response: None };
+    let x = CombinerInputs { logits: &[0.0, 0.0], features: &[3.0, 2.0], residual_features: Some(&[4.0]), squeeze_shift: None };
     // z = 0.25 + (3 - 1) / 2 - (2 - 0) + 0.5 * 4 + 0 * margin
     let want = 1.0 / (1.0 + (-(0.25 + 1.0 - 2.0 + 2.0f64)).exp());
     assert!((f.combiner.score(&[], x) - want).abs() < 1e-12);
@@ -22,11 +22,6 @@ fn a_combiner_reads_vectors_of_the_forward_pass_by_width() {
     let with_shift = CombinerInputs { squeeze_shift: Some([3.0, 4.0]), ..x };
     assert!((f.combiner.score(&[], with_shift) - 1.0 / (1.0 + (-4.0f64).exp())).abs() < 1e-12, "z = (3 - 1) + 4 / 2");
     assert!(f.combiner.score(&[], x).is_nan(), "without the squeezed copies the shift is missing");
-    let noise = br#"{"kind":"fused","inputs":["noise-response"],"widths":[3],"mean":[0,0,0],"scale":[1,1,2],"weights":[1,1,1],"bias":0,"thresholds":{}}"#;
-    let Detector::Fused(f) = Detector::load("fused", noise, 2, 2).unwrap() else { panic!("not fused") };
-    let with_noise = CombinerInputs { noise_response: Some([1.0, -2.0, 1.0]), ..x };
-    assert!((f.combiner.score(&[], with_noise) - 1.0 / (1.0 + (0.5f64).exp())).abs() < 1e-12, "z = 1 - 2 + 1 / 2");
-    assert!(f.combiner.score(&[], x).is_nan(), "without the noise copy its response is missing");
     let scalar_as_vector = br#"{"kind":"fused","inputs":["a"],"widths":[2],"mean":[0,0],"scale":[1,1],"weights":[1,1],"bias":0,"thresholds":{}}"#;
     assert!(Detector::load("fused", scalar_as_vector, 2, 2).unwrap_err().contains("one score"));
 }
