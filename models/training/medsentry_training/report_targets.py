@@ -106,14 +106,19 @@ def campaign_rows(cp: dict, a) -> None:
         a("| Every UAP stream raises the campaign (shared-perturbation) alarm | the committed UAPs at full strength, at "
           "the current threshold: " + ", ".join(f"{f['uap']} {pct(f['alarm_rate'])} % of windows" for f in fixtures)
           + f" | {'met' if not silent else 'missed'} |")
-    streams = cp.get("uap_streams") or []
+    # The random controls of the same norm are not attacks: left out here.
+    streams = [s for s in cp.get("uap_streams") or [] if s["attack"] != "uap_random"]
     if streams:
-        never = [f"{s['attack']} {s['budget']}" for s in streams if s["residual_alarm_rate"] == 0]
+        # A stream alarms when either of the monitor's alarms fires on any of its windows.
+        res = sum(s["residual_alarm_rate"] > 0 for s in streams)
+        mix = sum(s["class_mix_alarm_rate"] > 0 for s in streams)
+        never = [f"{s['attack']} {s['budget']}" for s in streams if s["residual_alarm_rate"] == 0 and s["class_mix_alarm_rate"] == 0]
         then = cp.get("uap_streams_threshold")
         now = (cp.get("config") or {}).get("residual_threshold")
         stale = f" (measured at the earlier threshold {then}; now {now})" if then is not None and then != now else ""
-        a(f"| The same, every UAP the attack stage made | {len(streams) - len(never)} of {len(streams)} streams alarm"
-          + (f"; never: {', '.join(never)}" if never else "") + f"{stale} | {'met' if not never and not stale else ''} |")
+        a(f"| The same, every UAP the attack stage made (either alarm) | {len(streams) - len(never)} of {len(streams)} streams "
+          f"alarm (shared perturbation on {res}, class mix on {mix})" + (f"; never: {', '.join(never)}" if never else "")
+          + f"{stale} | {'met' if not never and not stale else 'missed' if not stale else ''} |")
 
 
 def why(fd: dict, full: dict, a) -> None:
