@@ -4,6 +4,8 @@ the small budgets, why (nothing here is new data).
 """
 from __future__ import annotations
 
+import math
+
 SEEN = ("fgsm", "bim", "pgd20", "cw")
 # The never-seen families the detection issue names (transfer: PGD-20 crafted on the surrogate).
 UNSEEN = ("square", "transfer", "uap", "deepfool", "lbfgs")
@@ -12,6 +14,18 @@ SMALL_BUDGETS = ("linf_1", "linf_2", "linf_4", "l2_c1")
 
 def pct(v):
     return "–" if v is None else f"{100 * v:.1f}"
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a rate of k in n (the clean rates rest on a few images)."""
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def binomial_tail(n: int, p: float, k: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    return float(sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)))
 
 
 def _at_least(v: float, target: float) -> str:
@@ -63,8 +77,15 @@ def targets_section(full: dict, a) -> None:
         a(f"| Non-adaptive PGD-20 at 4/255 fools and is answered CLEAN on <= 2 % of AdvTest | {pct(plain)} % | "
           f"{_at_most(plain, 0.02)} |")
     clean = fd["clean_advtest"]["fpr_0.01"]["fused"]
-    a(f"| Clean AdvTest over the 1 % threshold <= 1.5 % | {pct(clean)} % | {_at_most(clean, 0.015)} |")
     off = fd.get("official_test_flagged")
+    n_clean = off["n"] - fd["advtrain"]["clean"] if off else None
+    spread = ""
+    if n_clean:
+        k = round(clean * n_clean)
+        lo, hi = wilson(k, n_clean)
+        spread = f" ({k} of {n_clean}; 95 % interval {pct(lo)}-{pct(hi)} %: a threshold at exactly 1 % lands over 1.5 % " \
+                 f"{pct(binomial_tail(n_clean, 0.01, math.floor(0.015 * n_clean) + 1))} % of the time on this many images)"
+    a(f"| Clean AdvTest over the 1 % threshold <= 1.5 % | {pct(clean)} %{spread} | {_at_most(clean, 0.015)} |")
     if off:
         a(f"| Clean official test set flagged (ADVERSARIAL or SUSPICIOUS) <= 6 % | {pct(off['all'])} % of {off['n']} "
           f"(AdvTest half {pct(off['advtest'])} %; AdvTrain half, which the combiner was fitted on, "
