@@ -130,15 +130,17 @@ def campaign_rows(cp: dict, a) -> None:
     # The random controls of the same norm are not attacks: left out here.
     streams = [s for s in cp.get("uap_streams") or [] if s["attack"] != "uap_random"]
     if streams:
-        # A stream alarms when either of the monitor's alarms fires on any of its windows.
+        # A stream counts when the shared-perturbation (campaign) alarm or the class-mix drift alert
+        # fires on any of its windows.
         res = sum(s["residual_alarm_rate"] > 0 for s in streams)
         mix = sum(s["class_mix_alarm_rate"] > 0 for s in streams)
         never = [f"{s['attack']} {s['budget']}" for s in streams if s["residual_alarm_rate"] == 0 and s["class_mix_alarm_rate"] == 0]
         then = cp.get("uap_streams_threshold")
         now = (cp.get("config") or {}).get("residual_threshold")
         stale = f" (measured at the earlier threshold {then}; now {now})" if then is not None and then != now else ""
-        a(f"| The same, every UAP the attack stage made (either alarm) | {len(streams) - len(never)} of {len(streams)} streams "
-          f"alarm (shared perturbation on {res}, class mix on {mix})" + (f"; never: {', '.join(never)}" if never else "")
+        a(f"| The same, every UAP the attack stage made (campaign alarm or class-mix drift alert) | "
+          f"{len(streams) - len(never)} of {len(streams)} streams raise one (campaign alarm on {res}, class-mix drift on {mix})"
+          + (f"; never: {', '.join(never)}" if never else "")
           + f"{stale} | {'met' if not never and not stale else 'missed' if not stale else ''} |")
 
 
