@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from scipy.stats import betabinom
+
 SEEN = ("fgsm", "bim", "pgd20", "cw")
 # The never-seen families the detection issue names (transfer: PGD-20 crafted on the surrogate).
 UNSEEN = ("square", "transfer", "uap", "deepfool", "lbfgs")
@@ -16,16 +18,13 @@ def pct(v):
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a rate of k in n (the clean rates rest on a few images)."""
-    p, d = k / n, 1 + z * z / n
-    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, mid - half), min(1.0, mid + half)
-
-
-def binomial_tail(n: int, p: float, k: int) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
-    return float(sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+def over_calibration(n_fit: int, n_test: int, fpr: float, count: int) -> float:
+    """P(at least `count` of `n_test` clean images over a threshold set as detectors.threshold_at
+    sets it on `n_fit` clean scores): that threshold is the (k+1)-th highest score, k =
+    floor(fpr n_fit), so the share of clean images over it is Beta(k + 1, n_fit - k)
+    distributed, and the count on the test half beta-binomial."""
+    k = math.floor(fpr * n_fit)
+    return float(betabinom.sf(count - 1, n_test, k + 1, n_fit - k))
 
 
 def _at_least(v: float, target: float) -> str:
@@ -81,10 +80,10 @@ def targets_section(full: dict, a) -> None:
     n_clean = off["n"] - fd["advtrain"]["clean"] if off else None
     spread = ""
     if n_clean:
-        k = round(clean * n_clean)
-        lo, hi = wilson(k, n_clean)
-        spread = f" ({k} of {n_clean}; 95 % interval {pct(lo)}-{pct(hi)} %: a threshold at exactly 1 % lands over 1.5 % " \
-                 f"{pct(binomial_tail(n_clean, 0.01, math.floor(0.015 * n_clean) + 1))} % of the time on this many images)"
+        k, n_fit = round(clean * n_clean), fd["advtrain"]["clean"]
+        spread = (f" ({k} of {n_clean}; a threshold set this way on {n_fit} clean AdvTrain scores puts more than 1.5 % of "
+                  f"{n_clean} clean images over it with probability {pct(over_calibration(n_fit, n_clean, 0.01, math.floor(0.015 * n_clean) + 1))} %, "
+                  f"{k} or more with {pct(over_calibration(n_fit, n_clean, 0.01, k))} %)")
     a(f"| Clean AdvTest over the 1 % threshold <= 1.5 % | {pct(clean)} %{spread} | {_at_most(clean, 0.015)} |")
     if off:
         a(f"| Clean official test set flagged (ADVERSARIAL or SUSPICIOUS) <= 6 % | {pct(off['all'])} % of {off['n']} "
