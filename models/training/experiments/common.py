@@ -1,5 +1,5 @@
 """What the experiments share: a bundle's AdvTrain and AdvTest as the fused stage sees them
-(the attack stage's records: `attacks --dataset D --served-only --only fgsm,bim,pgd20,cw,square`)
+(the attack stage's records: `attacks --dataset D --served-only --only fgsm,bim,pgd20,cw,square,transfer`)
 and the protocol every experiment measures by: fitted on AdvTrain only (5 folds by clean
 image), threshold = the 1 % quantile of the out-of-fold clean AdvTrain scores, AdvTest
 scored once, successful attacks only.
@@ -47,7 +47,9 @@ def load(argv) -> Setup:
     tests = []
     for fam, b, xa in att_te:
         inp = F.Inputs(clf, xa)
-        tests.append((fam, b, xa, inp, F.successful(inp, y[te], ct.pred)))
+        m = F.successful(inp, y[te], ct.pred)
+        if m.any():  # a row without a successful example (transfer at 1/255) has nothing to score
+            tests.append((fam, b, xa, inp, m))
     return Setup(spec, clf, x, y, tr, te, base, ct, tests)
 
 
@@ -75,3 +77,18 @@ def report(s: Setup, name: str, oof, tc, tp) -> None:
     rows = [f"{fam}{b[-1]} {100 * (p > t1).mean():.0f}% ({auc(p):.3f})" for (fam, b, *_), p in zip(s.tests, tp)]
     tpr = np.mean([(p > t1).mean() for p in tp])
     print(f"{name}: clean AdvTest {100 * (tc > t1).mean():.1f}%, mean TPR {100 * tpr:.1f}% | " + ", ".join(rows), flush=True)
+
+
+def add_minimal_attacks(s: Setup) -> None:
+    """Adds the fused stage's DeepFool and L-BFGS AdvTest rows (its cache) to s.tests."""
+    net, _ = C.load_ckpt(C.ckpt_path(s.spec, "hardened"))
+    cache = os.path.join(datasets.WORK, f"fused_minimal_{s.spec.name}.npz")
+    for fam, b, xa in F.minimal_attacks(net, s.x[s.te], s.y[s.te], cache):
+        inp = F.Inputs(s.clf, xa)
+        s.tests.append((fam, b, xa, inp, F.successful(inp, s.y[s.te], s.ct.pred)))
+
+
+def advtrain_tpr(s: Setup, Xc, Xa, c: float) -> float:
+    """choose_c's criterion, AdvTrain only: out-of-fold TPR averaged over the 1 and 5 % thresholds."""
+    sc, sa = F.oof_scores(Xc, Xa, s.base.fold, s.base.src, range(Xc.shape[1]), c)
+    return 100 * np.mean([(sa > detectors.threshold_at(sc, p)).mean() for p in F.FPRS])

@@ -10,20 +10,15 @@ stage's DeepFool and L-BFGS examples (its cache).
     cd models/training && .venv/bin/python experiments/log_margin.py [chest_xray] [C]
 """
 
-import os
 import sys
 
 import numpy as np
 
-from common import C, F, datasets, lin, load, oof_fit, report  # noqa: E402
+from common import F, add_minimal_attacks, advtrain_tpr, lin, load, oof_fit, report  # noqa: E402
 
 s = load(sys.argv)
 c = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
-net, _ = C.load_ckpt(C.ckpt_path(s.spec, "hardened"))
-cache = os.path.join(datasets.WORK, f"fused_minimal_{s.spec.name}.npz")
-for fam, b, xa in F.minimal_attacks(net, s.x[s.te], s.y[s.te], cache):
-    inp = F.Inputs(s.clf, xa)
-    s.tests.append((fam, b, xa, inp, F.successful(inp, s.y[s.te], s.ct.pred)))
+add_minimal_attacks(s)
 
 
 def log_margin(inp):
@@ -42,9 +37,7 @@ j = lambda A, B: np.hstack([A, B])  # noqa: E731
 
 
 def advtrain(Xc, Xa):
-    """choose_c's criterion, AdvTrain only: out-of-fold TPR averaged over the 1 and 5 % thresholds."""
-    sc, sa = F.oof_scores(Xc, Xa, s.base.fold, s.base.src, range(Xc.shape[1]), c)
-    return 100 * np.mean([(sa > F.detectors.threshold_at(sc, p)).mean() for p in F.FPRS])
+    return advtrain_tpr(s, Xc, Xa, c)
 
 
 print(f"AdvTrain out-of-fold mean TPR, raw signals: {advtrain(R_c, R_a):.1f}%")

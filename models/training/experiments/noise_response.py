@@ -29,53 +29,37 @@ much as the input did (above: 69.9 % with numpy's pattern). Not served: within t
 of the criterion, for an extra forward pass per screened input.
 """
 
-import os
 import sys
 import time
 
 import numpy as np
 
-from common import C, F, datasets, lin, load, oof_fit, report  # noqa: E402
+from common import F, add_minimal_attacks, advtrain_tpr, lin, load, oof_fit, report  # noqa: E402
 
 s = load(sys.argv)
 c = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
-net, _ = C.load_ckpt(C.ckpt_path(s.spec, "hardened"))
-cache = os.path.join(datasets.WORK, f"fused_minimal_{s.spec.name}.npz")
-for fam, b, xa in F.minimal_attacks(net, s.x[s.te], s.y[s.te], cache):
-    inp = F.Inputs(s.clf, xa)
-    s.tests.append((fam, b, xa, inp, F.successful(inp, s.y[s.te], s.ct.pred)))
-
+add_minimal_attacks(s)
 s.tests = [t for t in s.tests if t[4].sum() >= 5]  # rows with too few successful examples say nothing
 shape = s.x.shape[1:]
 PATTERNS = np.random.default_rng(7).choice([-1.0, 1.0], size=(4, *shape)).astype(np.float32)
 
 
-def log_margin_of(logits):
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    top = np.sort(p, axis=1)
-    return np.log(np.maximum(top[:, -1] - top[:, -2], 1e-6))
-
-
 def response(xx, inp, sigma, k):
     cols = []
-    lm = log_margin_of(inp.logits)
+    lm = F.detectors.log_margin(inp.logits)
     for pat in PATTERNS[:k]:
         lg, ft = s.clf.run(np.clip(xx + sigma * pat, 0, 1).astype(np.float32), s.clf.logits_name, s.clf.features_name)
-        cols += [np.linalg.norm(ft - inp.feats, axis=1), log_margin_of(lg) - lm, (lg.argmax(1) != inp.logits.argmax(1)).astype(float)]
+        cols += [np.linalg.norm(ft - inp.feats, axis=1), F.detectors.log_margin(lg) - lm, (lg.argmax(1) != inp.logits.argmax(1)).astype(float)]
     return np.column_stack(cols)
 
 
-SERVED = [n for n in F.INPUTS if n != "noise-response"]  # the inputs served before this experiment
-R_c, R_a, R_t = s.base.clean.matrix(SERVED), s.base.adv.matrix(SERVED), s.ct.matrix(SERVED)
-R_p = [inp.matrix(SERVED)[m] for _, _, _, inp, m in s.tests]
+R_c, R_a, R_t = s.base.clean.matrix(), s.base.adv.matrix(), s.ct.matrix()  # the served inputs
+R_p = [inp.matrix()[m] for _, _, _, inp, m in s.tests]
 j = lambda A, B: np.hstack([A, B])  # noqa: E731
 
 
 def advtrain(Xc, Xa):
-    """choose_c's criterion, AdvTrain only: out-of-fold TPR averaged over the 1 and 5 % thresholds."""
-    sc, sa = F.oof_scores(Xc, Xa, s.base.fold, s.base.src, range(Xc.shape[1]), c)
-    return 100 * np.mean([(sa > F.detectors.threshold_at(sc, p)).mean() for p in F.FPRS])
+    return advtrain_tpr(s, Xc, Xa, c)
 
 
 print(f"AdvTrain out-of-fold mean TPR, served inputs: {advtrain(R_c, R_a):.1f}%")
