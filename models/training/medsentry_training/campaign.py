@@ -246,6 +246,10 @@ def main(argv=None):
         rows.append({"attack": rec.attack, "budget": rec.budget, "n": int(m.sum()),
                      "residual_alarm_rate": res_rate, "class_mix_alarm_rate": mix_rate,
                      "mean_window_score": float(random_windows(r_adv, 200, rng).mean()),
+                     # how much of an attack the stream is: a UAP that moves almost no prediction
+                     # is no campaign, and the report says so beside a stream that never alarms
+                     "changed_prediction_rate": float((rec.pred_adv[m] != rec.pred_clean[m]).mean()),
+                     "success_rate": float(rec.success[m].mean()),
                      "predicted_mix": (np.bincount(rec.pred_adv[m], minlength=k) / m.sum()).tolist()})
         print(f"[campaign] {rec.attack} {rec.budget}: residual {res_rate:.3f}, class mix {mix_rate:.3f}", flush=True)
 

@@ -8,14 +8,12 @@ import math
 
 from scipy.stats import betabinom
 
+from .report_sections import pct
+
 SEEN = ("fgsm", "bim", "pgd20", "cw")
 # The never-seen families the detection issue names (transfer: PGD-20 crafted on the surrogate).
 UNSEEN = ("square", "transfer", "uap", "deepfool", "lbfgs")
 SMALL_BUDGETS = ("linf_1", "linf_2", "linf_4", "l2_c1")
-
-
-def pct(v):
-    return "–" if v is None else f"{100 * v:.1f}"
 
 
 def over_calibration(n_fit: int, n_test: int, fpr: float, count: int) -> float:
@@ -117,7 +115,7 @@ def campaign_rows(cp: dict, a) -> None:
     ordered = (cp.get("ordered") or {}).get("clean_test") or {}
     if ordered:
         worst = max(v["alarm_rate"] for v in ordered.values())
-        a(f"| Clean official test set in file order and patient-grouped: no campaign alarm | alarm in "
+        a("| Clean official test set in file order and patient-grouped: no campaign alarm | alarm in "
           + ", ".join(f"{pct(v['alarm_rate'])} % of {v['windows']} {k.replace('_', '-')} windows" for k, v in ordered.items())
           + f" | {'met' if worst == 0 else 'missed'} |")
     fixtures = [f for f in cp.get("fixture_streams") or [] if f["scale"] == 1.0]
@@ -133,7 +131,8 @@ def campaign_rows(cp: dict, a) -> None:
         # fires on any of its windows.
         res = sum(s["residual_alarm_rate"] > 0 for s in streams)
         mix = sum(s["class_mix_alarm_rate"] > 0 for s in streams)
-        never = [f"{s['attack']} {s['budget']}" for s in streams if s["residual_alarm_rate"] == 0 and s["class_mix_alarm_rate"] == 0]
+        never = [f"{s['attack']} {s['budget']}" + moved(s) for s in streams
+                 if s["residual_alarm_rate"] == 0 and s["class_mix_alarm_rate"] == 0]
         then = cp.get("uap_streams_threshold")
         now = (cp.get("config") or {}).get("residual_threshold")
         stale = f" (measured at the earlier threshold {then}; now {now})" if then is not None and then != now else ""
@@ -141,6 +140,13 @@ def campaign_rows(cp: dict, a) -> None:
           f"{len(streams) - len(never)} of {len(streams)} streams raise one (campaign alarm on {res}, class-mix drift on {mix})"
           + (f"; never: {', '.join(never)}" if never else "")
           + f"{stale} | {'met' if not never and not stale else 'missed' if not stale else ''} |")
+
+
+def moved(stream: dict) -> str:
+    """How many AdvTest predictions a silent UAP stream changed (absent in rows written before
+    the campaign stage recorded it)."""
+    rate = stream.get("changed_prediction_rate")
+    return "" if rate is None else f" (changes {pct(rate)} % of predictions, succeeds on {pct(stream['success_rate'])} %)"
 
 
 def why(fd: dict, full: dict, a) -> None:
