@@ -153,11 +153,14 @@ def ordered_streams(r: np.ndarray, files, rng, grouped: int) -> dict:
     return out
 
 
-def ordered_section(spec, x_test, files_test, thr_res: float, rng) -> tuple[float, dict]:
+def ordered_section(spec, x_test, files_test, thr_res: float) -> tuple[float, dict]:
     """The ordered-stream calibration on the official training set, and the clean official
     test set streamed in file order and grouped by patient at the resulting threshold."""
     x_train, _, files_train = datasets.load_split(spec, "train")
     r_train = residuals(x_train)
+    # its own generator, never the caller's: the full stage and --ordered-only must draw the
+    # same random training windows, or the threshold (1.25 x their maximum) differs between them
+    rng = np.random.default_rng(0)
     cal = ordered_streams(r_train, files_train, rng, grouped=2)
     cal["random"] = random_windows(r_train, 20000, rng)  # (more images than AdvTrain: a fuller tail)
     cal_max = max(float(v.max()) for v in cal.values())
@@ -186,6 +189,14 @@ def fixture_streams(spec, x_test, advtest, thr: float, rng) -> list:
     return rows
 
 
+def fooled_rate(rec, m: np.ndarray) -> float | None:
+    """Share of the AdvTest images the served model gets right clean that the UAP moves to a
+    wrong class (the record's own `success` also counts images already wrong, or already in
+    a targeted UAP's class)."""
+    ok = m & (rec.pred_clean == rec.label)
+    return float((rec.pred_adv[ok] != rec.label[ok]).mean()) if ok.any() else None
+
+
 def ordered_only(args, spec, out_dir):
     """--ordered-only: recalibrate the residual threshold without the attack records."""
     t0 = time.time()
@@ -196,7 +207,7 @@ def ordered_only(args, spec, out_dir):
         advtest = np.array(json.load(f)["AdvTest"]["index"], dtype=np.int64)
     x, _, files = datasets.load_split(spec, "test")
     random_thr = float(RESIDUAL_MARGIN * camp["calibration"]["clean_advtrain_window_max"])
-    thr, ordered = ordered_section(spec, x, files, random_thr, rng)
+    thr, ordered = ordered_section(spec, x, files, random_thr)
     camp.setdefault("uap_streams_threshold", camp["config"]["residual_threshold"])
     camp["config"]["residual_threshold"] = round(thr, 6)
     camp["ordered"] = ordered
@@ -229,7 +240,7 @@ def main(argv=None):
 
     r_all = residuals(st.x)
     clean_train = random_windows(r_all[tr], 20000, rng)
-    thr_res, ordered = ordered_section(spec, st.x, st.files, float(RESIDUAL_MARGIN * clean_train.max()), rng)
+    thr_res, ordered = ordered_section(spec, st.x, st.files, float(RESIDUAL_MARGIN * clean_train.max()))
     thr_mix = float(chi2.isf(CLASS_MIX_TAIL, k - 1))
     fa_res, fa_mix = stream_alarms(r_all[te], pred[te], ref_mix, thr_res, thr_mix, rng)
     print(f"[campaign] residual thr {thr_res:.4f} (clean AdvTrain window max {clean_train.max():.4f}); "
@@ -249,7 +260,7 @@ def main(argv=None):
                      # how much of an attack the stream is: a UAP that moves almost no prediction
                      # is no campaign, and the report says so beside a stream that never alarms
                      "changed_prediction_rate": float((rec.pred_adv[m] != rec.pred_clean[m]).mean()),
-                     "success_rate": float(rec.success[m].mean()),
+                     "fooled_rate": fooled_rate(rec, m),
                      "predicted_mix": (np.bincount(rec.pred_adv[m], minlength=k) / m.sum()).tolist()})
         print(f"[campaign] {rec.attack} {rec.budget}: residual {res_rate:.3f}, class mix {mix_rate:.3f}", flush=True)
 

@@ -60,10 +60,11 @@ def campaign_section(c, a):
     if old is not None and old != cfg["residual_threshold"]:
         a(f"The table below was measured at the earlier residual threshold {old}; it is re-measured at "
           f"{cfg['residual_threshold']} when the campaign stage runs with the attack records.\n")
-    a("| UAP stream (every request perturbed) | budget | n | predictions changed % | mean window score | residual alarm % | class-mix alarm % | predicted mix |")
-    a("|---|---|---|---|---|---|---|---|")
+    a("| UAP stream (every request perturbed) | budget | n | predictions changed % | fools % of clean-correct | mean window score | residual alarm % | class-mix alarm % | predicted mix |")
+    a("|---|---|---|---|---|---|---|---|---|")
     for row in c["uap_streams"]:
         a(f"| {row['attack']} | {row['budget']} | {row['n']} | {pct(row.get('changed_prediction_rate'))} | "
+          f"{pct(row.get('fooled_rate'))} | "
           f"{f3(row['mean_window_score'])} | {pct(row['residual_alarm_rate'])} | "
           f"{pct(row['class_mix_alarm_rate'])} | {', '.join(f'{v:.2f}' for v in row['predicted_mix'])} |")
 

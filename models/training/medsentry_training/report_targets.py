@@ -146,7 +146,8 @@ def moved(stream: dict) -> str:
     """How many AdvTest predictions a silent UAP stream changed (absent in rows written before
     the campaign stage recorded it)."""
     rate = stream.get("changed_prediction_rate")
-    return "" if rate is None else f" (changes {pct(rate)} % of predictions, succeeds on {pct(stream['success_rate'])} %)"
+    return "" if rate is None else (f" (changes {pct(rate)} % of predictions; fools {pct(stream.get('fooled_rate'))} % "
+                                    "of the images the model gets right)")
 
 
 def why(fd: dict, full: dict, a) -> None:
