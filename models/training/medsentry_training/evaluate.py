@@ -168,7 +168,7 @@ def main(argv=None):
     t0 = time.time()
     with C.timed(times, "load"):
         st = C.load_stage(spec, args.limit)
-        adir, man, model, ck, x, y, files, split, recs = st.adir, st.man, st.model, st.ck, st.x, st.y, st.files, st.split, st.recs
+        man, model, ck, x, y, split, recs = st.man, st.model, st.ck, st.x, st.y, st.split, st.recs
         # A fitted bundle (the hospital's own model) has no standard twin to compare with.
         std_path = C.ckpt_path(spec, "standard")
         std_model, std_ck = C.load_ckpt(std_path) if os.path.exists(std_path) else (None, None)
@@ -219,7 +219,8 @@ def main(argv=None):
             with open(sq_path) as f:
                 sq = json.load(f)
         served = adaptive.served(dets)
-        rep["adaptive"] = adaptive.run(model, served, sq, x, y, base, args.adaptive_steps, times)
+        budgets = datasets.fit_config(spec).get("adaptive_eps") or adaptive.EPS_255
+        rep["adaptive"] = adaptive.run(model, served, sq, x, y, base, args.adaptive_steps, times, budgets)
         rep["adaptive"]["non_adaptive_pgd20_fooled_and_undetected"] = adaptive.non_adaptive_pgd20(model, served, sq, recs)
     rep["stage_seconds"] = times
     path = os.path.join(out_dir, "report.json")

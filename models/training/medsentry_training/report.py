@@ -239,8 +239,11 @@ def render(out_dir: str) -> str:
         a(f"| {row['eps_255']}/255 | {pct(row['fooled_and_undetected'])} (n={row['n']}) | "
           f"{pct(ad['non_adaptive_pgd20_fooled_and_undetected'].get(row['eps']))} |")
     sm = ad["smallest_eps_255_with_50pct"]
+    tried = ad.get("budgets_255")
     a(f"\nSmallest budget with >= 50 % fooled and undetected: "
-      f"{'none up to ' + str(ad['rows'][-1]['eps_255']) + '/255' if sm is None else str(sm) + '/255'}.\n")
+      f"{'none up to ' + str(ad['rows'][-1]['eps_255']) + '/255' if sm is None else str(sm) + '/255'}"
+      + (f" (budgets tried: {', '.join(f'{e}/255' for e in tried)}, the fit command's --adaptive-eps)"
+         if tried and tried[0] != 1 else "") + ".\n")
 
     squeeze_section(full.get("feature_squeezing"), a)
     campaign_section(full.get("campaign"), a)

@@ -18,8 +18,8 @@ Steps (each skipped when its output exists and is current, so a rerun resumes):
   4. bundle.toml, reference outputs and the clean evaluation;
   5. the pipeline's stages on that graph, white-box: attacks, detectors, squeeze,
      bundle_toml, evaluate, fused, adaptive_fused, ood, campaign, report (the same tables
-     as every bundle; --adaptive-steps sets both adaptive attacks' steps, --adaptive-eps the
-     budgets of the attack on the fused verdict, kept in fit.json for that stage);
+     as every bundle; --adaptive-steps sets both adaptive attacks' steps, --adaptive-eps
+     both attacks' budgets, kept in fit.json for those stages);
   6. the finished bundle is copied to --out in one rename: nothing half-written there.
 
 The labelled images are split 50/50 (by --group-column when given) into AdvTrain (detector
@@ -81,7 +81,7 @@ def parse(argv):
     ap.add_argument("--attacks", default=DEFAULT_ATTACKS)
     ap.add_argument("--eps", default="1,2,4,8", help="Linf budgets in 1/255")
     ap.add_argument("--adaptive-steps", type=int, default=40)
-    ap.add_argument("--adaptive-eps", default="2,4,8", help="budgets (1/255) of the adaptive attack on the fused verdict")
+    ap.add_argument("--adaptive-eps", default="2,4,8", help="budgets (1/255) of both adaptive attacks (the fused verdict's and evaluate's)")
     ap.add_argument("--max-batch", type=int, default=32, help="largest batch the sidecar forms (memory: 8 suits 224 px)")
     ap.add_argument("--work", default=None, help="work folder (default models/training/work/fit/NAME)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
