@@ -52,6 +52,16 @@ def shown(k: str, full) -> str:
     return "served (the user's graph)" if "fit" in full and k == "hardened" else k
 
 
+def transfer_sentence(transfer: dict) -> str:
+    """The transfer attack's robust accuracy, or nothing where no surrogate was attacked (a
+    bundle fitted on a user's graph has none)."""
+    if not transfer:
+        return ""
+    return (" Transfer (PGD-20 on the SimpleCNN surrogate) robust accuracy of the hardened model: "
+            + ", ".join(f"{k.split('_')[1]}/255: {pct(v)}"
+                        for k, v in sorted(transfer.items(), key=lambda kv: int(kv[0].split('_')[1]))) + ".")
+
+
 def failures_section(full, a):
     """Where the defense fails, derived from the tables below (nothing here is new data)."""
     r = full["adversarial_evaluation"]
@@ -183,9 +193,7 @@ def render(out_dir: str) -> str:
           ", ".join(f"{shown(m, full)} {pct(clean_acc.get(m))}" for m in ms) + ".")
     a("\naa_lite = APGD-CE (100 steps), then Square (Linf) on the images it leaves correct: the AutoAttack "
       "stand-in (torchattacks' AutoAttack needs more than 2 classes; the multi-class bundles use the same "
-      "pair so that the tables compare). Transfer (PGD-20 on the SimpleCNN surrogate) robust accuracy of the hardened "
-      "model: " + ", ".join(f"{k.split('_')[1]}/255: {pct(v)}" for k, v in sorted(
-          rob.get("transfer_to_hardened", {}).items(), key=lambda kv: int(kv[0].split('_')[1]))) + ".\n")
+      "pair so that the tables compare)." + transfer_sentence(rob.get("transfer_to_hardened") or {}) + "\n")
 
     a("## Universal adversarial perturbations (Hirano & Takemoto), AdvTest, %\n")
     if not any(u.get("fooling_rate") is not None for u in r["uap"]):
@@ -249,7 +257,7 @@ def render(out_dir: str) -> str:
     campaign_section(full.get("campaign"), a)
     ood_section(full.get("out_of_distribution"), a)
     fused_section(full.get("fused_detector"), a)
-    adaptive_fused_section(full.get("adaptive_fused"), a, full.get("fused_detector"))
+    adaptive_fused_section(full.get("adaptive_fused"), a, full.get("fused_detector"), shown("hardened", full))
 
     a("## ROC plots\n")
     for p in r.get("roc_plots", []):

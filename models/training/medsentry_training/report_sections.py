@@ -127,7 +127,7 @@ def cascade_section(fd, a):
           f"{pct(r['tpr_fpr_0.05'])} | {pct(r['cascade_tpr_fpr_0.05'])} | {pct(r['cascade_skipped'])} |")
 
 
-def adaptive_fused_section(af, a, fused=None):
+def adaptive_fused_section(af, a, fused=None, served="hardened"):
     if not af:
         return
     a("\n## Adaptive attacks on the fused verdict\n")
@@ -140,7 +140,8 @@ def adaptive_fused_section(af, a, fused=None):
     if fused and "fused_thresholds" in af and af["fused_thresholds"] != fused.get("thresholds"):
         a("**Stale:** these figures were measured against an earlier fused detector (its thresholds are not the served "
           "ones); re-run `adaptive_fused` for the served verdict.\n")
-    a("| attack | budget | n | fooled % | fooled, not ADVERSARIAL % | fooled and answered CLEAN % | hardened PGD-20 robust accuracy % (ceiling) |")
+    a("| attack | budget | n | fooled % | fooled, not ADVERSARIAL % | fooled and answered CLEAN % | "
+      f"{served} PGD-20 robust accuracy % (ceiling) |")
     a("|---|---|---|---|---|---|---|")
     ceil = af.get("robust_accuracy_pgd20_ceiling", {})
     for r in af["rows"]:
