@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from common import F, detectors, lin, load, oof_fit, report
+from common import detectors, lin, load, oof_fit, report
 
 K = 20
 s = load(sys.argv)
