@@ -4,7 +4,7 @@
 
 The fused detector (fused.py) alone sets the verdict, so an attacker who knows the bundle
 attacks it, not the union of detectors that evaluate.py's adaptive attack targets. Two
-white-box attacks on the AdvTest images the served classifier gets right, Linf, random
+white-box attacks (three kinds) on the AdvTest images the served classifier gets right, Linf, random
 start, step 2.5 eps / steps, lambda in LAMBDAS:
 
   fused-aware   maximise CE(f(x'), y) - lambda * relu(logit(fused(x')) - logit(t) + 0.1),
@@ -17,7 +17,15 @@ start, step 2.5 eps / steps, lambda in LAMBDAS:
   feature-hiding  (HFC, Yao et al. MICCAI 2021, on the penultimate layer the bundle
                 exports) maximise CE - lambda * d_M(features, clean mean of the class the
                 attack reaches): the features are pulled into the clean distribution of
-                the wrong class, without knowing the detectors.
+                the wrong class, without knowing the detectors;
+  fused-aware-lowpass  the fused-aware loss with the perturbation made smooth: PGD on a
+                grid LOWPASS_FACTOR times coarser, bilinearly upsampled to the image (a
+                convex combination, so still within eps). The residual statistics read the
+                image's Laplacian, which a smooth perturbation hardly moves: this is the
+                attack on the verdict's strongest input, not merely through it.
+
+--kinds runs some of them and keeps the other kinds' rows of an earlier run against the
+same fused thresholds (a 224 px graph costs minutes per attack and budget).
 
 t is the fused detector's 5 % threshold (below it the verdict is CLEAN). Every counted
 image is re-scored exactly (fused.Inputs: the ONNX classifier, scipy's median, numpy's
@@ -38,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from . import advcommon as C
-from . import contract, datasets, detectors, residual
+from . import contract, datasets, detectors
 from .adaptive import TorchSqueeze
 from .fused import Inputs, base_scores, fused_score
 from .ood import Classifier
@@ -47,6 +55,8 @@ EPS_255 = (2, 4, 8)
 LAMBDAS = (0.0, 1.0, 10.0)  # 0: plain PGD, so the attack is never weaker than the non-adaptive one
 SQUEEZE_NAME = contract.name_of("feature_squeezing")
 SOFT_WIDTH_255 = 0.25  # width of the soft bin edges of the residual histogram's backward pass
+KINDS = ("fused-aware", "feature-hiding", "fused-aware-lowpass")
+LOWPASS_FACTOR = 4  # the low-pass attack's grid: 16 x 16 at 64 px, 56 x 56 at 224 px
 
 
 class TorchFused(torch.nn.Module):
@@ -119,28 +129,36 @@ def logit(p: float) -> float:
 def attack(model, tf: TorchFused, x, y, eps, steps, kind, lam, t_logit, seed):
     """Best iterate per image: misclassified and (approximately) under t; else the last."""
     g = torch.Generator().manual_seed(seed)
-    d = (torch.rand(x.shape, generator=g) * 2 - 1) * eps
-    d = (x + d).clamp(0, 1) - x
+    lowpass = kind == "fused-aware-lowpass"
+    h, w = x.shape[2:]
+    shape = (*x.shape[:2], max(1, h // LOWPASS_FACTOR), max(1, w // LOWPASS_FACTOR)) if lowpass else x.shape
+    # What PGD moves: the perturbation itself, or its coarse grid (then upsampled; the box
+    # clamp below only shrinks it, so the budget holds).
+    v = (torch.rand(shape, generator=g) * 2 - 1) * eps
+    if not lowpass:
+        v = (x + v).clamp(0, 1) - x
     best, found = x.clone(), torch.zeros(len(x), dtype=torch.bool)
     for _ in range(steps):
-        d.requires_grad_(True)
-        xa = x + d
+        v.requires_grad_(True)
+        d = F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) if lowpass else v
+        xa = (x + d).clamp(0, 1) if lowpass else x + d
         logits, feats, fz = tf(model, xa)
-        if kind == "fused-aware":
+        if kind in ("fused-aware", "fused-aware-lowpass"):
             pen = F.relu(fz - t_logit + 0.1)
         else:  # feature-hiding: towards the clean mean of the class the attack currently reaches
             wrong = logits.detach().clone()
             wrong[torch.arange(len(y)), y] = -float("inf")
             pen = tf.mahalanobis(feats).gather(1, wrong.argmax(1, keepdim=True))[:, 0]
         loss = F.cross_entropy(logits, y, reduction="none") - lam * pen
-        (grad,) = torch.autograd.grad(loss.sum(), d)
+        (grad,) = torch.autograd.grad(loss.sum(), v)
         with torch.no_grad():
             ok = (logits.argmax(1) != y) & (fz <= t_logit)
             best[ok & ~found] = xa[ok & ~found].detach()
             found |= ok
             best[~found] = xa[~found].detach()
-        d = (d.detach() + 2.5 * eps / steps * grad.sign()).clamp(-eps, eps)
-        d = (x + d).clamp(0, 1) - x
+        v = (v.detach() + 2.5 * eps / steps * grad.sign()).clamp(-eps, eps)
+        if not lowpass:
+            v = (x + v).clamp(0, 1) - x
     return best
 
 
@@ -148,6 +166,8 @@ def main(argv=None):
     def extra(ap):
         ap.add_argument("--steps", type=int, default=40)
         ap.add_argument("--eps", default=None, help="Linf budgets in 1/255, comma list (default 2,4,8; a fitted bundle's fit.json)")
+        ap.add_argument("--kinds", default=",".join(KINDS), help="attacks to run (comma list); rows of the others are "
+                        "kept from the last run when it attacked the same thresholds")
     args, spec, out_dir = C.stage_args(__doc__, argv, extra)
     t0 = time.time()
     # A fitted bundle's budgets are fit's --adaptive-eps (a 224 px graph costs ~30x a 64 px one per step).
@@ -166,8 +186,12 @@ def main(argv=None):
     base = te[clean.pred == y[te]]
     xt, yt = torch.from_numpy(x[base]), torch.from_numpy(y[base])
     print(f"[adaptive-fused] {len(base)} clean-correct AdvTest images, thresholds {thr}", flush=True)
-    rows = []
-    for kind in ("fused-aware", "feature-hiding"):
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise SystemExit(f"--kinds: unknown {unknown}; known: {', '.join(KINDS)}")
+    rows = kept_rows(out_dir, kinds, thr, args.steps)
+    for kind in kinds:
         for e in budgets:
             t1 = time.time()
             passed1 = np.zeros(len(base), bool)
@@ -194,12 +218,26 @@ def main(argv=None):
         rob[b] = v.get("pgd20")
     C.merge_report(out_dir, "adaptive_fused", {
         "command": f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}"
-                   + (f" --eps {args.eps}" if args.eps else ""),
-        "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05",
-        "fused_thresholds": thr, "rows": rows,
+                   + (f" --eps {args.eps}" if args.eps else "")
+                   + (f" --kinds {args.kinds}" if set(kinds) != set(KINDS) else ""),
+        "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05", "lowpass_factor": LOWPASS_FACTOR,
+        "fused_thresholds": thr, "rows": sorted(rows, key=lambda r: (KINDS.index(r["attack"]), r["eps_255"])),
         "robust_accuracy_pgd20_ceiling": rob, "base": "AdvTest images the served classifier classifies correctly when clean",
         "seconds": round(time.time() - t0, 1)})
     print(f"[done] adaptive attacks on the fused verdict in {time.time() - t0:.0f}s", flush=True)
+
+
+def kept_rows(out_dir: str, kinds: list, thr: dict, steps: int) -> list:
+    """The last run's rows of the kinds not re-run, when it attacked these thresholds (rows
+    measured against another fused detector would be stale beside the new ones)."""
+    if set(kinds) == set(KINDS):
+        return []
+    with open(os.path.join(out_dir, "report.json")) as f:
+        last = json.load(f).get("adaptive_fused") or {}
+    if last.get("fused_thresholds") != thr or last.get("steps") != steps:
+        raise SystemExit("--kinds: the last adaptive_fused run attacked other thresholds or took another number of "
+                         "steps (or there is none): run every kind")
+    return [r for r in last["rows"] if r["attack"] not in kinds]
 
 
 def served_linear(d: dict):

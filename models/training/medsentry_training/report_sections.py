@@ -135,7 +135,10 @@ def adaptive_fused_section(af, a, fused=None, served="hardened"):
       "the images the served classifier gets right: *fused-aware* subtracts lambda * relu(logit(fused) - logit(t5) + 0.1) "
       "from the cross-entropy, the whole fused score made differentiable (feature squeezing through BPDA, the residual "
       "histogram soft in the backward pass only); *feature-hiding* (HFC-style) pulls the penultimate features to the "
-      "clean mean of the class the attack reaches, without knowing the detectors. Every counted image is re-scored "
+      "clean mean of the class the attack reaches, without knowing the detectors; *fused-aware-lowpass* is fused-aware "
+      "with the perturbation made smooth (PGD on a grid "
+      + (f"{af['lowpass_factor']} times " if af.get("lowpass_factor") else "") + "coarser, bilinearly upsampled), which "
+      "the residual statistics, reading the image's Laplacian, hardly see. Every counted image is re-scored "
       "exactly. An image answered OUT_OF_DISTRIBUTION is counted as passed here, so these are upper bounds.\n")
     if fused and "fused_thresholds" in af and af["fused_thresholds"] != fused.get("thresholds"):
         a("**Stale:** these figures were measured against an earlier fused detector (its thresholds are not the served "

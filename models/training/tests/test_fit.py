@@ -103,7 +103,27 @@ def test_fit_serves_the_users_graph_in_both_layouts(tiny, images, tmp_path):
         assert report["fit"]["onnx_torch_max_abs_diff"] <= 1e-4
         assert "adversarial_evaluation" in report and "fused_detector" in report and "out_of_distribution" in report
         assert (out / "REPORT.md").read_text().count("the user's graph") >= 1
+        kinds = [r["attack"] for r in report["adaptive_fused"]["rows"]]
+        assert sorted(set(kinds)) == ["feature-hiding", "fused-aware", "fused-aware-lowpass"]
+        if layout == "nchw_logits":
+            rerun_one_adaptive_kind(tmp_path / f"w-{layout}")
     assert np.abs(refs["nchw_logits"] - refs["nhwc_softmax"]).max() <= 1e-5
+
+
+def rerun_one_adaptive_kind(work):
+    """adaptive_fused --kinds re-runs one attack and keeps the other kinds' rows; with other
+    steps than the last run it refuses (the rows would not compare)."""
+    report = work / "bundle" / "report.json"
+    before = json.load(open(report))["adaptive_fused"]["rows"]
+    stage = [sys.executable, "-m", "medsentry_training.adaptive_fused", "--dataset", str(work), "--kinds", "fused-aware-lowpass"]
+    subprocess.run(stage + ["--steps", "2"], cwd=TRAINING, check=True, capture_output=True)
+    after = json.load(open(report))["adaptive_fused"]
+    assert [r for r in after["rows"] if r["attack"] != "fused-aware-lowpass"] == \
+        [r for r in before if r["attack"] != "fused-aware-lowpass"]
+    assert [r["attack"] for r in after["rows"]] == [r["attack"] for r in before]
+    assert after["command"].endswith("--kinds fused-aware-lowpass")
+    p = subprocess.run(stage + ["--steps", "3"], cwd=TRAINING, capture_output=True, text=True)
+    assert p.returncode != 0 and "another number of steps" in p.stderr, p.stderr[-2000:]
 
 
 @pytest.mark.parametrize("case, message", [
