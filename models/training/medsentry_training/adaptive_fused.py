@@ -3,8 +3,8 @@
     python -m medsentry_training.adaptive_fused --dataset chest_xray [--steps 40] [--eps 2,4,8] [--out DIR]
 
 The fused detector (fused.py) alone sets the verdict, so an attacker who knows the bundle
-attacks it, not the union of detectors that evaluate.py's adaptive attack targets. Two
-white-box attacks (three kinds) on the AdvTest images the served classifier gets right, Linf, random
+attacks it, not the union of detectors that evaluate.py's adaptive attack targets. Three
+white-box attacks on the AdvTest images the served classifier gets right, Linf, random
 start, step 2.5 eps / steps, lambda in LAMBDAS:
 
   fused-aware   maximise CE(f(x'), y) - lambda * relu(logit(fused(x')) - logit(t) + 0.1),
