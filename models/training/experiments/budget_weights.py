@@ -46,23 +46,15 @@ Xc, Xa = s.base.matrices()
 small = np.array([not b.endswith("_8") for _, b, _ in att_tr])
 
 
-class Weighted:
+def fit_weighted(Rc, Ra, wa):
     """Standardise, then a logistic regression with per-example weights (clean and adversarial
-    totals equal)."""
-
-    def __init__(self, wa_all: np.ndarray):
-        self.wa_all = wa_all
-
-    def fit_rows(self, Rc, Ra, wa):
-        X = np.vstack([Rc, Ra])
-        w = np.r_[np.full(len(Rc), wa.sum() / len(Rc)), wa]
-        self.sc = StandardScaler().fit(X)
-        self.lr = LogisticRegression(C=c, max_iter=5000).fit(self.sc.transform(X), np.r_[np.zeros(len(Rc)), np.ones(len(Ra))],
-                                                             sample_weight=w / w.mean())
-        return self
-
-    def score(self, X):
-        return self.lr.predict_proba(self.sc.transform(X))[:, 1]
+    totals equal); returns its scoring function."""
+    X = np.vstack([Rc, Ra])
+    w = np.r_[np.full(len(Rc), wa.sum() / len(Rc)), wa]
+    sc = StandardScaler().fit(X)
+    lr = LogisticRegression(C=c, max_iter=5000).fit(sc.transform(X), np.r_[np.zeros(len(Rc)), np.ones(len(Ra))],
+                                                    sample_weight=w / w.mean())
+    return lambda Z: lr.predict_proba(sc.transform(Z))[:, 1]
 
 
 def run(name: str, wa: np.ndarray) -> None:
@@ -71,10 +63,9 @@ def run(name: str, wa: np.ndarray) -> None:
     oof = np.zeros(len(Xc))
     for f in range(detectors.N_FOLDS):
         kc, ka = s.base.fold != f, (fa != f) & keep
-        oof[~kc] = Weighted(wa).fit_rows(Xc[kc], Xa[ka], wa[ka]).score(Xc[~kc])
-    g = Weighted(wa).fit_rows(Xc, Xa[keep], wa[keep])
-    tp = [g.score(inp.matrix()[m]) for _, _, _, inp, m in s.tests]
-    report(s, name, oof, g.score(s.ct.matrix()), tp)
+        oof[~kc] = fit_weighted(Xc[kc], Xa[ka], wa[ka])(Xc[~kc])
+    score = fit_weighted(Xc, Xa[keep], wa[keep])
+    report(s, name, oof, score(s.ct.matrix()), [score(inp.matrix()[m]) for _, _, _, inp, m in s.tests])
 
 
 run("alike", np.ones(len(rows)))
