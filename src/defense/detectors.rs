@@ -139,6 +139,11 @@ impl Combiner {
         Ok(())
     }
 
+    /// How many values the input `name` is, when the combiner reads it.
+    pub fn width_of(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().zip(self.widths()).find_map(|(n, w)| (n == name).then_some(w))
+    }
+
     fn widths(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.inputs.len()).map(|i| self.widths.get(i).copied().unwrap_or(1))
     }
@@ -234,6 +239,30 @@ struct LogisticFile {
     scale: Vec<f64>,
     weights: Vec<f64>,
     bias: f64,
+}
+
+/// What makes `detector` unable to run on this bundle although its file is well formed:
+/// residual features at a block size larger than the input, or a combiner that reads
+/// another number of residual features than the residual-statistics detector above it
+/// makes (a file from another fit).
+pub fn mismatch<'a>(detector: &Detector, mut above: impl Iterator<Item = &'a Detector>, (height, width): (usize, usize)) -> Option<String> {
+    match detector {
+        Detector::ResidualStatistics(r) if r.largest_scale() > height.min(width) => {
+            Some(format!("block size {} is larger than the {height} x {width} input", r.largest_scale()))
+        }
+        Detector::Fused(f) => {
+            let made = above.find_map(|d| match d {
+                Detector::ResidualStatistics(r) => Some(r.feature_len()),
+                _ => None,
+            })?;
+            let combiners = std::iter::once(&f.combiner).chain(f.cascade.as_ref().map(|c| &c.combiner));
+            combiners
+                .filter_map(|c| c.width_of("residual-features"))
+                .find(|w| *w != made)
+                .map(|w| format!("its combiner reads {w} residual features; the residual-statistics detector makes {made}"))
+        }
+        _ => None,
+    }
 }
 
 impl Detector {

@@ -194,6 +194,9 @@ impl Screener {
                 file: spec.file.clone(),
                 message,
             })?;
+            if let Some(message) = detectors::mismatch(&detector, detectors.iter().map(|(_, d)| d), (m.input.height as usize, m.input.width as usize)) {
+                return Err(DefenseError::BadDetector { bundle: m.name.clone(), detector: spec.name.clone(), file: spec.file.clone(), message });
+            }
             if let Detector::Fused(f) = &detector {
                 // Its inputs must be scored before it: detectors listed above it, or margin.
                 // One the policy disables takes the fused detector with it (the verdict is

@@ -3,7 +3,9 @@
 //! to images that are smooth at the model's resolution; the 4-neighbour Laplacian of the
 //! [0, 1] model input shows them. Features: the square root of the share of |residual|
 //! values in each bin [edges[k], edges[k+1]) / 255 (the last bin open), the mean |residual|
-//! and the root mean square residual; score = logistic regression of those. Twin of
+//! and the root mean square residual, at each of the file's scales (1: the input itself;
+//! s: the means of its s x s blocks, so that a perturbation made smooth at full resolution
+//! is dense and high-frequency again); score = logistic regression of those. Twin of
 //! models/training/medsentry_training/residual.py (fitted by its `fused` stage).
 
 use serde::Deserialize;
@@ -21,16 +23,25 @@ pub struct ResidualStatistics {
     /// a 224 px input's 150,528 values.
     lut: Vec<u8>,
     cells_per_unit: f64,
+    /// Block sizes the features are computed at, in this order (1: the input itself).
+    scales: Vec<usize>,
     mean: Vec<f64>,
     scale: Vec<f64>,
     weights: Vec<f64>,
     bias: f64,
 }
 
+fn full_resolution() -> Vec<usize> {
+    vec![1]
+}
+
 #[derive(Deserialize)]
 struct File {
     kind: String,
     edges_255: Vec<f64>,
+    /// Files written before scales were fitted at full resolution only.
+    #[serde(default = "full_resolution")]
+    scales: Vec<usize>,
     mean: Vec<f64>,
     scale: Vec<f64>,
     weights: Vec<f64>,
@@ -49,9 +60,12 @@ impl ResidualStatistics {
         {
             return Err("edges_255 must rise from 0 (at most 256)".into());
         }
-        let n = f.edges_255.len() + 2;
+        if f.scales.is_empty() || f.scales.iter().any(|s| !(1..=64).contains(s)) {
+            return Err("scales must list block sizes from 1 to 64".into());
+        }
+        let n = f.scales.len() * (f.edges_255.len() + 2);
         if f.mean.len() != n || f.scale.len() != n || f.weights.len() != n {
-            return Err(format!("mean, scale and weights must have {n} values (bins + 2)"));
+            return Err(format!("mean, scale and weights must have {n} values ((bins + 2) per scale)"));
         }
         let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
         if !(finite(&f.mean) && finite(&f.weights) && f.bias.is_finite() && f.scale.iter().all(|s| s.is_finite() && *s > 0.0)) {
@@ -59,11 +73,36 @@ impl ResidualStatistics {
         }
         let edges: Vec<f64> = f.edges_255.iter().map(|e| e / 255.0).collect();
         let (lut, cells_per_unit) = bin_table(&edges);
-        Ok(ResidualStatistics { edges, lut, cells_per_unit, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
+        Ok(ResidualStatistics { edges, lut, cells_per_unit, scales: f.scales, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
     }
 
-    /// The features of the [`laplacian`] of a [0, 1] input.
-    pub fn features(&self, laplacian: &[f64]) -> Vec<f64> {
+    /// How many features [`Self::features`] makes.
+    pub fn feature_len(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// The largest block size the features are computed at.
+    pub fn largest_scale(&self) -> usize {
+        self.scales.iter().copied().max().unwrap_or(1)
+    }
+
+    /// The features of a [C, H, W] [0, 1] input whose [`laplacian`] is `laplacian`, scale
+    /// after scale: the Laplacian is shared with the campaign monitor, which reads it too.
+    pub fn features(&self, pixels: &[f32], height: usize, width: usize, laplacian: &[f64]) -> Vec<f64> {
+        let mut f = Vec::with_capacity(self.mean.len());
+        for &s in &self.scales {
+            if s == 1 {
+                f.extend(self.features_at(laplacian));
+            } else {
+                let (means, h, w) = block_means(pixels, height, width, s);
+                f.extend(self.features_at(&self::laplacian(&means, h, w)));
+            }
+        }
+        f
+    }
+
+    /// The features of one scale, from its [`laplacian`].
+    fn features_at(&self, laplacian: &[f64]) -> Vec<f64> {
         let bins = self.edges.len();
         // Values go to four histograms and four pairs of sums in turn: one of each waits
         // on its own previous update (most values fall in bin 0), four overlap.
@@ -123,10 +162,32 @@ fn bin_table(edges: &[f64]) -> (Vec<u8>, f64) {
     (lut, cells_per_unit)
 }
 
+/// The mean of each s x s block of each plane of a [C, H, W] tensor, in f64, with its
+/// height and width (H / s, W / s: a remainder row or column is dropped, as the pipeline's
+/// twin does).
+fn block_means(pixels: &[f32], height: usize, width: usize, s: usize) -> (Vec<f64>, usize, usize) {
+    let (h, w) = (height / s, width / s);
+    let plane = height * width;
+    let Some(planes) = pixels.len().checked_div(plane) else {
+        return (Vec::new(), h, w);
+    };
+    let mut out = Vec::with_capacity(planes * h * w);
+    let area = (s * s) as f64;
+    for chunk in pixels.chunks_exact(plane) {
+        for y in 0..h {
+            for x in 0..w {
+                let sum: f64 = (0..s).flat_map(|dy| &chunk[(y * s + dy) * width + x * s..][..s]).map(|&v| v as f64).sum();
+                out.push(sum / area);
+            }
+        }
+    }
+    (out, h, w)
+}
+
 /// 4 x each value minus its 4 neighbours (edges replicated), per channel plane, of a
 /// [C, H, W] tensor of [0, 1] intensities: the high-pass residual this detector and the
 /// campaign monitor read.
-pub fn laplacian(pixels: &[f32], height: usize, width: usize) -> Vec<f64> {
+pub fn laplacian<T: Copy + Into<f64>>(pixels: &[T], height: usize, width: usize) -> Vec<f64> {
     let plane = height * width;
     let mut r = vec![0f64; pixels.len()];
     if plane == 0 {
@@ -144,7 +205,7 @@ pub fn laplacian(pixels: &[f32], height: usize, width: usize) -> Vec<f64> {
                 let right = row[(x + 1).min(width - 1)];
                 // Summed in this order, as before: the pipeline's twin and the fitted
                 // thresholds see the same values.
-                out[x] = 4.0 * row[x] as f64 - up[x] as f64 - down[x] as f64 - left as f64 - right as f64;
+                out[x] = 4.0 * row[x].into() - up[x].into() - down[x].into() - left.into() - right.into();
             }
         }
     }
@@ -175,14 +236,32 @@ mod tests {
     fn a_flat_image_has_no_residual_and_a_checkerboard_a_large_one() {
         let json = r#"{"kind":"residual_statistics","edges_255":[0,1,8],"mean":[0,0,0,0,0],"scale":[1,1,1,1,1],"weights":[0,0,0,1,0],"bias":0}"#;
         let d = ResidualStatistics::load(json.as_bytes()).unwrap();
-        let flat = d.features(&laplacian(&[0.5; 16], 4, 4));
+        let features = |p: &[f32]| d.features(p, 4, 4, &laplacian(p, 4, 4));
+        let flat = features(&[0.5; 16]);
         assert_eq!(flat, [1.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(d.score(&flat), 0.5);
         // Interior pixels of a 0/1 checkerboard: |4 * 1 - 0| = 4 > 8/255: the open last bin.
         let board: Vec<f32> = (0..16).map(|i| ((i / 4 + i % 4) % 2) as f32).collect();
-        let f = d.features(&laplacian(&board, 4, 4));
+        let f = features(&board);
         assert!(f[2] > 0.0 && f[3] > 1.0 && d.score(&f) > 0.7, "{f:?}");
         assert!(d.score(&f[..4]).is_nan());
+    }
+
+    #[test]
+    fn coarser_scales_read_the_block_means() {
+        let json = r#"{"kind":"residual_statistics","edges_255":[0,1],"scales":[1,2],"mean":[0,0,0,0,0,0,0,0],"scale":[1,1,1,1,1,1,1,1],"weights":[0,0,0,0,0,0,0,0],"bias":0}"#;
+        let d = ResidualStatistics::load(json.as_bytes()).unwrap();
+        // 2 x 2 blocks of a 4 x 4 checkerboard: each block's mean is 0.5, so the coarse
+        // scale is flat while the full resolution is not; with a 5th row and column (dropped).
+        let board: Vec<f32> = (0..25).map(|i| if i / 5 == 4 || i % 5 == 4 { 9.0 } else { ((i / 5 + i % 5) % 2) as f32 }).collect();
+        let f = d.features(&board, 5, 5, &laplacian(&board, 5, 5));
+        assert_eq!(f.len(), 8);
+        assert!(f[1] > 0.5, "full resolution: {f:?}");
+        assert_eq!(&f[4..], [1.0, 0.0, 0.0, 0.0], "2 x 2 blocks: {f:?}");
+        let bad = json.replace(r#""scales":[1,2]"#, r#""scales":[0]"#);
+        assert!(ResidualStatistics::load(bad.as_bytes()).unwrap_err().contains("scales"));
+        let old = json.replace(r#""scales":[1,2],"#, "");
+        assert!(ResidualStatistics::load(old.as_bytes()).unwrap_err().contains("4 values"));
     }
 
     #[test]

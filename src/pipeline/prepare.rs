@@ -101,7 +101,7 @@ fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64,
     let (h, w) = (spec.height as usize, spec.width as usize);
     // One Laplacian for the campaign monitor and the residual-statistics detector.
     let laplacian = (extras.residual || extras.residual_stats.is_some()).then(|| residual::laplacian(&pixels, h, w));
-    let residual_features = extras.residual_stats.zip(laplacian.as_deref()).map(|(r, l)| r.features(l));
+    let residual_features = extras.residual_stats.zip(laplacian.as_deref()).map(|(r, l)| r.features(&pixels, h, w, l));
     let residual = laplacian.filter(|_| extras.residual).map(campaign::normalized);
     let statistics = extras.ood.map(|m| m.image_statistics(&pixels, h, w));
     let copies = extras.squeeze.map(|s| squeezed_rows(s, &pixels, spec));

@@ -18,11 +18,13 @@ start, step 2.5 eps / steps, lambda in LAMBDAS:
                 exports) maximise CE - lambda * d_M(features, clean mean of the class the
                 attack reaches): the features are pulled into the clean distribution of
                 the wrong class, without knowing the detectors;
-  fused-aware-lowpass  the fused-aware loss with the perturbation made smooth: PGD on a
-                grid LOWPASS_FACTOR times coarser, bilinearly upsampled to the image (a
-                convex combination, so still within eps). The residual statistics read the
-                image's Laplacian, which a smooth perturbation hardly moves: this is the
-                attack on the verdict's strongest input, not merely through it.
+  fused-aware-lowpass, fused-aware-lowpass-8  the fused-aware loss with the perturbation
+                made smooth: PGD on a grid 4 (8) times coarser, bilinearly upsampled to the
+                image (a convex combination, so still within eps). The residual statistics
+                read Laplacians, which a smooth perturbation hardly moves: this is the
+                attack on the verdict's strongest input, not merely through it. Their
+                coarser scales (residual.SCALES) see a 4x grid again; the 8x grid is the
+                attacker's answer to that.
 
 --kinds runs some of them and keeps the other kinds' rows of an earlier run against the
 same fused thresholds (a 224 px graph costs minutes per attack and budget).
@@ -55,8 +57,10 @@ EPS_255 = (2, 4, 8)
 LAMBDAS = (0.0, 1.0, 10.0)  # 0: plain PGD, so the attack is never weaker than the non-adaptive one
 SQUEEZE_NAME = contract.name_of("feature_squeezing")
 SOFT_WIDTH_255 = 0.25  # width of the soft bin edges of the residual histogram's backward pass
-KINDS = ("fused-aware", "feature-hiding", "fused-aware-lowpass")
-LOWPASS_FACTOR = 4  # the low-pass attack's grid: 16 x 16 at 64 px, 56 x 56 at 224 px
+# The low-pass attacks' grids, times coarser than the image: 4 (16 x 16 at 64 px, 56 x 56 at
+# 224 px) and 8, which the residual statistics' coarsest scale (4) sees as smooth again.
+LOWPASS_FACTORS = {"fused-aware-lowpass": 4, "fused-aware-lowpass-8": 8}
+KINDS = ("fused-aware", "feature-hiding", *LOWPASS_FACTORS)
 
 
 class TorchFused(torch.nn.Module):
@@ -78,20 +82,14 @@ class TorchFused(torch.nn.Module):
         self.rs = {k: t(self.resid[k]) for k in ("mean", "scale", "weights")}
         self.fz = {k: t(self.fused[k]) for k in ("mean", "scale", "weights")}
         self.edges = t(self.resid["edges_255"]) / 255
+        self.scales = self.resid.get("scales", [1])
 
     def mahalanobis(self, feats):
         diff = feats[:, None, :] - self.means[None]
         return torch.einsum("ncd,de,nce->nc", diff, self.prec, diff).clamp_min(1e-12).sqrt()
 
     def residual_features(self, x):
-        p = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        r = (4 * x - p[:, :, :-2, 1:-1] - p[:, :, 2:, 1:-1] - p[:, :, 1:-1, :-2] - p[:, :, 1:-1, 2:]).abs().flatten(1)
-        lo, hi = self.edges, torch.cat([self.edges[1:], torch.tensor([float("inf")])])
-        hard = ((r[:, :, None] >= lo) & (r[:, :, None] < hi)).float().mean(1)
-        w = SOFT_WIDTH_255 / 255
-        soft = (torch.sigmoid((r[:, :, None] - lo) / w) - torch.sigmoid((r[:, :, None] - hi) / w)).mean(1)
-        hist = torch.sqrt(hard) + (torch.sqrt(soft + 1e-4) - torch.sqrt(soft + 1e-4).detach())
-        return torch.cat([hist, r.mean(1, keepdim=True), (r ** 2).mean(1, keepdim=True).sqrt()], 1)
+        return soft_residual_features(x, self.edges, self.scales)
 
     def forward(self, model, x):
         """(logits, features, fused logit)."""
@@ -116,6 +114,23 @@ class TorchFused(torch.nn.Module):
         return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
 
 
+def soft_residual_features(x, edges, scales):
+    """residual.features of x at `scales`, differentiable: the exact histogram forward, a
+    soft one (bin edges SOFT_WIDTH_255 wide) backward; block means by average pooling."""
+    return torch.cat([_soft_residual_features_at(F.avg_pool2d(x, s) if s > 1 else x, edges) for s in scales], 1)
+
+
+def _soft_residual_features_at(x, edges):
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    r = (4 * x - p[:, :, :-2, 1:-1] - p[:, :, 2:, 1:-1] - p[:, :, 1:-1, :-2] - p[:, :, 1:-1, 2:]).abs().flatten(1)
+    lo, hi = edges, torch.cat([edges[1:], torch.tensor([float("inf")])])
+    hard = ((r[:, :, None] >= lo) & (r[:, :, None] < hi)).float().mean(1)
+    w = SOFT_WIDTH_255 / 255
+    soft = (torch.sigmoid((r[:, :, None] - lo) / w) - torch.sigmoid((r[:, :, None] - hi) / w)).mean(1)
+    hist = torch.sqrt(hard) + (torch.sqrt(soft + 1e-4) - torch.sqrt(soft + 1e-4).detach())
+    return torch.cat([hist, r.mean(1, keepdim=True), (r ** 2).mean(1, keepdim=True).sqrt()], 1)
+
+
 def legacy_matrix(inp: Inputs, dets: dict, resid_model) -> np.ndarray:
     """The inputs of a fused detector fitted before the raw-signal combiner."""
     maha, logi, resid = base_scores(dets, resid_model, inp)
@@ -129,9 +144,10 @@ def logit(p: float) -> float:
 def attack(model, tf: TorchFused, x, y, eps, steps, kind, lam, t_logit, seed):
     """Best iterate per image: misclassified and (approximately) under t; else the last."""
     g = torch.Generator().manual_seed(seed)
-    lowpass = kind == "fused-aware-lowpass"
+    factor = LOWPASS_FACTORS.get(kind)
+    lowpass = factor is not None
     h, w = x.shape[2:]
-    shape = (*x.shape[:2], max(1, h // LOWPASS_FACTOR), max(1, w // LOWPASS_FACTOR)) if lowpass else x.shape
+    shape = (*x.shape[:2], max(1, h // factor), max(1, w // factor)) if lowpass else x.shape
     # What PGD moves: the perturbation itself, or its coarse grid (then upsampled; the box
     # clamp below only shrinks it, so the budget holds).
     v = (torch.rand(shape, generator=g) * 2 - 1) * eps
@@ -143,7 +159,7 @@ def attack(model, tf: TorchFused, x, y, eps, steps, kind, lam, t_logit, seed):
         d = F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) if lowpass else v
         xa = (x + d).clamp(0, 1) if lowpass else x + d
         logits, feats, fz = tf(model, xa)
-        if kind in ("fused-aware", "fused-aware-lowpass"):
+        if kind == "fused-aware" or lowpass:
             pen = F.relu(fz - t_logit + 0.1)
         else:  # feature-hiding: towards the clean mean of the class the attack currently reaches
             wrong = logits.detach().clone()
@@ -182,7 +198,7 @@ def main(argv=None):
     x, y, _ = datasets.load_split(spec, "test")
     with open(os.path.join(out_dir, "adv_split.json")) as f:
         te = np.array(json.load(f)["AdvTest"]["index"], dtype=np.int64)
-    clean = Inputs(clf, x[te])
+    clean = Inputs(clf, x[te], tf.scales)
     base = te[clean.pred == y[te]]
     xt, yt = torch.from_numpy(x[base]), torch.from_numpy(y[base])
     print(f"[adaptive-fused] {len(base)} clean-correct AdvTest images, thresholds {thr}", flush=True)
@@ -200,7 +216,7 @@ def main(argv=None):
             for lam in LAMBDAS:
                 xa = torch.cat([attack(model, tf, xt[i:i + 64], yt[i:i + 64], e / 255, args.steps, kind, lam,
                                        logit(thr["fpr_0.05"]), seed=e) for i in range(0, len(base), 64)]).numpy()
-                inp = Inputs(clf, xa)
+                inp = Inputs(clf, xa, tf.scales)
                 s = fused_score(fz_model, inp.matrix(tf.fused["inputs"]) if "widths" in tf.fused else legacy_matrix(inp, dets, resid_model))
                 fooled = inp.pred != y[base]
                 fooled_any |= fooled
@@ -220,7 +236,7 @@ def main(argv=None):
         "command": f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}"
                    + (f" --eps {args.eps}" if args.eps else "")
                    + (f" --kinds {args.kinds}" if set(kinds) != set(KINDS) else ""),
-        "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05", "lowpass_factor": LOWPASS_FACTOR,
+        "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05", "lowpass_factors": LOWPASS_FACTORS,
         "fused_thresholds": thr, "rows": sorted(rows, key=lambda r: (KINDS.index(r["attack"]), r["eps_255"])),
         "robust_accuracy_pgd20_ceiling": rob, "base": "AdvTest images the served classifier classifies correctly when clean",
         "seconds": round(time.time() - t0, 1)})

@@ -76,7 +76,7 @@ class Inputs:
     """What the fused detector reads for a batch of [0, 1] images: the ONNX classifier's
     logits and features (as the sidecar runs it), feature squeezing and the margin."""
 
-    def __init__(self, clf: Classifier, x: np.ndarray):
+    def __init__(self, clf: Classifier, x: np.ndarray, scales=residual.SCALES):
         self.logits, self.feats = clf.run(x, clf.logits_name, clf.features_name)
         p = squeeze.softmax(self.logits)
         top = np.sort(p, axis=1)
@@ -86,7 +86,8 @@ class Inputs:
         copies = [clf.run(f(x), clf.logits_name, clf.features_name) for f in (squeeze.squeeze_bits, squeeze.squeeze_median)]
         self.squeeze = np.maximum(*[np.abs(p - squeeze.softmax(lg)).sum(1) for lg, _ in copies])
         self.squeeze_shift = squeeze.feature_shift(self.feats, [ft for _, ft in copies])
-        self.residual_features = residual.features(x)
+        # At the scales of the residual detector being fitted, or of a bundle's file.
+        self.residual_features = residual.features(x, scales)
 
     def blocks(self, names=INPUTS) -> list:
         """The combiner's inputs `names` (default INPUTS; a fused file's `inputs`), each (n, width)."""

@@ -127,6 +127,15 @@ def cascade_section(fd, a):
           f"{pct(r['tpr_fpr_0.05'])} | {pct(r['cascade_tpr_fpr_0.05'])} | {pct(r['cascade_skipped'])} |")
 
 
+def lowpass_grids(af) -> str:
+    """How much coarser the low-pass attacks' grids are: "4 times (*fused-aware-lowpass-8*: 8 times)"."""
+    factors = af.get("lowpass_factors") or ({"fused-aware-lowpass": af["lowpass_factor"]} if af.get("lowpass_factor") else {})
+    run = {r["attack"] for r in af["rows"]}
+    parts = [f"{f} times" if k == "fused-aware-lowpass" else f"*{k}*: {f} times"
+             for k, f in factors.items() if k in run]
+    return (parts[0] + (f" ({'; '.join(parts[1:])})" if parts[1:] else "")) if parts else "several times"
+
+
 def adaptive_fused_section(af, a, fused=None, served="hardened"):
     if not af:
         return
@@ -136,9 +145,8 @@ def adaptive_fused_section(af, a, fused=None, served="hardened"):
       "from the cross-entropy, the whole fused score made differentiable (feature squeezing through BPDA, the residual "
       "histogram soft in the backward pass only); *feature-hiding* (HFC-style) pulls the penultimate features to the "
       "clean mean of the class the attack reaches, without knowing the detectors; *fused-aware-lowpass* is fused-aware "
-      "with the perturbation made smooth (PGD on a grid "
-      + (f"{af['lowpass_factor']} times " if af.get("lowpass_factor") else "") + "coarser, bilinearly upsampled), which "
-      "the residual statistics, reading the image's Laplacian, hardly see. Every counted image is re-scored "
+      "with the perturbation made smooth (PGD on a grid " + lowpass_grids(af) + " coarser, bilinearly upsampled), which "
+      "the residual statistics, reading Laplacians, hardly see. Every counted image is re-scored "
       "exactly. An image answered OUT_OF_DISTRIBUTION is counted as passed here, so these are upper bounds.\n")
     if fused and "fused_thresholds" in af and af["fused_thresholds"] != fused.get("thresholds"):
         a("**Stale:** these figures were measured against an earlier fused detector (its thresholds are not the served "

@@ -5,7 +5,10 @@ Gradient attacks add dense, small, high-frequency changes to images that are smo
 the model's resolution (area-downsampled radiographs); the 4-neighbour Laplacian of the
 [0, 1] model input (edges replicated, every channel) shows them. Features: the square root
 of the share of |residual| values in each bin of EDGES (in 1/255 units), the mean |residual|
-and the root mean square residual. Score = logistic regression (scikit-learn, standardised
+and the root mean square residual, at each scale in SCALES: the image itself and its
+s x s block means (a remainder row or column dropped). A perturbation made smooth, so that
+the full-resolution Laplacian hardly moves (adaptive_fused's low-pass attack), is again
+dense and high-frequency on a coarser grid. Score = logistic regression (scikit-learn, standardised
 features, classes balanced) of clean vs successful adversarial AdvTrain inputs:
     score = 1 / (1 + exp(-(bias + sum_i weights[i] * (f[i] - mean[i]) / scale[i])))
 Its Rust twin is src/defense/residual.rs.
@@ -18,6 +21,19 @@ from sklearn.preprocessing import StandardScaler
 
 # Bin edges of |residual| in 1/255 units (the last bin is open).
 EDGES_255 = (0, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+# Block sizes the features are computed at (1: the image itself). A detector file without
+# `scales` was fitted at 1 only.
+SCALES = (1, 2, 4)
+
+
+def block_means(x: np.ndarray, s: int) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, H // s, W // s): the mean of each s x s block, float64."""
+    x = x.astype(np.float64)
+    if s == 1:
+        return x
+    n, c, h, w = x.shape
+    h2, w2 = h // s, w // s
+    return x[:, :, :h2 * s, :w2 * s].reshape(n, c, h2, s, w2, s).mean((3, 5))
 
 
 def laplacian(x: np.ndarray) -> np.ndarray:
@@ -27,8 +43,13 @@ def laplacian(x: np.ndarray) -> np.ndarray:
     return 4 * x - p[:, :, :-2, 1:-1] - p[:, :, 2:, 1:-1] - p[:, :, 1:-1, :-2] - p[:, :, 1:-1, 2:]
 
 
-def features(x: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) [0, 1] -> (N, len(EDGES_255) + 2)."""
+def features(x: np.ndarray, scales=SCALES) -> np.ndarray:
+    """(N, C, H, W) [0, 1] -> (N, len(scales) * (len(EDGES_255) + 2)), scale by scale."""
+    return np.hstack([features_at(block_means(x, s)) for s in scales])
+
+
+def features_at(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) [0, 1] -> (N, len(EDGES_255) + 2), of the image as it is."""
     r = np.abs(laplacian(x)).reshape(len(x), -1)
     edges = np.array(EDGES_255, dtype=np.float64) / 255
     # Bin k holds [edges[k], edges[k+1]); the last bin [edges[-1], inf).
@@ -60,11 +81,12 @@ def out_of_fold(f_clean, f_adv, fold, src_fold, folds: int):
     return sc, sa
 
 
-def to_json(model, thresholds: dict, fitted_on: str) -> dict:
+def to_json(model, thresholds: dict, fitted_on: str, scales=SCALES) -> dict:
     scaler, lr = model
-    return {"kind": "residual_statistics", "edges_255": list(EDGES_255), "mean": scaler.mean_.tolist(),
+    return {"kind": "residual_statistics", "edges_255": list(EDGES_255), "scales": list(scales), "mean": scaler.mean_.tolist(),
             "scale": scaler.scale_.tolist(), "weights": lr.coef_[0].tolist(), "bias": float(lr.intercept_[0]),
             "thresholds": thresholds, "features": "sqrt of the share of |4-neighbour Laplacian| of the [0, 1] input in "
-            "each [edges[k], edges[k+1]) / 255 bin (last open), mean |r|, sqrt(mean r^2)",
+            "each [edges[k], edges[k+1]) / 255 bin (last open), mean |r|, sqrt(mean r^2); at each scale s, of the "
+            "means of the input's s x s blocks (remainder dropped), scale after scale",
             "score": "1 / (1 + exp(-(bias + sum_i weights[i] * (f[i] - mean[i]) / scale[i])))",
             "fitted_on": fitted_on, "generated_by": "python -m medsentry_training.fused"}

@@ -104,7 +104,7 @@ def test_fit_serves_the_users_graph_in_both_layouts(tiny, images, tmp_path):
         assert "adversarial_evaluation" in report and "fused_detector" in report and "out_of_distribution" in report
         assert (out / "REPORT.md").read_text().count("the user's graph") >= 1
         kinds = [r["attack"] for r in report["adaptive_fused"]["rows"]]
-        assert sorted(set(kinds)) == ["feature-hiding", "fused-aware", "fused-aware-lowpass"]
+        assert sorted(set(kinds)) == ["feature-hiding", "fused-aware", "fused-aware-lowpass", "fused-aware-lowpass-8"]
         if layout == "nchw_logits":
             rerun_one_adaptive_kind(tmp_path / f"w-{layout}")
     assert np.abs(refs["nchw_logits"] - refs["nhwc_softmax"]).max() <= 1e-5

@@ -6,6 +6,7 @@ tests/out_of_distribution.rs, tests/campaign.rs, tests/screen_real_images.rs).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 
@@ -44,7 +45,7 @@ def test_residual_features_histogram_and_moments():
     x = RNG.random((3, 2, 6, 5)).astype(np.float32)
     lap = naive_laplacian(x.astype(np.float64))
     assert np.allclose(residual.laplacian(x), lap)
-    f = residual.features(x)
+    f = residual.features(x, scales=(1,))
     r = np.abs(lap).reshape(3, -1)
     edges = np.array(residual.EDGES_255) / 255
     for k in range(len(edges)):
@@ -52,6 +53,31 @@ def test_residual_features_histogram_and_moments():
         share = ((r >= edges[k]) & (r < hi)).mean(1)
         assert np.allclose(f[:, k], np.sqrt(share))
     assert np.allclose(f[:, -2], r.mean(1)) and np.allclose(f[:, -1], np.sqrt((r ** 2).mean(1)))
+
+
+def test_residual_features_at_coarser_scales_read_block_means():
+    x = RNG.random((2, 3, 9, 7)).astype(np.float32)
+    n, c, h, w = x.shape
+    width = len(residual.EDGES_255) + 2
+    f = residual.features(x, scales=(1, 2, 4))
+    assert f.shape == (2, 3 * width)
+    for k, s in enumerate((1, 2, 4)):
+        # The mean of each s x s block, the remainder rows and columns dropped.
+        means = np.zeros((n, c, h // s, w // s))
+        for i in range(h // s):
+            for j in range(w // s):
+                means[:, :, i, j] = x[:, :, i * s:(i + 1) * s, j * s:(j + 1) * s].astype(np.float64).mean((2, 3))
+        assert np.allclose(f[:, k * width:(k + 1) * width], residual.features(means, scales=(1,)))
+
+
+def test_the_attacks_differentiable_residual_features_equal_the_exact_ones():
+    torch = pytest.importorskip("torch")
+    from medsentry_training.adaptive_fused import soft_residual_features
+
+    x = RNG.random((2, 3, 16, 12)).astype(np.float32)
+    edges = torch.tensor(residual.EDGES_255, dtype=torch.float32) / 255
+    soft = soft_residual_features(torch.from_numpy(x), edges, (1, 2, 4)).numpy()
+    assert np.allclose(soft, residual.features(x, scales=(1, 2, 4)), atol=1e-5)
 
 
 def test_campaign_window_score_is_the_mean_off_diagonal_correlation():

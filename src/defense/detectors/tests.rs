@@ -96,3 +96,22 @@ fn a_cascade_is_read_and_checked() {
     let Detector::Fused(f) = Detector::load("fused", plain, 1, 2).unwrap() else { panic!("not fused") };
     assert!(f.cascade.is_none());
 }
+
+#[test]
+fn residual_features_must_fit_the_input_and_the_combiner() {
+    let resid = br#"{"kind":"residual_statistics","edges_255":[0,1],"scales":[1,4],"mean":[0,0,0,0,0,0,0,0],"scale":[1,1,1,1,1,1,1,1],"weights":[0,0,0,0,0,0,0,0],"bias":0}"#;
+    let r = Detector::load("residual_statistics", resid, 2, 2).unwrap();
+    assert_eq!(mismatch(&r, std::iter::empty(), (4, 8)), None);
+    assert!(mismatch(&r, std::iter::empty(), (3, 8)).unwrap().contains("block size 4"));
+    let fused = |w: usize| {
+        let zeros = vec!["0"; w].join(",");
+        let ones = vec!["1"; w].join(",");
+        let file = format!(
+            r#"{{"kind":"fused","inputs":["residual-features"],"widths":[{w}],"mean":[{zeros}],"scale":[{ones}],"weights":[{zeros}],"bias":0,"thresholds":{{}}}}"#
+        );
+        Detector::load("fused", file.as_bytes(), 2, 2).unwrap()
+    };
+    assert_eq!(mismatch(&fused(8), [&r].into_iter(), (4, 4)), None);
+    assert!(mismatch(&fused(4), [&r].into_iter(), (4, 4)).unwrap().contains("reads 4 residual features; the residual-statistics detector makes 8"));
+    assert_eq!(mismatch(&fused(4), std::iter::empty(), (4, 4)), None, "without the detector the fused input is refused elsewhere");
+}
