@@ -206,7 +206,7 @@ def main(argv=None):
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise SystemExit(f"--kinds: unknown {unknown}; known: {', '.join(KINDS)}")
-    rows = kept_rows(out_dir, kinds, thr, args.steps)
+    rows, earlier = kept_rows(out_dir, kinds, thr, args.steps)
     for kind in kinds:
         for e in budgets:
             t1 = time.time()
@@ -232,10 +232,10 @@ def main(argv=None):
         ev = json.load(f).get("adversarial_evaluation", {})
     for b, v in (ev.get("robust_accuracy_advtest", {}).get("hardened") or {}).items():
         rob[b] = v.get("pgd20")
+    command = (f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}"
+               + (f" --eps {args.eps}" if args.eps else "") + (f" --kinds {args.kinds}" if set(kinds) != set(KINDS) else ""))
     C.merge_report(out_dir, "adaptive_fused", {
-        "command": f"python -m medsentry_training.adaptive_fused --dataset {args.dataset} --steps {args.steps}"
-                   + (f" --eps {args.eps}" if args.eps else "")
-                   + (f" --kinds {args.kinds}" if set(kinds) != set(KINDS) else ""),
+        "command": command, "commands": [c for c in earlier if c != command] + [command],
         "steps": args.steps, "lambdas": list(LAMBDAS), "threshold_attacked": "fpr_0.05", "lowpass_factors": LOWPASS_FACTORS,
         "fused_thresholds": thr, "rows": sorted(rows, key=lambda r: (KINDS.index(r["attack"]), r["eps_255"])),
         "robust_accuracy_pgd20_ceiling": rob, "base": "AdvTest images the served classifier classifies correctly when clean",
@@ -243,17 +243,18 @@ def main(argv=None):
     print(f"[done] adaptive attacks on the fused verdict in {time.time() - t0:.0f}s", flush=True)
 
 
-def kept_rows(out_dir: str, kinds: list, thr: dict, steps: int) -> list:
+def kept_rows(out_dir: str, kinds: list, thr: dict, steps: int) -> tuple[list, list]:
     """The last run's rows of the kinds not re-run, when it attacked these thresholds (rows
-    measured against another fused detector would be stale beside the new ones)."""
+    measured against another fused detector would be stale beside the new ones), and the
+    commands that measured them."""
     if set(kinds) == set(KINDS):
-        return []
+        return [], []
     with open(os.path.join(out_dir, "report.json")) as f:
         last = json.load(f).get("adaptive_fused") or {}
     if last.get("fused_thresholds") != thr or last.get("steps") != steps:
         raise SystemExit("--kinds: the last adaptive_fused run attacked other thresholds or took another number of "
                          "steps (or there is none): run every kind")
-    return [r for r in last["rows"] if r["attack"] not in kinds]
+    return [r for r in last["rows"] if r["attack"] not in kinds], last.get("commands") or [last["command"]]
 
 
 def served_linear(d: dict):

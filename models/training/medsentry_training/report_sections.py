@@ -140,7 +140,7 @@ def adaptive_fused_section(af, a, fused=None, served="hardened"):
     if not af:
         return
     a("\n## Adaptive attacks on the fused verdict\n")
-    a(f"`{af['command']}`. White-box PGD (Linf, {af['steps']} steps, lambda {', '.join(str(v) for v in af['lambdas'])}) on "
+    a(", then ".join(f"`{c}`" for c in af.get("commands") or [af["command"]]) + f". White-box PGD (Linf, {af['steps']} steps, lambda {', '.join(str(v) for v in af['lambdas'])}) on "
       "the images the served classifier gets right: *fused-aware* subtracts lambda * relu(logit(fused) - logit(t5) + 0.1) "
       "from the cross-entropy, the whole fused score made differentiable (feature squeezing through BPDA, the residual "
       "histogram soft in the backward pass only); *feature-hiding* (HFC-style) pulls the penultimate features to the "

@@ -122,6 +122,9 @@ def rerun_one_adaptive_kind(work):
         [r for r in before if r["attack"] != "fused-aware-lowpass"]
     assert [r["attack"] for r in after["rows"]] == [r["attack"] for r in before]
     assert after["command"].endswith("--kinds fused-aware-lowpass")
+    # The report names both runs: the one that measured the kept rows, then this one.
+    assert len(after["commands"]) == 2 and after["commands"][1] == after["command"]
+    assert "--kinds" not in after["commands"][0]
     p = subprocess.run(stage + ["--steps", "3"], cwd=TRAINING, capture_output=True, text=True)
     assert p.returncode != 0 and "another number of steps" in p.stderr, p.stderr[-2000:]
 

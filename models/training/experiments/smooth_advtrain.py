@@ -1,0 +1,103 @@
+"""Does the combiner resist the adaptive low-pass attack once it has seen smooth attacks?
+
+    cd models/training/experiments && ../.venv/bin/python smooth_advtrain.py DATASET BUNDLE_DIR SCRATCH_DIR
+
+The fused detector is fitted on FGSM/BIM/PGD-20/C&W examples only, all high-frequency; its
+residual features at coarser scales (residual.SCALES) have no smooth example to learn from.
+Here: non-adaptive PGD-20 with the perturbation on a grid adaptive_fused.LOWPASS_FACTORS
+["fused-aware-lowpass"] times coarser (cross-entropy only, 4 and 8/255) on AdvTrain, its
+successful examples added to the combiner's adversarial side, the combiner re-fitted and
+calibrated as the fused stage does (AdvTrain only, out-of-fold thresholds), written with
+the bundle's other files to SCRATCH_DIR, and attacked there by adaptive_fused's
+fused-aware-lowpass (8/255, 10 steps, the three lambdas) on the clean-correct AdvTest images.
+Prints clean AdvTest over the 1 % threshold and, per attack, fooled / not ADVERSARIAL /
+answered CLEAN. Nothing here is served.
+"""
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from medsentry_training import advcommon as C, adaptive_fused as A, datasets, fused as F  # noqa: E402
+from medsentry_training.ood import Classifier  # noqa: E402
+
+STEPS = 20
+BUDGETS_255 = (4, 8)
+
+
+def smooth_pgd(net, x: np.ndarray, y: np.ndarray, eps: float, factor: int) -> np.ndarray:
+    """PGD-20 on cross-entropy, perturbation on a grid `factor` times coarser (bilinear)."""
+    out = []
+    for i in range(0, len(x), 32):
+        xb, yb = torch.from_numpy(x[i:i + 32]), torch.from_numpy(y[i:i + 32])
+        h, w = xb.shape[2:]
+        g = torch.Generator().manual_seed(i)
+        v = (torch.rand((*xb.shape[:2], h // factor, w // factor), generator=g) * 2 - 1) * eps
+        for _ in range(STEPS):
+            v.requires_grad_(True)
+            xa = (xb + TF.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)).clamp(0, 1)
+            (grad,) = torch.autograd.grad(TF.cross_entropy(net(xa), yb), v)
+            v = (v.detach() + 2.5 * eps / STEPS * grad.sign()).clamp(-eps, eps)
+        with torch.no_grad():
+            out.append((xb + TF.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)).clamp(0, 1).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def main(dataset: str, bundle: str, scratch: str) -> None:
+    t0 = time.time()
+    spec = datasets.resolve(dataset)
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(bundle, scratch)
+    clf = Classifier(scratch)
+    x, y, _ = datasets.load_split(spec, "test")
+    with open(os.path.join(scratch, "adv_split.json")) as f:
+        split = json.load(f)
+    tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+    net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
+    att_tr, _ = F.attacks_from_records(spec, tr, te)
+    factor = A.LOWPASS_FACTORS["fused-aware-lowpass"]
+    smooth = [("pgd20_smooth", f"linf_{e}", smooth_pgd(net, x[tr], y[tr], e / 255, factor)) for e in BUDGETS_255]
+    print(f"smooth PGD-20 on AdvTrain made ({time.time() - t0:.0f}s)", flush=True)
+    base = F.advtrain_base(clf, x[tr], y[tr], att_tr + smooth, len(spec.labels))
+    Xc, Xa = base.matrices()
+    model, thresholds, choice = F.fit_calibrated(Xc, Xa, base.fold, base.src)
+    scaler, lr = model
+    with open(os.path.join(scratch, "detector_fused.json")) as f:
+        served = json.load(f)
+    served.update({"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "weights": lr.coef_[0].tolist(),
+                   "bias": float(lr.intercept_[0]), "thresholds": thresholds})
+    with open(os.path.join(scratch, "detector_fused.json"), "w") as f:
+        json.dump(served, f)
+    ct = F.Inputs(clf, x[te])
+    clean_scores = F.fused_score(model, ct.matrix(served["inputs"]))
+    print(f"combiner: {len(Xc)} clean, {len(Xa)} adversarial AdvTrain inputs, C={choice['c']}, thresholds {thresholds}; "
+          f"clean AdvTest over 1 %: {100 * (clean_scores > thresholds['fpr_0.01']).mean():.1f} %, "
+          f"over 5 %: {100 * (clean_scores > thresholds['fpr_0.05']).mean():.1f} % ({time.time() - t0:.0f}s)", flush=True)
+
+    tf = A.TorchFused(scratch)
+    fz = A.served_linear(tf.fused)
+    ok = te[ct.pred == y[te]]
+    xt, yt = torch.from_numpy(x[ok]), torch.from_numpy(y[ok])
+    for kind in ("fused-aware-lowpass", "fused-aware-lowpass-8"):
+        fooled_any, passed1, passed5 = (np.zeros(len(ok), bool) for _ in range(3))
+        for lam in A.LAMBDAS:
+            xa = torch.cat([A.attack(net, tf, xt[i:i + 64], yt[i:i + 64], 8 / 255, 10, kind, lam,
+                                     A.logit(thresholds["fpr_0.05"]), seed=8) for i in range(0, len(ok), 64)]).numpy()
+            inp = F.Inputs(clf, xa, tf.scales)
+            s = F.fused_score(fz, inp.matrix(tf.fused["inputs"]))
+            fooled = inp.pred != y[ok]
+            fooled_any |= fooled
+            passed1 |= fooled & (s <= thresholds["fpr_0.01"])
+            passed5 |= fooled & (s <= thresholds["fpr_0.05"])
+        print(f"{kind} 8/255 (n={len(ok)}): fooled {100 * fooled_any.mean():.1f} %, not ADVERSARIAL "
+              f"{100 * passed1.mean():.1f} %, answered CLEAN {100 * passed5.mean():.1f} % ({time.time() - t0:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
