@@ -15,6 +15,15 @@ the bundle's other files to SCRATCH_DIR, and attacked there by adaptive_fused's
 fused-aware-lowpass (8/255, 10 steps, the three lambdas) on the clean-correct AdvTest images.
 Prints clean AdvTest over the 1 % threshold and, per attack, fooled / not ADVERSARIAL /
 answered CLEAN. Nothing here is served.
+
+Measured 2026-12-03 on chest-xray-resnet18-224 (bundle re-fitted with scales 1, 2, 4; 81
+clean-correct AdvTest images, 8/255, 10 steps; 2 threads, then 1 for the second run):
+103 successful smooth examples joined the 607 of AdvTrain; C = 1.0; clean AdvTest over the
+1 / 5 % thresholds 1.0 / 3.0 % (served combiner 2.0 / 6.0 %). fused-aware-lowpass: 93.8 %
+fooled, 0.0 % not ADVERSARIAL, 0.0 % CLEAN (served combiner 43.2 / 24.7 %);
+fused-aware-lowpass-8: 63.0 % fooled, 4.9 % not ADVERSARIAL, 3.7 % CLEAN (served 29.6 /
+25.9 %). AdvTest rows at 1 %: every FGSM/BIM/PGD-20/C&W row 100 % (AUROC 0.997-1.000), but
+Square 8/255, never seen, 73.7 % (14 of 19, AUROC 0.989; served 100 %).
 """
 import json
 import os
