@@ -94,22 +94,24 @@ class TorchFused(torch.nn.Module):
     def forward(self, model, x):
         """(logits, features, fused logit)."""
         logits, feats = model.features(x)
-        maha = self.mahalanobis(feats).min(1).values
-        z = ((torch.cat([feats, logits], 1) - self.lg["mean"]) / self.lg["scale"]) @ self.lg["weights"] + self.logreg["bias"]
         p = torch.softmax(logits, 1)
         copies = [model.features(s(x)) for s in (self.squeeze.bits, self.squeeze.median)]
         sq = torch.maximum(*[(p - torch.softmax(lg, 1)).abs().sum(1) for lg, _ in copies])
-        rz = ((self.residual_features(x) - self.rs["mean"]) / self.rs["scale"]) @ self.rs["weights"] + self.resid["bias"]
+        # Once per pass: at three scales of a 224 px input it is the costliest input after the network.
+        rf = self.residual_features(x)
         top = p.topk(2, 1).values
         margin = top[:, 0] - top[:, 1]
         if "widths" in self.fused:  # the raw-signal combiner, by the names its file lists (fused.INPUTS)
-            blocks = {"penultimate-features": feats, "logits": logits, "residual-features": self.residual_features(x),
+            blocks = {"penultimate-features": feats, "logits": logits, "residual-features": rf,
                       SQUEEZE_NAME: sq[:, None], "margin": margin[:, None],
                       "log-margin": margin.clamp_min(detectors.LOG_MARGIN_FLOOR).log()[:, None],
                       # sqrt(. + tiny): the distance's gradient is finite where a copy does not move
                       "squeeze-feature-shift": torch.stack([((ft - feats) ** 2).sum(1).add(1e-12).sqrt() for _, ft in copies], 1)}
             inputs = torch.cat([blocks[name] for name in self.fused["inputs"]], 1)
         else:  # bundles fitted before it: the four detectors' scores and the margin
+            maha = self.mahalanobis(feats).min(1).values
+            z = ((torch.cat([feats, logits], 1) - self.lg["mean"]) / self.lg["scale"]) @ self.lg["weights"] + self.logreg["bias"]
+            rz = ((rf - self.rs["mean"]) / self.rs["scale"]) @ self.rs["weights"] + self.resid["bias"]
             inputs = torch.stack([maha, torch.sigmoid(z), sq, torch.sigmoid(rz), margin], 1)
         return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
 
