@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, datasets, detectors, squeeze  # noqa: E402
-from medsentry_training.fused import Inputs, advtrain_base, base_scores, fit_calibrated, fused_score, successful  # noqa: E402
+from medsentry_training.fused import Inputs, advtrain_base, fit_calibrated, fused_score, successful  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
 
 name = sys.argv[1] if len(sys.argv) > 1 else "chest_xray"

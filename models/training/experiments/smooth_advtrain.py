@@ -33,32 +33,13 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as TF
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, adaptive_fused as A, datasets, fused as F  # noqa: E402
+from medsentry_training.fused_attacks import smooth_pgd  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
 
-STEPS = 20
 BUDGETS_255 = (4, 8)
-
-
-def smooth_pgd(net, x: np.ndarray, y: np.ndarray, eps: float, factor: int) -> np.ndarray:
-    """PGD-20 on cross-entropy, perturbation on a grid `factor` times coarser (bilinear)."""
-    out = []
-    for i in range(0, len(x), 32):
-        xb, yb = torch.from_numpy(x[i:i + 32]), torch.from_numpy(y[i:i + 32])
-        h, w = xb.shape[2:]
-        g = torch.Generator().manual_seed(i)
-        v = (torch.rand((*xb.shape[:2], h // factor, w // factor), generator=g) * 2 - 1) * eps
-        for _ in range(STEPS):
-            v.requires_grad_(True)
-            xa = (xb + TF.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)).clamp(0, 1)
-            (grad,) = torch.autograd.grad(TF.cross_entropy(net(xa), yb), v)
-            v = (v.detach() + 2.5 * eps / STEPS * grad.sign()).clamp(-eps, eps)
-        with torch.no_grad():
-            out.append((xb + TF.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)).clamp(0, 1).numpy())
-    return np.concatenate(out).astype(np.float32)
 
 
 def main(dataset: str, bundle: str, scratch: str, kinds: list) -> None:

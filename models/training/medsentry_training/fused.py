@@ -33,7 +33,10 @@ AdvTrain inputs the full fused detector flags (out-of-fold, at its 5 % threshold
 
 Fitted on AdvTrain only: clean images against the successful FGSM, BIM, PGD-20 (1, 2, 4,
 8/255) and C&W-L2 examples made here with torchattacks against the served hardened
-checkpoint (the settings of attacks.py). The base detectors' AdvTrain scores are
+checkpoint (the settings of attacks.py), and since 2026-12-03 smooth PGD-20 (4 and 8/255,
+the perturbation on a 4x coarser grid: fused_attacks.smooth_pgd), which the other families
+never look like. Without it the adaptive low-pass attack fooled the model and passed the
+224 px bundle's verdict on 43 % of images (experiments/smooth_advtrain.py: 0 % with it). The base detectors' AdvTrain scores are
 out-of-fold (Mahalanobis and logistic refitted without each fold, as detectors.py does),
 because their in-sample scores are better than what new images get. Thresholds: the
 fused detector's own out-of-fold scores of clean AdvTrain at 1 % and 5 %. Measured on
@@ -53,7 +56,7 @@ from sklearn.preprocessing import StandardScaler
 
 from . import advcommon as C
 from . import bundle_toml, contract, datasets, detectors, residual, sample, squeeze
-from .fused_attacks import attacks_from_records, make_attacks, minimal_attacks
+from .fused_attacks import SMOOTH_FACTOR, attacks_from_records, make_attacks, minimal_attacks, smooth_attacks
 from .ood import Classifier
 
 FPRS = (0.01, 0.05)
@@ -68,6 +71,8 @@ INPUTS = ("penultimate-features", "logits", "residual-features", contract.name_o
 SQUEEZED_INPUTS = (contract.name_of("feature_squeezing"), "squeeze-feature-shift")
 CHEAP_INPUTS = tuple(i for i, name in enumerate(INPUTS) if name not in SQUEEZED_INPUTS)
 CASCADE_MISS = 0.01
+# The families the combiner is fitted on (AdvTrain); AdvTest rows of the others are never seen.
+SEEN = ("fgsm", "bim", "pgd20", "cw", "pgd20_smooth")
 # Inverse regularisations the combiner may take (choose_c).
 C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -257,6 +262,9 @@ def main(argv=None):
     else:
         att_tr, att_te = make_attacks(net, x[tr], y[tr], unseen=False), make_attacks(net, x[te], y[te], unseen=True)
         np.savez(cache, train=np.array(att_tr, dtype=object), test=np.array(att_te, dtype=object))
+    # Smooth PGD-20 on both halves, made here whatever made the others (cached).
+    att_tr = att_tr + smooth_attacks(net, x[tr], y[tr], os.path.join(datasets.WORK, f"fused_smooth_{spec.name}_advtrain.npz"))
+    att_te = att_te + smooth_attacks(net, x[te], y[te], os.path.join(datasets.WORK, f"fused_smooth_{spec.name}_advtest.npz"))
     print(f"[fused] attacks ready ({time.time() - t0:.0f}s)", flush=True)
 
     # AdvTrain: out-of-fold base scores, the combiner, its out-of-fold thresholds.
@@ -265,7 +273,7 @@ def main(argv=None):
     rc, ra, resid_model = base.rc, base.ra, base.resid_model
     resid_thresholds = {f"fpr_{p}": detectors.threshold_at(rc, p) for p in FPRS}
     C.write_json(os.path.join(out_dir, "detector_residual.json"), residual.to_json(
-        resid_model, resid_thresholds, f"AdvTrain: {len(rc)} clean, {len(ra)} successful FGSM/BIM/PGD-20/C&W examples; "
+        resid_model, resid_thresholds, f"AdvTrain: {len(rc)} clean, {len(ra)} successful FGSM/BIM/PGD-20/C&W/smooth PGD-20 examples; "
         "thresholds from out-of-fold clean scores"))
     Xc, Xa = base.matrices()
     model, thresholds, choice = fit_calibrated(Xc, Xa, base.fold, base.src)
@@ -294,7 +302,7 @@ def main(argv=None):
     ct = Inputs(clf, x[te])
     neg, neg_union, neg_skip = evaluate(ct)
     rows = []
-    attacks = [(fam, b, xa, fam in ("fgsm", "bim", "pgd20", "cw")) for fam, b, xa in att_te]
+    attacks = [(fam, b, xa, fam in SEEN) for fam, b, xa in att_te]
     fix_dir = datasets.fixture_dir(spec, "campaign")
     for name in ("uap__linf_z4", "uap_to0__l2_z4"):
         p = os.path.join(fix_dir, f"{spec.name}__{name}.npy")
@@ -341,7 +349,8 @@ def main(argv=None):
                     "order (widths[i] each): penultimate features, logits, residual-statistics features, the feature-squeezing "
                     "score, the L2 shift of the penultimate features under each squeezer, margin = top-1 minus top-2 "
                     "softmax probability, log-margin = ln(max(margin, 1e-6))",
-           "fitted_on": f"AdvTrain: {len(Xc)} clean, {len(Xa)} successful FGSM/BIM/PGD-20 (1-8/255) and C&W examples; "
+           "fitted_on": f"AdvTrain: {len(Xc)} clean, {len(Xa)} successful FGSM/BIM/PGD-20 (1-8/255), C&W and smooth "
+                        f"PGD-20 ({SMOOTH_FACTOR}x coarser grid, 4 and 8/255) examples; "
                         "base scores and thresholds out-of-fold", "cascade": cascade, "generated_by": "python -m medsentry_training.fused"}
     C.write_json(os.path.join(out_dir, "detector_fused.json"), det)
     bundle_toml.register_detectors(out_dir)

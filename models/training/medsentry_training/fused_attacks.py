@@ -1,7 +1,8 @@
 """The fused stage's attacks: FGSM, BIM, PGD-20 (1, 2, 4, 8/255) and C&W-L2 on both halves,
 Square (Linf 8/255) on AdvTest only, made here with torchattacks against the served
 hardened checkpoint (the settings of attacks.py), or read from the attack stage's records;
-and the minimal-perturbation families (DeepFool, L-BFGS) on AdvTest, always made here.
+and the minimal-perturbation families (DeepFool, L-BFGS) on AdvTest, always made here, as
+is smooth PGD-20 (the perturbation on a coarser grid) on both halves.
 Each list holds (family, budget, x_adv) aligned with the half's clean images.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as TF
 import torchattacks
 
 from . import advcommon as C
@@ -67,18 +69,64 @@ def minimal_attacks(net, x: np.ndarray, y: np.ndarray, cache: str) -> list:
     overshoot 0.02) on every image, box-constrained L-BFGS (Szegedy) on the first LBFGS_N
     (the other images left clean, so they never count as successful). Cached in `cache`,
     keyed by the images and the network's answers to them."""
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    def make():
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        lbfgs = x.copy()
+        n = min(LBFGS_N, len(x))
+        deepfool = torchattacks.DeepFool(net, steps=50, overshoot=0.02)(xt, yt).numpy()
+        lbfgs[:n] = lbfgs_attack(net, xt[:n], yt[:n]).numpy()
+        return [("deepfool", "l2_min", deepfool), ("lbfgs", "l2_min", lbfgs)]
+    return _cached(net, x, y, cache, make)
+
+
+# Smooth PGD-20: the perturbation lives on a grid SMOOTH_FACTOR times coarser than the input,
+# upsampled bilinearly, so it has almost no energy at the pixel scale that every other family
+# the combiner sees works at. The grid of adaptive_fused's "fused-aware-lowpass", which it
+# answers; its "fused-aware-lowpass-8" grid stays unseen.
+SMOOTH_FACTOR = 4
+SMOOTH_BUDGETS = (4, 8)
+SMOOTH_STEPS = 20
+
+
+def smooth_pgd(net, x: np.ndarray, y: np.ndarray, eps: float, factor: int = SMOOTH_FACTOR) -> np.ndarray:
+    """PGD-20 on cross-entropy over a perturbation on a grid `factor` times coarser (bilinear
+    upsampling; uniform random start, step 2.5 eps / 20, as attacks.py's PGD-20)."""
+    out = []
+    for i in range(0, len(x), 32):
+        xb, yb = torch.from_numpy(x[i:i + 32]), torch.from_numpy(y[i:i + 32])
+        h, w = xb.shape[2:]
+        g = torch.Generator().manual_seed(i)
+        v = (torch.rand((*xb.shape[:2], h // factor, w // factor), generator=g) * 2 - 1) * eps
+
+        def up(v):
+            return TF.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)
+        for _ in range(SMOOTH_STEPS):
+            v.requires_grad_(True)
+            (grad,) = torch.autograd.grad(TF.cross_entropy(net((xb + up(v)).clamp(0, 1)), yb), v)
+            v = (v.detach() + 2.5 * eps / SMOOTH_STEPS * grad.sign()).clamp(-eps, eps)
+        with torch.no_grad():
+            out.append((xb + up(v)).clamp(0, 1).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def smooth_attacks(net, x: np.ndarray, y: np.ndarray, cache: str) -> list:
+    """(family, budget, x_adv) for smooth PGD-20 at SMOOTH_BUDGETS, cached in `cache` as
+    minimal_attacks caches its own."""
+    return _cached(net, x, y, cache, lambda: [("pgd20_smooth", f"linf_{e}", smooth_pgd(net, x, y, e / 255)) for e in SMOOTH_BUDGETS])
+
+
+def _cached(net, x: np.ndarray, y: np.ndarray, cache: str, make) -> list:
+    """make()'s list, or the one saved in `cache` for the same images, labels and network."""
     with torch.no_grad():
-        probe = net(xt[:16]).numpy()
+        probe = net(torch.from_numpy(x[:16])).numpy()
     key = hashlib.sha256(x.tobytes() + y.tobytes() + probe.tobytes()).hexdigest()
     if os.path.exists(cache):
         z = np.load(cache)
-        if str(z["key"]) == key:
-            return [("deepfool", "l2_min", z["deepfool"]), ("lbfgs", "l2_min", z["lbfgs"])]
+        if str(z["key"]) == key and "names" in z.files:
+            return [(str(f), str(b), z[f"x{i}"]) for i, (f, b) in enumerate(z["names"])]
+        if str(z["key"]) == key:  # written before 2026-12-03: DeepFool and L-BFGS by name
+            return [(k, "l2_min", z[k]) for k in ("deepfool", "lbfgs")]
     torch.manual_seed(0)
-    deepfool = torchattacks.DeepFool(net, steps=50, overshoot=0.02)(xt, yt).numpy()
-    lbfgs = x.copy()
-    n = min(LBFGS_N, len(x))
-    lbfgs[:n] = lbfgs_attack(net, xt[:n], yt[:n]).numpy()
-    np.savez(cache, key=key, deepfool=deepfool, lbfgs=lbfgs)
-    return [("deepfool", "l2_min", deepfool), ("lbfgs", "l2_min", lbfgs)]
+    out = make()
+    np.savez(cache, key=key, names=np.array([(f, b) for f, b, _ in out]), **{f"x{i}": xa for i, (_, _, xa) in enumerate(out)})
+    return out

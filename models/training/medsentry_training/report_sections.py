@@ -84,7 +84,9 @@ def fused_section(fd, a):
         base = "base scores out-of-fold"
     a(f"`{fd['command']}`. Logistic regression over {over}, fitted on AdvTrain "
       f"({fd['advtrain']['clean']} clean, {fd['advtrain']['adversarial']} successful FGSM/BIM/PGD-20/C&W examples made by "
-      f"{fd.get('attacks_made_by', 'this stage')}; {base}); thresholds {f3(thr['fpr_0.01'])} (ADVERSARIAL) and {f3(thr['fpr_0.05'])} "
+      f"{fd.get('attacks_made_by', 'this stage')}" + (", and smooth PGD-20 (pgd20_smooth: the perturbation on a 4x coarser grid, "
+                                                       "4 and 8/255) made by this stage" if any(r["attack"] == "pgd20_smooth" for r in fd["rows"]) else "")
+      + f"; {base}); thresholds {f3(thr['fpr_0.01'])} (ADVERSARIAL) and {f3(thr['fpr_0.05'])} "
       f"(SUSPICIOUS) from its out-of-fold scores of clean AdvTrain. Clean AdvTest over them: fused "
       f"{pct(fd['clean_advtest']['fpr_0.01']['fused'])} % / {pct(fd['clean_advtest']['fpr_0.05']['fused'])} %; the union of "
       f"the served detectors, which set the verdict before: {pct(fd['clean_advtest']['fpr_0.01']['union'])} % / "

@@ -103,6 +103,9 @@ def test_fit_serves_the_users_graph_in_both_layouts(tiny, images, tmp_path):
         assert report["fit"]["onnx_torch_max_abs_diff"] <= 1e-4
         assert "adversarial_evaluation" in report and "fused_detector" in report and "out_of_distribution" in report
         assert (out / "REPORT.md").read_text().count("the user's graph") >= 1
+        # Smooth PGD-20 is made by the fused stage itself, on both halves, and is a seen family.
+        smooth = [r for r in report["fused_detector"]["rows"] if r["attack"] == "pgd20_smooth"]
+        assert [r["budget"] for r in smooth] == ["linf_4", "linf_8"] and all(r["seen"] for r in smooth)
         kinds = [r["attack"] for r in report["adaptive_fused"]["rows"]]
         assert sorted(set(kinds)) == ["feature-hiding", "fused-aware", "fused-aware-lowpass", "fused-aware-lowpass-8"]
         if layout == "nchw_logits":

@@ -214,3 +214,23 @@ def test_forward_batches_of_nothing_has_the_nets_widths():
     logits, feats = advcommon.forward_batches(net, x)
     empty_logits, empty_feats = advcommon.forward_batches(net, x[:0])
     assert logits.shape[0] == 3 and empty_logits.shape == (0, 7) and empty_feats.shape == (0, feats.shape[1])
+
+
+def test_smooth_pgd_perturbation_is_bounded_and_lives_on_the_coarse_grid():
+    """fused_attacks.smooth_pgd: |delta| <= eps, and away from the clamp the perturbation is
+    the bilinear upsampling of a grid SMOOTH_FACTOR times coarser (so its pixel-scale
+    Laplacian is a small share of a sign step's)."""
+    import torch
+    from medsentry_training import fused_attacks as FA
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    rng = np.random.default_rng(0)
+    x = (0.25 + 0.5 * rng.random((4, 1, 32, 32))).astype(np.float32)  # far from the clamp at 8/255
+    y = np.array([0, 1, 0, 1])
+    eps = 8 / 255
+    d = FA.smooth_pgd(net, x, y, eps) - x
+    assert np.abs(d).max() <= eps + 1e-6 and np.abs(d).max() > eps / 4
+    lap = lambda a: np.abs(4 * a[..., 1:-1, 1:-1] - a[..., :-2, 1:-1] - a[..., 2:, 1:-1] - a[..., 1:-1, :-2] - a[..., 1:-1, 2:])  # noqa: E731
+    sign = eps * np.sign(rng.standard_normal(x.shape))
+    assert lap(d).mean() < 0.1 * lap(sign).mean()
