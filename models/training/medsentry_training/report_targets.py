@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from scipy.stats import betabinom
+from scipy.stats import beta, betabinom
 
 from .report_sections import pct
 
@@ -23,6 +23,15 @@ def over_calibration(n_fit: int, n_test: int, fpr: float, count: int) -> float:
     distributed, and the count on the test half beta-binomial."""
     k = math.floor(fpr * n_fit)
     return float(betabinom.sf(count - 1, n_test, k + 1, n_fit - k))
+
+
+def interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a rate seen as k of n: a never-seen family's row has 14-81
+    successful examples, so one image moves it by several points."""
+    a = (1 - level) / 2
+    lo = float(beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1 - a, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
 
 
 def _at_least(v: float, target: float) -> str:
@@ -70,8 +79,13 @@ def targets_section(full: dict, a) -> None:
         if r["n_pos"] < 5:
             a(f"| TPR >= 80 % on {r['attack']} {r['budget']} (never seen) | n = {r['n_pos']}, too few | |")
             continue
+        sure = ""
+        if r["tpr_fpr_0.01"] < 0.8:  # how sure the miss is, and what the SUSPICIOUS threshold still flags
+            lo, hi = interval(round(r["tpr_fpr_0.01"] * r["n_pos"]), r["n_pos"])
+            sure = f"; 95 % interval {pct(lo)}-{pct(hi)} %" + (
+                f"; {pct(r['tpr_fpr_0.05'])} % at least SUSPICIOUS" if r.get("tpr_fpr_0.05") is not None else "")
         a(f"| TPR >= 80 % on {r['attack']} {r['budget']} (never seen) | {pct(r['tpr_fpr_0.01'])} % (n = {r['n_pos']}) | "
-          f"{_at_least(r['tpr_fpr_0.01'], 0.8)} |")
+          f"{_at_least(r['tpr_fpr_0.01'], 0.8)}{sure} |")
     plain = (fd.get("pgd20_fooled_and_clean") or {}).get("linf_4", {}).get("fused")
     if plain is not None:
         a(f"| Non-adaptive PGD-20 at 4/255 fools and is answered CLEAN on <= 2 % of AdvTest | {pct(plain)} % | "

@@ -47,3 +47,19 @@ def test_targets_name_the_range_and_explain_only_a_miss():
     # Rows under 5 successful examples do not set the minimum.
     few = _section([_row("pgd20", "linf_1", 0.0, n=4), _row("cw", "l2_c1", 0.92)])
     assert "92.0 % on the one row | met" in few
+
+
+def test_interval_is_clopper_pearson():
+    """Each end is where the binomial tail beyond k of n is 2.5 %."""
+    from scipy.stats import binom
+    from medsentry_training.report_targets import interval
+    lo, hi = interval(14, 19)
+    assert abs(binom.sf(13, 19, lo) - 0.025) < 1e-6 and abs(binom.cdf(14, 19, hi) - 0.025) < 1e-6
+    assert interval(0, 10)[0] == 0.0 and interval(10, 10)[1] == 1.0
+
+
+def test_a_missed_never_seen_row_gives_its_interval_and_the_suspicious_rate():
+    row = {**_row("square", "linf_8", 14 / 19, n=19), "seen": False, "tpr_fpr_0.05": 18 / 19}
+    text = _section([_row("pgd20", "linf_1", 1.0), row])
+    assert "73.7 % (n = 19) | missed by 6.3 points; 95 % interval 48.8-90.9 %; 94.7 % at least SUSPICIOUS" in text
+    assert "interval" not in _section([_row("pgd20", "linf_1", 1.0), {**row, "tpr_fpr_0.01": 0.9}])
