@@ -83,7 +83,7 @@ def fused_section(fd, a):
         over = f"{', '.join(fd['inputs'])} (weights {', '.join(f'{w:.2f}' for w in fd['weights'])} on standardised inputs)"
         base = "base scores out-of-fold"
     a(f"`{fd['command']}`. Logistic regression over {over}, fitted on AdvTrain "
-      f"({fd['advtrain']['clean']} clean, {fd['advtrain']['adversarial']} successful FGSM/BIM/PGD-20/C&W examples made by "
+      f"({fd['advtrain']['clean']} clean, {fd['advtrain']['adversarial']} successful examples: FGSM/BIM/PGD-20/C&W made by "
       f"{fd.get('attacks_made_by', 'this stage')}" + (", and smooth PGD-20 (pgd20_smooth: the perturbation on a 4x coarser grid, "
                                                        "4 and 8/255) made by this stage" if any(r["attack"] == "pgd20_smooth" for r in fd["rows"]) else "")
       + f"; {base}); thresholds {f3(thr['fpr_0.01'])} (ADVERSARIAL) and {f3(thr['fpr_0.05'])} "
