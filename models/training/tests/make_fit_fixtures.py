@@ -50,6 +50,18 @@ def fit(onnx_path: str, csv_path: str, root: str, out: str, work: str, extra: li
     subprocess.run(cmd, check=True, cwd=os.path.dirname(HERE))
 
 
+def scrub(out: str, prefix: str) -> None:
+    """The reports name the fit's work directory in the commands they record: keep its last
+    part only (work-<name>), not this machine's temporary directory. Neither file is hashed in
+    bundle.toml."""
+    for name in ("report.json", "REPORT.md"):
+        path = os.path.join(out, name)
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace(prefix, ""))
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="fit-fixtures-")
     net = T.train_tiny()
@@ -63,6 +75,7 @@ def main():
         out = os.path.join(OUT, name)
         fit(onnx_path, csv_path, root, out, os.path.join(tmp, f"work-{name}"), ["--name", name] + extra)
         shutil.rmtree(os.path.join(out, "roc"), ignore_errors=True)
+        scrub(out, tmp + os.sep)
     shutil.rmtree(tmp)
     print(f"[done] fixtures in {os.path.relpath(OUT, datasets.REPO)}")
 
