@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, datasets, detectors, fused as F  # noqa: E402
-from medsentry_training.fused_attacks import smooth_attacks  # noqa: E402
+from medsentry_training.fused_attacks import with_smooth  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
 
 
@@ -46,8 +46,7 @@ def main(fit_dir: str, n_extra: int = 400) -> None:
     tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     att_tr, att_te = F.attacks_from_records(spec, tr, te)
-    att_tr += smooth_attacks(net, x[tr], y[tr], os.path.join(datasets.WORK, f"fused_smooth_{spec.name}_advtrain.npz"))
-    att_te += smooth_attacks(net, x[te], y[te], os.path.join(datasets.WORK, f"fused_smooth_{spec.name}_advtest.npz"))
+    att_tr, att_te = with_smooth(net, x, y, tr, te, att_tr, att_te, spec.name)
     clf = Classifier(bundle)
     base = F.advtrain_base(clf, x[tr], y[tr], att_tr, len(spec.labels))
     Xc, Xa = base.matrices()

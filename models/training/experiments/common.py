@@ -1,5 +1,6 @@
 """What the experiments share: a bundle's AdvTrain and AdvTest as the fused stage sees them
-(the attack stage's records: `attacks --dataset D --served-only --only fgsm,bim,pgd20,cw,square,transfer`)
+(the attack stage's records: `attacks --dataset D --served-only --only fgsm,bim,pgd20,cw,square,transfer`;
+without the smooth PGD-20 the stage makes since 2026-12-03, as the 64 px bundles were fitted)
 and the protocol every experiment measures by: fitted on AdvTrain only (5 folds by clean
 image), threshold = the 1 % quantile of the out-of-fold clean AdvTrain scores, AdvTest
 scored once, successful attacks only.

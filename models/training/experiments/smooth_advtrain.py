@@ -5,7 +5,9 @@
 (a second run with SCRATCH_DIR left in place attacks the same combiner; `rows`: the AdvTest
 rows of the attack stage's records too)
 
-The fused detector is fitted on FGSM/BIM/PGD-20/C&W examples only, all high-frequency; its
+Written before the fused stage made smooth PGD-20 itself (fused_attacks.with_smooth, since
+2026-12-03); it measured the case for it. Point BUNDLE_DIR at a bundle fitted before then.
+Such a fused detector is fitted on FGSM/BIM/PGD-20/C&W examples only, all high-frequency; its
 residual features at coarser scales (residual.SCALES) have no smooth example to learn from.
 Here: non-adaptive PGD-20 with the perturbation on a grid adaptive_fused.LOWPASS_FACTORS
 ["fused-aware-lowpass"] times coarser (cross-entropy only, 4 and 8/255) on AdvTrain, its

@@ -55,8 +55,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from . import advcommon as C
-from . import bundle_toml, contract, datasets, detectors, residual, sample, squeeze
-from .fused_attacks import SMOOTH_FACTOR, attacks_from_records, make_attacks, minimal_attacks, smooth_attacks
+from . import bundle_toml, contract, datasets, detectors, fused_sample, residual, squeeze
+from .fused_attacks import SMOOTH_BUDGETS, SMOOTH_FACTOR, SMOOTH_STEPS, attacks_from_records, make_attacks, minimal_attacks, with_smooth
 from .ood import Classifier
 
 FPRS = (0.01, 0.05)
@@ -167,6 +167,7 @@ class AdvTrainBase:
     rc: np.ndarray  # out-of-fold residual-statistics scores, clean
     ra: np.ndarray  # ... and examples
     resid_model: object  # the residual-statistics detector fitted on all of AdvTrain
+    by_family: dict  # successful examples per "family budget": what the combiner was fitted on
 
     def matrices(self) -> tuple[np.ndarray, np.ndarray]:
         """The combiner's inputs (INPUTS order) for the clean images and the examples."""
@@ -175,11 +176,12 @@ class AdvTrainBase:
 
 def advtrain_base(clf: Classifier, x_tr: np.ndarray, y_tr: np.ndarray, att_tr: list, n_labels: int) -> AdvTrainBase:
     clean = Inputs(clf, x_tr)
-    adv_x, src = [], []
-    for _, _, xa in att_tr:
+    adv_x, src, by_family = [], [], {}
+    for fam, b, xa in att_tr:
         m = successful(Inputs(clf, xa), y_tr, clean.pred)
         adv_x.append(xa[m])
         src.append(np.flatnonzero(m))
+        by_family[f"{fam} {b}"] = int(m.sum())
     adv_x = np.concatenate(adv_x)
     adv = Inputs(clf, adv_x)
     src = np.concatenate(src)
@@ -187,7 +189,7 @@ def advtrain_base(clf: Classifier, x_tr: np.ndarray, y_tr: np.ndarray, att_tr: l
     oc, oa = oof_base(clean, y_tr, adv, fold[src], fold, n_labels)
     rc, ra = residual.out_of_fold(clean.residual_features, adv.residual_features, fold, fold[src], detectors.N_FOLDS)
     resid_model = residual.fit(clean.residual_features, adv.residual_features)
-    return AdvTrainBase(clean, adv, adv_x, src, fold, oc, oa, rc, ra, resid_model)
+    return AdvTrainBase(clean, adv, adv_x, src, fold, oc, oa, rc, ra, resid_model, by_family)
 
 
 def fit_calibrated(Xc: np.ndarray, Xa: np.ndarray, fold: np.ndarray, src: np.ndarray):
@@ -263,8 +265,7 @@ def main(argv=None):
         att_tr, att_te = make_attacks(net, x[tr], y[tr], unseen=False), make_attacks(net, x[te], y[te], unseen=True)
         np.savez(cache, train=np.array(att_tr, dtype=object), test=np.array(att_te, dtype=object))
     # Smooth PGD-20 on both halves, made here whatever made the others (cached).
-    att_tr = att_tr + smooth_attacks(net, x[tr], y[tr], os.path.join(datasets.WORK, f"fused_smooth_{spec.name}_advtrain.npz"))
-    att_te = att_te + smooth_attacks(net, x[te], y[te], os.path.join(datasets.WORK, f"fused_smooth_{spec.name}_advtest.npz"))
+    att_tr, att_te = with_smooth(net, x, y, tr, te, att_tr, att_te, spec.name)
     print(f"[fused] attacks ready ({time.time() - t0:.0f}s)", flush=True)
 
     # AdvTrain: out-of-fold base scores, the combiner, its out-of-fold thresholds.
@@ -350,7 +351,7 @@ def main(argv=None):
                     "score, the L2 shift of the penultimate features under each squeezer, margin = top-1 minus top-2 "
                     "softmax probability, log-margin = ln(max(margin, 1e-6))",
            "fitted_on": f"AdvTrain: {len(Xc)} clean, {len(Xa)} successful FGSM/BIM/PGD-20 (1-8/255), C&W and smooth "
-                        f"PGD-20 ({SMOOTH_FACTOR}x coarser grid, 4 and 8/255) examples; "
+                        f"PGD-20 ({SMOOTH_FACTOR}x coarser grid, {' and '.join(map(str, SMOOTH_BUDGETS))}/255) examples; "
                         "base scores and thresholds out-of-fold", "cascade": cascade, "generated_by": "python -m medsentry_training.fused"}
     C.write_json(os.path.join(out_dir, "detector_fused.json"), det)
     bundle_toml.register_detectors(out_dir)
@@ -360,50 +361,17 @@ def main(argv=None):
     if pick:
         ok = np.flatnonzero(successful(Inputs(clf, pick[0]), y_te, ct.pred))
         flagged = [(pick[0][i], int(te[i]), int(y_te[i]), files[te[i]]) for i in ok]
-    add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below, cheap_cols))
+    fused_sample.add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below, cheap_cols))
     C.merge_report(out_dir, "fused_detector", {
         "command": f"python -m medsentry_training.fused --dataset {args.dataset}" + (" --from-records" if args.from_records else ""),
         "inputs": list(INPUTS), "widths": widths(ct),
         "attacks_made_by": "the attack stage (its records)" if spec.fit_dir is not None or args.from_records else "this stage",
-        "weights": lr.coef_[0].tolist(), "regularisation": choice, "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa)},
+        "weights": lr.coef_[0].tolist(), "regularisation": choice, "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa), "by_family": base.by_family},
+        "smooth": {"factor": SMOOTH_FACTOR, "budgets": list(SMOOTH_BUDGETS), "steps": SMOOTH_STEPS},
         "clean_advtest": clean_rates, "rows": rows,
         "cascade": {"skip_below": skip_below, "advtrain_clean_skipped": train_skipped, "advtest_clean_skipped": float(neg_skip.mean())}, "pgd20_fooled_and_clean": passes, "official_test_flagged": official,
         "clean_advtest_margin_median": float(np.median(ct.margin)), "seconds": round(time.time() - t0, 1)})
     print(f"[done] fused detector: clean AdvTest {clean_rates} ({time.time() - t0:.0f}s)", flush=True)
-
-
-def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float, cw: list, cascade, per_kind: int = 3) -> None:
-    """The fused score of each advtest_sample.json item, for the Rust parity test, and up to
-    `per_kind` successful C&W AdvTest examples that the fused detector flags ADVERSARIAL
-    (a quarter of the way from the threshold to 1, as tests/common picks its flagged
-    input), so that the tests have a flagged input under the fused verdict; each item's
-    `cascade_skip` says whether the cascade skips feature squeezing for it."""
-    cheap, skip_below, cheap_cols = cascade
-    smp = sample.Sample(out_dir)
-    smp.drop("cw")
-    inp = Inputs(clf, smp.pixels())
-    base = base_scores(dets, resid_model, inp)
-    X = inp.matrix()
-    s, skip = fused_score(model, X), fused_score(cheap, X[:, cheap_cols]) < skip_below
-    smp.add_scores(contract.name_of("fused"), s)
-    smp.add_scores(contract.name_of("residual_statistics"), base[2])
-    smp.set_field("cascade_skip", [bool(k) for k in skip])
-    if cw:
-        xc = np.stack([c[0] for c in cw])
-        ci = Inputs(clf, xc)
-        base = detectors.score_all(dets, ci.logits, ci.feats)
-        base["residual"] = residual.score(resid_model, ci.residual_features)
-        X = ci.matrix()
-        fs, skip = fused_score(model, X), fused_score(cheap, X[:, cheap_cols]) < skip_below
-        # One example for a full-size input (a 224 px item is about 1.5 MB of JSON).
-        per_kind = per_kind if xc[0].size <= 3 * 64 * 64 else 1
-        for j in [j for j in np.argsort(-fs) if fs[j] > threshold + 0.25 * (1 - threshold)][:per_kind]:
-            _, index, label, file = cw[j]
-            it = sample.item("cw", "cw", "l2_c1", index, file, label, xc[j], ci.logits[j], ci.feats[j],
-                             {**{k: v[j] for k, v in base.items()}, "squeeze": ci.squeeze[j], "fused": fs[j]})
-            it["cascade_skip"] = bool(skip[j])
-            smp.append(it)
-    smp.write()
 
 
 if __name__ == "__main__":

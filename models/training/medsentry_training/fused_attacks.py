@@ -16,6 +16,7 @@ import torch.nn.functional as TF
 import torchattacks
 
 from . import advcommon as C
+from . import datasets
 from .own_attacks import lbfgs_attack
 
 BUDGETS = (1, 2, 4, 8)
@@ -76,7 +77,8 @@ def minimal_attacks(net, x: np.ndarray, y: np.ndarray, cache: str) -> list:
         deepfool = torchattacks.DeepFool(net, steps=50, overshoot=0.02)(xt, yt).numpy()
         lbfgs[:n] = lbfgs_attack(net, xt[:n], yt[:n]).numpy()
         return [("deepfool", "l2_min", deepfool), ("lbfgs", "l2_min", lbfgs)]
-    return _cached(net, x, y, cache, make)
+    # Settings "": the key the first DeepFool/L-BFGS caches were written with (by name: legacy).
+    return _cached(net, x, y, cache, make, "", legacy=("deepfool", "lbfgs"))
 
 
 # Smooth PGD-20: the perturbation lives on a grid SMOOTH_FACTOR times coarser than the input,
@@ -96,7 +98,7 @@ def smooth_pgd(net, x: np.ndarray, y: np.ndarray, eps: float, factor: int = SMOO
         xb, yb = torch.from_numpy(x[i:i + 32]), torch.from_numpy(y[i:i + 32])
         h, w = xb.shape[2:]
         g = torch.Generator().manual_seed(i)
-        v = (torch.rand((*xb.shape[:2], h // factor, w // factor), generator=g) * 2 - 1) * eps
+        v = (torch.rand((*xb.shape[:2], max(1, h // factor), max(1, w // factor)), generator=g) * 2 - 1) * eps
 
         def up(v):
             return TF.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)
@@ -112,20 +114,31 @@ def smooth_pgd(net, x: np.ndarray, y: np.ndarray, eps: float, factor: int = SMOO
 def smooth_attacks(net, x: np.ndarray, y: np.ndarray, cache: str) -> list:
     """(family, budget, x_adv) for smooth PGD-20 at SMOOTH_BUDGETS, cached in `cache` as
     minimal_attacks caches its own."""
-    return _cached(net, x, y, cache, lambda: [("pgd20_smooth", f"linf_{e}", smooth_pgd(net, x, y, e / 255)) for e in SMOOTH_BUDGETS])
+    settings = f"smooth pgd factor {SMOOTH_FACTOR} budgets {SMOOTH_BUDGETS} steps {SMOOTH_STEPS}"
+    return _cached(net, x, y, cache, lambda: [("pgd20_smooth", f"linf_{e}", smooth_pgd(net, x, y, e / 255)) for e in SMOOTH_BUDGETS],
+                   settings)
 
 
-def _cached(net, x: np.ndarray, y: np.ndarray, cache: str, make) -> list:
-    """make()'s list, or the one saved in `cache` for the same images, labels and network."""
+def with_smooth(net, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, att_tr: list, att_te: list, name: str):
+    """The fused stage's attack lists with smooth PGD-20 added on both halves (made here
+    whatever made the others; cached in the work folder per half)."""
+    return (att_tr + smooth_attacks(net, x[tr], y[tr], os.path.join(datasets.WORK, f"fused_smooth_{name}_advtrain.npz")),
+            att_te + smooth_attacks(net, x[te], y[te], os.path.join(datasets.WORK, f"fused_smooth_{name}_advtest.npz")))
+
+
+def _cached(net, x: np.ndarray, y: np.ndarray, cache: str, make, settings: str, legacy: tuple = ()) -> list:
+    """make()'s list, or the one saved in `cache` for the same images, labels, network and
+    `settings` (the attack and its parameters, so a changed setting never reads an old file);
+    `legacy`: the names an older file of this cache stored its (family, "l2_min") arrays by."""
     with torch.no_grad():
         probe = net(torch.from_numpy(x[:16])).numpy()
-    key = hashlib.sha256(x.tobytes() + y.tobytes() + probe.tobytes()).hexdigest()
+    key = hashlib.sha256(x.tobytes() + y.tobytes() + probe.tobytes() + settings.encode()).hexdigest()
     if os.path.exists(cache):
         z = np.load(cache)
         if str(z["key"]) == key and "names" in z.files:
             return [(str(f), str(b), z[f"x{i}"]) for i, (f, b) in enumerate(z["names"])]
-        if str(z["key"]) == key:  # written before 2026-12-03: DeepFool and L-BFGS by name
-            return [(k, "l2_min", z[k]) for k in ("deepfool", "lbfgs")]
+        if str(z["key"]) == key and legacy:
+            return [(k, "l2_min", z[k]) for k in legacy]
     torch.manual_seed(0)
     out = make()
     np.savez(cache, key=key, names=np.array([(f, b) for f, b, _ in out]), **{f"x{i}": xa for i, (_, _, xa) in enumerate(out)})

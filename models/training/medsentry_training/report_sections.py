@@ -12,6 +12,18 @@ def f3(v):
     return "–" if v is None else f"{v:.3f}"
 
 
+def smooth_clause(fd) -> str:
+    """The fused section's words for the smooth PGD-20 family, when the combiner saw it: its
+    budgets from the AdvTest rows, its grid from `smooth` (absent in the first report with
+    it, 2026-12-03, whose grid was 4x coarser)."""
+    budgets = [r["budget"].removeprefix("linf_") for r in fd["rows"] if r["attack"] == "pgd20_smooth"]
+    if not budgets:
+        return ""
+    factor = (fd.get("smooth") or {}).get("factor", 4)
+    return (f", and smooth PGD-20 (pgd20_smooth: the perturbation on a {factor}x coarser grid, "
+            f"{' and '.join(budgets)}/255) made by this stage")
+
+
 def squeeze_section(fs, a):
     if not fs:
         return
@@ -84,8 +96,7 @@ def fused_section(fd, a):
         base = "base scores out-of-fold"
     a(f"`{fd['command']}`. Logistic regression over {over}, fitted on AdvTrain "
       f"({fd['advtrain']['clean']} clean, {fd['advtrain']['adversarial']} successful examples: FGSM/BIM/PGD-20/C&W made by "
-      f"{fd.get('attacks_made_by', 'this stage')}" + (", and smooth PGD-20 (pgd20_smooth: the perturbation on a 4x coarser grid, "
-                                                       "4 and 8/255) made by this stage" if any(r["attack"] == "pgd20_smooth" for r in fd["rows"]) else "")
+      f"{fd.get('attacks_made_by', 'this stage')}" + smooth_clause(fd)
       + f"; {base}); thresholds {f3(thr['fpr_0.01'])} (ADVERSARIAL) and {f3(thr['fpr_0.05'])} "
       f"(SUSPICIOUS) from its out-of-fold scores of clean AdvTrain. Clean AdvTest over them: fused "
       f"{pct(fd['clean_advtest']['fpr_0.01']['fused'])} % / {pct(fd['clean_advtest']['fpr_0.05']['fused'])} %; the union of "

@@ -106,6 +106,7 @@ def test_fit_serves_the_users_graph_in_both_layouts(tiny, images, tmp_path):
         # Smooth PGD-20 is made by the fused stage itself, on both halves, and is a seen family.
         smooth = [r for r in report["fused_detector"]["rows"] if r["attack"] == "pgd20_smooth"]
         assert [r["budget"] for r in smooth] == ["linf_4", "linf_8"] and all(r["seen"] for r in smooth)
+        assert {"pgd20_smooth linf_4", "pgd20_smooth linf_8"} <= set(report["fused_detector"]["advtrain"]["by_family"])
         kinds = [r["attack"] for r in report["adaptive_fused"]["rows"]]
         assert sorted(set(kinds)) == ["feature-hiding", "fused-aware", "fused-aware-lowpass", "fused-aware-lowpass-8"]
         if layout == "nchw_logits":

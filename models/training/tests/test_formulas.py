@@ -234,3 +234,12 @@ def test_smooth_pgd_perturbation_is_bounded_and_lives_on_the_coarse_grid():
     lap = lambda a: np.abs(4 * a[..., 1:-1, 1:-1] - a[..., :-2, 1:-1] - a[..., 2:, 1:-1] - a[..., 1:-1, :-2] - a[..., 1:-1, 2:])  # noqa: E731
     sign = eps * np.sign(rng.standard_normal(x.shape))
     assert lap(d).mean() < 0.1 * lap(sign).mean()
+    # The steps climb the loss: above the random start alone (the same start, no steps).
+    def loss(xa):
+        return float(torch.nn.functional.cross_entropy(net(torch.from_numpy(xa)), torch.from_numpy(y)))
+    steps, FA.SMOOTH_STEPS = FA.SMOOTH_STEPS, 0
+    try:
+        start = FA.smooth_pgd(net, x, y, eps)
+    finally:
+        FA.SMOOTH_STEPS = steps
+    assert loss(x + d) > loss(start) + 1e-3
