@@ -1,6 +1,8 @@
 """Square 8/255 on the official test images `fit` never read, against the served verdict.
 
-    cd models/training/experiments && ../.venv/bin/python square_unseen.py FIT_DIR [MAX_IMAGES]
+    cd models/training/experiments && ../.venv/bin/python square_unseen.py FIT_DIR [MAX_IMAGES] [--saved]
+
+(--saved: score the chunks a stopped run saved, attack nothing)
 
 On the 224 px bundle only 19 of AdvTest's 100 images give a successful Square example (Linf
 8/255, 500 queries, margin loss: the settings of the fused stage), so its never-seen row
@@ -30,7 +32,7 @@ from medsentry_training.report_targets import interval  # noqa: E402
 CHUNK = 32
 
 
-def main(fit_dir: str, max_images: int = 10_000) -> None:
+def main(fit_dir: str, max_images: int = 10_000, saved_only: bool = False) -> None:
     t0 = time.time()
     spec = datasets.resolve(fit_dir)
     bundle = os.path.join(fit_dir, "bundle")
@@ -45,19 +47,23 @@ def main(fit_dir: str, max_images: int = 10_000) -> None:
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     out = os.path.join(datasets.WORK, f"square_unseen_{spec.name}")
     os.makedirs(out, exist_ok=True)
-    advs = []
+    advs, done = [], []
     for k in range(0, len(keep), CHUNK):
         path = os.path.join(out, f"chunk_{k:04d}.npz")
         idx = keep[k:k + CHUNK]
         if os.path.exists(path) and np.array_equal(np.load(path)["index"], idx):
             advs.append(np.load(path)["x_adv"])
+            done.append(idx)
+            continue
+        if saved_only:
             continue
         atk = torchattacks.Square(net, eps=8 / 255, n_queries=500, loss="margin", seed=0)
         xa = atk(torch.from_numpy(x[idx]), torch.from_numpy(y[idx])).numpy()
         np.savez(path, index=idx, x_adv=xa)
         advs.append(xa)
+        done.append(idx)
         print(f"chunk {k // CHUNK + 1} of {-(-len(keep) // CHUNK)} ({time.time() - t0:.0f}s)", flush=True)
-    xa = np.concatenate(advs)
+    xa, keep = np.concatenate(advs), np.concatenate(done)
     inp = F.Inputs(clf, xa, clf_scales(bundle))
     ok = inp.pred != y[keep]
     with open(os.path.join(bundle, "detector_fused.json")) as f:
@@ -76,4 +82,5 @@ def clf_scales(bundle: str) -> list:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], *(int(a) for a in sys.argv[2:3]))
+    args = [a for a in sys.argv[1:] if a != "--saved"]
+    main(args[0], *(int(a) for a in args[1:2]), saved_only="--saved" in sys.argv)
