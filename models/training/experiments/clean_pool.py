@@ -23,7 +23,6 @@ on score lower than new clean images, so a threshold set on them flags four time
 calibrated rate: they cannot calibrate. As extra fitting data with the thresholds still set
 on the test split they move Square by one image of 19, within its 95 % interval.
 """
-import json
 import os
 import sys
 import time
@@ -34,16 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, datasets, detectors, fused as F  # noqa: E402
 from medsentry_training.fused_attacks import with_smooth  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
+from common import fit_halves  # noqa: E402
 
 
 def main(fit_dir: str, n_extra: int = 400) -> None:
     t0 = time.time()
-    spec = datasets.resolve(fit_dir)
-    bundle = os.path.join(fit_dir, "bundle")
-    x, y, _ = datasets.load_split(spec, "test")
-    with open(os.path.join(bundle, "adv_split.json")) as f:
-        split = json.load(f)
-    tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+    spec, bundle, x, y, tr, te = fit_halves(fit_dir)
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     att_tr, att_te = F.attacks_from_records(spec, tr, te)
     att_tr, att_te = with_smooth(net, x, y, tr, te, att_tr, att_te, spec.name)

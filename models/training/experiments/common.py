@@ -34,6 +34,18 @@ class Setup:
     tests: list  # AdvTest attacks: (family, budget, x_adv, Inputs, successful mask)
 
 
+def fit_halves(fit_dir: str):
+    """A `fit` work folder's dataset spec, bundle folder, official test set (x, y) and its
+    AdvTrain and AdvTest indices (adv_split.json)."""
+    spec = datasets.resolve(fit_dir)
+    bundle = os.path.join(fit_dir, "bundle")
+    x, y, _ = datasets.load_split(spec, "test")
+    with open(os.path.join(bundle, "adv_split.json")) as f:
+        split = json.load(f)
+    tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+    return spec, bundle, x, y, tr, te
+
+
 def load(argv) -> Setup:
     spec = datasets.SPECS[argv[1] if len(argv) > 1 else "chest_xray"]
     out_dir = C.default_bundle_dir(spec)

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, datasets, fused as F  # noqa: E402
 from medsentry_training.adaptive_fused import served_linear  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
+from common import fit_halves  # noqa: E402
 from medsentry_training.report_targets import interval  # noqa: E402
 
 CHUNK = 32
@@ -39,12 +40,8 @@ CHUNK = 32
 
 def main(fit_dir: str, max_images: int = 10_000, saved_only: bool = False) -> None:
     t0 = time.time()
-    spec = datasets.resolve(fit_dir)
-    bundle = os.path.join(fit_dir, "bundle")
-    x, y, _ = datasets.load_split(spec, "test")
-    with open(os.path.join(bundle, "adv_split.json")) as f:
-        split = json.load(f)
-    read = {int(i) for h in ("AdvTrain", "AdvTest") for i in split[h]["index"]}
+    spec, bundle, x, y, tr, te = fit_halves(fit_dir)
+    read = set(tr.tolist()) | set(te.tolist())
     unseen = np.array([i for i in range(len(x)) if i not in read][:max_images])
     clf = Classifier(bundle)
     clean = F.Inputs(clf, x[unseen])
