@@ -1,7 +1,7 @@
 """Stage: evaluation on AdvTest -> report.json, REPORT.md and ROC plots in --out.
 
     python -m medsentry_training.evaluate --dataset chest_xray [--limit N] [--out DIR]
-                                          [--adaptive-steps 40]
+                                          [--adaptive-steps 40] [--keep-adaptive]
 
 Reads the attack stage's folder (and its hardened snapshot) and the detector JSON files in
 --out (default models/<bundle>/). Writes, into --out:
@@ -21,6 +21,9 @@ the classifier gets right when clean (for targeted attacks, only images whose tr
 not the target), negatives = all clean AdvTest images; the
 unseen-attack table (logreg fitted on FGSM/BIM/PGD/C&W only, Mahalanobis fitted on clean
 only); an adaptive attack that knows every served detector (medsentry_training.adaptive).
+--keep-adaptive keeps report.json's adaptive section instead of re-running it (half an hour
+at 224 px) when it was made against the same checkpoint and detector thresholds, e.g. after
+new attack records (UAPs) only; otherwise it stops.
 """
 from __future__ import annotations
 
@@ -162,8 +165,42 @@ def roc_plots(out_dir, neg, pos_scores, dets):
     return written
 
 
+def run_adaptive(spec, out_dir, model, dets, x, y, split, recs, steps, times) -> dict:
+    """The adaptive attack on every served detector from AdvTest's clean-correct images, and
+    how often non-adaptive PGD-20 fools the model unflagged."""
+    te = split["test"]
+    pred = np.concatenate([C.forward_batches(model, x[te])[0].argmax(1)])
+    base = te[pred == y[te]]
+    sq_path = os.path.join(out_dir, "detector_squeeze.json")
+    sq = None
+    if os.path.exists(sq_path):
+        with open(sq_path) as f:
+            sq = json.load(f)
+    served = adaptive.served(dets)
+    budgets = datasets.fit_config(spec).get("adaptive_eps") or adaptive.EPS_255
+    out = adaptive.run(model, served, sq, x, y, base, steps, times, budgets)
+    out["non_adaptive_pgd20_fooled_and_undetected"] = adaptive.non_adaptive_pgd20(model, served, sq, recs)
+    return out
+
+
+def kept_adaptive(old: dict, rep: dict) -> dict:
+    """The previous evaluation's adaptive section, when it attacked the same checkpoint and
+    the same detector thresholds as this one."""
+    if "adaptive" not in old:
+        raise SystemExit("--keep-adaptive: report.json has no adaptive section to keep")
+    same = (old.get("served", {}).get("checkpoint_sha256") == rep["served"]["checkpoint_sha256"]
+            and old.get("detection", {}).get("thresholds") == rep["detection"]["thresholds"])
+    if not same:
+        raise SystemExit("--keep-adaptive: the checkpoint or the detector thresholds changed since the adaptive "
+                         "attack ran; run without --keep-adaptive")
+    return old["adaptive"]
+
+
 def main(argv=None):
-    args, spec, out_dir = C.stage_args(__doc__, argv, lambda ap: ap.add_argument("--adaptive-steps", type=int, default=40))
+    def extra(ap):
+        ap.add_argument("--adaptive-steps", type=int, default=40)
+        ap.add_argument("--keep-adaptive", action="store_true", help="reuse report.json's adaptive section (same detectors)")
+    args, spec, out_dir = C.stage_args(__doc__, argv, extra)
     times = {}
     t0 = time.time()
     with C.timed(times, "load"):
@@ -209,25 +246,18 @@ def main(argv=None):
                          "rows": [r for r in rows if r["family"] in UNSEEN]}
     with C.timed(times, "roc plots"):
         rep["roc_plots"] = roc_plots(out_dir, neg, pos_scores, dets)
-    with C.timed(times, "adaptive"):
-        te = split["test"]
-        pred = np.concatenate([C.forward_batches(model, x[te])[0].argmax(1)])
-        base = te[pred == y[te]]
-        sq_path = os.path.join(out_dir, "detector_squeeze.json")
-        sq = None
-        if os.path.exists(sq_path):
-            with open(sq_path) as f:
-                sq = json.load(f)
-        served = adaptive.served(dets)
-        budgets = datasets.fit_config(spec).get("adaptive_eps") or adaptive.EPS_255
-        rep["adaptive"] = adaptive.run(model, served, sq, x, y, base, args.adaptive_steps, times, budgets)
-        rep["adaptive"]["non_adaptive_pgd20_fooled_and_undetected"] = adaptive.non_adaptive_pgd20(model, served, sq, recs)
-    rep["stage_seconds"] = times
     path = os.path.join(out_dir, "report.json")
     full = {}
     if os.path.exists(path):
         with open(path) as f:
             full = json.load(f)
+    if args.keep_adaptive:
+        rep["adaptive"] = kept_adaptive(full.get("adversarial_evaluation", {}), rep)
+        times.update({k: v for k, v in full["adversarial_evaluation"]["stage_seconds"].items() if k.startswith("adaptive")})
+    else:
+        with C.timed(times, "adaptive"):
+            rep["adaptive"] = run_adaptive(spec, out_dir, model, dets, x, y, split, recs, args.adaptive_steps, times)
+    rep["stage_seconds"] = times
     full["adversarial_evaluation"] = rep
     C.write_json(path, full)
     from .report import render

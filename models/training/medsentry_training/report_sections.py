@@ -24,6 +24,18 @@ def smooth_clause(fd) -> str:
             f"{' and '.join(budgets)}/255) made by this stage")
 
 
+def c_clause(fd) -> str:
+    """The fused section's words for the combiner's regularisation, when the stage recorded
+    its out-of-fold misses per C (fused.choose_c, since 2026-12-03)."""
+    reg = fd.get("regularisation") or {}
+    if "advtrain_oof_missed" not in reg:
+        return ""
+    missed = ", ".join(f"{c}: {m}" for c, m in reg["advtrain_oof_missed"].items())
+    return (f" Regularisation C = {reg['c']}: the smallest C whose out-of-fold AdvTrain examples missed at the two "
+            f"thresholds are within {reg['tie_examples']} of the fewest (missed per C, of "
+            f"{2 * fd['advtrain']['adversarial']}: {missed}).")
+
+
 def squeeze_section(fs, a):
     if not fs:
         return
@@ -101,7 +113,7 @@ def fused_section(fd, a):
       f"(SUSPICIOUS) from its out-of-fold scores of clean AdvTrain. Clean AdvTest over them: fused "
       f"{pct(fd['clean_advtest']['fpr_0.01']['fused'])} % / {pct(fd['clean_advtest']['fpr_0.05']['fused'])} %; the union of "
       f"the served detectors, which set the verdict before: {pct(fd['clean_advtest']['fpr_0.01']['union'])} % / "
-      f"{pct(fd['clean_advtest']['fpr_0.05']['union'])} %.\n")
+      f"{pct(fd['clean_advtest']['fpr_0.05']['union'])} %." + c_clause(fd) + "\n")
     a("| attack | budget | seen by the combiner | n pos | fused AUROC | fused TPR@1% | fused TPR@5% | union TPR@1% | union TPR@5% |")
     a("|---|---|---|---|---|---|---|---|---|")
     for r in fd["rows"]:
