@@ -49,3 +49,35 @@ async fn real_images_get_the_original_graphs_probabilities() {
 fn argmax(v: &[f32]) -> usize {
     (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
 }
+
+/// The bundle's own non-targeted UAP (Linf, 4 % of the mean image maximum, crafted on
+/// AdvTrain by the attack stage; tests/fixtures/campaign) added to a stream of clean AdvTest
+/// images after 20 clean ones: the shared-perturbation alarm stays off on the clean prefix and
+/// is raised once the window (32) holds perturbed inputs, and stays raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_own_universal_perturbation_raises_the_campaign_alarm() {
+    let dir = only_bundle(RESNET224);
+    let server = TestServer::ready(&["--models-dir", dir.path().to_str().unwrap()]).await;
+    let spec = repo_bundle(RESNET224).manifest.input;
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("models").join(RESNET224).join("adv_split.json")).unwrap()).unwrap();
+    let files: Vec<String> = split["AdvTest"]["file"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+    let (root, _) = references(RESNET224);
+    let uap = perturbation("chest-xray-resnet18-224__uap__linf_z4");
+    let mut client = server.client().await;
+    let mut alarms = Vec::new();
+    for (i, f) in shuffled(&files, 7).iter().take(56).enumerate() {
+        let img = decode_raster(&std::fs::read(data(&root).join(f)).unwrap(), &DecodeLimits::default()).unwrap();
+        let clean = to_model_space(&img, &spec);
+        let x = if i < 20 { clean } else { add_clipped(&clean, &uap) };
+        let mut req = tensor_request(&format!("r{i}"), vec![1, 3, 224, 224], x);
+        req.model = RESNET224.to_string();
+        let s = client.screen(req).await.unwrap().into_inner().screening.unwrap();
+        alarms.push(s.campaign.expect("the bundle has a [campaign] calibration").shared_perturbation_alarm);
+    }
+    assert!(alarms[..20].iter().all(|a| !a), "alarm on clean traffic: {alarms:?}");
+    let first = alarms.iter().position(|a| *a).expect("the campaign is noticed");
+    assert!(first < 20 + 32, "alarm only after {first} requests");
+    assert!(alarms[first..].iter().all(|a| *a), "the alarm holds while the campaign lasts: {alarms:?}");
+    server.stop().await.unwrap();
+}
