@@ -26,10 +26,8 @@ missed for want of weight. The fused stage keeps every example alike.
 import sys
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
-from common import F, detectors, load, report
+from common import F, detectors, fit_weighted, load, report
 
 s = load(sys.argv)
 c = float(sys.argv[2]) if len(sys.argv) > 2 else 0.3
@@ -46,25 +44,14 @@ Xc, Xa = s.base.matrices()
 small = np.array([not b.endswith("_8") for _, b, _ in att_tr])
 
 
-def fit_weighted(Rc, Ra, wa):
-    """Standardise, then a logistic regression with per-example weights (clean and adversarial
-    totals equal); returns its scoring function."""
-    X = np.vstack([Rc, Ra])
-    w = np.r_[np.full(len(Rc), wa.sum() / len(Rc)), wa]
-    sc = StandardScaler().fit(X)
-    lr = LogisticRegression(C=c, max_iter=5000).fit(sc.transform(X), np.r_[np.zeros(len(Rc)), np.ones(len(Ra))],
-                                                    sample_weight=w / w.mean())
-    return lambda Z: lr.predict_proba(sc.transform(Z))[:, 1]
-
-
 def run(name: str, wa: np.ndarray) -> None:
     keep = wa > 0
     fa = s.base.fold[s.base.src]
     oof = np.zeros(len(Xc))
     for f in range(detectors.N_FOLDS):
         kc, ka = s.base.fold != f, (fa != f) & keep
-        oof[~kc] = fit_weighted(Xc[kc], Xa[ka], wa[ka])(Xc[~kc])
-    score = fit_weighted(Xc, Xa[keep], wa[keep])
+        oof[~kc] = fit_weighted(Xc[kc], Xa[ka], wa[ka], c)(Xc[~kc])
+    score = fit_weighted(Xc, Xa[keep], wa[keep], c)
     report(s, name, oof, score(s.ct.matrix()), [score(inp.matrix()[m]) for _, _, _, inp, m in s.tests])
 
 

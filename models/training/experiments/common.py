@@ -70,6 +70,17 @@ def lin(c: float):
     return lambda: make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
 
 
+def fit_weighted(Rc, Ra, wa, c: float):
+    """Standardise, then a logistic regression with per-example weights `wa` on the
+    adversarial rows (clean and adversarial totals equal); returns its scoring function."""
+    X = np.vstack([Rc, Ra])
+    w = np.r_[np.full(len(Rc), wa.sum() / len(Rc)), wa]
+    sc = StandardScaler().fit(X)
+    lr = LogisticRegression(C=c, max_iter=5000).fit(sc.transform(X), np.r_[np.zeros(len(Rc)), np.ones(len(Ra))],
+                                                    sample_weight=w / w.mean())
+    return lambda Z: lr.predict_proba(sc.transform(Z))[:, 1]
+
+
 def oof_fit(s: Setup, make, Rc, Ra, Tc, Tp):
     """Out-of-fold scores of the clean AdvTrain rows Rc (their examples Ra in their image's
     fold), then the model fitted on all of AdvTrain scored on clean AdvTest Tc and each

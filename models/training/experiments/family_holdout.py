@@ -38,14 +38,12 @@ import sys
 import time
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, datasets, detectors, fused as F  # noqa: E402
 from medsentry_training.fused_attacks import minimal_attacks, with_smooth  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
-from common import fit_halves  # noqa: E402
+from common import fit_halves, fit_weighted  # noqa: E402
 
 
 def matrices(fit_dir: str) -> dict:
@@ -76,16 +74,6 @@ def matrices(fit_dir: str) -> dict:
     return out
 
 
-def fit(Xc, Xa, wa, c):
-    """Standardised logistic regression, clean and adversarial sides the same total weight."""
-    X = np.vstack([Xc, Xa])
-    w = np.r_[np.full(len(Xc), wa.sum() / len(Xc)), wa]
-    sc = StandardScaler().fit(X)
-    lr = LogisticRegression(C=c, max_iter=2000).fit(sc.transform(X), np.r_[np.zeros(len(Xc)), np.ones(len(Xa))],
-                                                  sample_weight=w / w.mean())
-    return lambda Z: lr.decision_function(sc.transform(Z))
-
-
 def weights(fam: np.ndarray, keep: np.ndarray, how: str) -> np.ndarray:
     if how == "alike":
         return np.ones(keep.sum())
@@ -103,11 +91,11 @@ def criteria(m: dict, c: float, how: str):
     held = {k: (np.zeros(len(Xc)), np.zeros((fam == k).sum())) for k in np.unique(fam)}
     for f in range(detectors.N_FOLDS):
         kc, ka = fold != f, fa != f
-        g = fit(Xc[kc], Xa[ka], weights(fam, ka, how), c)
+        g = fit_weighted(Xc[kc], Xa[ka], weights(fam, ka, how), c)
         sc[~kc], sa[~ka] = g(Xc[~kc]), g(Xa[~ka])
         for k, (hc, ha) in held.items():
             keep = ka & (fam != k)
-            g = fit(Xc[kc], Xa[keep], weights(fam, keep, how), c)
+            g = fit_weighted(Xc[kc], Xa[keep], weights(fam, keep, how), c)
             hc[~kc] = g(Xc[~kc])
             ha[~ka[fam == k]] = g(Xa[(fam == k) & ~ka])
     tpr = lambda neg, pos: float(np.mean([(pos > detectors.threshold_at(neg, p)).mean() for p in F.FPRS]))  # noqa: E731
@@ -123,7 +111,7 @@ def main(fit_dir: str) -> None:
     for how in ("alike", "per-family"):
         for c in F.C_GRID:
             seen_tpr, held, oof = criteria(m, c, how)
-            g = fit(m["Xc"], m["Xa"], weights(m["fam"], np.ones(len(m["Xa"]), bool), how), c)
+            g = fit_weighted(m["Xc"], m["Xa"], weights(m["fam"], np.ones(len(m["Xa"]), bool), how), c)
             t1 = detectors.threshold_at(oof, 0.01)
             seen_rows = [100 * (g(r) > t1).mean() for n, r in zip(m["names"], m["rows"]) if n.split()[0] in F.SEEN and len(r)]
             never = ", ".join(f"{m['names'][i]} {100 * (g(m['rows'][i]) > t1).mean():.1f}" for i in unseen)

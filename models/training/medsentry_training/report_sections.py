@@ -33,7 +33,7 @@ def c_clause(fd) -> str:
     missed = ", ".join(f"{c}: {m}" for c, m in reg["advtrain_oof_missed"].items())
     return (f" Regularisation C = {reg['c']}: the smallest C whose out-of-fold AdvTrain examples missed at the two "
             f"thresholds are within {reg['tie_examples']} of the fewest (missed per C, of "
-            f"{2 * fd['advtrain']['adversarial']}: {missed}).")
+            f"{len(fd['thresholds']) * fd['advtrain']['adversarial']}: {missed}).")
 
 
 def squeeze_section(fs, a):
