@@ -8,7 +8,7 @@ and per attack AUROC / TPR at 1 % for the fused detector as served and with agre
 
     cd models/training && .venv/bin/python experiments/agreement.py chest_xray
 
-Needs work/fused_<bundle>.npz (written by `python -m medsentry_training.fused`). Not
+Reads the fused stage's attack caches (work/fused_<bundle>_advtrain.npz and _advtest.npz, made if absent). Not
 adaptive: an attacker who knows both models attacks both (see the note in the README).
 """
 import json
@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, datasets, detectors, squeeze  # noqa: E402
 from medsentry_training.fused import Inputs, advtrain_base, fit_calibrated, fused_score, successful  # noqa: E402
+from medsentry_training.fused_attacks import made_attacks  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
 
 name = sys.argv[1] if len(sys.argv) > 1 else "chest_xray"
@@ -31,8 +32,7 @@ standard.eval()
 x, y, _ = datasets.load_split(spec, "test")
 split = json.load(open(os.path.join(out_dir, "adv_split.json")))
 tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
-z = np.load(os.path.join(datasets.WORK, f"fused_{spec.name}.npz"), allow_pickle=True)
-att_tr, att_te = list(z["train"]), list(z["test"])
+att_tr, att_te = made_attacks(C.load_ckpt(C.ckpt_path(spec, "hardened"))[0], x, y, tr, te, spec.name)
 
 
 def disagreement(inp: Inputs, xs: np.ndarray) -> np.ndarray:

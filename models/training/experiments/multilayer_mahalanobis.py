@@ -7,7 +7,7 @@ clean AdvTrain. Prints AdvTest AUROC and TPR per attack next to the last layer a
 
     cd models/training && .venv/bin/python experiments/multilayer_mahalanobis.py chest_xray
 
-Needs work/fused_<bundle>.npz (written by `python -m medsentry_training.fused`).
+Reads the fused stage's attack caches (work/fused_<bundle>_advtrain.npz and _advtest.npz, made if absent).
 """
 import json
 import os
@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, datasets  # noqa: E402
+from medsentry_training.fused_attacks import made_attacks  # noqa: E402
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -37,8 +38,7 @@ for n, m in mods: m.register_forward_hook(hook(n))
 x, y, _ = datasets.load_split(spec, "test")
 sp = json.load(open(os.path.join(datasets.REPO, "models", spec.name, "adv_split.json")))
 tr, te = (np.array(sp[h]["index"]) for h in ("AdvTrain", "AdvTest"))
-z = np.load(os.path.join(datasets.WORK, f"fused_{spec.name}.npz"), allow_pickle=True)
-att_tr, att_te = list(z["train"]), list(z["test"])
+att_tr, att_te = made_attacks(C.load_ckpt(C.ckpt_path(spec, "hardened"))[0], x, y, tr, te, spec.name)
 def run(xa):
     outs = {n: [] for n, _ in mods}; lo = []
     with torch.no_grad():

@@ -35,6 +35,10 @@ ATTACK_ROOT = os.path.join(datasets.WORK, "attacks")
 SPLIT_SEED = 1
 EPS_LIST = [1, 2, 4, 8]  # Linf budgets in 1/255 units
 SERVED = "hardened"
+# MEDSENTRY_TORCH_DEVICE=cuda runs the attacked classifiers' large batches on a GPU
+# (Normalized.accelerate): the attack and adaptive stages are hours on 2 CPU cores. Detector
+# fitting and everything the Rust side recomputes stay on the CPU (forward_batches).
+TORCH_DEVICE = os.environ.get("MEDSENTRY_TORCH_DEVICE", "cpu")
 
 
 def default_bundle_dir(spec) -> str:
@@ -81,6 +85,8 @@ def load_ckpt(path: str):
     model = Normalized(net, ck["mean"], ck["std"]).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if TORCH_DEVICE != "cpu":
+        model.accelerate(TORCH_DEVICE)
     return model, ck
 
 
@@ -216,7 +222,7 @@ def forward_batches(model: Normalized, x: np.ndarray, batch: int = 256):
     ls, fs = [], []
     with torch.no_grad():
         for i in range(0, max(len(x), 1), batch):
-            lo, fe = model.features(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)))
+            lo, fe = model.features_exact(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)))
             ls.append(lo.double().numpy()); fs.append(fe.double().numpy())
     return np.concatenate(ls), np.concatenate(fs)
 

@@ -56,7 +56,7 @@ from sklearn.preprocessing import StandardScaler
 
 from . import advcommon as C
 from . import bundle_toml, contract, datasets, detectors, fused_sample, residual, squeeze
-from .fused_attacks import SMOOTH_BUDGETS, SMOOTH_FACTOR, SMOOTH_STEPS, attacks_from_records, make_attacks, minimal_attacks, with_smooth
+from .fused_attacks import SMOOTH_BUDGETS, SMOOTH_FACTOR, SMOOTH_STEPS, attacks_from_records, made_attacks, minimal_attacks, with_smooth
 from .ood import Classifier
 
 FPRS = (0.01, 0.05)
@@ -267,15 +267,10 @@ def main(argv=None):
         split = json.load(f)
     tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
-    cache = os.path.join(datasets.WORK, f"fused_{spec.name}.npz")
     if spec.fit_dir is not None or args.from_records:  # the attack stage's records, made the same way
         att_tr, att_te = attacks_from_records(spec, tr, te)
-    elif os.path.exists(cache):
-        z = np.load(cache, allow_pickle=True)
-        att_tr, att_te = list(z["train"]), list(z["test"])
     else:
-        att_tr, att_te = make_attacks(net, x[tr], y[tr], unseen=False), make_attacks(net, x[te], y[te], unseen=True)
-        np.savez(cache, train=np.array(att_tr, dtype=object), test=np.array(att_te, dtype=object))
+        att_tr, att_te = made_attacks(net, x, y, tr, te, spec.name)
     # Smooth PGD-20 on both halves, made here whatever made the others (cached).
     att_tr, att_te = with_smooth(net, x, y, tr, te, att_tr, att_te, spec.name)
     print(f"[fused] attacks ready ({time.time() - t0:.0f}s)", flush=True)

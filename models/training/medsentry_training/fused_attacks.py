@@ -39,6 +39,16 @@ def make_attacks(net, x: np.ndarray, y: np.ndarray, unseen: bool) -> list:
     return out
 
 
+def made_attacks(net, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, name: str):
+    """make_attacks on AdvTrain and (with Square) AdvTest, cached in the work folder per half,
+    keyed as minimal_attacks keys its cache: a --limit run's file is never read for the full
+    split, nor one made against another checkpoint."""
+    settings = f"fgsm/bim/pgd20 {BUDGETS}, cw c=1 100 steps, square linf_8 500 queries on AdvTest"
+    return tuple(_cached(net, x[idx], y[idx], os.path.join(datasets.WORK, f"fused_{name}_{half}.npz"),
+                         lambda idx=idx, unseen=unseen: make_attacks(net, x[idx], y[idx], unseen=unseen), settings)
+                 for idx, half, unseen in ((tr, "advtrain", False), (te, "advtest", True)))
+
+
 def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
     """make_attacks' lists from the attack stage's records (a fitted bundle's attacks are
     expensive at full size, and attacks.py made the same ones): (family, budget, x_adv)

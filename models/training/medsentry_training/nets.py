@@ -5,6 +5,8 @@ the sidecar's detectors need no second forward pass.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -77,7 +79,35 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x):
-        return self.net((x - self.mean) / self.std)[0]
+        return self.features(x)[0]
 
     def features(self, x):
+        z = (x - self.mean) / self.std
+        fast = self.__dict__.get("_fast")
+        if fast is not None and z.shape[0] >= self._fast_min_batch:
+            logits, feats = fast(z.to(self._fast_device))
+            return logits.to(z.device), feats.to(z.device)
+        return self.net(z)
+
+    def features_exact(self, x):
+        """features() on the net itself (CPU), never the accelerator's copy: what the
+        detectors are fitted on and the Rust side recomputes to parity."""
         return self.net((x - self.mean) / self.std)
+
+    def accelerate(self, device: str, min_batch: int = 16) -> "Normalized":
+        """Run forward() and features() on a copy of the net on `device` (say "cuda") for
+        batches of at least min_batch. Inputs and outputs stay on the caller's device and
+        autograd flows through the copies, so attack code written for the CPU runs
+        unchanged; the copy is not a registered submodule, so parameters(), state_dict()
+        and the device torchattacks reads from the parameters still see the CPU net.
+        Small batches (per-image searches) stay on the CPU, where launch latency is lower.
+        TF32 is switched off so that the copy computes in float32 like the CPU."""
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        fast = copy.deepcopy(self.net).to(device).eval()
+        for p in fast.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "_fast", fast)
+        object.__setattr__(self, "_fast_device", torch.device(device))
+        object.__setattr__(self, "_fast_min_batch", min_batch)
+        return self
