@@ -40,8 +40,9 @@ never look like. Without it the adaptive low-pass attack fooled the model and pa
 out-of-fold (Mahalanobis and logistic refitted without each fold, as detectors.py does),
 because their in-sample scores are better than what new images get. Thresholds: the
 fused detector's own out-of-fold scores of clean AdvTrain at 1 % and 5 %. Measured on
-AdvTest only, with Square (Linf 8/255, 500 queries) and the committed UAP fixtures as
-attacks the combiner never saw.
+AdvTest only, with Square (Linf 8/255, 500 queries), the committed UAP fixtures, DeepFool,
+L-BFGS and, where the attack folder holds them, the transfer records (PGD-20 crafted on the
+surrogate) as attacks the combiner never saw.
 """
 from __future__ import annotations
 
@@ -271,6 +272,10 @@ def main(argv=None):
         att_tr, att_te = attacks_from_records(spec, tr, te)
     else:
         att_tr, att_te = made_attacks(net, x, y, tr, te, spec.name)
+        if os.path.exists(os.path.join(C.attack_dir(spec, None), "manifest.json")):
+            # Transfer (crafted on the surrogate) is AdvTest-only and never fitted on: its
+            # records add rows without changing the fit (`attacks --only transfer --served-only`).
+            att_te += attacks_from_records(spec, tr, te, families=("transfer",))[1]
     # Smooth PGD-20 on both halves, made here whatever made the others (cached).
     att_tr, att_te = with_smooth(net, x, y, tr, te, att_tr, att_te, spec.name)
     print(f"[fused] attacks ready ({time.time() - t0:.0f}s)", flush=True)

@@ -49,16 +49,20 @@ def made_attacks(net, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarr
                  for idx, half, unseen in ((tr, "advtrain", False), (te, "advtest", True)))
 
 
-def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray):
+RECORD_FAMILIES = ("fgsm", "bim", "pgd20", "cw", "square", "transfer")
+
+
+def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray, families: tuple = RECORD_FAMILIES):
     """make_attacks' lists from the attack stage's records (a fitted bundle's attacks are
     expensive at full size, and attacks.py made the same ones): (family, budget, x_adv)
     aligned with x[tr] and x[te]. Square and transfer (PGD-20 crafted on the surrogate; the
-    combiner never sees either) on AdvTest only, as make_attacks does with Square."""
+    combiner never sees either) on AdvTest only, as make_attacks does with Square. `families`:
+    only these attacks' records."""
     adir = C.attack_dir(spec, None)
     man = C.load_manifest(adir)
     out_tr, out_te = [], []
     for r in C.load_attacks(adir, "hardened", shas=man["shas"]):
-        if r.attack not in ("fgsm", "bim", "pgd20", "cw", "square", "transfer"):
+        if r.attack not in families:
             continue
         pos = {int(i): k for k, i in enumerate(r.index)}
         for half, idx, out in ((0, tr, out_tr), (1, te, out_te)):
