@@ -227,10 +227,12 @@ def forward_batches(model: Normalized, x: np.ndarray, batch: int = 256):
     return np.concatenate(ls), np.concatenate(fs)
 
 
-def load_attacks(adir: str, target: str | None = None, shas: dict | None = None) -> list[AttackRecord]:
+def load_attacks(adir: str, target: str | None = None, shas: dict | None = None,
+                 attacks: tuple | None = None) -> list[AttackRecord]:
     """All attack records in adir (records.load_all). With `shas` (the manifest's),
-    records made against other checkpoint versions are left out."""
-    return records.load_all(adir, target, shas)
+    records made against other checkpoint versions are left out; with `attacks`, all but
+    those attacks' records."""
+    return records.load_all(adir, target, shas, attacks)
 
 
 def auroc(neg: np.ndarray, pos: np.ndarray) -> float | None:

@@ -61,9 +61,7 @@ def attacks_from_records(spec, tr: np.ndarray, te: np.ndarray, families: tuple =
     adir = C.attack_dir(spec, None)
     man = C.load_manifest(adir)
     out_tr, out_te = [], []
-    for r in C.load_attacks(adir, "hardened", shas=man["shas"]):
-        if r.attack not in families:
-            continue
+    for r in C.load_attacks(adir, "hardened", shas=man["shas"], attacks=families):
         pos = {int(i): k for k, i in enumerate(r.index)}
         for half, idx, out in ((0, tr, out_tr), (1, te, out_te)):
             if r.attack in ("square", "transfer") and half == 0:

@@ -82,12 +82,11 @@ class Normalized(nn.Module):
         return self.features(x)[0]
 
     def features(self, x):
-        z = (x - self.mean) / self.std
         fast = self.__dict__.get("_fast")
-        if fast is not None and z.shape[0] >= self._fast_min_batch:
-            logits, feats = fast(z.to(self._fast_device))
-            return logits.to(z.device), feats.to(z.device)
-        return self.net(z)
+        if fast is None or x.shape[0] < self._fast_min_batch:
+            return self.features_exact(x)
+        logits, feats = fast(((x - self.mean) / self.std).to(self._fast_device))
+        return logits.to(x.device), feats.to(x.device)
 
     def features_exact(self, x):
         """features() on the net itself (CPU), never the accelerator's copy: what the

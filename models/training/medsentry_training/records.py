@@ -57,10 +57,12 @@ class AttackRecord:
                    extra={k: v for k, v in arrays.items() if k not in known})
 
 
-def load_all(adir: str, target: str | None = None, shas: dict | None = None) -> list[AttackRecord]:
+def load_all(adir: str, target: str | None = None, shas: dict | None = None,
+             attacks: tuple | None = None) -> list[AttackRecord]:
     """Every attack record in adir, by file name. With `target`, only those against that
-    model; with `shas` (the manifest's), records made against other checkpoint versions
-    are left out (their arrays are not read)."""
+    model; with `attacks`, only those attacks'; with `shas` (the manifest's), records made
+    against other checkpoint versions are left out. The arrays of a record left out are
+    not read."""
     recs = []
     for name in sorted(os.listdir(adir)):
         if not name.endswith(".npz"):
@@ -68,6 +70,8 @@ def load_all(adir: str, target: str | None = None, shas: dict | None = None) -> 
         with np.load(os.path.join(adir, name), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if target and meta["target_model"] != target:
+                continue
+            if attacks is not None and meta["attack"] not in attacks:
                 continue
             if shas is not None and any(shas.get(k) != v for k, v in meta["shas"].items()):
                 print(f"[stale] {name}: made against another checkpoint version; ignored", flush=True)

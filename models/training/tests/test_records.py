@@ -44,6 +44,7 @@ def test_attack_records_load_into_the_dataclass(tmp_path):
     assert np.array_equal(uap.success, uap.pred_adv == 1)
     assert records.load_all(str(tmp_path), target="standard") == []
     assert len(records.load_all(str(tmp_path))) == 3
+    assert [r.attack for r in records.load_all(str(tmp_path), attacks=("pgd20", "fgsm"))] == ["fgsm", "pgd20"]
 
 
 def record(attack, budget, split, label, pred_clean, pred_adv, target=-1, **kw) -> records.AttackRecord:
