@@ -51,13 +51,13 @@ import shutil
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, adaptive_fused as A, datasets, fused as F  # noqa: E402
 from medsentry_training.fused_attacks import made_attacks, with_smooth  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
+from common import adaptive_pass, halves, write_fused  # noqa: E402
 
 TRAIN_KINDS = ("fused-aware", "feature-hiding")
 TRAIN_LAMBDAS = (1.0, 10.0)
@@ -69,10 +69,7 @@ def main(dataset: str, scratch: str, kinds: list, train_kinds: tuple = TRAIN_KIN
     t0 = time.time()
     spec = datasets.resolve(dataset)
     bundle = C.default_bundle_dir(spec)
-    x, y, _ = datasets.load_split(spec, "test")
-    with open(os.path.join(bundle, "adv_split.json")) as f:
-        split = json.load(f)
-    tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+    x, y, tr, te = halves(spec, bundle)
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     att_tr, att_te = with_smooth(net, x, y, tr, te, *made_attacks(net, x, y, tr, te, spec.name), spec.name)
     print(f"fused stage's attacks ready ({time.time() - t0:.0f}s)", flush=True)
@@ -122,13 +119,7 @@ def refit(spec, bundle: str, scratch: str, net, x, y, tr, att_tr, train_kinds: t
     print("AdvTrain successful examples per family: " + json.dumps(base.by_family), flush=True)
     Xc, Xa = base.matrices()
     model, thresholds, choice = F.fit_calibrated(Xc, Xa, base.fold, base.src)
-    scaler, lr = model
-    with open(os.path.join(scratch, "detector_fused.json")) as f:
-        served = json.load(f)
-    served.update({"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "weights": lr.coef_[0].tolist(),
-                   "bias": float(lr.intercept_[0]), "thresholds": thresholds})
-    with open(os.path.join(scratch, "detector_fused.json"), "w") as f:
-        json.dump(served, f)
+    write_fused(scratch, model, thresholds)
     print(f"re-fitted: {len(Xc)} clean, {len(Xa)} adversarial AdvTrain inputs, C={choice['c']}, thresholds {thresholds} "
           f"({time.time() - t0:.0f}s)", flush=True)
 
@@ -136,21 +127,9 @@ def refit(spec, bundle: str, scratch: str, net, x, y, tr, att_tr, train_kinds: t
 def evaluate(scratch: str, clf, net, x_te, y_te, ct, kinds: list, t0: float) -> None:
     """adaptive_fused's attacks at 8/255 against the re-fitted combiner, on the clean-correct AdvTest images."""
     tf = A.TorchFused(scratch)
-    thresholds = tf.fused["thresholds"]
-    fz = A.served_linear(tf.fused)
     ok = ct.pred == y_te
-    xt, yt = torch.from_numpy(x_te[ok]), torch.from_numpy(y_te[ok])
     for kind in kinds:
-        fooled_any, passed1, passed5 = (np.zeros(int(ok.sum()), bool) for _ in range(3))
-        for lam in A.LAMBDAS:
-            xa = torch.cat([A.attack(net, tf, xt[i:i + 64], yt[i:i + 64], EPS_255 / 255, 40, kind, lam,
-                                     A.logit(thresholds["fpr_0.05"]), seed=EPS_255) for i in range(0, len(xt), 64)]).numpy()
-            inp = F.Inputs(clf, xa, tf.scales)
-            s = F.fused_score(fz, inp.matrix(tf.fused["inputs"]))
-            fooled = inp.pred != y_te[ok]
-            fooled_any |= fooled
-            passed1 |= fooled & (s <= thresholds["fpr_0.01"])
-            passed5 |= fooled & (s <= thresholds["fpr_0.05"])
+        fooled_any, passed1, passed5 = adaptive_pass(net, tf, clf, x_te[ok], y_te[ok], EPS_255, 40, kind)
         print(f"re-fitted, {kind} {EPS_255}/255 (n={ok.sum()}): fooled {100 * fooled_any.mean():.1f} %, not ADVERSARIAL "
               f"{100 * passed1.mean():.1f} %, answered CLEAN {100 * passed5.mean():.1f} % ({time.time() - t0:.0f}s)", flush=True)
 

@@ -11,13 +11,14 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
-from medsentry_training import advcommon as C, datasets, detectors, fused as F  # noqa: E402
+from medsentry_training import adaptive_fused as A, advcommon as C, datasets, detectors, fused as F  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
 
 
@@ -39,21 +40,56 @@ def fit_halves(fit_dir: str):
     AdvTrain and AdvTest indices (adv_split.json)."""
     spec = datasets.resolve(fit_dir)
     bundle = os.path.join(fit_dir, "bundle")
+    return (spec, bundle, *halves(spec, bundle))
+
+
+def halves(spec, bundle: str):
+    """The official test set (x, y) and its AdvTrain and AdvTest indices (the bundle's adv_split.json)."""
     x, y, _ = datasets.load_split(spec, "test")
     with open(os.path.join(bundle, "adv_split.json")) as f:
         split = json.load(f)
     tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
-    return spec, bundle, x, y, tr, te
+    return x, y, tr, te
+
+
+def write_fused(out_dir: str, model, thresholds: dict) -> dict:
+    """Replaces the combiner's weights and thresholds in out_dir/detector_fused.json (a scratch
+    copy of a bundle) with a re-fitted one's; returns the file's contents."""
+    scaler, lr = model
+    path = os.path.join(out_dir, "detector_fused.json")
+    with open(path) as f:
+        d = json.load(f)
+    d.update({"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "weights": lr.coef_[0].tolist(),
+              "bias": float(lr.intercept_[0]), "thresholds": thresholds})
+    with open(path, "w") as f:
+        json.dump(d, f)
+    return d
+
+
+def adaptive_pass(net, tf, clf: Classifier, x_ok: np.ndarray, y_ok: np.ndarray, eps_255: int, steps: int, kind: str):
+    """adaptive_fused's attack `kind` at eps_255 with its three lambdas against the combiner in
+    tf, on images the classifier gets right, re-scored exactly: (fooled by any lambda, fooled
+    and not ADVERSARIAL, fooled and answered CLEAN) per image."""
+    thresholds, fz = tf.fused["thresholds"], A.served_linear(tf.fused)
+    xt, yt = torch.from_numpy(x_ok), torch.from_numpy(y_ok)
+    fooled_any, passed1, passed5 = (np.zeros(len(y_ok), bool) for _ in range(3))
+    for lam in A.LAMBDAS:
+        xa = np.concatenate([A.attack(net, tf, xt[i:i + 64], yt[i:i + 64], eps_255 / 255, steps, kind, lam,
+                                      A.logit(thresholds["fpr_0.05"]), seed=eps_255).numpy() for i in range(0, len(y_ok), 64)])
+        inp = F.Inputs(clf, xa, tf.scales)
+        s = F.fused_score(fz, inp.matrix(tf.fused["inputs"]))
+        fooled = inp.pred != y_ok
+        fooled_any |= fooled
+        passed1 |= fooled & (s <= thresholds["fpr_0.01"])
+        passed5 |= fooled & (s <= thresholds["fpr_0.05"])
+    return fooled_any, passed1, passed5
 
 
 def load(argv) -> Setup:
     spec = datasets.SPECS[argv[1] if len(argv) > 1 else "chest_xray"]
     out_dir = C.default_bundle_dir(spec)
     clf = Classifier(out_dir)
-    x, y, _ = datasets.load_split(spec, "test")
-    with open(os.path.join(out_dir, "adv_split.json")) as f:
-        split = json.load(f)
-    tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+    x, y, tr, te = halves(spec, out_dir)
     att_tr, att_te = F.attacks_from_records(spec, tr, te)
     base = F.advtrain_base(clf, x[tr], y[tr], att_tr, len(spec.labels))
     ct = F.Inputs(clf, x[te])

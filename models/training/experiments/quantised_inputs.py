@@ -26,7 +26,6 @@ dermoscopy 1.7 / 0.0 %, pneumoniamnist 1.6 / 0.3 %, and the rounded attacks are 
 the clean side only, the combiner learns the grid as a sign of a clean image. Rounding has to
 be on both sides, or on every input in the sidecar and the pipeline alike.
 """
-import json
 import os
 import sys
 
@@ -36,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, adaptive_fused as A, datasets, fused as F  # noqa: E402
 from medsentry_training.fused_attacks import made_attacks, with_smooth  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
+from common import halves  # noqa: E402
 
 
 def rounded(x: np.ndarray) -> np.ndarray:
@@ -46,10 +46,7 @@ def main(names: list, refit: bool) -> None:
     for name in names:
         spec = datasets.resolve(name)
         bundle = C.default_bundle_dir(spec)
-        x, y, _ = datasets.load_split(spec, "test")
-        with open(os.path.join(bundle, "adv_split.json")) as f:
-            split = json.load(f)
-        tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+        x, y, tr, te = halves(spec, bundle)
         clf = Classifier(bundle)
         tf = A.TorchFused(bundle)
         fz, t = A.served_linear(tf.fused), tf.fused["thresholds"]
@@ -71,16 +68,18 @@ def refitted(spec, clf, x, y, tr, te, fz, t) -> None:
     Xc2 = np.vstack([Xc, F.Inputs(clf, rounded(x[tr])).matrix()])
     model, thr, choice = F.fit_calibrated(Xc2, Xa, np.r_[base.fold, base.fold], base.src)
     ct = F.Inputs(clf, x[te])
+    # Each input's combiner matrix once (as made and rounded), scored by both combiners.
+    neg = [F.Inputs(clf, xs).matrix() for xs in (x[te], rounded(x[te]))]
+    pos = []
+    for fam, b, xa in att_te:
+        inps = [F.Inputs(clf, xs) for xs in (xa, rounded(xa))]
+        masks = [F.successful(inp, y[te], ct.pred) for inp in inps]
+        pos.append((fam, b, [inp.matrix()[k] for inp, k in zip(inps, masks)]))
     for label, m, th in (("served", fz, t), (f"re-fitted with rounded clean copies (C={choice['c']})", model, thr)):
-        neg = [F.fused_score(m, F.Inputs(clf, xs).matrix()) for xs in (x[te], rounded(x[te]))]
-        out = [f"clean {100 * (neg[0] > th['fpr_0.01']).mean():.1f} / rounded {100 * (neg[1] > th['fpr_0.01']).mean():.1f} %"]
-        for fam, b, xa in att_te:
-            ok = F.successful(F.Inputs(clf, xa), y[te], ct.pred)
-            sr = F.successful(F.Inputs(clf, rounded(xa)), y[te], ct.pred)
-            tp = [(F.fused_score(m, F.Inputs(clf, xs[k]).matrix()) > th["fpr_0.01"]).mean() for xs, k in ((xa, ok), (rounded(xa), sr))]
-            out.append(f"{fam} {b} {100 * tp[0]:.0f} / {100 * tp[1]:.0f} (n={ok.sum()}/{sr.sum()})")
+        over = lambda X: (F.fused_score(m, X) > th["fpr_0.01"]).mean()  # noqa: E731
+        out = [f"clean {100 * over(neg[0]):.1f} / rounded {100 * over(neg[1]):.1f} %"]
+        out += [f"{fam} {b} {100 * over(Xs[0]):.0f} / {100 * over(Xs[1]):.0f} (n={len(Xs[0])}/{len(Xs[1])})" for fam, b, Xs in pos]
         print(f"{spec.name} {label}, at 1 %, as made / rounded: " + ", ".join(out), flush=True)
-
 
 if __name__ == "__main__":
     main([a for a in sys.argv[1:] if a != "--refit"], "--refit" in sys.argv[1:])

@@ -27,19 +27,17 @@ fused-aware-lowpass-8: 63.0 % fooled, 4.9 % not ADVERSARIAL, 3.7 % CLEAN (served
 25.9 %). AdvTest rows at 1 %: every FGSM/BIM/PGD-20/C&W row 100 % (AUROC 0.997-1.000), but
 Square 8/255, never seen, 73.7 % (14 of 19, AUROC 0.989; served 100 %).
 """
-import json
 import os
 import shutil
 import sys
 import time
 
-import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medsentry_training import advcommon as C, adaptive_fused as A, datasets, fused as F  # noqa: E402
 from medsentry_training.fused_attacks import smooth_pgd  # noqa: E402
 from medsentry_training.ood import Classifier  # noqa: E402
+from common import adaptive_pass, halves, write_fused  # noqa: E402
 
 BUDGETS_255 = (4, 8)
 
@@ -47,10 +45,7 @@ BUDGETS_255 = (4, 8)
 def main(dataset: str, bundle: str, scratch: str, kinds: list) -> None:
     t0 = time.time()
     spec = datasets.resolve(dataset)
-    x, y, _ = datasets.load_split(spec, "test")
-    with open(os.path.join(bundle, "adv_split.json")) as f:
-        split = json.load(f)
-    tr, te = (np.array(split[h]["index"], dtype=np.int64) for h in ("AdvTrain", "AdvTest"))
+    x, y, tr, te = halves(spec, bundle)
     net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
     done = os.path.join(scratch, "smooth_advtrain.done")
     if not os.path.exists(done):  # a second run with other kinds attacks the same combiner
@@ -62,7 +57,6 @@ def main(dataset: str, bundle: str, scratch: str, kinds: list) -> None:
     thresholds = tf.fused["thresholds"]
     fz = A.served_linear(tf.fused)
     ok = te[ct.pred == y[te]]
-    xt, yt = torch.from_numpy(x[ok]), torch.from_numpy(y[ok])
     if "rows" in kinds:  # the AdvTest rows the fused stage reports, against the re-fitted combiner
         _, att_te = F.attacks_from_records(spec, tr, te)
         clean_s = F.fused_score(fz, ct.matrix(tf.fused["inputs"]))
@@ -73,16 +67,7 @@ def main(dataset: str, bundle: str, scratch: str, kinds: list) -> None:
             print(f"{fam} {b}: n={m.sum()} TPR@1% {100 * (pos > thresholds['fpr_0.01']).mean():.1f} % "
                   f"AUROC {F.auroc(clean_s, pos)}", flush=True)
     for kind in [k for k in kinds if k != "rows"] or ("fused-aware-lowpass",):
-        fooled_any, passed1, passed5 = (np.zeros(len(ok), bool) for _ in range(3))
-        for lam in A.LAMBDAS:
-            xa = torch.cat([A.attack(net, tf, xt[i:i + 64], yt[i:i + 64], 8 / 255, 10, kind, lam,
-                                     A.logit(thresholds["fpr_0.05"]), seed=8) for i in range(0, len(ok), 64)]).numpy()
-            inp = F.Inputs(clf, xa, tf.scales)
-            s = F.fused_score(fz, inp.matrix(tf.fused["inputs"]))
-            fooled = inp.pred != y[ok]
-            fooled_any |= fooled
-            passed1 |= fooled & (s <= thresholds["fpr_0.01"])
-            passed5 |= fooled & (s <= thresholds["fpr_0.05"])
+        fooled_any, passed1, passed5 = adaptive_pass(net, tf, clf, x[ok], y[ok], 8, 10, kind)
         print(f"{kind} 8/255 (n={len(ok)}): fooled {100 * fooled_any.mean():.1f} %, not ADVERSARIAL "
               f"{100 * passed1.mean():.1f} %, answered CLEAN {100 * passed5.mean():.1f} % ({time.time() - t0:.0f}s)", flush=True)
 
@@ -100,13 +85,7 @@ def refit(spec, bundle: str, scratch: str, net, x, y, tr, te) -> None:
     base = F.advtrain_base(clf, x[tr], y[tr], att_tr + smooth, len(spec.labels))
     Xc, Xa = base.matrices()
     model, thresholds, choice = F.fit_calibrated(Xc, Xa, base.fold, base.src)
-    scaler, lr = model
-    with open(os.path.join(scratch, "detector_fused.json")) as f:
-        served = json.load(f)
-    served.update({"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "weights": lr.coef_[0].tolist(),
-                   "bias": float(lr.intercept_[0]), "thresholds": thresholds})
-    with open(os.path.join(scratch, "detector_fused.json"), "w") as f:
-        json.dump(served, f)
+    served = write_fused(scratch, model, thresholds)
     ct = F.Inputs(clf, x[te])
     clean_scores = F.fused_score(model, ct.matrix(served["inputs"]))
     print(f"combiner: {len(Xc)} clean, {len(Xa)} adversarial AdvTrain inputs, C={choice['c']}, thresholds {thresholds}; "
