@@ -9,7 +9,10 @@
 #   - proxy mode: a second medsentry in front of the first, audited over OIP FP32 (Square).
 # Reports: target/audit/<run>/REPORT.md and report.json. Needs ../shared/data (or
 # MEDSENTRY_DATA). About an hour on 2 cores, most of it the 224 px bundle.
+#   scripts/audit-bundles.sh [MODEL...]   only these bundles (default: all four), then the proxy
 set -euo pipefail
+MODELS=("$@")
+[[ ${#MODELS[@]} -gt 0 ]] || MODELS=(chest-xray-pneumonia pneumoniamnist-28 dermoscopy-isic2018 chest-xray-resnet18-224)
 cd "$(dirname "$0")/.."
 DATA="${MEDSENTRY_DATA:-../shared/data}"
 OUT=target/audit
@@ -40,7 +43,7 @@ audit() { # RUN MODEL IMAGES ARGS...
   echo "== $run"
   "$BIN" audit --target 127.0.0.1:50151 --model "$model" --images "$images" --out "$OUT/$run" --eps 8 --queries 100 --rate 0 "$@"
 }
-for model in chest-xray-pneumonia pneumoniamnist-28 dermoscopy-isic2018 chest-xray-resnet18-224; do
+for model in "${MODELS[@]}"; do
   images="$OUT/images-chest"
   [[ $model == dermoscopy-isic2018 ]] && images="$OUT/images-dermoscopy"
   uaps=()

@@ -46,6 +46,17 @@ pub fn to_model_space(img: &DecodedImage, spec: &InputSpec) -> Vec<f32> {
     out
 }
 
+/// Rounds [0, 1] model-space pixels in place to the bundle's grid (`quantize_bits`; none
+/// when absent): v -> floor(v * L + 0.5) / L with L = 2^bits - 1, in f32, as
+/// preprocess.quantize does in the pipeline, so the same f32 input gives the same bits on
+/// both sides. Tensor requests outside [0, 1] were refused before this.
+pub fn quantize(pixels: &mut [f32], spec: &InputSpec) {
+    if let Some(bits) = spec.quantize_bits {
+        let levels = ((1u32 << bits) - 1) as f32;
+        pixels.iter_mut().for_each(|v| *v = (*v * levels + 0.5).floor() / levels);
+    }
+}
+
 /// Applies the bundle's per-channel mean/std in place.
 pub fn normalize(pixels: &mut [f32], spec: &InputSpec) {
     let n = (spec.height * spec.width) as usize;
@@ -58,6 +69,7 @@ pub fn normalize(pixels: &mut [f32], spec: &InputSpec) {
 /// The full path for decoded images: model-space pixels, normalised.
 pub fn preprocess(img: &DecodedImage, spec: &InputSpec) -> Vec<f32> {
     let mut t = to_model_space(img, spec);
+    quantize(&mut t, spec);
     normalize(&mut t, spec);
     t
 }
@@ -124,6 +136,34 @@ mod tests {
                 assert!((s - 1.0).abs() < 1e-9, "{n_in}->{n_out}: row sums to {s}");
             }
         }
+    }
+
+    #[test]
+    fn quantize_rounds_half_up_to_the_grid() {
+        let mut spec = InputSpec {
+            channels: 1,
+            height: 1,
+            width: 4,
+            color: ColorMode::Gray,
+            resize: "area".into(),
+            mean: vec![0.0],
+            std: vec![1.0],
+            layout: Default::default(),
+            dicom: None,
+            quantize_bits: None,
+        };
+        let mut v = vec![0.0, 1.0, 127.5 / 255.0, 0.3];
+        quantize(&mut v, &spec);
+        assert_eq!(v, vec![0.0, 1.0, 127.5 / 255.0, 0.3], "no quantize_bits: unchanged");
+        spec.quantize_bits = Some(8);
+        quantize(&mut v, &spec);
+        assert_eq!(v, vec![0.0, 1.0, 128.0 / 255.0, 77.0 / 255.0]);
+        // An input already on the grid (an 8-bit image at the model's size) is kept.
+        let grid: Vec<f32> = (0..256).map(|k| k as f32 / 255.0).collect();
+        let mut again = grid.clone();
+        spec.width = 256;
+        quantize(&mut again, &spec);
+        assert_eq!(again, grid);
     }
 
     #[test]

@@ -79,6 +79,14 @@ pub struct InputSpec {
     /// How DICOM is turned into [0, 1] before the steps above (documentation for users).
     #[serde(default)]
     pub dicom: Option<String>,
+    /// Round every model-space value to this many bits (8: multiples of 1/255) before
+    /// anything reads it. The bundle's detectors were calibrated on that grid, so an input
+    /// sent at the model's size as float or 16-bit pixels is judged as the 8-bit image it
+    /// would be; without it a model-size 8-bit image and a full-size upload of the same
+    /// picture sit on different grids and the verdict moved by up to 27 points
+    /// (models/training/experiments/quantised_inputs.py). Absent: no rounding.
+    #[serde(default)]
+    pub quantize_bits: Option<u32>,
 }
 
 /// Axis order of the graph's input tensor. A hospital's own graph (Keras, TensorFlow

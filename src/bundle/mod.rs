@@ -181,6 +181,9 @@ fn validate(m: &Manifest) -> Result<(), BundleError> {
     if i.resize != "area" {
         return bad(format!("resize {:?} is not supported (only \"area\")", i.resize));
     }
+    if i.quantize_bits.is_some_and(|b| !(1..=16).contains(&b)) {
+        return bad(format!("quantize_bits {:?} out of 1..=16", i.quantize_bits));
+    }
     if !(1..=1024).contains(&m.max_batch) {
         return bad(format!("max_batch {} out of 1..=1024", m.max_batch));
     }

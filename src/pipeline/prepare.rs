@@ -98,6 +98,8 @@ pub fn prepare_within(input: &Input, spec: &InputSpec, limits: &DecodeLimits, re
 
 fn finish(mut pixels: Vec<f32>, spec: &InputSpec, extras: Extras, decode_s: f64, dicom: Option<crate::decode::DicomAttributes>) -> Prepared {
     let t = Instant::now();
+    // Everything below reads the bundle's grid: tensors and decoded images alike.
+    preprocess::quantize(&mut pixels, spec);
     let (h, w) = (spec.height as usize, spec.width as usize);
     // One Laplacian for the campaign monitor and the residual-statistics detector.
     let laplacian = (extras.residual || extras.residual_stats.is_some()).then(|| residual::laplacian(&pixels, h, w));

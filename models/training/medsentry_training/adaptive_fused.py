@@ -32,7 +32,10 @@ same fused thresholds (a 224 px graph costs minutes per attack and budget).
 t is the fused detector's 5 % threshold (below it the verdict is CLEAN). Every counted
 image is re-scored exactly (fused.Inputs: the ONNX classifier, scipy's median, numpy's
 histogram): fooled and below the 1 % threshold = not ADVERSARIAL; fooled and below 5 % =
-answered CLEAN. Out-of-distribution answers are not counted as caught here (an attack
+answered CLEAN. A bundle with `[input] quantize_bits` rounds every input before it reads
+it: the attacks start from the rounded image and see the rounding with its gradient
+passed straight through (TorchFused.served), and the re-scoring rounds as the sidecar does.
+Out-of-distribution answers are not counted as caught here (an attack
 answered OUT_OF_DISTRIBUTION is still flagged by the sidecar, so these counts are an upper
 bound on what gets through). Beside it, the ceiling Tramèr (2022) sets: the hardened
 classifier's PGD-20 robust accuracy on the same images and budget.
@@ -48,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from . import advcommon as C
-from . import contract, datasets, detectors
+from . import bundle_toml, contract, datasets, detectors
 from .adaptive import TorchSqueeze
 from .fused import Inputs, base_scores, fused_score
 from .ood import Classifier
@@ -83,6 +86,7 @@ class TorchFused(torch.nn.Module):
         self.fz = {k: t(self.fused[k]) for k in ("mean", "scale", "weights")}
         self.edges = t(self.resid["edges_255"]) / 255
         self.scales = self.resid.get("scales", [1])
+        self.quantize_bits = bundle_toml.quantize_bits(out_dir)
 
     def mahalanobis(self, feats):
         diff = feats[:, None, :] - self.means[None]
@@ -91,8 +95,18 @@ class TorchFused(torch.nn.Module):
     def residual_features(self, x):
         return soft_residual_features(x, self.edges, self.scales)
 
+    def served(self, x):
+        """x on the bundle's grid, as the sidecar reads it; the gradient passes straight
+        through the rounding (BPDA, Athalye et al. 2018: its own derivative is zero almost
+        everywhere)."""
+        if self.quantize_bits is None:
+            return x
+        levels = float(2 ** self.quantize_bits - 1)
+        return x + (torch.floor(x * levels + 0.5) / levels - x).detach()
+
     def forward(self, model, x):
-        """(logits, features, fused logit)."""
+        """(logits, features, fused logit) of x as the sidecar reads it."""
+        x = self.served(x)
         logits, feats = model.features(x)
         p = torch.softmax(logits, 1)
         copies = [model.features(s(x)) for s in (self.squeeze.bits, self.squeeze.median)]
@@ -202,7 +216,9 @@ def main(argv=None):
         te = np.array(json.load(f)["AdvTest"]["index"], dtype=np.int64)
     clean = Inputs(clf, x[te], tf.scales)
     base = te[clean.pred == y[te]]
-    xt, yt = torch.from_numpy(x[base]), torch.from_numpy(y[base])
+    # The attacker starts from the image as the sidecar reads it (on the bundle's grid), so a
+    # budget of whole 1/255 steps stays within eps after the sidecar's rounding.
+    xt, yt = torch.from_numpy(clf.served(x[base])), torch.from_numpy(y[base])
     print(f"[adaptive-fused] {len(base)} clean-correct AdvTest images, thresholds {thr}", flush=True)
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = sorted(set(kinds) - set(KINDS))

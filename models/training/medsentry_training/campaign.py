@@ -33,6 +33,7 @@ from scipy.stats import chi2
 
 from . import advcommon as C
 from . import bundle_toml, datasets
+from .preprocess import quantize
 
 RESIDUAL_WINDOW = 32
 CLASS_MIX_WINDOW = 200
@@ -42,13 +43,13 @@ STREAM_LEN = 1000
 FIXTURES = ("uap__linf_z4", "uap_to0__l2_z4", "uap_random__linf_z4")
 
 
-def residuals(x: np.ndarray, chunk: int = 256) -> np.ndarray:
+def residuals(x: np.ndarray, bits: int | None, chunk: int = 256) -> np.ndarray:
     """Unit-norm, zero-mean Laplacian residual of each image (rows of the result), computed
     `chunk` images at a time: each row depends on its own image only, and the float64
     temporaries of a whole 224 px training set (5,216 x 3 x 224 x 224) would need ~30 GB."""
     out = np.empty((len(x), int(np.prod(x.shape[1:]))), dtype=np.float64)
     for i in range(0, len(x), chunk):
-        out[i:i + chunk] = _residuals(x[i:i + chunk])
+        out[i:i + chunk] = _residuals(quantize(x[i:i + chunk], bits))
     return out
 
 
@@ -153,11 +154,11 @@ def ordered_streams(r: np.ndarray, files, rng, grouped: int) -> dict:
     return out
 
 
-def ordered_section(spec, x_test, files_test, thr_res: float) -> tuple[float, dict]:
+def ordered_section(spec, x_test, files_test, thr_res: float, bits: int | None) -> tuple[float, dict]:
     """The ordered-stream calibration on the official training set, and the clean official
     test set streamed in file order and grouped by patient at the resulting threshold."""
     x_train, _, files_train = datasets.load_split(spec, "train")
-    r_train = residuals(x_train)
+    r_train = residuals(x_train, bits)
     # its own generator, never the caller's: the full stage and --ordered-only must draw the
     # same random training windows, or the threshold (1.25 x their maximum) differs between them
     rng = np.random.default_rng(0)
@@ -165,13 +166,13 @@ def ordered_section(spec, x_test, files_test, thr_res: float) -> tuple[float, di
     cal["random"] = random_windows(r_train, 20000, rng)  # (more images than AdvTrain: a fuller tail)
     cal_max = max(float(v.max()) for v in cal.values())
     thr = max(thr_res, float(RESIDUAL_MARGIN * cal_max))
-    test = ordered_streams(residuals(x_test), files_test, rng, grouped=5)
+    test = ordered_streams(residuals(x_test, bits), files_test, rng, grouped=5)
     return thr, {"training_set_max": {k: float(v.max()) for k, v in cal.items()}, "training_images": len(x_train),
                  "clean_test": {k: {"windows": len(v), "max": float(v.max()), "alarm_rate": float((v > thr).mean())}
                                 for k, v in test.items()}}
 
 
-def fixture_streams(spec, x_test, advtest, thr: float, rng) -> list:
+def fixture_streams(spec, x_test, advtest, thr: float, rng, bits: int | None) -> list:
     """UAP streams from the committed fixtures (every AdvTest image carries the UAP, and at
     half its norm as a stand-in for the weaker budgets), shuffled and in file order."""
     rows = []
@@ -182,7 +183,7 @@ def fixture_streams(spec, x_test, advtest, thr: float, rng) -> list:
             continue
         d = np.load(path)
         for scale in (1.0, 0.5):
-            r = residuals(np.clip(x_test[advtest] + scale * d, 0, 1))
+            r = residuals(np.clip(x_test[advtest] + scale * d, 0, 1), bits)
             shuffled, ordered = stream_scores(r, rng.permutation(len(r))), stream_scores(r, np.arange(len(r)))
             rows.append({"uap": name, "scale": scale, "min_window_score": float(min(shuffled.min(), ordered.min())),
                          "alarm_rate": float(np.concatenate([shuffled, ordered]).__gt__(thr).mean())})
@@ -207,11 +208,12 @@ def ordered_only(args, spec, out_dir):
         advtest = np.array(json.load(f)["AdvTest"]["index"], dtype=np.int64)
     x, _, files = datasets.load_split(spec, "test")
     random_thr = float(RESIDUAL_MARGIN * camp["calibration"]["clean_advtrain_window_max"])
-    thr, ordered = ordered_section(spec, x, files, random_thr)
+    bits = bundle_toml.quantize_bits(out_dir)
+    thr, ordered = ordered_section(spec, x, files, random_thr, bits)
     camp.setdefault("uap_streams_threshold", camp["config"]["residual_threshold"])
     camp["config"]["residual_threshold"] = round(thr, 6)
     camp["ordered"] = ordered
-    camp["fixture_streams"] = fixture_streams(spec, x, advtest, thr, rng)
+    camp["fixture_streams"] = fixture_streams(spec, x, advtest, thr, rng, bits)
     camp["command"] = f"python -m medsentry_training.campaign --dataset {args.dataset} --ordered-only"
     camp["ordered_seconds"] = round(time.time() - t0, 1)
     bundle_toml.set_campaign(out_dir, camp["config"])
@@ -238,9 +240,10 @@ def main(argv=None):
     k = logits.shape[1]
     ref_mix = np.bincount(pred, minlength=k) / len(pred)
 
-    r_all = residuals(st.x)
+    bits = bundle_toml.quantize_bits(out_dir)
+    r_all = residuals(st.x, bits)
     clean_train = random_windows(r_all[tr], 20000, rng)
-    thr_res, ordered = ordered_section(spec, st.x, st.files, float(RESIDUAL_MARGIN * clean_train.max()))
+    thr_res, ordered = ordered_section(spec, st.x, st.files, float(RESIDUAL_MARGIN * clean_train.max()), bits)
     thr_mix = float(chi2.isf(CLASS_MIX_TAIL, k - 1))
     fa_res, fa_mix = stream_alarms(r_all[te], pred[te], ref_mix, thr_res, thr_mix, rng)
     print(f"[campaign] residual thr {thr_res:.4f} (clean AdvTrain window max {clean_train.max():.4f}); "
@@ -251,7 +254,7 @@ def main(argv=None):
         if rec.target_model != C.SERVED or not rec.attack.startswith("uap"):
             continue
         m = rec.split == 1
-        r_adv = residuals(rec.x_adv[m])
+        r_adv = residuals(rec.x_adv[m], bits)
         res_rate, mix_rate = stream_alarms(r_adv, rec.pred_adv[m].astype(np.int64), ref_mix, thr_res, thr_mix, rng,
                                            streams=5)
         rows.append({"attack": rec.attack, "budget": rec.budget, "n": int(m.sum()),
@@ -282,7 +285,7 @@ def main(argv=None):
                                                           "class_mix_tail": CLASS_MIX_TAIL, "residual_margin": RESIDUAL_MARGIN},
                        "clean_advtest_false_alarm": {"residual": fa_res, "class_mix": fa_mix, "stream_len": STREAM_LEN},
                        "uap_streams": rows, "ordered": ordered,
-                       "fixture_streams": fixture_streams(spec, st.x, te, thr_res, rng),
+                       "fixture_streams": fixture_streams(spec, st.x, te, thr_res, rng, bits),
                        "seconds": round(time.time() - t0, 1)})
     print(f"[done] campaign monitor calibrated in {time.time() - t0:.0f}s", flush=True)
 

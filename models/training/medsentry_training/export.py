@@ -3,6 +3,10 @@ against PyTorch, clean evaluation on the official test set, reference outputs fo
 tests, bundle.toml with sha256s and figures.
 
     python -m medsentry_training.export --dataset chest_xray --classifier hardened
+    python -m medsentry_training.export --refresh-reference DIR
+
+--refresh-reference recomputes an exported bundle's reference outputs for its inputs as the
+sidecar reads them (on the bundle's `[input] quantize_bits` grid), without exporting again.
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from . import advcommon as C
-from . import bundle_toml, datasets
+from . import bundle_toml, datasets, preprocess
 from .nets import Normalized, SmallResNet
+from .ood import Classifier
 from .train import CKPT_DIR
 
 MEDMNIST_ANCHORS = {
@@ -28,6 +33,9 @@ MEDMNIST_ANCHORS = {
     "oct": "OCTMNIST (OCT v3, 97,477 training images, its own test set): ResNet-50@224 ACC 0.776",
 }
 N_REFERENCE_PER_CLASS = 4
+# The bundle's `[input] quantize_bits`: every later stage scores inputs on this grid, as the
+# sidecar reads them (preprocess.quantize; experiments/quantised_inputs.py says why).
+QUANTIZE_BITS = 8
 
 
 def load_model(spec, kind):
@@ -67,12 +75,42 @@ def evaluate(net, ck, x, y):
     return out
 
 
+REFERENCE_ABOUT = ("Written by medsentry_training.export: model-space pixels ([0,1], before mean/std) of real test "
+                   "images as the pipeline preprocesses them (before the rounding to the bundle's quantize_bits), and "
+                   "onnxruntime's outputs on them as the sidecar reads them (rounded).")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def refresh_reference(out_dir: str) -> None:
+    """reference.json's outputs recomputed by the bundle's served classifier for its items'
+    pixels as the sidecar reads them (ood.Classifier.served); the pixels are kept."""
+    clf = Classifier(out_dir)
+    path = os.path.join(out_dir, "reference.json")
+    with open(path) as f:
+        ref = json.load(f)
+    x = np.array([it["pixels"] for it in ref["items"]], dtype=np.float32).reshape(-1, *ref["shape"])
+    logits, feats = clf.run(clf.served(x), clf.logits_name, clf.features_name)
+    for it, lg, p, ft in zip(ref["items"], logits, softmax(logits), feats, strict=True):
+        it.update({"logits": lg.tolist(), "probabilities": p.tolist(), "features_head": ft[:8].tolist()})
+    ref["about"] = REFERENCE_ABOUT
+    with open(path, "w") as f:
+        json.dump(ref, f)
+    print(f"[done] {path}: outputs of {len(x)} items on the grid of quantize_bits = {clf.quantize_bits}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="chest_xray", choices=sorted(datasets.SPECS))
     ap.add_argument("--classifier", default="hardened", choices=["hardened", "standard"])
     ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--refresh-reference", metavar="DIR", help="only recompute DIR/reference.json's outputs (see above)")
     args = ap.parse_args(argv)
+    if args.refresh_reference:
+        return refresh_reference(args.refresh_reference)
     t0 = time.time()
     spec = datasets.SPECS[args.dataset]
     out_dir = os.path.join(datasets.REPO, "models", spec.name)
@@ -117,12 +155,12 @@ def main(argv=None):
     per_class = max(1, min(N_REFERENCE_PER_CLASS, 8 // len(spec.labels)))
     for c in range(len(spec.labels)):
         ref_idx += [i for i in range(len(yte)) if yte[i] == c][:per_class]
-    ref_logits, ref_feats = sess.run(["logits", "features"], {"input": norm[ref_idx]})
-    e = np.exp(ref_logits - ref_logits.max(1, keepdims=True))
-    ref_prob = e / e.sum(1, keepdims=True)
+    served = preprocess.quantize(xte[ref_idx], QUANTIZE_BITS)
+    ref_logits, ref_feats = sess.run(["logits", "features"], {"input": ((served - np.array(mean, dtype=np.float32).reshape(1, -1, 1, 1))
+                                                                       / np.array(std, dtype=np.float32).reshape(1, -1, 1, 1)).astype(np.float32)})
+    ref_prob = softmax(ref_logits)
     reference = {
-        "about": "Written by medsentry_training.export: model-space pixels ([0,1], before mean/std) of real test "
-                 "images as the pipeline preprocesses them, and onnxruntime's outputs on them.",
+        "about": REFERENCE_ABOUT,
         "data_root": spec.folder, "shape": [ck["channels"], spec.size, spec.size],
         "items": [{"file": files[i], "label": int(yte[i]), "pixels": [float(v) for v in xte[i].ravel()],
                    "logits": ref_logits[k].tolist(), "probabilities": ref_prob[k].tolist(),
@@ -141,7 +179,8 @@ def main(argv=None):
         "input": {"channels": ck["channels"], "height": spec.size, "width": spec.size, "color": spec.color,
                   "resize": "area", "mean": [round(m, 7) for m in mean], "std": [round(s, 7) for s in std],
                   "dicom": "modality rescale, then the first VOI window (or VOI LUT; min-max when absent), "
-                           "then MONOCHROME1 inversion, to [0, 1]"},
+                           "then MONOCHROME1 inversion, to [0, 1]",
+                  "quantize_bits": QUANTIZE_BITS},
         "outputs": {"input": "input", "logits": "logits", "features": "features", "feature_dim": net.feature_dim},
     }
     if h:

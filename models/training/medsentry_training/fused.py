@@ -85,6 +85,8 @@ class Inputs:
     logits and features (as the sidecar runs it), feature squeezing and the margin."""
 
     def __init__(self, clf: Classifier, x: np.ndarray, scales=residual.SCALES):
+        # Everything below reads the input as the sidecar does: on the bundle's grid.
+        x = clf.served(x)
         self.logits, self.feats = clf.run(x, clf.logits_name, clf.features_name)
         p = squeeze.softmax(self.logits)
         top = np.sort(p, axis=1)
@@ -376,7 +378,7 @@ def main(argv=None):
     fused_sample.add_to_sample(out_dir, clf, dets, resid_model, model, thresholds["fpr_0.01"], flagged, (cheap, skip_below, cheap_cols))
     C.merge_report(out_dir, "fused_detector", {
         "command": f"python -m medsentry_training.fused --dataset {args.dataset}" + (" --from-records" if args.from_records else ""),
-        "inputs": list(INPUTS), "widths": widths(ct),
+        "quantize_bits": clf.quantize_bits, "inputs": list(INPUTS), "widths": widths(ct),
         "attacks_made_by": "the attack stage (its records)" if spec.fit_dir is not None or args.from_records else "this stage",
         "weights": lr.coef_[0].tolist(), "regularisation": choice, "thresholds": thresholds, "residual_thresholds": resid_thresholds, "advtrain": {"clean": len(Xc), "adversarial": len(Xa), "by_family": base.by_family},
         "smooth": {"factor": SMOOTH_FACTOR, "budgets": list(SMOOTH_BUDGETS), "steps": SMOOTH_STEPS},

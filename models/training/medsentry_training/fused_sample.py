@@ -20,7 +20,18 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
     smp.drop("cw")
     from .fused import Inputs, base_scores, fused_score  # the stage imports this module
 
-    inp = Inputs(clf, smp.pixels())
+    pixels = smp.pixels()
+    inp = Inputs(clf, pixels)
+    served = clf.served(pixels)
+    if not np.array_equal(served, pixels):
+        # A bundle that rounds inputs (quantize_bits): the items become what the sidecar
+        # reads, and every value the earlier stages stored is recomputed from them.
+        smp.set_field("pixels", [sample.fmt32(p) for p in served])
+        smp.set_field("logits", inp.logits.tolist())
+        smp.set_field("features", inp.feats.tolist())
+        for key, v in detectors.score_all(dets, inp.logits, inp.feats).items():
+            smp.add_scores(contract.name_of_key(key), v)
+        smp.add_scores(contract.name_of_key("squeeze"), inp.squeeze)
     base = base_scores(dets, resid_model, inp)
     X = inp.matrix()
     s, skip = fused_score(model, X), fused_score(cheap, X[:, cheap_cols]) < skip_below
@@ -38,7 +49,7 @@ def add_to_sample(out_dir: str, clf, dets, resid_model, model, threshold: float,
         per_kind = per_kind if xc[0].size <= 3 * 64 * 64 else 1
         for j in [j for j in np.argsort(-fs) if fs[j] > threshold + 0.25 * (1 - threshold)][:per_kind]:
             _, index, label, file = cw[j]
-            it = sample.item("cw", "cw", "l2_c1", index, file, label, xc[j], ci.logits[j], ci.feats[j],
+            it = sample.item("cw", "cw", "l2_c1", index, file, label, clf.served(xc[j]), ci.logits[j], ci.feats[j],
                              {**{k: v[j] for k, v in base.items()}, "squeeze": ci.squeeze[j], "fused": fs[j]})
             it["cascade_skip"] = bool(skip[j])
             smp.append(it)

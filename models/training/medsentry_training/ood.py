@@ -121,6 +121,8 @@ class Classifier:
         # class output is then read as logits = log(p), as the sidecar reads it.
         self.nhwc = inp.get("layout", "nchw") == "nhwc"
         self.probabilities = out.get("scores", "logits") == "probabilities"
+        # The grid the sidecar rounds model-space inputs to before it reads them (None: none).
+        self.quantize_bits = inp.get("quantize_bits")
         self.session = ort.InferenceSession(os.path.join(bundle_dir, "classifier.onnx"), providers=["CPUExecutionProvider"])
 
     def run(self, x: np.ndarray, *outputs: str) -> list:
@@ -134,11 +136,17 @@ class Classifier:
             res = [np.log(np.maximum(r, 1e-30)) if n == self.logits_name else r for n, r in zip(outputs, res)]
         return res
 
+    def served(self, x: np.ndarray) -> np.ndarray:
+        """[0, 1] inputs as the sidecar reads them: rounded to the bundle's grid. Not done in
+        run(): feature squeezing's copies of a served input are not rounded again."""
+        return preprocess.quantize(x, self.quantize_bits)
+
     def features(self, x: np.ndarray) -> np.ndarray:
         return self.run(x, self.features_name)[0]
 
 
 def vectors(x: np.ndarray, clf: Classifier, grid: int) -> np.ndarray:
+    x = clf.served(x)
     return np.concatenate([layout(x, grid), clf.features(x)], axis=1)
 
 

@@ -9,9 +9,14 @@ differs from the Rust one:
    "rgb" = the three planes as they are;
 3. area ("box") resize to the bundle's height x width: every output pixel is the mean of
    the source area it covers, fractional source pixels weighted by their overlap;
-4. normalise (x - mean) / std per channel. The ONNX graph takes the normalised tensor.
+4. with the bundle's `[input] quantize_bits` (8 on the 64 and 28 px bundles since
+   2026-12-05): round to that grid, quantize() (src/preprocess.rs `quantize`, in f32 on
+   both sides so the same f32 input gives the same bits);
+5. normalise (x - mean) / std per channel. The ONNX graph takes the normalised tensor.
 
-Adversarial examples and tensor requests live in the [0, 1] space of step 3.
+Adversarial examples and tensor requests live in the [0, 1] space of step 3; what the
+sidecar reads of them is step 4's grid, so every stage that scores inputs rounds them
+first (ood.Classifier.served).
 """
 from __future__ import annotations
 
@@ -60,6 +65,16 @@ def to_model_space(rgb01: np.ndarray, color: str, height: int, width: int) -> np
     else:
         raise ValueError(f"unknown colour mode {color!r}")
     return np.stack([area_resize(p, height, width) for p in planes]).astype(np.float32)
+
+
+def quantize(x: np.ndarray, bits: int | None) -> np.ndarray:
+    """[0, 1] model-space values rounded to multiples of 1 / (2^bits - 1), half up, in
+    float32 (src/preprocess.rs `quantize`); `bits` None: x as float32, unchanged."""
+    x = np.asarray(x, dtype=np.float32)
+    if bits is None:
+        return x
+    levels = np.float32(2 ** bits - 1)
+    return (np.floor(x * levels + np.float32(0.5)) / levels).astype(np.float32)
 
 
 def load_image(path: str, color: str, height: int, width: int) -> np.ndarray:

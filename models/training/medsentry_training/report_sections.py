@@ -98,6 +98,10 @@ def fused_section(fd, a):
     if not fd:
         return
     a("\n## Fused detector (sets the verdict)\n")
+    if fd.get("quantize_bits"):
+        a(f"Every input below, clean or adversarial, was rounded to the bundle's {fd['quantize_bits']}-bit grid at the "
+          "model's size before it was scored (bundle.toml `quantize_bits`), as the sidecar rounds every input; an "
+          "attack counts as successful only if it still fools the model after that rounding.\n")
     thr = fd["thresholds"]
     if "widths" in fd:  # the raw-signal combiner
         over = (", ".join(f"{n} ({w} values)" if w > 1 else n for n, w in zip(fd["inputs"], fd["widths"]))

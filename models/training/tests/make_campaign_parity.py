@@ -30,7 +30,7 @@ def build() -> dict:
     x = np.array([it["pixels"] for it in ref["items"]], dtype=np.float32).reshape(-1, 1, 64, 64)
     uap = np.load(os.path.join(REPO, "tests", "fixtures", "campaign", f"{BUNDLE}__uap__linf_z4.npy"))
     x = np.clip(x + uap, 0, 1).astype(np.float32)
-    r = campaign.residuals(x)
+    r = campaign.residuals(x, None)
     return {
         "about": "campaign.residuals of models/chest-xray-pneumonia/reference.json pixels + the committed uap__linf_z4 "
                  "(clipped to [0, 1], float32), and campaign.window_score of the first n; written by "

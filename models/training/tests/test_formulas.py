@@ -22,6 +22,18 @@ def test_area_resize_rows_sum_to_one_and_integer_factor_is_the_block_mean():
     assert preprocess.area_resize(plane, 2, 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
 
 
+def test_quantize_rounds_half_up_to_the_grid_in_float32():
+    # src/preprocess.rs quantize_rounds_half_up_to_the_grid: the same values, the same bits
+    v = np.array([0.0, 1.0, 127.5 / 255, 0.3], np.float32)
+    assert preprocess.quantize(v, None).tolist() == v.tolist()
+    got = preprocess.quantize(v, 8)
+    assert got.dtype == np.float32
+    assert got.tolist() == np.array([0.0, 1.0, 128 / 255, 77 / 255], np.float32).tolist()
+    # idempotent: an input already on the grid (an 8-bit image at the model's size) is kept
+    grid = np.arange(256, dtype=np.float32) / np.float32(255)
+    assert np.array_equal(preprocess.quantize(grid, 8), grid)
+
+
 def test_luma_is_bt601():
     rgb = RNG.random((3, 5, 5))
     got = preprocess.to_model_space(rgb, "gray", 5, 5)[0]
@@ -82,7 +94,7 @@ def test_the_attacks_differentiable_residual_features_equal_the_exact_ones():
 
 def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
     x = RNG.random((8, 1, 6, 6))
-    r = campaign.residuals(x)
+    r = campaign.residuals(x, None)
     assert np.allclose(np.linalg.norm(r, axis=1), 1.0) and np.allclose(r.mean(1), 0.0)
     corr = np.corrcoef(naive_laplacian(x).reshape(8, -1))
     assert np.isclose(campaign.window_score(r), corr[~np.eye(8, dtype=bool)].mean())
@@ -90,7 +102,7 @@ def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
     g = r @ r.T
     assert np.isclose(campaign.window_score_at(g, [1, 4, 6]), campaign.window_score(r[[1, 4, 6]]))
     # Computed a few images at a time (memory), the rows are the same, bit for bit.
-    assert np.array_equal(campaign.residuals(x, chunk=3), r)
+    assert np.array_equal(campaign.residuals(x, None, chunk=3), r)
 
 
 def test_squeeze_bits_round_half_even_and_median_replicates_edges():

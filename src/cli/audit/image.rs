@@ -67,6 +67,7 @@ impl Image {
             std: vec![1.0; channels],
             layout: Layout::Nchw,
             dicom: None,
+            quantize_bits: None,
         };
         let data = crate::preprocess::to_model_space(&decoded, &spec).iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
         Image { width, height, channels, data }
