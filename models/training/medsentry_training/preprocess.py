@@ -10,7 +10,7 @@ differs from the Rust one:
 3. area ("box") resize to the bundle's height x width: every output pixel is the mean of
    the source area it covers, fractional source pixels weighted by their overlap;
 4. with the bundle's `[input] quantize_bits` (8 on the 64 and 28 px bundles since
-   2026-12-05): round to that grid, quantize() (src/preprocess.rs `quantize`, in f32 on
+   2026-12-04): round to that grid, quantize() (src/preprocess.rs `quantize`, in f32 on
    both sides so the same f32 input gives the same bits);
 5. normalise (x - mean) / std per channel. The ONNX graph takes the normalised tensor.
 
