@@ -25,6 +25,10 @@ dermoscopy 1.7 / 0.0 %, pneumoniamnist 1.6 / 0.3 %, and the rounded attacks are 
 (dermoscopy PGD-20 at 8/255 32 %, Square 8 %; pneumoniamnist PGD-20 15 %): with rounding on
 the clean side only, the combiner learns the grid as a sign of a clean image. Rounding has to
 be on both sides, or on every input in the sidecar and the pipeline alike.
+
+Built the same day: a bundle with `[input] quantize_bits = 8` has every input rounded by the
+sidecar and by fused.Inputs, so on the re-fitted bundles this script's "as cached" and
+"rounded" columns are the same inputs (the figures above are of the bundles before that).
 """
 import os
 import sys
