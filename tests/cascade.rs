@@ -4,7 +4,7 @@
 //! (`cascade_skip`); the items the cascade does not skip get the verdict and fused score of
 //! a server without the cascade; the counters count each decision; an Open Inference
 //! Protocol batch runs its second passes as one ONNX Runtime call; and a bundle without a
-//! cascade is refused at start-up.
+//! cascade is refused at start-up when the policy asks for one.
 
 mod common;
 
@@ -92,6 +92,12 @@ async fn check(model: &str, models: &std::path::Path) {
     plain.stop().await.unwrap();
 }
 
+/// The hex sha256 of a file's bytes, as bundle.toml lists it.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 fn verb(skipped: bool) -> &'static str {
     if skipped {
         "skipped"
@@ -155,12 +161,23 @@ async fn a_batch_request_runs_all_its_second_passes_in_one_onnx_runtime_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_without_a_cascade_is_refused_at_start_up() {
-    // The fitted fixture bundles have a fused detector without a cascade.
-    let models = repo().join("tests/fixtures/fitted");
-    let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), "[default]\ncascade = true\n");
-    let server = TestServer::start(&["--models-dir", models.to_str().unwrap(), "--policy", &policy]).await;
-    let err = server.task.await.unwrap().expect_err("start-up must refuse the cascade");
+    // The chest bundle with its fused detector's cascade taken out (and its sha256 updated).
+    let models = tempfile::tempdir().unwrap();
+    let dir = copy_bundle(models.path(), CHEST);
+    let fused_path = dir.join("detector_fused.json");
+    let mut fused: serde_json::Value = serde_json::from_slice(&std::fs::read(&fused_path).unwrap()).unwrap();
+    assert!(fused.as_object_mut().unwrap().remove("cascade").is_some(), "the chest bundle has a cascade to take out");
+    let bytes = serde_json::to_vec(&fused).unwrap();
+    let (old, new) = (sha256_hex(&std::fs::read(&fused_path).unwrap()), sha256_hex(&bytes));
+    std::fs::write(&fused_path, &bytes).unwrap();
+    let toml = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
+    assert!(toml.contains(&old));
+    std::fs::write(dir.join("bundle.toml"), toml.replace(&old, &new)).unwrap();
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(policy_dir.path(), "[default]\ncascade = true\n");
+    let server = TestServer::start(&["--models-dir", models.path().to_str().unwrap(), "--policy", &policy]).await;
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), server.task).await;
+    let err = started.expect("start-up ends with an error, not a serving server").unwrap().expect_err("start-up must refuse the cascade");
     let text = format!("{err:#}");
     assert!(text.contains("cascade = true") && text.contains("has no cascade"), "{text}");
 }

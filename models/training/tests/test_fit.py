@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import tiny_models as T  # noqa: E402
+from medsentry_training import preprocess  # noqa: E402
 
 TRAINING = os.path.dirname(HERE)
 
@@ -91,9 +92,12 @@ def test_fit_serves_the_users_graph_in_both_layouts(tiny, images, tmp_path):
         assert set(m["files"]) >= {"classifier.onnx", "ood.json", "detector_fused.json"}
         skipped = json.load(open(tmp_path / f"w-{layout}" / "skipped.json"))
         assert [s["file"] for s in skipped] == [os.path.join("NORMAL", "broken.png")]
-        # The original output of the fitted graph is ONNX Runtime's on the user's graph.
+        # The original output of the fitted graph is ONNX Runtime's on the user's graph, for
+        # the pixels as the sidecar reads them: rounded to the default 8-bit grid.
+        assert m["input"]["quantize_bits"] == 8
         ref = json.load(open(out / "reference.json"))
         x = np.array([it["pixels"] for it in ref["items"]], np.float32).reshape(-1, 1, T.SIZE, T.SIZE)
+        x = preprocess.quantize(x, 8)
         orig = ort.InferenceSession(tiny[layout])
         feed = (x - T.MEAN) / T.STD if layout == "nchw_logits" else np.transpose(x * 2 - 1, (0, 2, 3, 1))
         raw = orig.run(None, {orig.get_inputs()[0].name: feed.astype(np.float32)})[0]

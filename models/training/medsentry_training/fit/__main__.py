@@ -6,7 +6,7 @@ sidecar with exactly the network that answers the clinician.
         [--spec SPEC.toml | --layout nchw|nhwc --size S --color gray|rgb --mean M.. --std S..
          --scores logits|probabilities --output NAME]
         [--train-images DIR] [--per-half N] [--attacks fgsm,bim,pgd20,cw,square] [--eps 1,2,4,8]
-        [--name NAME] [--task TEXT] [--work DIR] [--force]
+        [--name NAME] [--task TEXT] [--work DIR] [--force] [--quantize-bits 8]
 
 Steps (each skipped when its output exists and is current, so a rerun resumes):
   1. check the graph (graph.py): one 4-D float input, a (batch, classes) output, the input
@@ -15,7 +15,9 @@ Steps (each skipped when its output exists and is current, so a rerun resumes):
      files are skipped and listed in skipped.json; the classes must match the output;
   3. add the penultimate features as an output (original outputs checked bit-identical
      under ONNX Runtime) and convert the graph to PyTorch (checked within 1e-4);
-  4. bundle.toml, reference outputs and the clean evaluation;
+  4. bundle.toml (with `quantize_bits`: the sidecar rounds every input to that grid, and
+     every stage scores inputs on it; 0 for none), reference outputs and the clean
+     evaluation, both of the images as the sidecar reads them (rounded);
   5. the pipeline's stages on that graph, white-box: attacks, detectors, squeeze,
      bundle_toml, evaluate, fused, adaptive_fused, ood, campaign, report (the same tables
      as every bundle; --adaptive-steps sets both adaptive attacks' steps, --adaptive-eps
@@ -43,7 +45,9 @@ import onnx
 
 from .. import bundle_toml, datasets
 from .. import advcommon as C
+from ..export import QUANTIZE_BITS
 from ..export import evaluate as clean_eval
+from ..preprocess import quantize
 from ..sample import fmt32
 from . import graph, images, torch_graph
 
@@ -85,6 +89,8 @@ def parse(argv):
     ap.add_argument("--max-batch", type=int, default=32, help="largest batch the sidecar forms (memory: 8 suits 224 px)")
     ap.add_argument("--work", default=None, help="work folder (default models/training/work/fit/NAME)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
+    ap.add_argument("--quantize-bits", type=int, default=QUANTIZE_BITS, choices=range(0, 17), metavar="0..16",
+                    help="the grid the sidecar rounds every input to, as the exported bundles do (0: no rounding)")
     args = ap.parse_args(argv)
     args.name = args.name or os.path.basename(os.path.abspath(args.out))
     args.work = os.path.abspath(args.work or os.path.join(datasets.WORK, "fit", args.name))
@@ -187,17 +193,19 @@ def write_base(args, spec: graph.InputSpec, labels, bundle_dir: str, checks: dic
     model, ck = C.load_ckpt(os.path.join(bundle_dir, "classifier.onnx"))
     z = np.load(os.path.join(args.work, "images_test.npz"), allow_pickle=False)
     x, y, files = z["x"], z["y"], list(z["files"])
-    clean = clean_eval(model.net, ck, x, y)
+    bits = args.quantize_bits or None
+    served = quantize(x, bits)
+    clean = clean_eval(model.net, ck, served, y)
     ref_idx = [int(np.flatnonzero(y == c)[0]) for c in range(len(labels)) if (y == c).any()][:8]
     import onnxruntime as ort
     sess = ort.InferenceSession(os.path.join(bundle_dir, "classifier.onnx"), providers=["CPUExecutionProvider"])
-    out, fe = sess.run([spec.output, graph.FEATURES_OUTPUT], {spec.input: graph.to_graph_input(x[ref_idx], spec)})
+    out, fe = sess.run([spec.output, graph.FEATURES_OUTPUT], {spec.input: graph.to_graph_input(served[ref_idx], spec)})
     logits = np.log(np.maximum(out, torch_graph.MIN_PROBABILITY)) if spec.scores == "probabilities" else out
     e = np.exp(logits - logits.max(1, keepdims=True))
     C.write_json(os.path.join(bundle_dir, "reference.json"), {
         "about": "Written by medsentry_training.fit: model-space pixels ([0,1], before mean/std) of the user's images "
-                 "and ONNX Runtime's outputs of the original graph's class output on them (logits = log of the "
-                 "probabilities for a graph that answers probabilities).",
+                 "and ONNX Runtime's outputs of the original graph's class output on them as the sidecar reads them "
+                 "(rounded to quantize_bits; logits = log of the probabilities for a graph that answers probabilities).",
         "data_root": shared_relpath(args.images), "shape": [spec.channels, spec.height, spec.width],
         "items": [{"file": files[i], "label": int(y[i]), "pixels": fmt32(x[i]),
                    "logits": logits[k].tolist(), "probabilities": (e[k] / e[k].sum()).tolist(),
@@ -205,7 +213,7 @@ def write_base(args, spec: graph.InputSpec, labels, bundle_dir: str, checks: dic
     inputs = {"channels": spec.channels, "height": spec.height, "width": spec.width, "color": spec.color,
               "resize": "area", "mean": spec.mean, "std": spec.std, "layout": spec.layout,
               "dicom": "modality rescale, then the first VOI window (or VOI LUT; min-max when absent), "
-                       "then MONOCHROME1 inversion, to [0, 1]"}
+                       "then MONOCHROME1 inversion, to [0, 1]", **({"quantize_bits": bits} if bits else {})}
     doc = {"name": args.name, "version": "1.0.0", "task": args.task or f"{len(labels)} classes: {', '.join(labels)}",
            "labels": list(labels), "max_batch": args.max_batch if spec.dynamic_batch else 1, "data_source": args.data_source,
            "input": inputs,
@@ -244,13 +252,15 @@ def main(argv=None):
     if os.path.exists(fit_path):
         with open(fit_path) as f:
             fit = json.load(f)
-    if fit.get("onnx_sha256") != onnx_sha or not os.path.exists(os.path.join(bundle_dir, "bundle.toml")):
+    # Another grid changes the reference outputs and every figure: the base is written again.
+    if (fit.get("onnx_sha256") != onnx_sha or fit.get("quantize_bits", 0) != args.quantize_bits
+            or not os.path.exists(os.path.join(bundle_dir, "bundle.toml"))):
         checks = augment(args, original, spec, bundle_dir)
         per_half = args.per_half
         accepts = {k: getattr(args, f"accepts_{a}").split(",") for k, a in
                    (("modality", "modality"), ("body_part", "body_part"), ("photometric", "photometric"))
                    if getattr(args, f"accepts_{a}")}
-        fit = {"onnx_sha256": onnx_sha, "input_spec": spec.__dict__, "checks": checks, "accepts": accepts,
+        fit = {"onnx_sha256": onnx_sha, "quantize_bits": args.quantize_bits, "input_spec": spec.__dict__, "checks": checks, "accepts": accepts,
                "command": command_line(sys.argv[1:] if argv is None else argv),
                "spec": {"name": args.name, "folder": data_folder(args.images), "labels": labels,
                         "color": spec.color, "size": spec.height, "source_md": args.data_source,
