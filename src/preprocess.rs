@@ -1,6 +1,7 @@
 //! preprocess: [`DecodedImage`] -> the model's input tensor, exactly as the training
 //! pipeline does it (models/training/medsentry_training/preprocess.py):
-//! colour (BT.601 luma or RGB) -> area resize -> (x - mean) / std.
+//! colour (BT.601 luma or RGB) -> area resize -> rounding to the bundle's grid
+//! (`quantize_bits`, when it declares one) -> (x - mean) / std.
 //!
 //! The resize is a box filter written out here (not a library's resampler) so that the
 //! sidecar and the pipeline agree to 1e-5 on the same file.
