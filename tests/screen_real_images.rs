@@ -136,7 +136,7 @@ async fn list_and_get_model_describe_the_bundle() {
     let info = client.get_model(proto::GetModelRequest { name: MODEL.into() }).await.unwrap().into_inner();
     assert_eq!(info.labels, vec!["NORMAL", "PNEUMONIA"]);
     let input = info.input.unwrap();
-    assert_eq!((input.channels, input.height, input.width), (1, 64, 64));
+    assert_eq!((input.channels, input.height, input.width, input.quantize_bits), (1, 64, 64, 8));
     assert!(info.figures.contains_key("standard_test_accuracy"));
     let derm = client.get_model(proto::GetModelRequest { name: "dermoscopy-isic2018".into() }).await.unwrap().into_inner();
     assert_eq!(derm.labels, vec!["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]);

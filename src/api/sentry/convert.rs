@@ -104,6 +104,7 @@ pub fn model_info(bundle: &Bundle, shows_scores: bool) -> proto::ModelInfo {
             mean: m.input.mean.clone(),
             std: m.input.std.clone(),
             resize: m.input.resize.clone(),
+            quantize_bits: m.input.quantize_bits.unwrap_or(0),
         }),
         hardening: m.hardening.as_ref().map(|h| proto::Hardening { method: h.method.clone(), norm: h.norm.clone(), epsilon: h.epsilon, steps: h.steps }),
         detectors: m
