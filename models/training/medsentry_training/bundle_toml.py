@@ -94,13 +94,6 @@ def quantize_bits(bundle_dir: str) -> int | None:
     return _load(bundle_dir)[1]["input"].get("quantize_bits")
 
 
-def set_quantize_bits(bundle_dir: str, bits: int):
-    """Declare the grid the bundle's detectors are calibrated on; its stages read it from here."""
-    path, doc, header = _load(bundle_dir)
-    doc["input"]["quantize_bits"] = bits
-    _rewrite(path, doc, header)
-
-
 def _rewrite(path: str, doc: dict, header: str):
     # Keep the table order of export's file: [campaign] and detectors before [files] and [figures].
     tail = ("accepts", "ood", "campaign", "detectors", "files", "figures")

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 import torch
+from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
 
 from . import advcommon as C
@@ -80,11 +81,6 @@ REFERENCE_ABOUT = ("Written by medsentry_training.export: model-space pixels ([0
                    "onnxruntime's outputs on them as the sidecar reads them (rounded).")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def refresh_reference(out_dir: str) -> None:
     """reference.json's outputs recomputed by the bundle's served classifier for its items'
     pixels as the sidecar reads them (ood.Classifier.served); the pixels are kept."""
@@ -94,7 +90,7 @@ def refresh_reference(out_dir: str) -> None:
         ref = json.load(f)
     x = np.array([it["pixels"] for it in ref["items"]], dtype=np.float32).reshape(-1, *ref["shape"])
     logits, feats = clf.run(clf.served(x), clf.logits_name, clf.features_name)
-    for it, lg, p, ft in zip(ref["items"], logits, softmax(logits), feats, strict=True):
+    for it, lg, p, ft in zip(ref["items"], logits, softmax(logits, axis=1), feats, strict=True):
         it.update({"logits": lg.tolist(), "probabilities": p.tolist(), "features_head": ft[:8].tolist()})
     ref["about"] = REFERENCE_ABOUT
     with open(path, "w") as f:
@@ -125,8 +121,10 @@ def main(argv=None):
                       opset_version=17, dynamo=False)
 
     xte, yte, files = datasets.load_split(spec, "test")
-    norm = ((xte - np.array(mean, dtype=np.float32).reshape(1, -1, 1, 1))
-            / np.array(std, dtype=np.float32).reshape(1, -1, 1, 1)).astype(np.float32)
+    def normalise(x01):
+        return ((x01 - np.array(mean, dtype=np.float32).reshape(1, -1, 1, 1))
+                / np.array(std, dtype=np.float32).reshape(1, -1, 1, 1)).astype(np.float32)
+    norm = normalise(xte)
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     ort_logits, ort_feats = sess.run(["logits", "features"], {"input": norm[:64]})
     with torch.no_grad():
@@ -156,9 +154,8 @@ def main(argv=None):
     for c in range(len(spec.labels)):
         ref_idx += [i for i in range(len(yte)) if yte[i] == c][:per_class]
     served = preprocess.quantize(xte[ref_idx], QUANTIZE_BITS)
-    ref_logits, ref_feats = sess.run(["logits", "features"], {"input": ((served - np.array(mean, dtype=np.float32).reshape(1, -1, 1, 1))
-                                                                       / np.array(std, dtype=np.float32).reshape(1, -1, 1, 1)).astype(np.float32)})
-    ref_prob = softmax(ref_logits)
+    ref_logits, ref_feats = sess.run(["logits", "features"], {"input": normalise(served)})
+    ref_prob = softmax(ref_logits, axis=1)
     reference = {
         "about": REFERENCE_ABOUT,
         "data_root": spec.folder, "shape": [ck["channels"], spec.size, spec.size],
