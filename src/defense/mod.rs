@@ -13,6 +13,7 @@
 //! with no detectors is served with every answer saying plainly that nothing screened it.
 
 pub mod campaign;
+pub mod cooccurrence;
 mod cascade;
 mod detectors;
 pub mod numeric;

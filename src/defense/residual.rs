@@ -5,10 +5,17 @@
 //! values in each bin [edges[k], edges[k+1]) / 255 (the last bin open), the mean |residual|
 //! and the root mean square residual, at each of the file's scales (1: the input itself;
 //! s: the means of its s x s blocks, so that a perturbation made smooth at full resolution
-//! is dense and high-frequency again); score = logistic regression of those. Twin of
+//! is dense and high-frequency again), then, when the file sets `cooccurrence_t`, the
+//! co-occurrences of consecutive pixel differences ([`super::cooccurrence`]); score =
+//! logistic regression of those. Twin of
 //! models/training/medsentry_training/residual.py (fitted by its `fused` stage).
 
 use serde::Deserialize;
+
+use super::cooccurrence;
+
+/// The largest co-occurrence clip a file may set: (2t + 1)^2 values per order, 578 at 8.
+const MAX_COOCCURRENCE_T: usize = 8;
 
 /// Interleaved histograms and sums in [`ResidualStatistics::features`].
 const LANES: usize = 4;
@@ -25,6 +32,8 @@ pub struct ResidualStatistics {
     cells_per_unit: f64,
     /// Block sizes the features are computed at, in this order (1: the input itself).
     scales: Vec<usize>,
+    /// Clip of the co-occurrences appended after the scales (0: none).
+    cooccurrence_t: usize,
     mean: Vec<f64>,
     scale: Vec<f64>,
     weights: Vec<f64>,
@@ -42,6 +51,9 @@ struct File {
     /// Files written before scales were fitted at full resolution only.
     #[serde(default = "full_resolution")]
     scales: Vec<usize>,
+    /// Files written before 2026-12-04 have no co-occurrences.
+    #[serde(default)]
+    cooccurrence_t: usize,
     mean: Vec<f64>,
     scale: Vec<f64>,
     weights: Vec<f64>,
@@ -63,9 +75,12 @@ impl ResidualStatistics {
         if f.scales.is_empty() || f.scales.iter().any(|s| !(1..=64).contains(s)) {
             return Err("scales must list block sizes from 1 to 64".into());
         }
-        let n = f.scales.len() * (f.edges_255.len() + 2);
+        if f.cooccurrence_t > MAX_COOCCURRENCE_T {
+            return Err(format!("cooccurrence_t must be at most {MAX_COOCCURRENCE_T}"));
+        }
+        let n = f.scales.len() * (f.edges_255.len() + 2) + cooccurrence::len(f.cooccurrence_t);
         if f.mean.len() != n || f.scale.len() != n || f.weights.len() != n {
-            return Err(format!("mean, scale and weights must have {n} values ((bins + 2) per scale)"));
+            return Err(format!("mean, scale and weights must have {n} values ((bins + 2) per scale, then the co-occurrences)"));
         }
         let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
         if !(finite(&f.mean) && finite(&f.weights) && f.bias.is_finite() && f.scale.iter().all(|s| s.is_finite() && *s > 0.0)) {
@@ -73,7 +88,7 @@ impl ResidualStatistics {
         }
         let edges: Vec<f64> = f.edges_255.iter().map(|e| e / 255.0).collect();
         let (lut, cells_per_unit) = bin_table(&edges);
-        Ok(ResidualStatistics { edges, lut, cells_per_unit, scales: f.scales, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
+        Ok(ResidualStatistics { edges, lut, cells_per_unit, scales: f.scales, cooccurrence_t: f.cooccurrence_t, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
     }
 
     /// How many features [`Self::features`] makes.
@@ -87,7 +102,8 @@ impl ResidualStatistics {
     }
 
     /// The features of a [C, H, W] [0, 1] input whose [`laplacian`] is `laplacian`, scale
-    /// after scale: the Laplacian is shared with the campaign monitor, which reads it too.
+    /// after scale, then the co-occurrences: the Laplacian is shared with the campaign
+    /// monitor, which reads it too.
     pub fn features(&self, pixels: &[f32], height: usize, width: usize, laplacian: &[f64]) -> Vec<f64> {
         let mut f = Vec::with_capacity(self.mean.len());
         for &s in &self.scales {
@@ -98,6 +114,7 @@ impl ResidualStatistics {
                 f.extend(self.features_at(&self::laplacian(&means, h, w)));
             }
         }
+        f.extend(cooccurrence::features(pixels, height, width, self.cooccurrence_t));
         f
     }
 

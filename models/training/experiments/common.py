@@ -76,7 +76,7 @@ def adaptive_pass(net, tf, clf: Classifier, x_ok: np.ndarray, y_ok: np.ndarray, 
     for lam in A.LAMBDAS:
         xa = np.concatenate([A.attack(net, tf, xt[i:i + 64], yt[i:i + 64], eps_255 / 255, steps, kind, lam,
                                       A.logit(thresholds["fpr_0.05"]), seed=eps_255).numpy() for i in range(0, len(y_ok), 64)])
-        inp = F.Inputs(clf, xa, tf.scales)
+        inp = F.Inputs(clf, xa, tf.scales, tf.cooccurrence_t)
         s = F.fused_score(fz, inp.matrix(tf.fused["inputs"]))
         fooled = inp.pred != y_ok
         fooled_any |= fooled

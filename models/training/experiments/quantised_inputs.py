@@ -55,7 +55,7 @@ def main(names: list, refit: bool) -> None:
         tf = A.TorchFused(bundle)
         fz, t = A.served_linear(tf.fused), tf.fused["thresholds"]
         for how, xs in (("as cached", x[te]), ("rounded to 8 bits", rounded(x[te]))):
-            s = F.fused_score(fz, F.Inputs(clf, xs, tf.scales).matrix(tf.fused["inputs"]))
+            s = F.fused_score(fz, F.Inputs(clf, xs, tf.scales, tf.cooccurrence_t).matrix(tf.fused["inputs"]))
             print(f"{name} {how}: clean AdvTest over the 1 % threshold {100 * (s > t['fpr_0.01']).mean():.1f} %, "
                   f"over 5 % {100 * (s > t['fpr_0.05']).mean():.1f} % (n={len(s)})", flush=True)
         if refit:

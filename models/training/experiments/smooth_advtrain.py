@@ -61,7 +61,7 @@ def main(dataset: str, bundle: str, scratch: str, kinds: list) -> None:
         _, att_te = F.attacks_from_records(spec, tr, te)
         clean_s = F.fused_score(fz, ct.matrix(tf.fused["inputs"]))
         for fam, b, xa in att_te:
-            inp = F.Inputs(clf, xa, tf.scales)
+            inp = F.Inputs(clf, xa, tf.scales, tf.cooccurrence_t)
             m = F.successful(inp, y[te], ct.pred)
             pos = F.fused_score(fz, inp.matrix(tf.fused["inputs"]))[m]
             print(f"{fam} {b}: n={m.sum()} TPR@1% {100 * (pos > thresholds['fpr_0.01']).mean():.1f} % "

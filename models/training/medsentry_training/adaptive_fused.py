@@ -60,6 +60,7 @@ EPS_255 = (2, 4, 8)
 LAMBDAS = (0.0, 1.0, 10.0)  # 0: plain PGD, so the attack is never weaker than the non-adaptive one
 SQUEEZE_NAME = contract.name_of("feature_squeezing")
 SOFT_WIDTH_255 = 0.25  # width of the soft bin edges of the residual histogram's backward pass
+SOFT_STEP = 0.5  # spread, in 1/255 steps, of a difference over the co-occurrences' bins (backward pass)
 # The low-pass attacks' grids, times coarser than the image: 4 (16 x 16 at 64 px, 56 x 56 at
 # 224 px) and 8, which the residual statistics' coarsest scale (4) sees as smooth again.
 LOWPASS_FACTORS = {"fused-aware-lowpass": 4, "fused-aware-lowpass-8": 8}
@@ -86,6 +87,7 @@ class TorchFused(torch.nn.Module):
         self.fz = {k: t(self.fused[k]) for k in ("mean", "scale", "weights")}
         self.edges = t(self.resid["edges_255"]) / 255
         self.scales = self.resid.get("scales", [1])
+        self.cooccurrence_t = self.resid.get("cooccurrence_t", 0)
         self.quantize_bits = bundle_toml.quantize_bits(out_dir)
 
     def mahalanobis(self, feats):
@@ -93,7 +95,7 @@ class TorchFused(torch.nn.Module):
         return torch.einsum("ncd,de,nce->nc", diff, self.prec, diff).clamp_min(1e-12).sqrt()
 
     def residual_features(self, x):
-        return soft_residual_features(x, self.edges, self.scales)
+        return soft_residual_features(x, self.edges, self.scales, self.cooccurrence_t)
 
     def served(self, x):
         """x on the bundle's grid, as the sidecar reads it; the gradient passes straight
@@ -130,10 +132,38 @@ class TorchFused(torch.nn.Module):
         return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
 
 
-def soft_residual_features(x, edges, scales):
-    """residual.features of x at `scales`, differentiable: the exact histogram forward, a
-    soft one (bin edges SOFT_WIDTH_255 wide) backward; block means by average pooling."""
-    return torch.cat([_soft_residual_features_at(F.avg_pool2d(x, s) if s > 1 else x, edges) for s in scales], 1)
+def soft_residual_features(x, edges, scales, cooccurrence_t: int = 0):
+    """residual.features of x at `scales` (and its co-occurrences), differentiable: the exact
+    histogram forward, a soft one (bin edges SOFT_WIDTH_255 wide) backward; block means by
+    average pooling."""
+    blocks = [_soft_residual_features_at(F.avg_pool2d(x, s) if s > 1 else x, edges) for s in scales]
+    if cooccurrence_t > 0:
+        blocks.append(soft_cooccurrences(x, cooccurrence_t))
+    return torch.cat(blocks, 1)
+
+
+def soft_cooccurrences(x, t: int):
+    """residual.cooccurrences, differentiable: the exact joint frequencies forward; backward,
+    each difference (in 1/255 steps, clipped to [-t, t]) is spread over the whole steps by a
+    softmax of -(d - step)^2 / (2 * SOFT_STEP^2), a pair's weight the product of its two. On
+    the grid every difference is a whole step, where a linear interpolation's derivative is
+    undefined (and torch's is zero); the Gaussian's says which neighbour a change moves it to."""
+    steps = torch.arange(-t, t + 1, dtype=x.dtype, device=x.device)
+    n, k = x.shape[0], 2 * t + 1
+    q = torch.floor(x * 255 + 0.5)
+    v = q + (x * 255 - (x * 255).detach())  # whole steps forward, the pixels' gradient backward
+    out = []
+    for order in (1, 2):
+        freq = 0
+        for rows in (v, v.transpose(2, 3)):
+            d = torch.diff(rows, n=order, dim=3).clamp(-t, t)
+            hard = F.one_hot((d.detach().round() + t).long(), k).to(x.dtype)
+            soft = torch.softmax(-((d[..., None] - steps) ** 2) / (2 * SOFT_STEP ** 2), -1)
+            w = hard + (soft - soft.detach())
+            pair = torch.einsum("nchla,nchlb->nab", w[..., :-1, :], w[..., 1:, :]).reshape(n, k * k)
+            freq = freq + pair / (w.shape[1] * w.shape[2] * (w.shape[3] - 1))
+        out.append(torch.sqrt(freq / 2 + 1e-12))
+    return torch.cat(out, 1)
 
 
 def _soft_residual_features_at(x, edges):
@@ -214,7 +244,7 @@ def main(argv=None):
     x, y, _ = datasets.load_split(spec, "test")
     with open(os.path.join(out_dir, "adv_split.json")) as f:
         te = np.array(json.load(f)["AdvTest"]["index"], dtype=np.int64)
-    clean = Inputs(clf, x[te], tf.scales)
+    clean = Inputs(clf, x[te], tf.scales, tf.cooccurrence_t)
     base = te[clean.pred == y[te]]
     # The attacker starts from the image as the sidecar reads it (on the bundle's grid), so a
     # budget of whole 1/255 steps stays within eps after the sidecar's rounding.
@@ -234,7 +264,7 @@ def main(argv=None):
             for lam in LAMBDAS:
                 xa = torch.cat([attack(model, tf, xt[i:i + 64], yt[i:i + 64], e / 255, args.steps, kind, lam,
                                        logit(thr["fpr_0.05"]), seed=e) for i in range(0, len(base), 64)]).numpy()
-                inp = Inputs(clf, xa, tf.scales)
+                inp = Inputs(clf, xa, tf.scales, tf.cooccurrence_t)
                 s = fused_score(fz_model, inp.matrix(tf.fused["inputs"]) if "widths" in tf.fused else legacy_matrix(inp, dets, resid_model))
                 fooled = inp.pred != y[base]
                 fooled_any |= fooled

@@ -84,7 +84,7 @@ class Inputs:
     """What the fused detector reads for a batch of [0, 1] images: the ONNX classifier's
     logits and features (as the sidecar runs it), feature squeezing and the margin."""
 
-    def __init__(self, clf: Classifier, x: np.ndarray, scales=residual.SCALES):
+    def __init__(self, clf: Classifier, x: np.ndarray, scales=residual.SCALES, cooccurrence_t: int = residual.COOCCURRENCE_T):
         # Everything below reads the input as the sidecar does: on the bundle's grid.
         x = clf.served(x)
         self.logits, self.feats = clf.run(x, clf.logits_name, clf.features_name)
@@ -96,8 +96,8 @@ class Inputs:
         copies = [clf.run(f(x), clf.logits_name, clf.features_name) for f in (squeeze.squeeze_bits, squeeze.squeeze_median)]
         self.squeeze = np.maximum(*[np.abs(p - squeeze.softmax(lg)).sum(1) for lg, _ in copies])
         self.squeeze_shift = squeeze.feature_shift(self.feats, [ft for _, ft in copies])
-        # At the scales of the residual detector being fitted, or of a bundle's file.
-        self.residual_features = residual.features(x, scales)
+        # As the residual detector being fitted reads them, or as a bundle's file says.
+        self.residual_features = residual.features(x, scales, cooccurrence_t)
 
     def blocks(self, names=INPUTS) -> list:
         """The combiner's inputs `names` (default INPUTS; a fused file's `inputs`), each (n, width)."""

@@ -88,8 +88,57 @@ def test_the_attacks_differentiable_residual_features_equal_the_exact_ones():
 
     x = RNG.random((2, 3, 16, 12)).astype(np.float32)
     edges = torch.tensor(residual.EDGES_255, dtype=torch.float32) / 255
-    soft = soft_residual_features(torch.from_numpy(x), edges, (1, 2, 4)).numpy()
-    assert np.allclose(soft, residual.features(x, scales=(1, 2, 4)), atol=1e-5)
+    soft = soft_residual_features(torch.from_numpy(x), edges, (1, 2, 4), 3).numpy()
+    assert np.allclose(soft, residual.features(x, scales=(1, 2, 4), cooccurrence_t=3), atol=1e-5)
+
+
+def naive_cooccurrences(x, t):
+    """residual.cooccurrences written out pixel by pixel: the Rust twin's values."""
+    n, c, h, w = x.shape
+    k = 2 * t + 1
+    q = np.floor(x.astype(np.float64) * 255 + 0.5)
+    out = np.zeros((n, 2 * k * k))
+    for order in (1, 2):
+        for a in range(n):
+            freq = np.zeros(k * k)
+            for img in (q[a], q[a].transpose(0, 2, 1)):
+                counts, total = np.zeros(k * k), 0
+                for ch in img:
+                    for row in ch:
+                        d = row[1:] - row[:-1] if order == 1 else row[2:] - 2 * row[1:-1] + row[:-2]
+                        d = np.clip(d, -t, t).astype(int) + t
+                        for i in range(len(d) - 1):
+                            counts[d[i] * k + d[i + 1]] += 1
+                            total += 1
+                freq += counts / max(total, 1)  # a line too short for a pair adds nothing
+            out[a, (order - 1) * k * k:order * k * k] = np.sqrt(freq / 2)
+    return out
+
+
+def test_residual_cooccurrences_follow_consecutive_differences_on_the_grid():
+    x = (np.floor(RNG.random((2, 3, 7, 6)) * 12 + 0.5) / 255 + 0.3).astype(np.float32)
+    f = residual.features(x, scales=(1,), cooccurrence_t=2)
+    width = len(residual.EDGES_255) + 2
+    assert f.shape == (2, width + residual.cooccurrence_len(2))
+    assert np.allclose(f[:, width:], naive_cooccurrences(x, 2))
+    # Each order's frequencies (two directions averaged) sum to one.
+    assert np.allclose((f[:, width:width + 25] ** 2).sum(1), 1) and np.allclose((f[:, width + 25:] ** 2).sum(1), 1)
+    # A flat image has every difference 0: all of its weight on the pair (0, 0).
+    flat = residual.cooccurrences(np.full((1, 1, 5, 5), 0.5, np.float32), 2)
+    assert flat[0, 12] == 1 and flat[0, 25 + 12] == 1 and flat.sum() == 2
+    assert residual.features(x, scales=(1,)).shape[1] == width  # 0: no co-occurrences
+
+
+def test_the_attacks_differentiable_cooccurrences_equal_the_exact_ones():
+    torch = pytest.importorskip("torch")
+    from medsentry_training.adaptive_fused import soft_cooccurrences
+
+    x = (np.floor(RNG.random((2, 3, 9, 8)) * 10 + 0.5) / 255 + 0.4).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_()
+    soft = soft_cooccurrences(xt, 3)
+    assert np.allclose(soft.detach().numpy(), residual.cooccurrences(x, 3), atol=1e-5)
+    soft.sum().backward()
+    assert xt.grad.abs().sum() > 0  # the backward pass reaches the pixels
 
 
 def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
