@@ -13,8 +13,8 @@
 //! with no detectors is served with every answer saying plainly that nothing screened it.
 
 pub mod campaign;
-pub mod cooccurrence;
 mod cascade;
+pub mod cooccurrence;
 mod detectors;
 pub mod numeric;
 pub mod ood;

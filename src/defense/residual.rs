@@ -88,7 +88,17 @@ impl ResidualStatistics {
         }
         let edges: Vec<f64> = f.edges_255.iter().map(|e| e / 255.0).collect();
         let (lut, cells_per_unit) = bin_table(&edges);
-        Ok(ResidualStatistics { edges, lut, cells_per_unit, scales: f.scales, cooccurrence_t: f.cooccurrence_t, mean: f.mean, scale: f.scale, weights: f.weights, bias: f.bias })
+        Ok(ResidualStatistics {
+            edges,
+            lut,
+            cells_per_unit,
+            scales: f.scales,
+            cooccurrence_t: f.cooccurrence_t,
+            mean: f.mean,
+            scale: f.scale,
+            weights: f.weights,
+            bias: f.bias,
+        })
     }
 
     /// How many features [`Self::features`] makes.

@@ -11,7 +11,8 @@ about three times the calibrated rate (clean AdvTest: 3.2 % ADVERSARIAL; officia
 11 % SUSPICIOUS or ADVERSARIAL). The fused detector is one logistic regression (scikit-learn,
 standardised inputs, classes balanced, C chosen on AdvTrain by choose_c) over the raw signals of one input: the classifier's
 penultimate features and logits, the residual-statistics features of the input
-(residual.features), the feature-squeezing score, how far each squeezed copy moves the
+(residual.features; since 2026-12-04 with the co-occurrences of consecutive pixel
+differences, experiments/cooccurrence.py), the feature-squeezing score, how far each squeezed copy moves the
 penultimate features (squeeze.feature_shift; since 2026-12-02, experiments/squeeze_shift.py:
 about +7 points of mean TPR at 1 % on the chest bundle, same clean rate) and the confidence margin (top-1 minus
 top-2 softmax probability; successful attacks on a hardened model sit near the decision
@@ -74,8 +75,9 @@ CHEAP_INPUTS = tuple(i for i, name in enumerate(INPUTS) if name not in SQUEEZED_
 CASCADE_MISS = 0.01
 # The families the combiner is fitted on (AdvTrain); AdvTest rows of the others are never seen.
 SEEN = ("fgsm", "bim", "pgd20", "cw", "pgd20_smooth")
-# Inverse regularisations the combiner may take (choose_c).
-C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# Inverse regularisations the combiner may take (choose_c). 0.003 and 0.01 since the
+# co-occurrences (2026-12-04): every 64 px bundle then chose 0.03, the smallest C before.
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 # Out-of-fold misses (over both thresholds) within which two C count as tied (choose_c).
 TIE_EXAMPLES = 1
 
