@@ -141,6 +141,22 @@ def test_the_attacks_differentiable_cooccurrences_equal_the_exact_ones():
     assert xt.grad.abs().sum() > 0  # the backward pass reaches the pixels
 
 
+def test_the_co_occurrences_backward_is_the_gradient_of_soft_counts():
+    torch = pytest.importorskip("torch")
+    from medsentry_training.adaptive_fused import SOFT_STEP, PairFrequencies
+
+    t, k = 2, 5
+    d = torch.tensor([[[0.0, 1, -1, 2, 0], [1, 1, 0, -2, -1]]], dtype=torch.float64, requires_grad=True)
+    upstream = torch.from_numpy(RNG.standard_normal((1, k * k)))
+    (PairFrequencies.apply(d, (d.detach() + t).long(), t) * upstream).sum().backward()
+    analytic, d.grad = d.grad.clone(), None
+    # The soft counts written out: every difference weighs every step, a pair the product.
+    w = torch.exp(-(d[..., None] - torch.arange(-t, t + 1, dtype=torch.float64)) ** 2 / (2 * SOFT_STEP ** 2))
+    soft = torch.einsum("npa,npb->nab", w[..., :-1, :].reshape(1, -1, k), w[..., 1:, :].reshape(1, -1, k)).reshape(1, -1) / 8
+    (soft * upstream).sum().backward()
+    assert torch.allclose(analytic, d.grad, atol=1e-12)
+
+
 def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
     x = RNG.random((8, 1, 6, 6))
     r = campaign.residuals(x, None)
