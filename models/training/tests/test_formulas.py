@@ -141,7 +141,7 @@ def test_the_attacks_differentiable_cooccurrences_equal_the_exact_ones():
     assert xt.grad.abs().sum() > 0  # the backward pass reaches the pixels
 
 
-def test_the_co_occurrences_backward_is_the_gradient_of_soft_counts():
+def test_the_co_occurrences_backward_moves_weight_between_soft_bins():
     torch = pytest.importorskip("torch")
     from medsentry_training.adaptive_fused import SOFT_STEP, PairFrequencies
 
@@ -150,11 +150,16 @@ def test_the_co_occurrences_backward_is_the_gradient_of_soft_counts():
     upstream = torch.from_numpy(RNG.standard_normal((1, k * k)))
     (PairFrequencies.apply(d, (d.detach() + t).long(), t) * upstream).sum().backward()
     analytic, d.grad = d.grad.clone(), None
-    # The soft counts written out: every difference weighs every step, a pair the product.
-    w = torch.exp(-(d[..., None] - torch.arange(-t, t + 1, dtype=torch.float64)) ** 2 / (2 * SOFT_STEP ** 2))
-    soft = torch.einsum("npa,npb->nab", w[..., :-1, :].reshape(1, -1, k), w[..., 1:, :].reshape(1, -1, k)).reshape(1, -1) / 8
-    (soft * upstream).sum().backward()
+    # Written out: exact bins forward, softmax weights over the steps backward, a pair the
+    # product of the two (the partner's exact bin in the derivative).
+    soft = torch.softmax(-(d[..., None] - torch.arange(-t, t + 1, dtype=torch.float64)) ** 2 / (2 * SOFT_STEP ** 2), -1)
+    w = torch.nn.functional.one_hot((d.detach() + t).long(), k).double() + (soft - soft.detach())
+    counts = torch.einsum("npa,npb->nab", w[..., :-1, :].reshape(1, -1, k), w[..., 1:, :].reshape(1, -1, k)).reshape(1, -1) / 8
+    (counts * upstream).sum().backward()
     assert torch.allclose(analytic, d.grad, atol=1e-12)
+    # Moving a difference takes weight from its own bin: the slope's rows sum to zero.
+    from medsentry_training.adaptive_fused import softmax_slope
+    assert torch.allclose(softmax_slope(t, torch.float64, "cpu").sum(1), torch.zeros(k, dtype=torch.float64), atol=1e-12)
 
 
 def test_campaign_window_score_is_the_mean_off_diagonal_correlation():
