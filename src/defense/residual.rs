@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use super::cooccurrence;
 
-/// The largest co-occurrence clip a file may set: (2t + 1)^2 values per order, 578 at 8.
+/// The largest co-occurrence clip a file may set: (2t + 1)^2 values per order, 289 at 8
+/// (578 in all).
 const MAX_COOCCURRENCE_T: usize = 8;
 
 /// Interleaved histograms and sums in [`ResidualStatistics::features`].

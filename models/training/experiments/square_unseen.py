@@ -69,7 +69,7 @@ def main(fit_dir: str, max_images: int = 10_000, saved_only: bool = False) -> No
         done.append(idx)
         print(f"chunk {k // CHUNK + 1} of {-(-len(keep) // CHUNK)} ({time.time() - t0:.0f}s)", flush=True)
     xa, keep = np.concatenate(advs), np.concatenate(done)
-    inp = F.Inputs(clf, xa, clf_scales(bundle))
+    inp = F.Inputs(clf, xa, *residual_shape(bundle))
     ok = inp.pred != y[keep]
     with open(os.path.join(bundle, "detector_fused.json")) as f:
         fused = json.load(f)
@@ -81,9 +81,11 @@ def main(fit_dir: str, max_images: int = 10_000, saved_only: bool = False) -> No
           f"{100 * k5 / max(ok.sum(), 1):.1f} % ({time.time() - t0:.0f}s)", flush=True)
 
 
-def clf_scales(bundle: str) -> list:
+def residual_shape(bundle: str) -> tuple:
+    """The residual detector file's scales and co-occurrence clip (fused.Inputs' arguments)."""
     with open(os.path.join(bundle, "detector_residual.json")) as f:
-        return json.load(f).get("scales", [1])
+        d = json.load(f)
+    return d.get("scales", [1]), d.get("cooccurrence_t", 0)
 
 
 if __name__ == "__main__":

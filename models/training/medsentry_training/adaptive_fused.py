@@ -61,7 +61,10 @@ LAMBDAS = (0.0, 1.0, 10.0)  # 0: plain PGD, so the attack is never weaker than t
 SQUEEZE_NAME = contract.name_of("feature_squeezing")
 SOFT_WIDTH_255 = 0.25  # width of the soft bin edges of the residual histogram's backward pass
 SOFT_STEP = 0.5  # spread, in 1/255 steps, of a difference over the co-occurrences' bins (backward pass)
-SOFT_STEP = 0.5  # spread, in 1/255 steps, of a difference over the co-occurrences' bins (backward pass)
+# Added under the co-occurrences' square root in the backward pass only, as the histogram's
+# soft twin does: d sqrt(f) / df is unbounded at an empty bin, and the pairs no image has
+# would otherwise swamp the attack's gradient.
+SQRT_FLOOR = 1e-4
 # The low-pass attacks' grids, times coarser than the image: 4 (16 x 16 at 64 px, 56 x 56 at
 # 224 px) and 8, which the residual statistics' coarsest scale (4) sees as smooth again.
 LOWPASS_FACTORS = {"fused-aware-lowpass": 4, "fused-aware-lowpass-8": 8}
@@ -145,18 +148,22 @@ def soft_residual_features(x, edges, scales, cooccurrence_t: int = 0):
 
 def soft_cooccurrences(x, t: int):
     """residual.cooccurrences, differentiable: the exact joint frequencies forward, the
-    gradient of soft ones backward (PairFrequencies)."""
-    n = x.shape[0]
+    gradient of soft ones backward (PairFrequencies), the square root's slope taken at
+    f + SQRT_FLOOR."""
+    n, k = x.shape[0], 2 * t + 1
     v = x * 255
     q = torch.floor(v.detach() + 0.5)
     out = []
     for order in (1, 2):
-        freq = 0
+        freq = torch.zeros(n, k * k, dtype=x.dtype, device=x.device)
         for vv, qq in ((v, q), (v.transpose(2, 3), q.transpose(2, 3))):
             d = torch.diff(vv, n=order, dim=3).clamp(-t, t)
+            if d.shape[-1] < 2:  # lines too short for a pair add nothing, as in residual.cooccurrences
+                continue
             idx = (torch.diff(qq, n=order, dim=3).clamp(-t, t) + t).long()
             freq = freq + PairFrequencies.apply(d.reshape(n, -1, d.shape[-1]), idx.reshape(n, -1, d.shape[-1]), t)
-        out.append(torch.sqrt(freq / 2 + 1e-12))
+        smooth = torch.sqrt(freq / 2 + SQRT_FLOOR)
+        out.append(torch.sqrt(freq.detach() / 2) + (smooth - smooth.detach()))
     return torch.cat(out, 1)
 
 
