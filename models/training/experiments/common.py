@@ -85,12 +85,20 @@ def adaptive_pass(net, tf, clf: Classifier, x_ok: np.ndarray, y_ok: np.ndarray, 
     return fooled_any, passed1, passed5
 
 
-def load(argv) -> Setup:
+def load(argv, caches: bool = False) -> Setup:
+    """The bundle named by argv[1] (default chest_xray) with its attacks: the attack stage's
+    records, or with `caches` the fused stage's own (made_attacks and smooth PGD-20, cached
+    in the work folder by `fused --dataset D`)."""
     spec = datasets.SPECS[argv[1] if len(argv) > 1 else "chest_xray"]
     out_dir = C.default_bundle_dir(spec)
     clf = Classifier(out_dir)
     x, y, tr, te = halves(spec, out_dir)
-    att_tr, att_te = F.attacks_from_records(spec, tr, te)
+    if caches:
+        from medsentry_training.fused_attacks import made_attacks, with_smooth
+        net, _ = C.load_ckpt(C.ckpt_path(spec, "hardened"))
+        att_tr, att_te = with_smooth(net, x, y, tr, te, *made_attacks(net, x, y, tr, te, spec.name), spec.name)
+    else:
+        att_tr, att_te = F.attacks_from_records(spec, tr, te)
     base = F.advtrain_base(clf, x[tr], y[tr], att_tr, len(spec.labels))
     ct = F.Inputs(clf, x[te])
     tests = []

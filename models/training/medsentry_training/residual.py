@@ -62,10 +62,6 @@ def features(x: np.ndarray, scales=SCALES, cooccurrence_t: int = 0) -> np.ndarra
     return np.hstack(blocks)
 
 
-def cooccurrence_len(t: int) -> int:
-    return 2 * (2 * t + 1) ** 2 if t > 0 else 0
-
-
 def cooccurrences(x: np.ndarray, t: int) -> np.ndarray:
     """(N, C, H, W) [0, 1] -> (N, 2 (2t + 1)^2): first-order, then second-order."""
     q = np.floor(x.astype(np.float64) * 255 + 0.5).astype(np.int64)

@@ -119,7 +119,7 @@ def test_residual_cooccurrences_follow_consecutive_differences_on_the_grid():
     x = (np.floor(RNG.random((2, 3, 7, 6)) * 12 + 0.5) / 255 + 0.3).astype(np.float32)
     f = residual.features(x, scales=(1,), cooccurrence_t=2)
     width = len(residual.EDGES_255) + 2
-    assert f.shape == (2, width + residual.cooccurrence_len(2))
+    assert f.shape == (2, width + 2 * 5 ** 2)  # two orders of (2t + 1)^2 pairs
     assert np.allclose(f[:, width:], naive_cooccurrences(x, 2))
     # Each order's frequencies (two directions averaged) sum to one.
     assert np.allclose((f[:, width:width + 25] ** 2).sum(1), 1) and np.allclose((f[:, width + 25:] ** 2).sum(1), 1)
