@@ -66,18 +66,22 @@ def write_fused(out_dir: str, model, thresholds: dict) -> dict:
     return d
 
 
-def adaptive_pass(net, tf, clf: Classifier, x_ok: np.ndarray, y_ok: np.ndarray, eps_255: int, steps: int, kind: str):
+def adaptive_pass(net, tf, clf: Classifier, x_ok: np.ndarray, y_ok: np.ndarray, eps_255: int, steps: int, kind: str, score=None):
     """adaptive_fused's attack `kind` at eps_255 with its three lambdas against the combiner in
-    tf, on images the classifier gets right, re-scored exactly: (fooled by any lambda, fooled
+    tf, on images the classifier gets right, re-scored exactly (by `score` of the combiner's
+    input matrix, default the linear combiner of tf's file): (fooled by any lambda, fooled
     and not ADVERSARIAL, fooled and answered CLEAN) per image."""
-    thresholds, fz = tf.fused["thresholds"], A.served_linear(tf.fused)
+    thresholds = tf.fused["thresholds"]
+    if score is None:
+        fz = A.served_linear(tf.fused)
+        score = lambda X: F.fused_score(fz, X)  # noqa: E731
     xt, yt = torch.from_numpy(x_ok), torch.from_numpy(y_ok)
     fooled_any, passed1, passed5 = (np.zeros(len(y_ok), bool) for _ in range(3))
     for lam in A.LAMBDAS:
         xa = np.concatenate([A.attack(net, tf, xt[i:i + 64], yt[i:i + 64], eps_255 / 255, steps, kind, lam,
                                       A.logit(thresholds["fpr_0.05"]), seed=eps_255).numpy() for i in range(0, len(y_ok), 64)])
         inp = F.Inputs(clf, xa, tf.scales, tf.cooccurrence_t)
-        s = F.fused_score(fz, inp.matrix(tf.fused["inputs"]))
+        s = score(inp.matrix(tf.fused["inputs"]))
         fooled = inp.pred != y_ok
         fooled_any |= fooled
         passed1 |= fooled & (s <= thresholds["fpr_0.01"])

@@ -129,7 +129,11 @@ class TorchFused(torch.nn.Module):
             z = ((torch.cat([feats, logits], 1) - self.lg["mean"]) / self.lg["scale"]) @ self.lg["weights"] + self.logreg["bias"]
             rz = ((rf - self.rs["mean"]) / self.rs["scale"]) @ self.rs["weights"] + self.resid["bias"]
             inputs = torch.stack([maha, torch.sigmoid(z), sq, torch.sigmoid(rz), margin], 1)
-        return logits, feats, ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
+        return logits, feats, self.combiner_logit(inputs)
+
+    def combiner_logit(self, inputs):
+        """The combiner's logit of its inputs (one row per image, its file's order)."""
+        return ((inputs - self.fz["mean"]) / self.fz["scale"]) @ self.fz["weights"] + self.fused["bias"]
 
 
 def soft_residual_features(x, edges, scales, cooccurrence_t: int = 0):
