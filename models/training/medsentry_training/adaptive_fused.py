@@ -279,8 +279,8 @@ def main(argv=None):
     def extra(ap):
         ap.add_argument("--steps", type=int, default=40)
         ap.add_argument("--eps", default=None, help="Linf budgets in 1/255, comma list (default 2,4,8; a fitted bundle's fit.json)")
-        ap.add_argument("--kinds", default=",".join(KINDS), help="attacks to run (comma list); rows of the others are "
-                        "kept from the last run when it attacked the same thresholds")
+        ap.add_argument("--kinds", default=",".join(KINDS), help="attacks to run (comma list); rows of the "
+                        "other kinds and budgets are kept from the last run when it attacked the same thresholds")
     args, spec, out_dir = C.stage_args(__doc__, argv, extra)
     t0 = time.time()
     # A fitted bundle's budgets are fit's --adaptive-eps (a 224 px graph costs ~30x a 64 px one per step).
@@ -305,7 +305,7 @@ def main(argv=None):
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise SystemExit(f"--kinds: unknown {unknown}; known: {', '.join(KINDS)}")
-    rows, earlier = kept_rows(out_dir, kinds, thr, args.steps)
+    rows, earlier = kept_rows(out_dir, kinds, budgets, thr, args.steps)
     for kind in kinds:
         for e in budgets:
             t1 = time.time()
@@ -342,18 +342,21 @@ def main(argv=None):
     print(f"[done] adaptive attacks on the fused verdict in {time.time() - t0:.0f}s", flush=True)
 
 
-def kept_rows(out_dir: str, kinds: list, thr: dict, steps: int) -> tuple[list, list]:
-    """The last run's rows of the kinds not re-run, when it attacked these thresholds (rows
-    measured against another fused detector would be stale beside the new ones), and the
-    commands that measured them."""
-    if set(kinds) == set(KINDS):
-        return [], []
+def kept_rows(out_dir: str, kinds: list, budgets: tuple, thr: dict, steps: int) -> tuple[list, list]:
+    """The last run's rows that this run does not measure again (another kind or another
+    budget), when it attacked these thresholds with as many steps (rows measured against
+    another fused detector would be stale beside the new ones), and the commands that
+    measured them. A run of every kind starts afresh when the last one is stale; a run of
+    some kinds needs it current."""
     with open(os.path.join(out_dir, "report.json")) as f:
         last = json.load(f).get("adaptive_fused") or {}
-    if last.get("fused_thresholds") != thr or last.get("steps") != steps:
+    if not last or last.get("fused_thresholds") != thr or last.get("steps") != steps:
+        if set(kinds) == set(KINDS):
+            return [], []
         raise SystemExit("--kinds: the last adaptive_fused run attacked other thresholds or took another number of "
                          "steps (or there is none): run every kind")
-    return [r for r in last["rows"] if r["attack"] not in kinds], last.get("commands") or [last["command"]]
+    kept = [r for r in last["rows"] if not (r["attack"] in kinds and r["eps_255"] in budgets)]
+    return kept, (last.get("commands") or [last["command"]]) if kept else []
 
 
 def served_linear(d: dict):
