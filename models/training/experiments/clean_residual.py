@@ -84,17 +84,10 @@ def res_scores(extra):
     return oc, oa, g(Ft), [g(p) for p in Fp]
 
 
-def threshold_report(name, oc, tc, tp):
-    t1 = detectors.threshold_at(oc, 0.01)
-    rows = [f"{fam}{b[-1]} {100 * (p > t1).mean():.0f}%" for (fam, b, *_), p in zip(s.tests, tp)]
-    print(f"{name}: clean AdvTest {100 * (tc > t1).mean():.1f}%, mean TPR {100 * np.mean([(p > t1).mean() for p in tp]):.1f}% | "
-          + ", ".join(rows), flush=True)
-
-
 no_extra = res_scores(np.zeros((0, Fc.shape[1])))
 with_extra = res_scores(Fx)
-threshold_report("residual alone, AdvTrain clean only", no_extra[0], *no_extra[2:])
-threshold_report(f"residual alone, + {len(Fx)} clean", with_extra[0], *with_extra[2:])
+report(s, "residual alone, AdvTrain clean only", no_extra[0], *no_extra[2:])
+report(s, f"residual alone, + {len(Fx)} clean", with_extra[0], *with_extra[2:])
 
 others = [n for n in F.INPUTS if n != "residual-features"]
 N_c, N_a, N_t = s.base.clean.matrix(others), s.base.adv.matrix(others), s.ct.matrix(others)

@@ -48,9 +48,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import add_minimal_attacks, load  # noqa: E402
+from common import add_minimal_attacks, load, report  # noqa: E402
 from medsentry_training import advcommon as C, detectors  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 s = load(sys.argv, caches=True)
 add_minimal_attacks(s)
@@ -131,13 +130,9 @@ def evaluate_oof(make):
 def evaluate(name, make):
     oc, oa = evaluate_oof(make)
     advtrain = 100 * np.mean([(oa > detectors.threshold_at(oc, p)).mean() for p in (0.01, 0.05)])
+    print(f"{name}: AdvTrain oof {advtrain:.1f}%", flush=True)
     g = make().fit(Xc, Xa, grp)
-    t1 = detectors.threshold_at(oc, 0.01)
-    tc, tp = g.score(Xt), [g.score(p) for p in Xp]
-    auc = lambda p: roc_auc_score(np.r_[np.zeros(len(tc)), np.ones(len(p))], np.r_[tc, p])  # noqa: E731
-    rows = [f"{fam}{b[-1]} {100 * (p > t1).mean():.0f}% ({auc(p):.3f})" for (fam, b, *_), p in zip(s.tests, tp)]
-    print(f"{name}: AdvTrain oof {advtrain:.1f}% | clean AdvTest {100 * (tc > t1).mean():.1f}%, "
-          f"mean TPR {100 * np.mean([(p > t1).mean() for p in tp]):.1f}% | " + ", ".join(rows), flush=True)
+    report(s, name, oc, g.score(Xt), [g.score(p) for p in Xp])
 
 
 if __name__ == "__main__":
