@@ -12,7 +12,7 @@ import os
 from . import datasets
 from .report_sections import (adaptive_fused_section, campaign_section, f3, fused_section, ood_section, pct,
                               squeeze_section)
-from .report_targets import targets_section
+from .report_targets import served_model, targets_section
 from .detectors import SERVED_DETECTORS
 
 
@@ -97,10 +97,22 @@ def failures_section(full, a):
             tprs.append(fs)
         if tprs and max(tprs) < 0.5:
             weak.setdefault(row["attack"], []).append((row["budget"], max(tprs), row["n_pos"]))
-    a("- **Detection.** No single served detector flags half of the successful adversarial examples at its 1 % "
-      "threshold (rows with at least 5 positives; best detector's TPR in brackets): " +
-      ("; ".join(f"{att} " + ", ".join(f"{b} ({pct(t)} %, n={n})" for b, t, n in rows) for att, rows in weak.items())
-       or "none") + ".")
+    singles = ("No single detector alone flags half of the successful adversarial examples at its 1 % threshold "
+               "(rows with at least 5 positives; best detector's TPR in brackets): " +
+               ("; ".join(f"{att} " + ", ".join(f"{b} ({pct(t)} %, n={n})" for b, t, n in rows) for att, rows in weak.items())
+                or "none") + ".")
+    fd = full.get("fused_detector") or {}
+    if fd.get("rows"):
+        # The verdict is the fused detector's: its misses lead, the single detectors are what it is built from.
+        missed = [x for x in fd["rows"] if x["n_pos"] >= 5 and x["tpr_fpr_0.01"] < 0.5]
+        head = ("The verdict (fused detector at its 1 % threshold) is ADVERSARIAL on fewer than half of the successful "
+                "examples of: " + "; ".join(f"{x['attack']} {x['budget']} ({pct(x['tpr_fpr_0.01'])} %, n={x['n_pos']})"
+                                            for x in missed) + "." if missed else
+                "The verdict (fused detector at its 1 % threshold) is ADVERSARIAL on at least half of the successful "
+                "examples of every row with at least 5 of them.")
+        a(f"- **Detection.** {head} {singles}")
+    else:
+        a(f"- **Detection.** {singles}")
     fpr = r["detection"]["clean_advtest_fpr"]
     fs_fpr = (full.get("feature_squeezing") or {}).get("clean_advtest_fpr", {}).get("fpr_0.01")
     a("- **False alarms.** Clean AdvTest images above the 1 % thresholds: " +
@@ -108,10 +120,22 @@ def failures_section(full, a):
       (f", feature squeezing {pct(fs_fpr)} %" if fs_fpr is not None else "") + ".")
     ad = r["adaptive"]
     sm = ad["smallest_eps_255_with_50pct"]
-    a(f"- **Adaptive attacker.** PGD that knows {', '.join(ad['detectors'])} fools the model without any of them "
-      f"flagging on half of the images at " + (f"{sm}/255." if sm is not None else
-                                               f"no budget up to {ad['rows'][-1]['eps_255']}/255 (largest: "
-                                               f"{pct(max(x['fooled_and_undetected'] for x in ad['rows']))} %)."))
+    union = (f"PGD that knows {', '.join(ad['detectors'])} fools the model without any of them flagging on half of "
+             f"the images at " + (f"{sm}/255." if sm is not None else
+                                  f"no budget up to {ad['rows'][-1]['eps_255']}/255 (largest: "
+                                  f"{pct(max(x['fooled_and_undetected'] for x in ad['rows']))} %)."))
+    af = full.get("adaptive_fused") or {}
+    if af.get("rows"):
+        top = max(x["eps_255"] for x in af["rows"])
+        worst = max((x for x in af["rows"] if x["eps_255"] == top), key=lambda x: x["fooled_not_adversarial"])
+        ceil = af.get("robust_accuracy_pgd20_ceiling", {}).get(f"linf_{top}")
+        a(f"- **Adaptive attacker.** Against the verdict, {worst['attack']} at {top}/255 fools the model and is not "
+          f"answered ADVERSARIAL on {pct(worst['fooled_not_adversarial'])} % of the AdvTest images it starts from "
+          f"(section *Adaptive attacks on the fused verdict*" +
+          (f"; the {served_model(full)}'s PGD-20 robust accuracy there is {pct(ceil)} %" if ceil is not None else "") +
+          f"). Against the single detectors: {union}")
+    else:
+        a(f"- **Adaptive attacker.** {union}")
     camp = full.get("campaign")
     if camp:
         quiet = [x for x in camp["uap_streams"] if x["attack"] != "uap_random" and x["residual_alarm_rate"] < 0.5]
