@@ -63,3 +63,33 @@ def test_a_missed_never_seen_row_gives_its_interval_and_the_suspicious_rate():
     text = _section([_row("pgd20", "linf_1", 1.0), row])
     assert "73.7 % (n = 19) | missed by 6.3 points; 95 % interval 48.8-90.9 %; 94.7 % at least SUSPICIOUS" in text
     assert "interval" not in _section([_row("pgd20", "linf_1", 1.0), {**row, "tpr_fpr_0.01": 0.9}])
+
+
+def _adaptive_section(passed, rob4, margin=0.9):
+    """The targets section of a bundle whose fused-aware row at 8/255 fools 60 % of 100 images
+    and lets `passed` through, with the hardened model 80 % accurate clean on AdvTest."""
+    from medsentry_training.report_targets import targets_section
+    full = {"fused_detector": {"rows": [_row("pgd20", "linf_1", 1.0)], "clean_advtest": {"fpr_0.01": {"fused": 0.01}},
+                               "advtrain": {"clean": 100}, "clean_advtest_margin_median": margin},
+            "adaptive_fused": {"rows": [{"attack": "fused-aware", "eps_255": 8, "n": 100, "fooled": 0.6,
+                                         "fooled_not_adversarial": passed, "fooled_and_clean": passed}],
+                               "robust_accuracy_pgd20_ceiling": {"linf_4": rob4, "linf_8": 0.3}},
+            "adversarial_evaluation": {"robust_accuracy_advtest": {"clean_advtest_accuracy": {"hardened": 0.8}}}}
+    lines = []
+    targets_section(full, lines.append)
+    return "\n".join(lines)
+
+
+def test_a_missed_adaptive_target_says_why_from_the_figures_beside_it():
+    met = _adaptive_section(0.2, 0.4)
+    assert "| 20.0 % (fused-aware; robust accuracy of the hardened model 30.0 %) | met |" in met
+    assert "Why the adaptive target is missed" not in met
+    # 0.4 / 0.8: the model keeps half of the images at 4/255, under the 75 % a 25 % target implies.
+    weak = _adaptive_section(0.45, 0.4, margin=0.2)
+    assert "fools 60.0 % of the 100 clean-correct AdvTest images it starts from, and the verdict is ADVERSARIAL on 25.0 %" in weak
+    assert "keeps about 50.0 % of them under PGD-20 at 4/255, so the target asks for more" in weak
+    assert "median clean margin 20.0 %" in weak
+    # 0.7 / 0.8 = 87.5 %: the reduction does not excuse the miss.
+    robust = _adaptive_section(0.45, 0.7)
+    assert "keeps about 87.5 % of them" in robust and "the miss is the detectors'" in robust
+    assert "median clean margin" not in robust
