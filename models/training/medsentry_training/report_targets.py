@@ -84,6 +84,14 @@ def targets_section(full: dict, a) -> None:
             lo, hi = interval(round(r["tpr_fpr_0.01"] * r["n_pos"]), r["n_pos"])
             sure = f"; 95 % interval {pct(lo)}-{pct(hi)} %" + (
                 f"; {pct(r['tpr_fpr_0.05'])} % at least SUSPICIOUS" if r.get("tpr_fpr_0.05") is not None else "")
+            # Why: the ranking (AUROC) against the strict threshold, and for a UAP the line of
+            # defence made for it, the campaign monitor on the stream that carries it.
+            sure += f"; AUROC {r['auroc']:.3f}: " + ("ranked above most clean images, not above the top 1 %" if r["auroc"] >= 0.9
+                                                     else "the scores hardly set it apart from clean images")
+            stream = next((x for x in (full.get("campaign") or {}).get("uap_streams", [])
+                           if x["attack"] == r["attack"] and x["budget"] == r["budget"]), None)
+            if stream is not None:
+                sure += f"; a stream of it raises the campaign alarm on {pct(stream['residual_alarm_rate'])} % of windows"
         a(f"| TPR >= 80 % on {r['attack']} {r['budget']} (never seen) | {pct(r['tpr_fpr_0.01'])} % (n = {r['n_pos']}) | "
           f"{_at_least(r['tpr_fpr_0.01'], 0.8)}{sure} |")
     plain = (fd.get("pgd20_fooled_and_clean") or {}).get("linf_4", {}).get("fused")

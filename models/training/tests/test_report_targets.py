@@ -62,7 +62,23 @@ def test_a_missed_never_seen_row_gives_its_interval_and_the_suspicious_rate():
     row = {**_row("square", "linf_8", 14 / 19, n=19), "seen": False, "tpr_fpr_0.05": 18 / 19}
     text = _section([_row("pgd20", "linf_1", 1.0), row])
     assert "73.7 % (n = 19) | missed by 6.3 points; 95 % interval 48.8-90.9 %; 94.7 % at least SUSPICIOUS" in text
+    assert "AUROC 0.990: ranked above most clean images, not above the top 1 %" in text
     assert "interval" not in _section([_row("pgd20", "linf_1", 1.0), {**row, "tpr_fpr_0.01": 0.9}])
+
+
+def test_a_missed_uap_row_names_the_campaign_alarm_on_its_stream():
+    from medsentry_training.report_targets import targets_section
+    row = {**_row("uap_to0", "l2_z4", 0.5, auroc=0.8), "seen": False}
+    full = {"fused_detector": {"rows": [_row("pgd20", "linf_1", 1.0), row], "clean_advtest": {"fpr_0.01": {"fused": 0.01}},
+                               "advtrain": {"clean": 100}},
+            "campaign": {"uap_streams": [{"attack": "uap_to0", "budget": "l2_z2", "residual_alarm_rate": 0.5, "class_mix_alarm_rate": 0.0},
+                                         {"attack": "uap_to0", "budget": "l2_z4", "residual_alarm_rate": 0.97, "class_mix_alarm_rate": 0.0}],
+                         "config": {"residual_threshold": 0.05}}}
+    lines = []
+    targets_section(full, lines.append)
+    text = "\n".join(lines)
+    assert "AUROC 0.800: the scores hardly set it apart from clean images" in text
+    assert "a stream of it raises the campaign alarm on 97.0 % of windows" in text
 
 
 def _adaptive_section(passed, rob4, margin=0.9):
