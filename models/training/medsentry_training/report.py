@@ -155,7 +155,8 @@ def failures_section(full, a):
             over = round(clean[key] * clean["n"]) - math.floor(0.01 * clean["n"])
             miss = (f"; missed by {over} of {clean['n']} images: the threshold is set on the out-of-fold scores of "
                     f"the {ood.get('training_images', 'training')} training images alone at {pct(ood.get('calibrated_fpr', 0.005))} %, and "
-                    f"the official test set, never used to set it, lands at {clean[key] / ood.get('calibrated_fpr', 0.005):.1f} times that rate")
+                    f"the official test set, never used to set it, lands at {clean[key] / ood.get('calibrated_fpr', 0.005):.1f} times that rate"
+                    + ("; the images are named under *Out of distribution*" if ood.get("clean_test_over_threshold") else ""))
         a(f"- **Out of distribution.** Clean official test images called OUT_OF_DISTRIBUTION: {pct(clean[key])} % "
           f"(target <= 1 %{miss}); other data sets below 95 % by image "
           f"statistics{' and colour' if key != 'ood_rate' else ' alone'}: {', '.join(missed) or 'none'}.")

@@ -219,6 +219,11 @@ def ood_section(o, a):
     for r in o["rows"]:
         a(f"| {r['set']} | {r['n']} | {pct(r['ood_rate'])} |" + (f" {pct(r['with_colour_rule_rate'])} |" if colour else "")
           + f" {r['median_score']:.1f} |")
+    listed = o.get("clean_test_over_threshold")
+    if listed:
+        a(f"\nClean official test images over the threshold, highest first (to look at: what the score calls unfamiliar "
+          f"in the set it should accept; the training images' out-of-fold median score is {o['out_of_fold_median']:.1f}): "
+          + ", ".join(f"`{x['file']}` (class {x['label']}, {x['score']:.1f})" for x in listed) + ".")
     a("\nSuccessful PGD-20 examples against the served classifier (AdvTest) answered OUT_OF_DISTRIBUTION instead of being "
       "left to the adversarial detectors: " + ", ".join(
           f"{r['budget']} {pct(r['ood_rate'])} (n={r['n_successful']})" for r in o.get("pgd20_successful", [])) + ".\n")
