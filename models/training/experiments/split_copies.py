@@ -22,9 +22,10 @@ Measured 2026-12-04 (one thread, about 1 minute each):
   8/255 18.8 -> 19.4 and 15.4 -> 15.9 % (the copies' smooth examples pass, so they rise).
 - pneumoniamnist-28: only C&W has a successful example among the copies (flagged):
   60.8 -> 60.7 %.
-No row moves by more than 0.6 points: the copies do not explain the figures. A later
-regeneration should still keep identical images (and, where names give them, patients) on
-one side.
+No row moves by more than 0.6 points: the copies do not explain the figures. The pipeline's
+split now keeps identical files and patients on one side (datasets.copy_groups); the
+committed bundles keep their split until they are regenerated, so this script still finds
+the five there.
 """
 import collections
 import hashlib

@@ -145,12 +145,14 @@ def write_json(path: str, obj) -> None:
 
 
 def make_split(spec, limit: int | None):
-    """AdvTrain / AdvTest: the official test set split 50/50 stratified (seed 1). With
+    """AdvTrain / AdvTest: the official test set split 50/50 stratified (seed 1), whole groups
+    to a side where datasets.groups gives them (patients; identical files, which the chest
+    bundles' committed splits, made before, put on both sides: experiments/split_copies.py). With
     --limit N (quick checks) or the dataset's adv_per_half (a cap that keeps attack time
     within a few hours on 2 cores), a stratified subset of N images of each half (seed 1)."""
     x, y, files = datasets.load_split(spec, "test")
     adv_test, adv_train = datasets.grouped_split(y, datasets.groups(spec, files), 0.5, SPLIT_SEED)  # (rest, held)
-    # stratified_split returns (rest, held); call the held half AdvTrain.
+    # grouped_split returns (rest, held); call the held half AdvTrain.
     limit = limit or spec.adv_per_half
     if limit:
         rng = np.random.default_rng(SPLIT_SEED)

@@ -5,7 +5,8 @@ robustness comparison, the standard one. All attacks work in [0, 1] pixel space 
     python -m medsentry_training.attacks --dataset chest_xray [--limit N] [--small-n 40]
                                          [--only fgsm,pgd20,...] [--force]
 
-Split: the official test set is split 50/50 stratified with seed 1 into AdvTrain (detector
+Split: the official test set is split 50/50 stratified with seed 1 (whole patients and sets of
+identical files to one side, datasets.groups) into AdvTrain (detector
 fitting, UAP crafting) and AdvTest (evaluation), each capped at the dataset's adv_per_half
 (stratified) where it sets one; the index lists are in `split.json` and `manifest.json`. `--limit N` keeps a stratified N images of each half
 (quick checks only: the figures are not real).
@@ -324,9 +325,10 @@ class Stage:
         split = {h: {"index": self.split[h].tolist(), "file": [self.files[i] for i in self.split[h]],
                      "label": self.y[self.split[h]].tolist()} for h in ["train", "test"]}
         C.write_json(os.path.join(self.adir, "split.json"), {
-            "about": "AdvTrain/AdvTest: official test set split 50/50 stratified, seed 1 "
-                     "(datasets.stratified_split(y, 0.5, 1): held half = AdvTrain). index = position in the "
-                     "test set sorted by file name.", "limit": self.limit, "AdvTrain": split["train"],
+            "about": "AdvTrain/AdvTest: official test set split 50/50 stratified, seed 1, whole groups "
+                     "(patients, identical files) to a side (datasets.grouped_split(y, datasets.groups(...), 0.5, 1): "
+                     "held half = AdvTrain). index = position in the test set sorted by file name.",
+            "limit": self.limit, "AdvTrain": split["train"],
             "AdvTest": split["test"]})
         times = dict(old.get("attack_seconds", {}))
         times.update(self.times)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,15 +124,51 @@ def _split_of(spec: DatasetSpec, row: dict) -> str:
     return "test" if unit_hash(row["patient_id"]) < spec.patient_test_share else "train"
 
 
+# Patient ids in the file names of sets whose own split keeps several images of a patient in
+# one split (Kermany chest: personN_bacteria_M / personN_virus_M, IM-NNNN-M, NORMAL2-IM-NNNN-M).
+PATIENT_IN_NAME = {"chest_xray_kermany": re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)")}
+
+
 def groups(spec: DatasetSpec, files) -> np.ndarray | None:
-    """Patient id of each file for the sets split by patient (several images per patient),
-    None for the others. OCT file names are <CLASS>-<patient>-<n>.jpeg."""
+    """The group of each file that a split (AdvTrain/AdvTest, validation) must keep on one
+    side: the patient id for the sets this pipeline splits by patient (OCT file names are
+    <CLASS>-<patient>-<n>.jpeg), else copy_groups; None when every file stands alone."""
     if spec.fit_dir is not None:
         z = np.load(os.path.join(spec.fit_dir, "images_test.npz"), allow_pickle=False)
         return z["groups"] if "groups" in z.files else None
     if spec.patient_test_share is None:
-        return None
+        return copy_groups(spec, files)
     return np.array([os.path.basename(f).split("-")[1] for f in files])
+
+
+def copy_groups(spec: DatasetSpec, files) -> np.ndarray | None:
+    """Files that are byte-identical, or whose names give the same patient (PATIENT_IN_NAME),
+    share a group, so that no image has its copy, and no patient an image, on both sides of a
+    split (the Kermany chest test set holds six pairs of identical files under two names).
+    None when every file is alone, so that such a set keeps its plain stratified split."""
+    parent = list(range(len(files)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first = {}  # content digest or patient id -> the first file that had it
+    name = PATIENT_IN_NAME.get(spec.folder)
+    for i, f in enumerate(files):
+        with open(os.path.join(SHARED_DATA, spec.folder, f), "rb") as fh:
+            keys = [hashlib.sha256(fh.read()).hexdigest()]
+        m = name.match(os.path.basename(f)) if name else None
+        if m:
+            keys.append("patient " + m.group(1))
+        for k in keys:
+            a, b = root(i), root(first.setdefault(k, i))
+            parent[max(a, b)] = min(a, b)
+    roots = np.array([root(i) for i in range(len(files))])
+    if len(np.unique(roots)) == len(files):
+        return None
+    return np.array([f"g{r:06d}" for r in roots])
 
 
 def _rows(spec: DatasetSpec):

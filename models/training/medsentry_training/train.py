@@ -4,7 +4,9 @@
     python -m medsentry_training.train --dataset chest_xray --kind hardened
 
 Model selection uses a stratified 10 % validation split carved from the official training
-set (seed 0; for sets split by patient, 10 % of each class's patients); the official test
+set (seed 0; whole groups of datasets.groups to one side: for sets split by patient 10 % of each
+class's patients, and for the chest X-rays patients by file name and identical files; the
+checkpoints committed before 2026-12-04 were selected on a split by image); the official test
 set is never looked at here. Checkpoints after every epoch
 (work/NAME_KIND_last.pt) let a later session resume; the selected epoch is written to
 checkpoints/NAME_KIND.pt, which is committed.
