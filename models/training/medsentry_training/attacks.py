@@ -109,6 +109,21 @@ class Stage:
         same_split = all(np.isin(index[half == h], self.split[name]).all() for h, name in ((0, "train"), (1, "test")))
         return meta.get("shas") == shas and bool(same_split)
 
+    def on_another_split(self) -> list:
+        """The records in the folder made on another AdvTrain/AdvTest split (e.g. before the
+        split grouped identical files and patients)."""
+        stale = []
+        for name in sorted(os.listdir(self.adir)):
+            if name.endswith(".npz") and not name.endswith(".tmp.npz"):
+                try:
+                    z = np.load(os.path.join(self.adir, name), allow_pickle=False)
+                    index, half = z["index"], z["split"]
+                except Exception:
+                    continue
+                if not all(np.isin(index[half == h], self.split[k]).all() for h, k in ((0, "train"), (1, "test"))):
+                    stale.append(name)
+        return stale
+
     def claim(self, path) -> bool:
         """Takes path's lock file so that two attack processes started on the same folder
         (to use both cores) split the files instead of computing one twice. False when a
@@ -371,6 +386,12 @@ def main(argv=None):
     only = set(args.only.split(",")) if args.only else None
     st = Stage(datasets.resolve(args.dataset), args.limit, args.small_n, args.force, only, args.served_only)
     print(f"[split] AdvTrain {len(st.split['train'])} AdvTest {len(st.split['test'])} -> {os.path.relpath(st.adir, datasets.REPO)}", flush=True)
+    stale = st.on_another_split()
+    if only is not None and stale:
+        # A partial run would leave these on the old split beside new ones on this split,
+        # and the stages after it read each record's own split.
+        raise SystemExit(f"attacks: {len(stale)} records in {st.adir} were made on another AdvTrain/AdvTest split "
+                         f"(e.g. {stale[0]}); run without --only so that every record is redone on this split")
     steps = [("linf (fgsm/bim/pgd20)", st.linf_family), ("cw+square", st.cw_square), ("transfer", st.transfer),
              ("uap", st.uaps), ("onepixel+lbfgs (subset)", st.small), ("aa_lite (AdvTest)", st.aa_lite)]
     wall = {}

@@ -84,14 +84,13 @@ def targets_section(full: dict, a) -> None:
             lo, hi = interval(round(r["tpr_fpr_0.01"] * r["n_pos"]), r["n_pos"])
             sure = f"; 95 % interval {pct(lo)}-{pct(hi)} %" + (
                 f"; {pct(r['tpr_fpr_0.05'])} % at least SUSPICIOUS" if r.get("tpr_fpr_0.05") is not None else "")
-            # Why: the ranking (AUROC) against the strict threshold, and for a UAP the line of
-            # defence made for it, the campaign monitor on the stream that carries it.
-            sure += f"; AUROC {r['auroc']:.3f}: " + ("ranked above most clean images, not above the top 1 %" if r["auroc"] >= 0.9
-                                                     else "the scores hardly set it apart from clean images")
-            stream = next((x for x in (full.get("campaign") or {}).get("uap_streams", [])
-                           if x["attack"] == r["attack"] and x["budget"] == r["budget"]), None)
+            # The ranking over all thresholds, and for a UAP the line of defence made for it: the
+            # campaign monitor on a stream of the same (committed) UAP at the current threshold.
+            sure += f"; AUROC {r['auroc']:.3f}"
+            stream = next((x for x in (full.get("campaign") or {}).get("fixture_streams", [])
+                           if x["uap"] == f"{r['attack']}__{r['budget']}" and x["scale"] == 1.0), None)
             if stream is not None:
-                sure += f"; a stream of it raises the campaign alarm on {pct(stream['residual_alarm_rate'])} % of windows"
+                sure += f"; a stream of this UAP raises the campaign alarm on {pct(stream['alarm_rate'])} % of windows"
         a(f"| TPR >= 80 % on {r['attack']} {r['budget']} (never seen) | {pct(r['tpr_fpr_0.01'])} % (n = {r['n_pos']}) | "
           f"{_at_least(r['tpr_fpr_0.01'], 0.8)}{sure} |")
     plain = (fd.get("pgd20_fooled_and_clean") or {}).get("linf_4", {}).get("fused")
@@ -132,7 +131,7 @@ def targets_section(full: dict, a) -> None:
           f"{_at_most(worst['fooled_not_adversarial'], 0.25)} |")
     campaign_rows(full.get("campaign") or {}, a)
     if at8 and worst["fooled_not_adversarial"] > 0.25:
-        adaptive_why(worst, af, fd, full, a)
+        adaptive_why(worst, af, full, a)
     if small and (min(r["tpr_fpr_0.01"] for r in small) < 0.9 or min(r["auroc"] for r in small) < 0.98):
         why(fd, full, a)
     a("")
@@ -203,10 +202,10 @@ def why(fd: dict, full: dict, a) -> None:
       + (": " + ", ".join(f"{pct(v)} % at {b.split('_')[1]}/255" for b, v in rob.items()) if rob else "") + ".")
 
 
-def adaptive_why(worst: dict, af: dict, fd: dict, full: dict, a) -> None:
+def adaptive_why(worst: dict, af: dict, full: dict, a) -> None:
     """Why the 8/255 adaptive target is missed, from the figures beside it: how much of what
-    the attack fools the verdict still flags, and whether Tramer's reduction puts 25 % out of
-    reach of any detector on top of this classifier."""
+    the attack fools the verdict still flags, and what Tramèr's reduction says the target
+    would take, set beside the robustness adversarial training reached."""
     fooled, passed = worst["fooled"], worst["fooled_not_adversarial"]
     flagged = 1 - passed / fooled if fooled else 0.0
     text = (f"\nWhy the adaptive target is missed: {worst['attack']} at 8/255 fools {pct(fooled)} % of the "
@@ -216,15 +215,11 @@ def adaptive_why(worst: dict, af: dict, fd: dict, full: dict, a) -> None:
     clean = (full["adversarial_evaluation"]["robust_accuracy_advtest"].get("clean_advtest_accuracy") or {}).get("hardened")
     if rob4 is not None and clean:
         kept = rob4 / clean  # PGD-20 robust accuracy among the images the model gets right clean
-        text += (f" A verdict that let at most 25 % through at 8/255 would give a classifier robust at 4/255 on at "
-                 f"least 75 % of these images (Tramèr 2022); the {served_model(full)} keeps about {pct(kept)} % of "
-                 f"them under PGD-20 at 4/255, so " + (
-                     ("the target asks for more than the robustness this classifier reaches (the reduction makes a "
-                      "detector that meets it as hard to build as a more robust classifier).") if kept < 0.75 else
-                     "the reduction does not put the target out of reach: the miss is the detectors'."))
-    margin = fd.get("clean_advtest_margin_median")
-    if margin is not None and margin < 0.5:
-        text += (f" Most clean images already sit near a decision boundary (median clean margin {pct(margin)} % on "
-                 "AdvTest), so crossing one takes no change that the 1 % threshold, which must let those images "
-                 "through, can single out.")
+        text += (f" By Tramèr's reduction (2022), a detector that let at most 25 % through against every attack "
+                 f"within 8/255 would yield a classifier (built from it, not this one) robust at 4/255 on at least "
+                 f"75 % of these images; the {served_model(full)} keeps about {pct(kept)} % of them under PGD-20 at "
+                 f"4/255 (an upper bound on its robustness), so " + (
+                     "meeting the target against every attack would take more than the robustness adversarial "
+                     "training reached here." if kept < 0.75 else
+                     "the reduction does not rule the target out here: the miss is the detectors'."))
     a(text)

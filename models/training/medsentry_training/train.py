@@ -14,6 +14,7 @@ checkpoints/NAME_KIND.pt, which is committed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -100,7 +101,11 @@ def main(argv=None):
     t0 = time.time()
     x, y, files = datasets.load_split(spec, "train")
     print(f"[data] train {x.shape} loaded in {time.time() - t0:.1f}s", flush=True)
-    tr, va = datasets.grouped_split(y, datasets.groups(spec, files), VAL_FRACTION, SPLIT_SEED)
+    group = datasets.groups(spec, files)
+    tr, va = datasets.grouped_split(y, group, VAL_FRACTION, SPLIT_SEED)
+    # A resume file records its validation split: resuming on another one (the split now
+    # groups identical files and patients) would mix two train/validation partitions.
+    val_digest = hashlib.sha256(np.asarray(va, dtype=np.int64).tobytes()).hexdigest()
     xtr, ytr, xva, yva = x[tr], y[tr], x[va], y[va]
     mean = [float(xtr[:, c].mean()) for c in range(x.shape[1])]
     std = [float(xtr[:, c].std()) for c in range(x.shape[1])]
@@ -121,6 +126,8 @@ def main(argv=None):
     start, best, best_epoch, history = 0, -1.0, -1, []
     if os.path.exists(last_path):
         st = torch.load(last_path, weights_only=False)
+        if st.get("val_digest") != val_digest:
+            raise SystemExit(f"{last_path} was made on another train/validation split; delete it to train afresh")
         net.load_state_dict(st["net"]); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"])
         gen.set_state(st["gen"]); torch.set_rng_state(st["rng"])
         start, best, best_epoch, history = st["epoch"] + 1, st["best"], st["best_epoch"], st["history"]
@@ -164,10 +171,10 @@ def main(argv=None):
                         "labels": spec.labels, "channels": x.shape[1], "size": spec.size}, best_path)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "gen": gen.get_state(), "rng": torch.get_rng_state(), "epoch": epoch, "best": best,
-                    "best_epoch": best_epoch, "history": history}, last_path)
+                    "best_epoch": best_epoch, "history": history, "val_digest": val_digest}, last_path)
     with open(os.path.join(CKPT_DIR, f"{spec.name}_{args.kind}.history.json"), "w") as f:
         json.dump({"history": history, "best_epoch": best_epoch, "selected_on": "validation split (10 % of train, stratified, seed 0" +
-                   (", whole patients" if spec.patient_test_share is not None else "") + ")",
+                   (", whole groups: patients, identical files" if group is not None else "") + ")",
                    "total_seconds": sum(r["seconds"] for r in history)}, f, indent=1)
     print(f"[done] best epoch {best_epoch} score {best:.4f} total {time.time() - t0:.0f}s", flush=True)
 
