@@ -106,8 +106,11 @@ class Stage:
             index, half = z["index"], z["split"]
         except Exception:
             return False
-        same_split = all(np.isin(index[half == h], self.split[name]).all() for h, name in ((0, "train"), (1, "test")))
-        return meta.get("shas") == shas and bool(same_split)
+        return meta.get("shas") == shas and self.on_this_split(index, half)
+
+    def on_this_split(self, index: np.ndarray, half: np.ndarray) -> bool:
+        """Whether a record's images (index, half: 0 AdvTrain, 1 AdvTest) lie on this split."""
+        return bool(all(np.isin(index[half == h], self.split[name]).all() for h, name in ((0, "train"), (1, "test"))))
 
     def on_another_split(self) -> list:
         """The records in the folder made on another AdvTrain/AdvTest split (e.g. before the
@@ -120,7 +123,7 @@ class Stage:
                     index, half = z["index"], z["split"]
                 except Exception:
                     continue
-                if not all(np.isin(index[half == h], self.split[k]).all() for h, k in ((0, "train"), (1, "test"))):
+                if not self.on_this_split(index, half):
                     stale.append(name)
         return stale
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,9 +123,18 @@ def _split_of(spec: DatasetSpec, row: dict) -> str:
     return "test" if unit_hash(row["patient_id"]) < spec.patient_test_share else "train"
 
 
-# Patient ids in the file names of sets whose own split keeps several images of a patient in
-# one split (Kermany chest: personN_bacteria_M / personN_virus_M, IM-NNNN-M, NORMAL2-IM-NNNN-M).
-PATIENT_IN_NAME = {"chest_xray_kermany": re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)")}
+def kermany_patient(name: str) -> str:
+    """Patient id in a Kermany file name: person123_bacteria_45.jpeg -> person123,
+    IM-0001-0001.jpeg -> IM-0001, NORMAL2-IM-0007-0001.jpeg -> NORMAL2-IM-0007."""
+    if name.startswith("person"):
+        return name.split("_")[0]
+    parts = name.split("-")
+    return "-".join(parts[:3] if name.startswith("NORMAL2") else parts[:2])
+
+
+# Patient id from the file name, for sets whose own split keeps several images of a patient
+# in one split.
+PATIENT_IN_NAME = {"chest_xray_kermany": kermany_patient}
 
 
 def groups(spec: DatasetSpec, files) -> np.ndarray | None:
@@ -159,9 +167,8 @@ def copy_groups(spec: DatasetSpec, files) -> np.ndarray | None:
     for i, f in enumerate(files):
         with open(os.path.join(SHARED_DATA, spec.folder, f), "rb") as fh:
             keys = [hashlib.sha256(fh.read()).hexdigest()]
-        m = name.match(os.path.basename(f)) if name else None
-        if m:
-            keys.append("patient " + m.group(1))
+        if name:
+            keys.append("patient " + name(os.path.basename(f)))
         for k in keys:
             a, b = root(i), root(first.setdefault(k, i))
             parent[max(a, b)] = min(a, b)

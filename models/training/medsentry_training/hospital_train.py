@@ -87,15 +87,6 @@ def evaluate(net, xu, y, batch=64):
     return {"loss": round(loss, 5), "accuracy": round(acc, 5), "sensitivity": round(sens, 5), "specificity": round(spec, 5)}
 
 
-def patient_of(name: str) -> str:
-    """Patient id in a Kermany file name: person123_bacteria_45.jpeg -> person123,
-    IM-0001-0001.jpeg -> IM-0001, NORMAL2-IM-0007-0001.jpeg -> NORMAL2-IM-0007."""
-    if name.startswith("person"):
-        return name.split("_")[0]
-    parts = name.split("-")
-    return "-".join(parts[:3] if name.startswith("NORMAL2") else parts[:2])
-
-
 def write_labels_csv(path: str) -> str:
     """The official test images as a hospital would list them for `fit`: file (relative to
     the test folder), label, patient. Returns the folder the paths are relative to."""
@@ -106,7 +97,7 @@ def write_labels_csv(path: str) -> str:
         w.writerow(["file", "label", "patient"])
         for c in ("NORMAL", "PNEUMONIA"):
             for n in sorted(os.listdir(os.path.join(root, c))):
-                w.writerow([f"{c}/{n}", c, patient_of(n)])
+                w.writerow([f"{c}/{n}", c, datasets.kermany_patient(n)])
     return root
 
 
